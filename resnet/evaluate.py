@@ -1,0 +1,66 @@
+"""Accuracy, loss, per-class accuracy, confusion matrix and calibration, always in eval mode."""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from .data import normalize
+
+
+def autocast(device: torch.device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict_logits(model, images, mean, std, batch_size=500, tta=False, amp_dtype=None, channels_last=False):
+    """Logits (float32, on CPU) for uint8 images [N, 3, 32, 32]; ``tta`` averages with the mirror."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = normalize(images[start : start + batch_size].to(device), mean, std, channels_last)
+            with autocast(device, amp_dtype):
+                logits = model(x).float()
+                if tta:
+                    logits = (logits + model(x.flip(3)).float()) / 2
+            outputs.append(logits.cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0, model.num_classes)
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    confidence, predicted = probs.max(1)
+    correct = (predicted == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            ece += in_bin.float().mean().item() * abs(confidence[in_bin].mean().item() - correct[in_bin].mean().item())
+    return ece
+
+
+def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> dict:
+    labels = labels.cpu()
+    predicted = logits.argmax(1)
+    confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes**2).view(num_classes, num_classes)
+    per_class_total = confusion.sum(1).clamp(min=1)
+    return {
+        "test_acc": (predicted == labels).float().mean().item(),
+        "test_loss": F.cross_entropy(logits, labels).item(),
+        "per_class_acc": (confusion.diag() / per_class_total).tolist(),
+        "confusion": confusion.tolist(),
+        "ece": expected_calibration_error(logits.softmax(1), labels),
+        "count": len(labels),
+    }
+
+
+def evaluate(model, images, labels, mean, std, batch_size=500, tta=False, amp_dtype=None, channels_last=False) -> dict:
+    logits = predict_logits(model, images, mean, std, batch_size, tta, amp_dtype, channels_last)
+    return metrics_from_logits(logits, labels, model.num_classes)

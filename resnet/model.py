@@ -1,0 +1,78 @@
+"""The published CIFAR-10 ResNet: BasicBlocks with dropout after the residual add.
+
+Module names match the published code, so its state_dict (``project1_model.pt``) loads here
+without any key mapping and ours loads into its class.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+STAGE_WIDTHS = (64, 128, 256, 512)
+STAGE_STRIDES = (1, 2, 2, 2)
+BLOCK_CHOICES = ((1, 1, 1, 1), (2, 2, 2, 2), (3, 3, 3, 3))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out = self.dropout(out + self.shortcut(x))
+        return F.relu(out)
+
+
+class ResNet(nn.Module):
+    def __init__(self, blocks=(1, 1, 1, 1), dropout: float = 0.1, num_classes: int = 10):
+        super().__init__()
+        blocks = tuple(int(b) for b in blocks)
+        if len(blocks) != 4 or min(blocks) < 1:
+            raise ValueError(f"blocks must be four positive integers, got {blocks}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.blocks = blocks
+        self.dropout = dropout
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        in_planes = 64
+        for index, (width, stride, count) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES, blocks)):
+            layers = []
+            for block_stride in [stride] + [1] * (count - 1):
+                layers.append(BasicBlock(in_planes, width, block_stride, dropout))
+                in_planes = width
+            setattr(self, f"layer{index + 1}", nn.Sequential(*layers))
+        self.linear = nn.Linear(512, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map (512 x 4 x 4 for a 32 x 32 input), used by Grad-CAM."""
+        out = F.relu(self.bn1(self.conv1(x)))
+        return self.layer4(self.layer3(self.layer2(self.layer1(out))))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        out = F.avg_pool2d(features, 4)
+        return self.linear(out.flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))
+
+
+def build_model(blocks=(1, 1, 1, 1), dropout: float = 0.1, num_classes: int = 10) -> ResNet:
+    return ResNet(blocks=blocks, dropout=dropout, num_classes=num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,187 @@
+"""Weights on disk: ``<name>.safetensors`` with its JSON card, or a published-style ``.pt``.
+
+Nothing here unpickles arbitrary objects: safetensors holds raw tensors only, and ``.pt`` files
+go through ``torch.load(weights_only=True)``, which refuses anything but tensors and containers.
+"""
+
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
+
+from .constants import CLASSES, IMAGE_SIZE, MEAN, PUBLISHED_MEAN, PUBLISHED_STD, STD
+from .model import ResNet, build_model
+
+MAX_WEIGHTS_BYTES = 512 * 1024 * 1024
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "cifar10-resnet.safetensors"
+_BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
+
+
+class WeightsError(ValueError):
+    """A weights file or card that cannot be used, with the reason."""
+
+
+def card_path(weights_path) -> Path:
+    return Path(weights_path).with_suffix(".json")
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a torn file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def make_card(model: ResNet, mean=MEAN, std=STD, **fields) -> dict:
+    """The architecture and preprocessing fields every card has; callers add the rest."""
+    return {
+        "format": "cifar-resnet-studio/1",
+        "blocks": list(model.blocks),
+        "dropout": model.dropout,
+        "num_classes": model.num_classes,
+        "classes": list(CLASSES[: model.num_classes]),
+        "mean": list(mean),
+        "std": list(std),
+        "input_size": IMAGE_SIZE,
+        **fields,
+    }
+
+
+def save_weights(model: ResNet, path, card: dict, dtype=torch.float32) -> Path:
+    """Write ``path`` (.safetensors) and its card (.json) atomically; returns the weights path."""
+    path = Path(path)
+    tensors = {
+        key: (value.to(dtype) if value.is_floating_point() else value).detach().cpu().contiguous()
+        for key, value in model.state_dict().items()
+    }
+    atomic_write_bytes(path, safetensors_save(tensors, metadata={"format": "pt"}))
+    atomic_write_json(card_path(path), {**card, "storage_dtype": str(dtype).removeprefix("torch.")})
+    return path
+
+
+def _read_state_dict(data: bytes, name: str) -> dict:
+    if data[:2] == b"PK" or data[:1] == b"\x80":  # zip (torch.save) or a legacy pickle stream
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as error:  # weights_only refusals and corrupt archives alike
+            raise WeightsError(f"{name}: not a plain PyTorch state_dict ({_first_line(error)})") from None
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]  # one of our training checkpoints
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise WeightsError(f"{name}: the file holds no state_dict of tensors")
+        return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    try:
+        return safetensors_load(data)
+    except (SafetensorError, ValueError, OSError, RuntimeError) as error:
+        raise WeightsError(
+            f"{name}: not a weights file (neither safetensors nor a PyTorch state_dict: {_first_line(error)})"
+        ) from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+def infer_blocks(state: dict) -> tuple:
+    counts = [0, 0, 0, 0]
+    for key in state:
+        match = _BLOCK_KEY.match(key)
+        if match:
+            stage, index = int(match.group(1)) - 1, int(match.group(2))
+            counts[stage] = max(counts[stage], index + 1)
+    if min(counts) == 0:
+        raise WeightsError("the keys name no layer1..layer4 blocks: not weights of this ResNet")
+    return tuple(counts)
+
+
+def _validate_card(card: dict, name: str) -> dict:
+    if not isinstance(card, dict):
+        raise WeightsError(f"{name}: the card is not a JSON object")
+    for key, length in (("mean", 3), ("std", 3)):
+        values = card.get(key)
+        if not (isinstance(values, list) and len(values) == length and all(isinstance(v, (int, float)) for v in values)):
+            raise WeightsError(f"{name}: card field {key!r} must be a list of 3 numbers")
+    if any(v <= 0 for v in card["std"]):
+        raise WeightsError(f"{name}: card field 'std' must be positive")
+    return card
+
+
+def load_weights(source, name: str | None = None, card: dict | None = None):
+    """Return (model in eval mode on CPU, card) from a path or raw bytes.
+
+    The card comes from the argument, else from ``<path>.json`` beside a path; without one,
+    ``blocks`` is inferred from the keys and the published normalization is assumed.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        data, name = bytes(source), name or "uploaded file"
+    else:
+        path = Path(source)
+        name = name or path.name
+        if not path.is_file():
+            raise WeightsError(f"{name}: no such weights file")
+        if path.stat().st_size > MAX_WEIGHTS_BYTES:
+            raise WeightsError(f"{name}: larger than {MAX_WEIGHTS_BYTES >> 20} MB, not weights of this model")
+        data = path.read_bytes()
+        if card is None and card_path(path).is_file():
+            try:
+                card = json.loads(card_path(path).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise WeightsError(f"{card_path(path).name}: the card is not valid JSON ({error})") from None
+    if not data:
+        raise WeightsError(f"{name}: the file is empty")
+    state = _read_state_dict(data, name)
+    blocks = infer_blocks(state)
+    if card is None:
+        card = {"mean": list(PUBLISHED_MEAN), "std": list(PUBLISHED_STD), "source": "published-style state_dict"}
+    card = _validate_card(dict(card), name)
+    if "blocks" in card and tuple(card["blocks"]) != blocks:
+        raise WeightsError(f"{name}: the card says blocks {card['blocks']} but the weights have {list(blocks)}")
+    num_classes = state["linear.weight"].shape[0] if "linear.weight" in state else 10
+    model = build_model(blocks=blocks, dropout=float(card.get("dropout", 0.0)), num_classes=num_classes)
+    reference = model.state_dict()
+    missing = sorted(set(reference) - set(state))
+    unexpected = sorted(set(state) - set(reference))
+    if missing or unexpected:
+        raise WeightsError(
+            f"{name}: keys do not match this ResNet (missing: {', '.join(missing[:5]) or 'none'}"
+            f"{' ...' if len(missing) > 5 else ''}; unexpected: {', '.join(unexpected[:5]) or 'none'}"
+            f"{' ...' if len(unexpected) > 5 else ''})"
+        )
+    for key, value in reference.items():
+        if state[key].shape != value.shape:
+            raise WeightsError(f"{name}: shape mismatch for {key}: file {tuple(state[key].shape)}, model {tuple(value.shape)}")
+    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
+    card.setdefault("blocks", list(blocks))
+    card.setdefault("num_classes", num_classes)
+    card.setdefault("classes", list(CLASSES[:num_classes]))
+    return model.eval(), card
+
+
+def load_model(path, device="cpu") -> ResNet:
+    """The model from a weights file (ours or published-style), in eval mode on ``device``.
+
+    Its card is attached as ``model.card`` (mean/std and class names for preprocessing).
+    """
+    model, card = load_weights(path)
+    model.card = card
+    return model.to(device)
