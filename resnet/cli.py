@@ -1,6 +1,9 @@
-"""``python -m resnet train|evaluate|predict ...``: the package's command line."""
+"""``python -m resnet train|evaluate|predict|study ...``: the package's command line."""
 
 import argparse
+import contextlib
+import csv
+import dataclasses
 import json
 import math
 import shlex
@@ -11,15 +14,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import runs
-from .constants import CLASSES
+from . import batch, runs, study
 from .data import AUGMENTATIONS, DataMissingError, download, load_split
-from .evaluate import evaluate, predict_logits
-from .images import ImageError, prepare
+from .evaluate import evaluate
+from .images import ImageError
 from .train import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, ConfigError, Trainer, make_config, resume_config
 from .weights import DEFAULT_WEIGHTS, WeightsError, load_model
 
-EXPECTED_ERRORS = (ConfigError, DataMissingError, runs.RunError, WeightsError, ImageError, FileNotFoundError)
+EXPECTED_ERRORS = (ConfigError, DataMissingError, runs.RunError, WeightsError, ImageError, batch.FolderError, FileNotFoundError)
 
 
 def _finite_float(text: str) -> float:
@@ -29,6 +31,16 @@ def _finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
     return value
 
 
@@ -77,21 +89,46 @@ def _train_parser(sub) -> None:
 
 
 def _evaluate_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="score weights on the CIFAR-10 test set", description="Evaluate weights in eval mode, fp32.")
+    p = sub.add_parser("evaluate", help="score weights on the CIFAR-10 test set or a labelled folder",
+                       description="Evaluate weights in eval mode, fp32.")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="a .safetensors (with its .json card) or a published .pt")
     p.add_argument("--data-dir")
     p.add_argument("--limit-test", type=int, default=0)
+    p.add_argument("--folder", help="score an ImageFolder layout instead: one subfolder of images per class, named as the class")
+    p.add_argument("--batch-size", type=_positive_int, default=batch.BATCH_SIZE, help="images per forward pass for --folder")
     p.add_argument("--tta", action="store_true", help="average the logits of each image and its mirror")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line last")
     p.add_argument("--device", default="cpu")
 
 
 def _predict_parser(sub) -> None:
-    p = sub.add_parser("predict", help="classify image files", description="Classify any images Pillow can read.")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p = sub.add_parser("predict", help="classify images, folders and .zip archives",
+                       description="Classify images Pillow can read: files, folders (recursed), .zip archives (read in memory).")
+    p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     p.add_argument("--top", type=int, default=3)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON line per image instead of text")
+    p.add_argument("--csv", metavar="OUT",
+                   help="write every prediction to OUT ('-': stdout): path, prediction, probability, one column per class")
+    p.add_argument("--batch-size", type=_positive_int, default=batch.BATCH_SIZE, help="images per forward pass")
+    p.add_argument("--device", default="cpu")
+
+
+def _study_parser(sub) -> None:
+    budget = study.Budget()
+    p = sub.add_parser("study", help="rerun the published optimizer, dropout and size comparisons",
+                       description=study.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
+    p.add_argument("--out", default="study-runs", help="folder of the study's run folders (default: study-runs)")
+    p.add_argument("--results", default="results/study.json",
+                   help="results file; its figures go beside it (default: results/study.json)")
+    p.add_argument("--train-size", type=_positive_int, default=budget.train_size, help="training images per epoch")
+    p.add_argument("--val-size", type=_positive_int, default=budget.val_size,
+                   help="seeded validation images carved from the training set")
+    p.add_argument("--epochs", type=_positive_int, default=budget.epochs)
+    p.add_argument("--batch-size", type=_positive_int, default=budget.batch_size)
+    p.add_argument("--only", default="", metavar="PREFIX", help="train only the runs whose id starts with PREFIX, e.g. adam-")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and what is done; train nothing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _evaluate_parser(sub)
     _predict_parser(sub)
+    _study_parser(sub)
     return parser
 
 
@@ -117,6 +155,8 @@ def _progress_bar(trainer: Trainer, start_step: int):
         if "test_acc" in record:
             shown["test"] = f"{record['test_acc']:.2%}"
             tqdm.write(json.dumps(record))
+        if "val_acc" in record:
+            shown["val"] = f"{record['val_acc']:.2%}"
         bar.set_postfix(shown)
 
     return bar, on_record
@@ -145,6 +185,8 @@ def cmd_train(args, argv) -> int:
     start_step = 0
     if args.resume:
         start_step = max((r["step"] for r in runs.read_metrics(run_dir)), default=0)
+    if not trainer.writes:  # under torchrun, rank 0 alone reports
+        return 0 if trainer.run(resume=bool(args.resume))["status"] == "finished" else 1
     bar, on_record = _progress_bar(trainer, start_step)
     trainer.callbacks.append(on_record)
     with bar:
@@ -155,39 +197,138 @@ def cmd_train(args, argv) -> int:
 
 def cmd_evaluate(args) -> int:
     model = load_model(args.weights, args.device)
+    if args.folder:
+        return _evaluate_folder(args, model)
     images, labels = load_split(args.data_dir, train=False)
     if args.limit_test:
         images, labels = images[: args.limit_test], labels[: args.limit_test]
     result = evaluate(model, images, labels, model.card["mean"], model.card["std"], tta=args.tta)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"test accuracy {result['test_acc']:.2%}  loss {result['test_loss']:.4f}  ({result['count']} images"
-              f"{', flip TTA' if args.tta else ''})")
-        for name, acc in zip(model.card["classes"], result["per_class_acc"]):
-            print(f"  {name:<11} {acc:.2%}")
+    _print_metrics(result, model.card["classes"], "test", args)
     return 0
 
 
-def cmd_predict(args) -> int:
-    import torch
+def _evaluate_folder(args, model) -> int:
+    if args.limit_test or args.data_dir:
+        raise ConfigError("--limit-test and --data-dir choose test images; they do not apply to --folder")
+    sources = batch.image_folder(args.folder, model.card["classes"])
+    with tqdm(total=len(sources.items), unit="img", dynamic_ncols=True) as bar:
+        result = batch.evaluate_folder(model, sources, args.batch_size, args.tta, _report_unreadable, bar)
+    _print_metrics({"folder": args.folder, **result}, model.card["classes"], "folder", args)
+    return 1 if result["unreadable"] else 0
 
-    model = load_model(args.weights)
+
+def _report_unreadable(name: str, reason: str) -> None:
+    tqdm.write(f"{name}: {reason}", file=sys.stderr)
+
+
+def _print_metrics(result: dict, classes, scope: str, args) -> None:
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{scope} accuracy {result['test_acc']:.2%}  loss {result['test_loss']:.4f}  ({result['count']} images"
+          f"{', flip TTA' if args.tta else ''})")
+    for name, acc in zip(classes, result["per_class_acc"]):
+        print(f"  {name:<11} {'no images' if acc is None else f'{acc:.2%}'}")
+    short = [name[:5] for name in classes]
+    print("confusion (true class down, prediction across):")
+    print(" " * 7 + "".join(f"{name:>7}" for name in short))
+    for name, row in zip(short, result["confusion"]):
+        print(f"{name:<7}" + "".join(f"{count:>7}" for count in row))
+
+
+def cmd_predict(args) -> int:
+    model = load_model(args.weights, args.device)
     classes = model.card["classes"]
-    failures = 0
-    for path in args.images:
-        try:
-            image = prepare(path)
-        except (ImageError, OSError) as error:
-            print(f"{path}: {error}", file=sys.stderr)
-            failures += 1
-            continue
-        probs = predict_logits(model, image[None], model.card["mean"], model.card["std"]).softmax(1)[0]
-        top = torch.topk(probs, min(args.top, len(classes)))
-        ranked = {classes[i]: round(p, 6) for p, i in zip(top.values.tolist(), top.indices.tolist())}
-        print(json.dumps({"path": path, "top": ranked}) if args.json else
-              f"{path}: " + ", ".join(f"{name} {p:.1%}" for name, p in ranked.items()))
-    return 1 if failures else 0
+    unreadable = []
+
+    def report(name, reason):
+        unreadable.append(name)
+        _report_unreadable(name, reason)
+
+    with batch.Sources(args.paths) as sources:
+        if not sources.items and not sources.problems:
+            raise batch.FolderError(f"no images in {', '.join(args.paths)}")
+        for name, reason in sources.problems:
+            report(name, reason)
+        predicted = 0
+        # A bar for a single image is noise; the text output for one image stays what it always was.
+        with _csv_writer(args.csv) as writer, \
+                tqdm(total=len(sources.items), unit="img", dynamic_ncols=True, disable=len(sources.items) < 2) as bar:
+            if writer:
+                writer.writerow(batch.csv_header(classes))
+            for source, logits in batch.predict_sources(model, sources, args.batch_size, on_error=report, progress=bar):
+                probabilities = logits.softmax(0)
+                predicted += 1
+                if writer:
+                    writer.writerow(batch.csv_row(source.name, probabilities, classes))
+                else:
+                    tqdm.write(_prediction_line(source.name, probabilities, classes, args))
+    if args.csv:
+        print(f"{predicted} predictions written to {'stdout' if args.csv == '-' else args.csv}"
+              f"{f', {len(unreadable)} unreadable' if unreadable else ''}", file=sys.stderr)
+    return 1 if unreadable else 0
+
+
+@contextlib.contextmanager
+def _csv_writer(out):
+    if out is None:
+        yield None
+    elif out == "-":
+        yield csv.writer(sys.stdout)
+    else:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", newline="") as handle:
+            yield csv.writer(handle)
+
+
+def _prediction_line(name: str, probabilities, classes, args) -> str:
+    values, indices = probabilities.topk(min(args.top, len(classes)))
+    ranked = {classes[i]: round(p, 6) for p, i in zip(values.tolist(), indices.tolist())}
+    if args.json:
+        return json.dumps({"path": name, "top": ranked})
+    return f"{name}: " + ", ".join(f"{label} {p:.1%}" for label, p in ranked.items())
+
+
+def cmd_study(args) -> int:
+    budget = study.Budget(train_size=args.train_size, val_size=args.val_size, epochs=args.epochs, batch_size=args.batch_size)
+    if args.dry_run:
+        _print_plan(args.out, budget)
+        return 0
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    results = study.run_study(args.out, budget, study.PUBLISHED, args.data_dir, args.results, args.only, stop, _watch_study_run)
+    for row in results["runs"]:
+        print(_study_line(row))
+    print(f"results: {args.results} (figures beside it)")
+    if results["waiting"]:
+        print(f"not planned yet: {results['waiting']}")
+    return 130 if stop.is_set() else 0
+
+
+@contextlib.contextmanager
+def _watch_study_run(planned, trainer, resume):
+    tqdm.write(f"{'resuming' if resume else 'training'} {planned.run_id} ({', '.join(planned.phases)} phase)")
+    start_step = max((r["step"] for r in runs.read_metrics(trainer.run_dir)), default=0) if resume else 0
+    bar, on_record = _progress_bar(trainer, start_step)
+    trainer.callbacks.append(on_record)
+    with bar:
+        yield
+
+
+def _print_plan(root, budget) -> None:
+    study.check_budget(root, budget)
+    planned, waiting = study.plan(root, budget, study.PUBLISHED)
+    print(f"budget: {json.dumps(dataclasses.asdict(budget))}")
+    for run in planned:
+        print(f"  {run.run_id:<28} {','.join(run.phases):<20} {study.run_status(root, run.run_id)}")
+    print(f"{len(planned)} runs planned" + (f"; later phases not planned yet: {waiting}" if waiting else ""))
+
+
+def _study_line(row: dict) -> str:
+    score = f"val {row['final_val_acc']:.2%}" if row["final_val_acc"] is not None else ""
+    speed = f"{row['train_s_per_epoch']:.1f} s/epoch" if row["train_s_per_epoch"] else ""
+    return f"{row['run_id']:<28} {row['status']:<9} {score:<11} {speed}"
 
 
 def main(argv=None) -> int:
@@ -198,6 +339,8 @@ def main(argv=None) -> int:
             return cmd_train(args, argv)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "study":
+            return cmd_study(args)
         return cmd_predict(args)
     except EXPECTED_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

@@ -13,6 +13,27 @@ STAGE_STRIDES = (1, 2, 2, 2)
 BLOCK_CHOICES = ((1, 1, 1, 1), (2, 2, 2, 2), (3, 3, 3, 3))
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with a cheaper mask on the CPU, where it is a sixth of the training step.
+
+    torch's CPU ``bernoulli_`` spends one Mersenne-twister draw and a float compare per element;
+    here each 64-bit draw from the same generator (so ``torch.manual_seed`` still governs it) gives
+    three 16-bit uniforms. The keep probability is therefore a multiple of 1/65536 (p = 0.1 keeps
+    with 0.899994 instead of 0.9) and kept values are scaled by its inverse, so the expectation is
+    unchanged. Elsewhere, and in eval mode, it is ``nn.Dropout`` exactly.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+        if not self.training or self.p == 0 or x.device.type != "cpu" or not dense:
+            return super().forward(x)
+        keep = round((1 - self.p) * 65536)
+        words = torch.empty((x.numel() + 2) // 3, dtype=torch.int64).random_()  # 63 random bits each
+        uniform = words.view(torch.int16).view(-1, 4)[:, :3].reshape(-1)[: x.numel()]  # the low 48 bits
+        mask = (uniform < keep - 32768).as_strided(x.shape, x.stride())
+        return x * mask.to(x.dtype) * (65536 / keep)
+
+
 class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int, dropout: float):
         super().__init__()
@@ -26,7 +47,7 @@ class BasicBlock(nn.Module):
                 nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes),
             )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

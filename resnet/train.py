@@ -272,6 +272,7 @@ class Trainer:
                  command: str = ""):
         validate(config)
         self.command = command
+        self.git_commit = _git_commit()  # the code that starts the run, not whatever HEAD is at its end
         self.config = config
         self.run_dir = Path(run_dir)
         self.callbacks = list(callbacks)
@@ -361,7 +362,7 @@ class Trainer:
         window_losses = []
         log_sums = [0.0, 0.0, 0]  # loss sum, correct, seen since the last step record
         log_time = 0.0
-        epoch_train_time = 0.0
+        epoch_train_time = position.get("train_time", 0.0)
         epoch_sums = list(position["sums"])
         per_rank = config.batch_size // self.world
         for epoch in range(position["epoch"], config.epochs + 1):
@@ -373,7 +374,7 @@ class Trainer:
                 flip_parity = (base ^ bool(epoch % 2)).to(self.device)
             first_step = position["step_in_epoch"] if epoch == position["epoch"] else 0
             if first_step == 0:
-                epoch_sums = [0.0, 0.0, 0]
+                epoch_sums, epoch_train_time = [0.0, 0.0, 0], 0.0
             for step_in_epoch in range(first_step, self.steps_per_epoch):
                 step = (epoch - 1) * self.steps_per_epoch + step_in_epoch
                 tick = time.perf_counter()
@@ -427,14 +428,15 @@ class Trainer:
                     self._status("diverged", message)
                     return {"status": "diverged", "message": message}
                 if stop == Stop.STOPPED:
-                    self._checkpoint(model, optimizer, ema, epoch, step_in_epoch + 1, elapsed(), epoch_sums)
+                    self._checkpoint(model, optimizer, ema, epoch, step_in_epoch + 1, elapsed(), epoch_sums, epoch_train_time)
                     message = f"stopped at epoch {epoch}, step {done}; resume to continue"
                     self._status("stopped", message)
                     return {"status": "stopped", "message": message}
+            # The lr of the epoch's last step (computed: a run resumed right after that step runs no step here).
+            lr = lr_at(config, epoch * self.steps_per_epoch - 1, self.total_steps)
             record = self._epoch_record(model, ema, epoch, epoch_sums, epoch_train_time, lr, elapsed)
             self._emit(record)
-            epoch_train_time = 0.0
-            self._checkpoint(model, optimizer, ema, epoch + 1, 0, elapsed(), [0.0, 0.0, 0])
+            self._checkpoint(model, optimizer, ema, epoch + 1, 0, elapsed(), [0.0, 0.0, 0], 0.0)
         return self._finish(model, ema, elapsed())
 
     def _agree(self, stop: int) -> int:
@@ -477,12 +479,12 @@ class Trainer:
         record["elapsed_s"] = elapsed()
         return record
 
-    def _checkpoint(self, model, optimizer, ema, epoch, step_in_epoch, elapsed_s, sums) -> None:
+    def _checkpoint(self, model, optimizer, ema, epoch, step_in_epoch, elapsed_s, sums, train_time) -> None:
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "position": {"epoch": epoch, "step_in_epoch": step_in_epoch, "elapsed_s": elapsed_s,
-                         "sums": [float(s) for s in sums]},
+                         "sums": [float(s) for s in sums], "train_time": train_time},
         }
         if ema is not None:
             state["ema"] = ema.state_dict()
@@ -491,7 +493,7 @@ class Trainer:
     def _finish(self, model, ema, elapsed_s) -> dict:
         config = self.config
         if not self.writes:
-            return {"status": "finished"}
+            return {"status": "finished", "message": f"finished (rank {self.rank}; rank 0 scores the model and writes the files)"}
         scored = self._scored_model(model, ema)
         final = evaluate(scored, self.data.test_x, self.data.test_y, config.mean, config.std, config.eval_batch_size)
         tta = evaluate(scored, self.data.test_x, self.data.test_y, config.mean, config.std, config.eval_batch_size, tta=True)
@@ -510,7 +512,7 @@ class Trainer:
             curve=curve,
             provenance={
                 "command": self.command,
-                "git_commit": _git_commit(),
+                "git_commit": self.git_commit,
                 "device": f"{self.device.type}: {torch.cuda.get_device_name(self.device) if self.device.type == 'cuda' else platform.processor() or platform.machine()}",
                 "world_size": self.world,
                 "torch": torch.__version__,

@@ -1,0 +1,22 @@
+# The README's two commands. Each builds .venv from nothing the first time it runs.
+PYTHON ?= python3
+VENV := .venv
+# The data set beside the checkout (as in CI), else ./data (the app then says how to get it).
+export CIFAR10_DIR ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data/cifar10),data)
+
+.PHONY: app test
+
+$(VENV)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+app: $(VENV)/.runtime
+	$(VENV)/bin/python app.py
+
+test: $(VENV)/.dev
+	$(VENV)/bin/python -m pytest -q

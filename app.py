@@ -1,0 +1,448 @@
+"""cifar-resnet-studio: predict, train, watch and compare CIFAR-10 ResNets. Also the Space's app_file.
+
+A thin Gradio Blocks UI: the image, model, training and plotting logic lives in the resnet
+package (images, predict, explain, jobs, plots), tested on its own. ``python app.py`` serves it
+on $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT.
+"""
+
+import base64
+import contextlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from resnet import jobs, plots
+from resnet import study as study_figures
+from resnet import predict as models
+from resnet.explain import enlarge, grad_cam, overlay
+from resnet.images import MAX_BYTES, ImageError, prepare
+from resnet.model import BLOCK_CHOICES
+from resnet.runs import CARD, WEIGHTS, RunError, read_metrics, read_status, run_path
+from resnet.train import OPTIMIZERS, SCHEDULES, ConfigError, make_config
+from resnet.weights import WeightsError, card_path
+
+HERE = Path(__file__).resolve().parent
+EXAMPLES, MISTAKES, STUDY = HERE / "assets" / "examples", HERE / "assets" / "mistakes", HERE / "results" / "study.json"
+USER_ERRORS = (ImageError, WeightsError, RunError, ConfigError)
+OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+TABLE_COLUMNS = ["run_id", "status", "optimizer", "lr", "dropout", "batch_size", "blocks", "epochs",
+                 "best_test_acc", "final_test_acc", "elapsed_s", "message"]
+# The Train tab's defaults: the published optimizer, lr, dropout and batch size; a run a CPU host finishes in minutes.
+QUICK_RUN = {"preset": "original", "epochs": 2, "limit_train": 2000, "limit_test": 1000}
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Expected failures reach the visitor as a sentence (gr.Error), never as a stack trace."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        raise gr.Error(str(error), print_exception=False) from None
+
+
+def undecoded_upload(payload):
+    """gr.Image's preprocess, minus its decoding: the handler gets the uploaded file's path (or the
+    bytes of an inline pasted image) and resnet.images.prepare reads it with its byte and pixel caps,
+    where Gradio's own PIL decode has none and fails with a stack trace."""
+    if payload is None:
+        return None
+    if payload.url and payload.url.startswith("data:"):
+        return base64.b64decode(payload.url.partition(",")[2][: MAX_BYTES * 4 // 3 + 4])
+    return payload.path
+
+
+def image_input(**kwargs) -> gr.Image:
+    # Set on the instance: subclassing gr.Image would make Gradio write an app.pyi stub beside this file.
+    image = gr.Image(type="filepath", **kwargs)
+    image.preprocess = undecoded_upload
+    return image
+
+
+def read_image(source):
+    """uint8 [3, 32, 32] from an upload; any decoder failure becomes a clear message."""
+    if source is None:
+        raise gr.Error("upload an image first", print_exception=False)
+    try:
+        return prepare(source)
+    except ImageError as error:
+        raise gr.Error(f"cannot use this image: {error}", print_exception=False) from None
+    except Exception as error:  # Pillow's plug-ins raise many kinds; an odd file must still get an answer
+        raise gr.Error(f"cannot use this image: {type(error).__name__}: {error}"[:300], print_exception=False) from None
+
+
+class Studio:
+    """The handlers, over one runs folder and the server's run queue (shared by every visitor)."""
+
+    def __init__(self, queue: jobs.RunQueue | None = None):
+        self.queue = queue or jobs.RunQueue()
+        self.root = self.queue.root
+
+    # ---- Predict --------------------------------------------------------------------------------
+    def model(self, choice: str, upload_key: str | None):
+        with user_errors():
+            if choice == models.UPLOADED:
+                return models.uploaded(upload_key)
+            return models.load_choice(choice, self.root)
+
+    def predict(self, image, choice: str = models.SHIPPED, upload_key: str | None = None) -> dict:
+        model, card = self.model(choice, upload_key)
+        return models.class_probabilities(model, card, read_image(image))
+
+    def explain(self, image, choice: str = models.SHIPPED, upload_key: str | None = None):
+        """(the 32 x 32 input enlarged, the Grad-CAM overlay for the top class)."""
+        model, card = self.model(choice, upload_key)
+        tensor = read_image(image)
+        cam, _ = grad_cam(model, tensor, card["mean"], card["std"])
+        return enlarge(tensor), overlay(tensor, cam)
+
+    @staticmethod
+    def confidence_note(label) -> str:
+        return models.confidence_note(label) if isinstance(label, dict) else ""
+
+    def model_choices(self, upload_key: str | None = None) -> list:
+        return models.model_choices(self.root) + ([("Uploaded weights", models.UPLOADED)] if upload_key else [])
+
+    def refresh_models(self, choice: str, upload_key: str | None):
+        choices = self.model_choices(upload_key)
+        keep = choice if choice in [value for _, value in choices] else models.SHIPPED
+        return gr.Dropdown(choices=choices, value=keep)
+
+    def model_info(self, choice: str, upload_key: str | None) -> str:
+        try:
+            _, card = self.model(choice, upload_key)
+        except gr.Error as error:
+            return f"⚠️ {error.message}"
+        return models.describe_card(card)
+
+    def upload_weights(self, data: bytes | None):
+        """Load uploaded weights (ours or a published .pt); returns (key, picker, description)."""
+        if not data:
+            raise gr.Error("choose a weights file first", print_exception=False)
+        with user_errors():
+            key, _, card = models.load_upload(data)
+        return key, gr.Dropdown(choices=self.model_choices(key), value=models.UPLOADED), models.describe_card(card)
+
+    # ---- Train ----------------------------------------------------------------------------------
+    @staticmethod
+    def settings(optimizer, lr, dropout, epochs, batch_size, blocks, limit_train, momentum, weight_decay, schedule,
+                 label_smoothing, seed, limit_test) -> dict:
+        """The form's values as TrainConfig overrides (whole numbers as ints, blocks as a tuple)."""
+        as_int = lambda value: None if value is None else int(value)  # noqa: E731
+        return {
+            "optimizer": optimizer, "lr": lr, "dropout": dropout, "epochs": as_int(epochs), "batch_size": as_int(batch_size),
+            "blocks": tuple(int(b) for b in str(blocks).split(",")), "limit_train": as_int(limit_train),
+            "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule, "label_smoothing": label_smoothing,
+            "seed": as_int(seed), "limit_test": as_int(limit_test),
+        }
+
+    def command(self, preset, *form) -> str:
+        return jobs.cli_command(preset, self.settings(*form))
+
+    @staticmethod
+    def preset_values(preset: str) -> list:
+        """The form's optimizer settings as the preset has them; run size settings stay as they are."""
+        with user_errors():
+            config = make_config(preset)
+        return [config.optimizer, config.lr, config.dropout, config.batch_size, config.momentum, config.weight_decay,
+                config.schedule, config.label_smoothing]
+
+    def start_run(self, preset, *form) -> str:
+        missing = jobs.data_missing()
+        if missing:
+            raise gr.Error(missing, print_exception=False)
+        with user_errors():
+            return self.queue.start(preset, **self.settings(*form))
+
+    def stop_run(self, run_id: str) -> str:
+        with user_errors():
+            return self.queue.stop(run_id)
+
+    def resume_run(self, run_id: str) -> str:
+        with user_errors():
+            return self.queue.resume(run_id)
+
+    def progress(self, run_id: str) -> str:
+        if not run_id:
+            return "No run started from this page yet."
+        try:
+            run_dir = run_path(self.root, run_id)
+        except RunError as error:  # polled every two seconds: a sentence here, not an error toast each time
+            return str(error)
+        if not run_dir.is_dir():
+            return f"No run {run_id}."
+        position = self.queue.position(run_id)
+        waiting = f" · position {position} in the queue" if position else ""
+        return f"`{run_id}`: {jobs.progress(run_dir)['text']}{waiting}"
+
+    # ---- Runs -----------------------------------------------------------------------------------
+    def list_runs(self) -> pd.DataFrame:
+        return pd.DataFrame(jobs.run_rows(self.root), columns=TABLE_COLUMNS)
+
+    def run_metrics(self, run_id: str) -> pd.DataFrame:
+        with user_errors():
+            return pd.DataFrame(read_metrics(run_path(self.root, run_id)))
+
+    def run_ids(self) -> list:
+        return [row["run_id"] for row in jobs.run_rows(self.root)]
+
+    def compare(self, run_ids: list | None):
+        """Accuracy and loss figures of the chosen runs, overlaid."""
+        with user_errors():
+            series = {run_id: read_metrics(run_path(self.root, run_id)) for run_id in run_ids or []}
+        if not series:
+            return plots.empty_figure("choose runs to compare"), plots.empty_figure("choose runs to compare")
+        return plots.curves_figure(series, "acc"), plots.curves_figure(series, "loss")
+
+    def watch(self, run_ids: list | None, seen: str):
+        """The timer's poll: redraw the figures only when a chosen run's files changed."""
+        with user_errors():
+            stamp = json.dumps([_stamp(run_path(self.root, run_id)) for run_id in run_ids or []])
+        if stamp == seen:
+            return gr.skip(), gr.skip(), seen
+        return *self.compare(run_ids), stamp
+
+    def run_details(self, run_id: str | None):
+        """Confusion matrix, per-class accuracy and downloadable files of a finished run."""
+        if not run_id:
+            return plots.empty_figure("choose a finished run"), plots.empty_figure("choose a finished run"), None
+        with user_errors():
+            run_dir = run_path(self.root, run_id)
+        card = _read_json(run_dir / CARD)
+        if not card or "confusion" not in card:
+            status = read_status(run_dir)
+            message = f"{run_id} is {status['status']}: no model card yet"
+            return plots.empty_figure(message), plots.empty_figure(message), None
+        return plots.confusion_figure(card["confusion"], card["classes"]), plots.per_class_figure(card["per_class_acc"], card["classes"]), _downloadable(run_dir)
+
+
+def _downloadable(run_dir: Path) -> list:
+    """Copies of a run's weights and card, named after the run, in a fresh temporary folder: the
+    runs folder itself is never served, so its checkpoints and logs stay private."""
+    folder = Path(tempfile.mkdtemp(prefix="run-files-"))
+    files = []
+    for name, suffix in ((WEIGHTS, ".safetensors"), (CARD, ".json")):
+        if (run_dir / name).is_file():
+            files.append(str(shutil.copy(run_dir / name, folder / f"{run_dir.name}{suffix}")))
+    return files
+
+
+def _stamp(run_dir: Path) -> list:
+    stamps = []
+    for name in ("metrics.jsonl", "status.json"):
+        with contextlib.suppress(OSError):
+            stat = (run_dir / name).stat()
+            stamps.append([name, stat.st_mtime_ns, stat.st_size])
+    return stamps
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def example_gallery() -> tuple:
+    """(paths, captions) of the committed CIFAR-10 test images."""
+    index = _read_json(EXAMPLES / "index.json") or {"images": []}
+    entries = [e for e in index["images"] if (EXAMPLES / e["file"]).is_file()]
+    return [str(EXAMPLES / e["file"]) for e in entries], [f"{e['label']} (test #{e['test_index']})" for e in entries]
+
+
+def mistakes_gallery() -> list:
+    index = _read_json(MISTAKES / "index.json") or {"mistakes": []}
+    return [(str(MISTAKES / e["file"]), f"true {e['true']}, predicted {e['predicted']} ({e['confidence']:.0%})")
+            for e in index["mistakes"] if (MISTAKES / e["file"]).is_file()]
+
+
+# ---- layout ---------------------------------------------------------------------------------------
+def predict_tab(studio: Studio) -> None:
+    upload_key = gr.State(None)
+    with gr.Row():
+        with gr.Column():
+            image = image_input(label="Any image", sources=["upload", "clipboard", "webcam"], height=320)
+            paths, captions = example_gallery()
+            if paths:
+                gr.Examples(examples=paths, inputs=image, example_labels=captions, label="CIFAR-10 test images (true class)",
+                            examples_per_page=30)
+            with gr.Accordion("Model", open=False):
+                picker = gr.Dropdown(choices=studio.model_choices(), value=models.SHIPPED, label="Predict with",
+                                     allow_custom_value=True)  # values are checked by resnet.predict.weights_path
+                weights_file = gr.File(label="Or upload weights (.safetensors with our card, or a published project1_model.pt)",
+                                       file_types=[".safetensors", ".pt", ".pth"], type="binary")
+            about_model = gr.Markdown()
+        with gr.Column():
+            label = gr.Label(num_top_classes=5, label="Top classes")
+            note = gr.Markdown()
+            with gr.Row():
+                seen = gr.Image(label="What the network saw (32 x 32)", interactive=False, height=256, format="png")
+                heat = gr.Image(label="Where it looked (Grad-CAM, top class)", interactive=False, height=256, format="png")
+
+    model_inputs = [image, picker, upload_key]
+    predicted = image.change(studio.predict, model_inputs, label, api_name="predict", concurrency_id="predict", concurrency_limit=4)
+    predicted.success(studio.explain, model_inputs, [seen, heat], api_name="explain", concurrency_id="predict")
+    predicted.success(studio.confidence_note, label, note, api_visibility="private")
+    picker.change(studio.model_info, [picker, upload_key], about_model, api_visibility="private")
+    weights_file.upload(studio.upload_weights, weights_file, [upload_key, picker, about_model], api_visibility="private")
+    gr.on([image.clear], lambda: (None, None, None, ""), None, [label, seen, heat, note], api_visibility="private")
+    return picker, upload_key, about_model
+
+
+def train_tab(studio: Studio):
+    missing = jobs.data_missing()
+    if missing:
+        gr.Markdown(f"⚠️ **Training is unavailable on this host.** {missing}")
+    caps = jobs.server_caps()
+    original = make_config(QUICK_RUN["preset"])
+    with gr.Row():
+        preset = gr.Radio(["original", "fast"], value=QUICK_RUN["preset"], label="Preset",
+                          info="original: the published recipe; fast: our time-to-accuracy recipe")
+        optimizer = gr.Dropdown([(OPTIMIZER_LABELS[o], o) for o in OPTIMIZERS], value=original.optimizer, label="Optimizer")
+        lr = gr.Number(original.lr, label="Learning rate", minimum=0)
+        dropout = gr.Slider(0, 0.9, original.dropout, step=0.05, label="Dropout")
+    with gr.Row():
+        epochs = gr.Number(QUICK_RUN["epochs"], label=f"Epochs (at most {caps['epochs']})", precision=0, minimum=1)
+        batch_size = gr.Number(original.batch_size, label=f"Batch size (at most {caps['batch_size']})", precision=0, minimum=1)
+        blocks = gr.Dropdown([(str(list(b)), ",".join(map(str, b))) for b in BLOCK_CHOICES], value="1,1,1,1", label="Blocks per stage")
+        limit_train = gr.Number(QUICK_RUN["limit_train"], label="Quick-run size (training images; 0 = all 50,000)", precision=0, minimum=0)
+    with gr.Accordion("Advanced", open=False), gr.Row():
+        momentum = gr.Number(original.momentum, label="Momentum (SGD, RMSprop)", minimum=0)
+        weight_decay = gr.Number(original.weight_decay, label="Weight decay", minimum=0)
+        schedule = gr.Dropdown(list(SCHEDULES), value=original.schedule, label="Learning-rate schedule")
+        label_smoothing = gr.Number(original.label_smoothing, label="Label smoothing", minimum=0)
+        seed = gr.Number(original.seed, label="Seed", precision=0, minimum=0)
+        limit_test = gr.Number(QUICK_RUN["limit_test"], label="Test images scored per epoch (0 = all 10,000)", precision=0, minimum=0)
+    form = [optimizer, lr, dropout, epochs, batch_size, blocks, limit_train, momentum, weight_decay, schedule,
+            label_smoothing, seed, limit_test]
+    command = gr.Textbox(studio.command(QUICK_RUN["preset"], *[c.value for c in form]), label="The same run from a terminal",
+                         buttons=["copy"], interactive=False)
+    with gr.Row():
+        start = gr.Button("Start training", variant="primary")
+        run_id = gr.Textbox(label="Run", placeholder="run id", scale=2)
+        stop = gr.Button("Stop")
+        resume = gr.Button("Resume")
+    status = gr.Markdown("No run started from this page yet.")
+
+    preset.change(studio.preset_values, preset, [optimizer, lr, dropout, batch_size, momentum, weight_decay, schedule,
+                                                 label_smoothing], api_visibility="private")
+    gr.on([preset.change] + [c.change for c in form], studio.command, [preset, *form], command, api_visibility="private")
+    start.click(studio.start_run, [preset, *form], run_id, api_name="start_run")
+    stop.click(studio.stop_run, run_id, status, api_name="stop_run")
+    resume.click(studio.resume_run, run_id, status, api_name="resume_run")
+    return run_id, status
+
+
+def runs_tab(studio: Studio):
+    table = gr.Dataframe(studio.list_runs(), label="All runs (click one to add it to the comparison)", interactive=False,
+                         wrap=True, max_height=320)
+    chosen = gr.Dropdown(choices=studio.run_ids(), multiselect=True, label="Compare runs", allow_custom_value=True)
+    with gr.Row():
+        accuracy = gr.Plot(plots.empty_figure("choose runs to compare"), label="Accuracy", elem_id="accuracy-plot")
+        loss = gr.Plot(plots.empty_figure("choose runs to compare"), label="Loss")
+    with gr.Row():
+        detail = gr.Dropdown(choices=studio.run_ids(), label="Details of a finished run", allow_custom_value=True)
+        files = gr.File(label="Weights and model card", file_count="multiple", interactive=False)
+    with gr.Row():
+        confusion = gr.Plot(label="Confusion matrix")
+        per_class = gr.Plot(label="Per-class accuracy")
+    metrics_of = gr.Textbox(visible=False)  # the /run_metrics endpoint's input and output
+    metrics = gr.Dataframe(visible=False)
+
+    def add_clicked(current, event: gr.SelectData):
+        run_id = event.row_value[0]
+        return gr.Dropdown(value=sorted(set(current or []) | {run_id}))
+
+    table.select(add_clicked, chosen, chosen, api_visibility="private")
+    chosen.change(studio.compare, chosen, [accuracy, loss], api_visibility="private")
+    detail.change(studio.run_details, detail, [confusion, per_class, files], api_visibility="private")
+    list_button = gr.Button("Refresh", size="sm")
+    list_button.click(studio.list_runs, None, table, api_name="list_runs")
+    metrics_button = gr.Button(visible=False)
+    metrics_button.click(studio.run_metrics, metrics_of, metrics, api_name="run_metrics")
+    return table, chosen, detail, accuracy, loss
+
+
+def card_tab() -> None:
+    """The shipped model from committed files only: nothing is recomputed when the page loads."""
+    card = _read_json(card_path(models.shipped_weights()))
+    if not card:
+        gr.Markdown("The shipped weights are not here yet: a training run is making them.")
+        return
+    training = card.get("training") or {}
+    recipe = (f" Trained with {training.get('optimizer')} lr {training.get('lr')}, batch {training.get('batch_size')}, "
+              f"{training.get('epochs')} epochs." if training else "")
+    gr.Markdown(f"### Shipped model\n{models.describe_card(card)}; measured on {card.get('test_images', '?')} test images "
+                f"({card.get('measured', 'no details')}).{recipe}")
+    if "confusion" not in card:
+        gr.Markdown("This card has no evaluation (confusion matrix, per-class accuracy).")
+        return
+    with gr.Row():
+        gr.Plot(plots.per_class_figure(card["per_class_acc"], card["classes"]))
+        gr.Plot(plots.confusion_figure(card["confusion"], card["classes"]))
+    with gr.Row():
+        gr.Plot(plots.curves_figure({"shipped": card.get("curve", [])}, "acc"))
+        gr.Plot(plots.curves_figure({"shipped": card.get("curve", [])}, "loss"))
+    study = _read_json(STUDY)
+    gr.Markdown("### Optimizer study")
+    if study:
+        figures = [make_figure(study) for make_figure in study_figures.FIGURES.values()]
+        for pair in (figures[:2], figures[2:]):
+            with gr.Row():
+                for figure in pair:
+                    gr.Plot(figure)
+    else:
+        gr.Markdown("The optimizer study has not run yet (results/study.json is absent).")
+    mistakes = mistakes_gallery()
+    if mistakes:
+        gr.Gallery(mistakes, label="Its most confident mistakes on the test set", columns=6, height="auto")
+
+
+def build_demo(studio: Studio | None = None) -> gr.Blocks:
+    studio = studio or Studio()
+    with gr.Blocks(title="CIFAR-10 ResNet studio") as demo:
+        gr.Markdown("# CIFAR-10 ResNet studio\nClassify any picture into the 10 CIFAR-10 classes, see where the network "
+                    "looked, train your own run and compare its curves.")
+        with gr.Tab("Predict") as predict_page:
+            picker, upload_key, about_model = predict_tab(studio)
+        with gr.Tab("Train"):
+            run_id, status = train_tab(studio)
+        with gr.Tab("Runs") as runs_page:
+            table, chosen, detail, accuracy, loss = runs_tab(studio)
+        with gr.Tab("Model card"):
+            card_tab()
+
+        def refresh_lists(chosen_now, detail_now):
+            ids = studio.run_ids()
+            return (studio.list_runs(), gr.Dropdown(choices=ids, value=[i for i in chosen_now or [] if i in ids]),
+                    gr.Dropdown(choices=ids, value=detail_now if detail_now in ids else None))
+
+        seen = gr.State("")
+        timer = gr.Timer(2.0)
+        timer.tick(studio.progress, run_id, status, show_progress="hidden", concurrency_limit=None, api_visibility="private")
+        timer.tick(studio.watch, [chosen, seen], [accuracy, loss, seen], show_progress="hidden", concurrency_limit=None,
+                   api_visibility="private")
+        runs_page.select(refresh_lists, [chosen, detail], [table, chosen, detail], api_visibility="private")
+        run_id.change(lambda new, current: sorted(set(current or []) | {new}) if new else current, [run_id, chosen], chosen,
+                      api_visibility="private")  # a run started here is compared at once
+        predict_page.select(studio.refresh_models, [picker, upload_key], picker, api_visibility="private")
+        demo.load(studio.model_info, [picker, upload_key], about_model, api_visibility="private")
+    return demo
+
+
+def launch_options(studio: Studio) -> dict:
+    """Everything launch() needs besides server name and port (Gradio reads GRADIO_SERVER_NAME/PORT).
+
+    Only the folders whose files the app itself hands out may be served; run files go out as copies.
+    """
+    roots = [EXAMPLES, MISTAKES, models.shipped_weights().parent]
+    return {"max_file_size": MAX_BYTES, "allowed_paths": [str(p) for p in roots], "theme": gr.themes.Soft(),
+            "footer_links": ["api", "gradio"]}
+
+
+if __name__ == "__main__":
+    studio = Studio()
+    build_demo(studio).launch(**launch_options(studio))

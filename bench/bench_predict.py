@@ -1,0 +1,72 @@
+"""Predict round trip through the API: p50/p99 latency for a 32 x 32 and a 12 MP upload.
+
+    python bench/bench_predict.py [--calls 200] [--while-training]
+
+Starts the app in this process over the shipped weights ($STUDIO_WEIGHTS to override). With
+--while-training it also starts a quick run through /start_run first (needs CIFAR-10) and
+measures while it trains. Prints one JSON line per image size.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from gradio_client import Client, handle_file
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import app  # noqa: E402
+
+SIZES = {"32x32": (32, 32), "12MP": (4000, 3000)}
+
+
+def write_upload(folder: Path, name: str, size) -> str:
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    path = folder / f"{name}.jpg"
+    Image.fromarray(pixels).save(path, quality=90)
+    return str(path)
+
+
+def percentile(values, q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--while-training", action="store_true")
+    args = parser.parse_args()
+    studio = app.Studio()
+    demo = app.build_demo(studio)
+    _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options(studio))
+    client = Client(url, verbose=False)
+    try:
+        if args.while_training:
+            run_id = client.predict("original", "adam", 0.01, 0.1, 50, 64, "1,1,1,1", 0, 0.9, 0.0, "constant", 0.0, 0, 1000,
+                                    api_name="/start_run")
+            while studio.queue.active() != run_id:
+                time.sleep(0.5)
+        with tempfile.TemporaryDirectory() as folder:
+            for name, size in SIZES.items():
+                path = write_upload(Path(folder), name, size)
+                client.predict(handle_file(path), api_name="/predict")  # warm-up: model load, first request
+                seconds = []
+                for _ in range(args.calls):
+                    start = time.perf_counter()
+                    client.predict(handle_file(path), api_name="/predict")
+                    seconds.append(time.perf_counter() - start)
+                print(json.dumps({"upload": name, "bytes": Path(path).stat().st_size, "calls": args.calls,
+                                  "training": args.while_training, "p50_ms": round(1000 * statistics.median(seconds), 1),
+                                  "p99_ms": round(1000 * percentile(seconds, 99), 1)}))
+    finally:
+        demo.close()
+        studio.queue.close()
+
+
+if __name__ == "__main__":
+    main()

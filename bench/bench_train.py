@@ -1,0 +1,266 @@
+"""Training throughput: the published pipeline against ours, same model, same images, one process.
+
+(a) published: torchvision ``CIFAR10`` + PIL transforms (RandomCrop(32, padding=[0, 2, 3, 4]),
+    RandomHorizontalFlip, ToTensor, Normalize), a DataLoader with 2 workers, fp32, batch 64,
+    Adam 0.01, ``model.train()``, and the published loop's per-step ``loss.item()`` / accuracy.
+(b) ours at the same recipe (Adam 0.01, batch 64, same model): the pieces of ``resnet.train``:
+    the whole training set on the device, ``augment`` of a whole batch at once, ``normalize``,
+    bf16/fp16 autocast and channels_last where ``resolve_precision("auto")`` finds support.
+
+Each pipeline runs ``--warmup`` steps, then ``--steps`` timed steps (the device is synchronized
+around the timed part); with ``--rounds`` > 1 the two alternate, so a busy machine slows both alike.
+Prints a table (and ``--json OUT`` writes it): images/s of each, the ratio, our share of a peak.
+
+    python bench/bench_train.py --data-dir ../shared/data/cifar10 --steps 100 --warmup 10
+    python bench/bench_train.py --time-to-94            # CUDA: the fast preset's wall time to 94 %
+"""
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing the package
+from resnet.constants import PUBLISHED_MEAN, PUBLISHED_STD  # noqa: E402
+from resnet.data import ORIGINAL_PADDING, augment, load_split, normalize, resolve_data_dir  # noqa: E402
+from resnet.evaluate import autocast  # noqa: E402
+from resnet.model import BasicBlock, build_model  # noqa: E402
+from resnet.train import Trainer, build_optimizer, make_config, resolve_device, resolve_precision  # noqa: E402
+
+BATCH, LR = 64, 0.01
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+# ---- (a) the published pipeline ---------------------------------------------------------------
+class InMemoryCIFAR10(torch.utils.data.Dataset):
+    """torchvision CIFAR10's ``__getitem__`` over the same arrays, for data sets without the official md5s."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.data = images.permute(0, 2, 3, 1).contiguous().numpy()  # HWC, as torchvision stores it
+        self.targets = labels.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
+
+
+def published_dataset(data_dir):
+    import torchvision.transforms as T
+    from torchvision.datasets import CIFAR10
+
+    transform = T.Compose([
+        T.RandomCrop(32, padding=list(ORIGINAL_PADDING)),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(PUBLISHED_MEAN, PUBLISHED_STD),
+    ])
+    try:
+        return CIFAR10(root=str(resolve_data_dir(data_dir)), train=True, download=False, transform=transform), "torchvision CIFAR10"
+    except RuntimeError:  # not the official files (a test-sized copy): same items, same transforms
+        images, labels = load_split(data_dir, train=True)
+        return InMemoryCIFAR10(images, labels, transform), "in-memory copy (files are not the official ones)"
+
+
+def published_model(blocks):
+    """Our module tree (the published names and shapes) with torch's own nn.Dropout, as published."""
+    model = build_model(blocks, dropout=0.1)
+    for block in model.modules():
+        if isinstance(block, BasicBlock):
+            block.dropout = torch.nn.Dropout(0.1)
+    return model
+
+
+def published_steps(device, data_dir, workers: int, blocks):
+    """A generator: each ``next`` runs one training step of the published loop."""
+    dataset, source = published_dataset(data_dir)
+    torch.manual_seed(0)
+    model = published_model(blocks).to(device)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    criterion = torch.nn.CrossEntropyLoss()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers)
+
+    def steps():
+        train_loss = correct = total = 0
+        while True:  # a new epoch (and new workers) whenever the loader runs out, as in the published loop
+            for inputs, targets in loader:
+                inputs, targets = inputs.to(device), targets.to(device)
+                optimizer.zero_grad()
+                outputs = model(inputs)
+                loss = criterion(outputs, targets)
+                loss.backward()
+                optimizer.step()
+                train_loss += loss.item()
+                correct += outputs.max(1)[1].eq(targets).sum().item()
+                total += targets.size(0)
+                yield len(targets)
+
+    return steps(), {"data": source, "precision": "fp32", "channels_last": False, "workers": workers}
+
+
+# ---- (b) ours ---------------------------------------------------------------------------------
+def our_steps(device, data_dir, precision: str, blocks):
+    config = make_config("original", optimizer="adam", lr=LR, batch_size=BATCH, blocks=blocks, precision=precision)
+    amp_dtype = resolve_precision(config.precision, device)
+    channels_last = amp_dtype is not None
+    train_x, train_y = (t.to(device) for t in load_split(data_dir, train=True))
+    torch.manual_seed(0)
+    model = build_model(config.blocks, config.dropout).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = build_optimizer(config, model)
+    steps_per_epoch = len(train_x) // BATCH
+
+    def steps():
+        sums = [0.0, 0.0, 0]  # kept on the device, as the trainer does: no sync per step
+        epoch = 0
+        while True:
+            epoch += 1
+            order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch)).to(device)
+            for step in range(steps_per_epoch):
+                generator = torch.Generator(device).manual_seed(epoch * 100_003 + step)
+                index = order[step * BATCH : (step + 1) * BATCH]
+                images, labels = augment(train_x[index], generator, config.augment), train_y[index]
+                with autocast(device, amp_dtype):
+                    logits = model(normalize(images, config.mean, config.std, channels_last))
+                    loss = F.cross_entropy(logits.float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                sums[0] += loss.detach() * len(labels)
+                sums[1] += (logits.argmax(1) == labels).sum()
+                sums[2] += len(labels)
+                yield len(labels)
+
+    dtype = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    return steps(), {"data": "tensors on the device, batched augment", "precision": dtype, "channels_last": channels_last}
+
+
+# ---- timing -----------------------------------------------------------------------------------
+def timed(steps, device, count: int) -> tuple:
+    synchronize(device)
+    start = time.perf_counter()
+    images = sum(next(steps) for _ in range(count))
+    synchronize(device)
+    return images, time.perf_counter() - start
+
+
+def compare(args, device) -> dict:
+    pipelines = {
+        "published": published_steps(device, args.data_dir, args.workers, args.blocks),
+        "ours": our_steps(device, args.data_dir, args.precision, args.blocks),
+    }
+    for steps, _ in pipelines.values():
+        timed(steps, device, args.warmup)
+    totals = {name: [0, 0.0] for name in pipelines}
+    for _ in range(args.rounds):
+        for name, (steps, _) in pipelines.items():
+            images, seconds = timed(steps, device, args.steps)
+            totals[name][0] += images
+            totals[name][1] += seconds
+    result = {name: {**info, "images": totals[name][0], "seconds": round(totals[name][1], 3),
+                     "images_per_s": round(totals[name][0] / totals[name][1], 1)}
+              for name, (_, info) in pipelines.items()}
+    ratio = result["ours"]["images_per_s"] / result["published"]["images_per_s"]
+    return {
+        "device": describe(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "blocks": list(args.blocks), "batch_size": BATCH, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+        "published": result["published"], "ours": result["ours"], "ratio": round(ratio, 2),
+        "peak_images_per_s": args.peak_img_s, "ours_fraction_of_peak": round(result["ours"]["images_per_s"] / args.peak_img_s, 3),
+    }
+
+
+def time_to_94(args, device) -> dict:
+    """The fast preset on the full data set, stopped at the first epoch whose test accuracy reaches 94 %."""
+    reached, stop = {}, threading.Event()
+
+    def watch(record):
+        if record["kind"] == "epoch" and record["test_acc"] >= 0.94 and not reached:
+            reached.update(epoch=record["epoch"], test_acc=record["test_acc"], wall_s=record["elapsed_s"])
+            stop.set()
+
+    config = make_config("fast", data_dir=args.data_dir, device=str(device), precision=args.precision)
+    with tempfile.TemporaryDirectory() as run_dir:
+        outcome = Trainer(config, run_dir, callbacks=[watch], stop_event=stop, command="bench_train --time-to-94").run()
+    return {"device": describe(device), "preset": "fast", "reached_94": bool(reached), **reached,
+            "final_status": outcome["status"], "final_test_acc": outcome.get("test_acc")}
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"{device.type}: {platform.processor() or platform.machine()}"
+
+
+def print_table(report: dict) -> None:
+    rows = [
+        (f"published ({report['published']['precision']}, {report['published']['workers']} workers)", report["published"]["images_per_s"]),
+        (f"ours ({report['ours']['precision']}{', channels_last' if report['ours']['channels_last'] else ''})", report["ours"]["images_per_s"]),
+    ]
+    print(f"{report['device']}, torch {report['torch']}, {report['threads']} threads, batch {report['batch_size']}, "
+          f"{report['steps']} steps x {report['rounds']} round(s) after {report['warmup']} warm-up")
+    print(f"{'pipeline':<40} {'images/s':>10}")
+    for name, value in rows:
+        print(f"{name:<40} {value:>10.1f}")
+    print(f"{'ratio ours / published':<40} {report['ratio']:>9.2f}x")
+    print(f"{'ours / peak (' + str(report['peak_images_per_s']) + ' images/s)':<40} {report['ours_fraction_of_peak']:>10.1%}")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=positive_int, default=50, help="timed steps per pipeline and round (default 50)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    parser.add_argument("--rounds", type=positive_int, default=1, help="alternate the pipelines this many times")
+    parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="ours only")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the published pipeline")
+    parser.add_argument("--blocks", type=lambda t: tuple(int(b) for b in t.split(",")), default=(1, 1, 1, 1))
+    parser.add_argument("--peak-img-s", type=float, default=290.0, help="bf16 training peak of this machine (default 290)")
+    parser.add_argument("--json", metavar="OUT", help="also write the report to this JSON file")
+    parser.add_argument("--time-to-94", action="store_true", help="CUDA only: wall time of the fast preset to 94%% test accuracy")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    if args.time_to_94:
+        if device.type != "cuda":
+            print("error: --time-to-94 needs a CUDA GPU (30 epochs of the fast preset)", file=sys.stderr)
+            return 2
+        report = time_to_94(args, device)
+        print(json.dumps(report))
+    else:
+        report = compare(args, device)
+        print_table(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())

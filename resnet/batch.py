@@ -1,0 +1,186 @@
+"""Many images at once: files, folders (recursed) and .zip archives, predicted batch by batch.
+
+Zip members are read into memory one at a time and never extracted: a member's name is only ever
+shown, never joined to a path, so names like ``../../etc/x.png`` cannot write or read anywhere.
+"""
+
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import torch
+from PIL import Image
+
+from .evaluate import metrics_from_logits, predict_logits
+from .images import MAX_BYTES, ImageError, prepare
+
+BATCH_SIZE = 256
+MAX_ZIP_MEMBERS = 100_000
+IMAGE_SUFFIXES = frozenset(suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.OPEN)
+# Everything that reading one file or one member can raise; any of them makes just that image unreadable.
+READ_ERRORS = (ImageError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
+
+
+class FolderError(ValueError):
+    """A folder that is not the ImageFolder layout evaluate --folder needs."""
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str  # what the person sees: the path, or archive.zip:member
+    path: Path
+    member: zipfile.ZipInfo | None = None
+    label: int | None = None
+
+
+def _is_junk(parts) -> bool:
+    """Hidden files and macOS resource forks (__MACOSX/._x.png) are not pictures anyone meant to send."""
+    return any((part.startswith(".") and part not in (".", "..")) or part == "__MACOSX" for part in parts)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+class Sources:
+    """The images that paths name, in a stable order, with the problems found while listing them.
+
+    A file named directly is always tried; folders and archives contribute the files whose suffix
+    Pillow knows. Use as a context manager: archives stay open while their members are read.
+    """
+
+    def __init__(self, paths=()):
+        self.items, self.problems = [], []  # problems: (name, reason)
+        self._archives = {}
+        for path in paths:
+            self.add(path)
+
+    def add(self, path, label: int | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                relative = file.relative_to(path).parts
+                if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES and not _is_junk(relative):
+                    self.items.append(Source(str(file), file, label=label))
+        elif path.suffix.lower() == ".zip" and path.is_file():
+            self._add_archive(path, label)
+        elif path.is_file():
+            self.items.append(Source(str(path), path, label=label))
+        else:
+            self.problems.append((str(path), "no such file or folder"))
+
+    def _add_archive(self, path: Path, label) -> None:
+        try:
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as error:
+            self.problems.append((str(path), f"not a readable zip archive ({error})"))
+            return
+        members = archive.infolist()
+        if len(members) > MAX_ZIP_MEMBERS:
+            archive.close()
+            self.problems.append((str(path), f"the archive has {len(members)} members; the limit is {MAX_ZIP_MEMBERS}"))
+            return
+        self._archives[path] = archive
+        for member in members:
+            name = f"{path}:{_printable(member.filename)}"
+            parts = PurePosixPath(member.filename).parts
+            if member.is_dir() or _is_junk(parts) or PurePosixPath(member.filename).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if member.flag_bits & 0x1:
+                self.problems.append((name, "the member is encrypted"))
+            elif member.file_size > MAX_BYTES:
+                size, limit = member.file_size / 2**20, MAX_BYTES / 2**20
+                self.problems.append((name, f"{size:.1f} MB uncompressed; the limit is {limit:.0f} MB"))
+            else:
+                self.items.append(Source(name, path, member, label))
+
+    def prepare(self, source: Source) -> torch.Tensor:
+        """uint8 [3, 32, 32]; raises one of READ_ERRORS with the reason."""
+        if source.member is None:
+            return prepare(source.path)
+        # The header's size may lie (a zip bomb); read at most one byte past the cap.
+        with self._archives[source.path].open(source.member) as handle:
+            data = handle.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise ImageError(f"the member inflates past the {MAX_BYTES / 2**20:.0f} MB limit")
+        return prepare(data)
+
+    def close(self) -> None:
+        for archive in self._archives.values():
+            archive.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def predict_sources(model, sources: Sources, batch_size: int = BATCH_SIZE, tta: bool = False, on_error=None, progress=None):
+    """Yield (source, logits [C]) for every readable image; ``on_error(name, reason)`` hears of the rest.
+
+    Images are decoded one by one but go through the model ``batch_size`` at a time.
+    """
+    batch = []
+    for source in sources.items:
+        try:
+            batch.append((source, sources.prepare(source)))
+        except READ_ERRORS as error:
+            if on_error:
+                on_error(source.name, str(error) or type(error).__name__)
+        if progress is not None:
+            progress.update()
+        if len(batch) == batch_size:
+            yield from _predict_batch(model, batch, tta)
+            batch = []
+    if batch:
+        yield from _predict_batch(model, batch, tta)
+
+
+def _predict_batch(model, batch, tta):
+    images = torch.stack([image for _, image in batch])
+    logits = predict_logits(model, images, model.card["mean"], model.card["std"], batch_size=len(batch), tta=tta)
+    return zip([source for source, _ in batch], logits)
+
+
+def csv_header(classes) -> list:
+    return ["path", "prediction", "probability", *classes]
+
+
+def csv_row(name: str, probabilities: torch.Tensor, classes) -> list:
+    top = int(probabilities.argmax())
+    return [name, classes[top], f"{probabilities[top]:.6f}", *(f"{p:.6f}" for p in probabilities.tolist())]
+
+
+def image_folder(root, classes) -> Sources:
+    """An ImageFolder layout: one subfolder per class, named as ``classes`` (any letter case)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FolderError(f"{root}: no such folder")
+    index = {name.lower(): i for i, name in enumerate(classes)}
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not _is_junk([p.name]))
+    unknown = [p.name for p in folders if p.name.lower() not in index]
+    if unknown:
+        raise FolderError(f"{root}: unknown class folder(s) {', '.join(map(_printable, unknown))}; "
+                          f"subfolders must be named after the classes: {', '.join(classes)}")
+    sources = Sources()
+    for folder in folders:
+        sources.add(folder, label=index[folder.name.lower()])
+    if not sources.items:
+        raise FolderError(f"{root}: no images in class subfolders ({', '.join(classes)})")
+    return sources
+
+
+def evaluate_folder(model, sources: Sources, batch_size=BATCH_SIZE, tta=False, on_error=None, progress=None) -> dict:
+    """The test-set metrics (metrics_from_logits) for labelled sources; a class without images scores None."""
+    scored = list(predict_sources(model, sources, batch_size, tta, on_error, progress))
+    if not scored:
+        raise FolderError("none of the images could be read")
+    labels = torch.tensor([source.label for source, _ in scored])
+    metrics = metrics_from_logits(torch.stack([logits for _, logits in scored]), labels, model.num_classes)
+    counts = torch.bincount(labels, minlength=model.num_classes).tolist()
+    metrics["per_class_acc"] = [acc if count else None for acc, count in zip(metrics["per_class_acc"], counts)]
+    metrics["per_class_count"] = counts
+    metrics["unreadable"] = len(sources.items) - len(scored)
+    return metrics

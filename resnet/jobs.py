@@ -1,0 +1,292 @@
+"""Training runs owned by the server: one child process at a time, the rest wait in a queue.
+
+Each run is ``python -m resnet train --out RUNS_DIR/<id> <flags>`` in its own process, so a crash
+or an out-of-memory kill never takes the web server down, and the CLI's own SIGTERM handling
+gives a clean stop with a checkpoint. Everything a page shows is read back from the run folder.
+"""
+
+import json
+import math
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import runs
+from .data import BATCHES_FOLDER, TEST_FILES, TRAIN_FILES, DataMissingError, load_split, resolve_data_dir
+from .train import ConfigError, TrainConfig, make_config, resume_config
+from .weights import atomic_write_json
+
+REQUEST = "request.json"  # what a queued run will be started with; the CLI ignores the file
+LOG = "train.log"  # the child's stdout and stderr
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+POLL_S = 0.5
+
+
+def server_caps() -> dict:
+    """Limits a public host puts on requests, from the environment."""
+    return {
+        "epochs": int(os.environ.get("STUDIO_MAX_EPOCHS", 200)),
+        "batch_size": int(os.environ.get("STUDIO_MAX_BATCH", 1024)),
+        "queue": int(os.environ.get("STUDIO_MAX_QUEUE", 4)),
+    }
+
+
+def new_run_id() -> str:
+    return time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def check_settings(preset: str, overrides: dict) -> TrainConfig:
+    """The validated config (ConfigError with one clear sentence otherwise), server caps included."""
+    config = make_config(preset, **overrides)
+    caps = server_caps()
+    for name in ("epochs", "batch_size"):
+        if getattr(config, name) > caps[name]:
+            raise ConfigError(f"{name} {getattr(config, name)} is above this server's limit of {caps[name]}")
+    return config
+
+
+def cli_args(preset: str, overrides: dict) -> list:
+    """The `python -m resnet train` flags for a preset plus overrides (None = keep the preset's)."""
+    args = ["--preset", preset]
+    for name, value in overrides.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif name == "blocks":
+            args += [flag, ",".join(str(int(b)) for b in value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def cli_command(preset: str, overrides: dict, out: str = "runs/my-run") -> str:
+    return shlex.join(["python", "-m", "resnet", "train", "--out", out, *cli_args(preset, overrides)])
+
+
+def data_missing(data_dir=None) -> str | None:
+    """Why training cannot start on this host (CIFAR-10 absent), or None. Checks files, reads nothing."""
+    folder = resolve_data_dir(data_dir) / BATCHES_FOLDER
+    for train, names in ((True, TRAIN_FILES), (False, TEST_FILES)):
+        if not all((folder / name).is_file() for name in names):
+            try:
+                load_split(data_dir, train=train)  # raises before reading anything: its message says where to put the data
+            except DataMissingError as error:
+                return str(error)
+    return None
+
+
+class RunQueue:
+    """Starts queued runs one after another in child processes; safe to call from any thread."""
+
+    def __init__(self, root=None, max_queue: int | None = None):
+        self.root = Path(root or runs.runs_dir()).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_queue = server_caps()["queue"] if max_queue is None else max_queue
+        self._lock = threading.Lock()
+        self._waiting = []  # run ids, oldest first
+        self._child = None  # (run_id, Popen)
+        self._closed = threading.Event()
+        self._recover()
+        self._monitor = threading.Thread(target=self._watch, name="run-queue", daemon=True)
+        self._monitor.start()
+
+    # ---- requests -----------------------------------------------------------------------------
+    def start(self, preset: str = "fast", **overrides) -> str:
+        """Validate and enqueue a new run; returns its id."""
+        check_settings(preset, overrides)
+        run_id = new_run_id()
+        run_dir = runs.run_path(self.root, run_id)
+        with self._lock:
+            self._check_room()
+            run_dir.mkdir(parents=True)
+            atomic_write_json(run_dir / REQUEST, {"args": cli_args(preset, overrides), "created_at": time.time()})
+            runs.write_status(run_dir, "queued", "waiting for the trainer", pid=0)
+            self._waiting.append(run_id)
+        return run_id
+
+    def resume(self, run_id: str, epochs: int | None = None) -> str:
+        """Enqueue a stopped or interrupted run to continue from its checkpoint."""
+        run_dir = runs.run_path(self.root, run_id)
+        if not run_dir.is_dir():
+            raise runs.RunError(f"no run {run_id!r}")
+        status = runs.read_status(run_dir)["status"]
+        if status not in ("stopped", "interrupted", "failed"):
+            raise runs.RunError(f"{run_id} is {status}; only stopped, interrupted or failed runs can be resumed")
+        config = resume_config(run_dir, epochs)  # RunError/ConfigError if there is nothing to resume
+        if config.epochs > server_caps()["epochs"]:
+            raise ConfigError(f"epochs {config.epochs} is above this server's limit of {server_caps()['epochs']}")
+        args = ["--resume", str(run_dir)] + (["--epochs", str(epochs)] if epochs is not None else [])
+        with self._lock:
+            if self.active() == run_id:
+                raise runs.RunError(f"{run_id} is still shutting down; try again in a moment")
+            self._check_room()
+            atomic_write_json(run_dir / REQUEST, {"args": args, "created_at": time.time()})
+            runs.write_status(run_dir, "queued", "waiting to resume", pid=0)
+            self._waiting.append(run_id)
+        return f"{run_id} is queued to resume (position {self.position(run_id)})"
+
+    def stop(self, run_id: str) -> str:
+        """SIGTERM the run if it trains (it checkpoints and stops), or take it off the queue."""
+        runs.run_path(self.root, run_id)  # refuses odd ids
+        with self._lock:
+            if run_id in self._waiting:
+                self._waiting.remove(run_id)
+                runs.write_status(self.root / run_id, "stopped", "taken off the queue before it started", pid=0)
+                return f"{run_id} was taken off the queue"
+            if self._child and self._child[0] == run_id and self._child[1].poll() is None:
+                self._child[1].send_signal(signal.SIGTERM)
+                return f"{run_id} is stopping: it saves a checkpoint first, then it can be resumed"
+        raise runs.RunError(f"{run_id} is not running or queued on this server")
+
+    # ---- state --------------------------------------------------------------------------------
+    def active(self) -> str | None:
+        child = self._child
+        return child[0] if child and child[1].poll() is None else None
+
+    def waiting(self) -> list:
+        with self._lock:
+            return list(self._waiting)
+
+    def position(self, run_id: str) -> int | None:
+        """1 for the next run to start, 2 after it...; None when not waiting."""
+        waiting = self.waiting()
+        return waiting.index(run_id) + 1 if run_id in waiting else None
+
+    def close(self, stop_child: bool = True, timeout: float = 30) -> None:
+        """Stop watching; by default stop the training child too (it checkpoints first)."""
+        self._closed.set()
+        self._monitor.join(timeout=5)
+        child = self._child
+        if stop_child and child and child[1].poll() is None:
+            child[1].send_signal(signal.SIGTERM)
+            try:
+                child[1].wait(timeout)
+            except subprocess.TimeoutExpired:
+                child[1].kill()
+                child[1].wait()
+            self._settle(*child)
+
+    # ---- the worker ---------------------------------------------------------------------------
+    def _check_room(self) -> None:
+        if len(self._waiting) >= self.max_queue:
+            raise ConfigError(f"the queue is full ({self.max_queue} runs waiting); try again when one has started")
+
+    def _recover(self) -> None:
+        """Queued runs left by an earlier server start again, oldest request first."""
+        found = []
+        for run_dir in self.root.iterdir():
+            if run_dir.is_dir() and runs.RUN_ID.match(run_dir.name) and (run_dir / REQUEST).is_file():
+                if runs.read_status(run_dir)["status"] == "queued":
+                    found.append((_request(run_dir).get("created_at", 0), run_dir.name))
+        self._waiting = [run_id for _, run_id in sorted(found)]
+
+    def _foreign_run_alive(self) -> bool:
+        """A run started outside this queue (say, the CLI) still trains here: wait for it."""
+        return any(runs.read_status(p)["status"] == "running" for p in self.root.iterdir()
+                   if p.is_dir() and runs.RUN_ID.match(p.name))
+
+    def _watch(self) -> None:
+        while not self._closed.wait(POLL_S):
+            with self._lock:
+                if self._child and self._child[1].poll() is not None:
+                    self._settle(*self._child)
+                    self._child = None
+                if self._child is None and self._waiting and not self._foreign_run_alive():
+                    self._launch(self._waiting.pop(0))
+
+    def _launch(self, run_id: str) -> None:
+        run_dir = self.root / run_id
+        args = _request(run_dir).get("args")
+        if not isinstance(args, list):
+            runs.write_status(run_dir, "failed", f"{REQUEST} is missing or unreadable", pid=0)
+            return
+        if args[:1] != ["--resume"]:
+            args = ["--out", str(run_dir), *args]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])),
+               "TQDM_MININTERVAL": "10"}  # the log needs no ten updates a second
+        with open(run_dir / LOG, "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "resnet", "train", *args], stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        self._child = (run_id, process)
+
+    def _settle(self, run_id: str, process) -> None:
+        """A child that died before its trainer wrote a final status: say why, from its log."""
+        run_dir = self.root / run_id
+        if runs.read_status(run_dir)["status"] == "queued":
+            runs.write_status(run_dir, "failed", _last_error(run_dir / LOG) or f"the trainer exited with code {process.returncode}", pid=0)
+
+
+def _request(run_dir: Path) -> dict:
+    try:
+        request = json.loads((run_dir / REQUEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return request if isinstance(request, dict) else {}
+
+
+def _last_error(log_path: Path) -> str:
+    try:
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return (errors or lines or [""])[-1][:300]
+
+
+def run_rows(root) -> list:
+    """resnet.runs.list_runs, where runs that never started (no config.json yet) show their own status."""
+    rows = runs.list_runs(root)
+    for row in rows:
+        run_dir = Path(root) / row["run_id"]
+        if row["status"] == "damaged" and (run_dir / REQUEST).is_file():
+            status = runs.read_status(run_dir)
+            row.update(status=status["status"], message=status.get("message", ""))
+    return rows
+
+
+def progress(run_dir) -> dict:
+    """Where a run stands, in numbers and one sentence: epoch, step, speed, time left, accuracy."""
+    run_dir = Path(run_dir)
+    status = runs.read_status(run_dir)
+    rows = runs.read_metrics(run_dir)
+    try:
+        total_epochs = runs.read_config(run_dir).get("epochs")
+    except runs.RunError:
+        total_epochs = None
+    last = rows[-1] if rows else {}
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    done_epochs = epochs[-1]["epoch"] if epochs else 0
+    seconds_left = None
+    if epochs and total_epochs and status["status"] == "running":
+        per_epoch = epochs[-1]["elapsed_s"] / done_epochs
+        seconds_left = per_epoch * (total_epochs - done_epochs)
+    test_acc = epochs[-1].get("test_acc") if epochs else None
+    parts = [f"**{status['status']}**"]
+    if last:
+        parts.append(f"epoch {last['epoch']}/{total_epochs or '?'}, step {last['step']}")
+        parts.append(f"{last.get('images_per_s', 0):,.0f} images/s")
+    if seconds_left is not None:
+        parts.append(f"about {_duration(seconds_left)} left")
+    if test_acc is not None:
+        parts.append(f"test accuracy {test_acc:.1%}")
+    if status.get("message"):
+        parts.append(status["message"])
+    return {"status": status["status"], "epoch": last.get("epoch"), "step": last.get("step"), "total_epochs": total_epochs,
+            "images_per_s": last.get("images_per_s"), "seconds_left": seconds_left, "test_acc": test_acc,
+            "text": " · ".join(parts)}
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"

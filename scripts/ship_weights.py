@@ -1,0 +1,74 @@
+"""Copy a finished run's weights into weights/, stored in the smallest dtype that costs no accuracy.
+
+    python scripts/ship_weights.py runs/weights-fast [--name cifar10-resnet] [--data-dir D]
+
+Scores the run's final weights on the full test set (eval mode, fp32 compute) stored as fp32 and
+as fp16, keeps fp16 only if it predicts every test image the same way, and writes the card's
+metrics from the weights actually shipped, so `python -m resnet evaluate --json` reproduces them.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from resnet import runs  # noqa: E402
+from resnet.data import load_split  # noqa: E402
+from resnet.evaluate import metrics_from_logits, predict_logits  # noqa: E402
+from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights  # noqa: E402
+
+
+def stored_as(model, dtype):
+    """A copy of ``model`` whose floating-point tensors went through ``dtype`` and back."""
+    copy = type(model)(model.blocks, model.dropout, model.num_classes)
+    copy.load_state_dict({k: v.to(dtype).to(v.dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    return copy.eval()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--name", default=DEFAULT_WEIGHTS.stem)
+    parser.add_argument("--data-dir")
+    args = parser.parse_args()
+
+    if runs.read_status(args.run_dir)["status"] != "finished":
+        parser.error(f"{args.run_dir} is not a finished run")
+    model, card = load_weights(args.run_dir / runs.WEIGHTS)
+    images, labels = load_split(args.data_dir, train=False)
+    mean, std = card["mean"], card["std"]
+
+    scored = {}
+    for dtype in (torch.float32, torch.float16):
+        candidate = stored_as(model, dtype)
+        logits = predict_logits(candidate, images, mean, std)
+        tta_logits = predict_logits(candidate, images, mean, std, tta=True)
+        scored[dtype] = (candidate, logits, metrics_from_logits(logits, labels), metrics_from_logits(tta_logits, labels))
+    same = bool((scored[torch.float32][1].argmax(1) == scored[torch.float16][1].argmax(1)).all())
+    dtype = torch.float16 if same else torch.float32
+    candidate, _, final, tta = scored[dtype]
+
+    card.update(
+        test_acc=final["test_acc"], test_loss=final["test_loss"], tta_test_acc=tta["test_acc"],
+        per_class_acc=final["per_class_acc"], confusion=final["confusion"], ece=final["ece"], test_images=final["count"],
+        storage_comparison={
+            str(d).removeprefix("torch."): {"test_acc": s[2]["test_acc"], "test_loss": s[2]["test_loss"]} for d, s in scored.items()
+        },
+        storage_choice=f"{str(dtype).removeprefix('torch.')}: "
+        + ("fp16 storage predicts all test images exactly as fp32" if same else "fp16 storage changed predictions"),
+        source_run=args.run_dir.name,
+    )
+    card.pop("storage_dtype", None)
+    out = DEFAULT_WEIGHTS.parent / f"{args.name}.safetensors"
+    save_weights(candidate, out, card, dtype=dtype)
+    print(json.dumps({"weights": str(out), "dtype": str(dtype), "test_acc": final["test_acc"], "tta_test_acc": tta["test_acc"],
+                      "storage_comparison": card["storage_comparison"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

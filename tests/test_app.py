@@ -1,0 +1,329 @@
+"""The studio's handler functions, called directly: no server, no browser."""
+
+import base64
+import io
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnet import runs
+from resnet.constants import CLASSES
+from resnet.data import load_split
+from resnet.evaluate import evaluate
+from resnet.images import MAX_BYTES
+from resnet.model import build_model
+from resnet.weights import make_card, save_weights
+
+gr = pytest.importorskip("gradio")
+import app  # noqa: E402
+
+
+def tiny_card(model, data_dir) -> dict:
+    """A card like a finished run's, with the evaluation fields the pages draw."""
+    images, labels = load_split(data_dir, train=False)
+    result = evaluate(model, images, labels, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    curve = [{"epoch": 1, "train_loss": 2.3, "train_acc": 0.1, "test_loss": result["test_loss"], "test_acc": result["test_acc"]}]
+    return make_card(model, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), test_acc=result["test_acc"], ece=result["ece"],
+                     per_class_acc=result["per_class_acc"], confusion=result["confusion"], test_images=result["count"], curve=curve)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory, tiny_data):
+    """A randomly initialised model saved the way the shipped weights are: .safetensors + .json card."""
+    torch.manual_seed(0)
+    model = build_model().eval()
+    return save_weights(model, tmp_path_factory.mktemp("weights") / "tiny.safetensors", tiny_card(model, tiny_data))
+
+
+@pytest.fixture
+def studio_env(monkeypatch, tmp_path, tiny_data, tiny_weights):
+    """The app's environment: tiny weights as the shipped model, tiny data, an empty runs folder."""
+    monkeypatch.setenv("STUDIO_WEIGHTS", str(tiny_weights))
+    monkeypatch.setenv("CIFAR10_DIR", str(tiny_data))
+    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def studio(studio_env):
+    studio = app.Studio()
+    yield studio
+    studio.queue.close()
+
+
+def example(name="cat-0.png"):
+    return str(app.EXAMPLES / name)
+
+
+def finished_run(root, run_id, weights):
+    """A run folder as a finished training leaves it (copied from the tiny weights)."""
+    run_dir = runs.run_path(root, run_id)
+    run_dir.mkdir(parents=True)
+    (run_dir / runs.CONFIG).write_text(json.dumps({"optimizer": "adam", "lr": 0.01, "epochs": 1, "blocks": [1, 1, 1, 1]}))
+    card = json.loads(weights.with_suffix(".json").read_text())
+    (run_dir / runs.METRICS).write_text(json.dumps({"kind": "epoch", "epoch": 1, "step": 5, **card["curve"][0],
+                                                    "images_per_s": 100.0, "elapsed_s": 3.0}) + "\n")
+    (run_dir / runs.WEIGHTS).write_bytes(weights.read_bytes())
+    (run_dir / runs.CARD).write_text(json.dumps(card))
+    runs.write_status(run_dir, "finished", "finished: test accuracy 10.00% after 1 epochs", pid=0)
+    return run_dir
+
+
+# ---- Predict -------------------------------------------------------------------------------------
+def test_predict_gives_every_class_best_first(studio):
+    probabilities = studio.predict(example())
+    assert list(probabilities) == sorted(probabilities, key=probabilities.get, reverse=True)
+    assert set(probabilities) == set(CLASSES)
+    assert sum(probabilities.values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_explain_shows_the_input_and_the_map_enlarged(studio):
+    seen, heat = studio.explain(example())
+    assert seen.shape == heat.shape == (256, 256, 3) and seen.dtype == heat.dtype == np.uint8
+    original = np.asarray(Image.open(example()).convert("RGB"))
+    assert (seen[::8, ::8] == original).all()  # what the network saw is the 32 x 32 image itself
+
+
+def test_confidence_note_warns_when_unsure():
+    assert "none of the 10" in app.Studio.confidence_note({"cat": 0.3, "dog": 0.25})
+    assert "cat" in app.Studio.confidence_note({"cat": 0.9, "dog": 0.05})
+    assert app.Studio.confidence_note(None) == ""
+
+
+def odd_upload(kind: str, folder) -> str:
+    """A file a visitor might upload; returns its path."""
+    path = folder / f"upload-{kind}"
+    rgb = Image.new("RGB", (40, 30), (200, 30, 30))
+    if kind == "grayscale":
+        rgb.convert("L").save(path, "PNG")
+    elif kind == "alpha":
+        Image.new("RGBA", (40, 30), (0, 0, 255, 100)).save(path, "PNG")
+    elif kind == "palette":
+        rgb.convert("P").save(path, "GIF")
+    elif kind == "cmyk":
+        rgb.convert("CMYK").save(path, "JPEG")
+    elif kind == "16-bit":
+        Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50).save(path, "PNG")
+    elif kind == "animated-gif":
+        frames = [Image.new("P", (20, 20), i) for i in range(3)]
+        frames[0].save(path, "GIF", save_all=True, append_images=frames[1:])
+    elif kind == "webp":
+        rgb.save(path, "WEBP")
+    elif kind == "1x1":
+        Image.new("RGB", (1, 1), (9, 9, 9)).save(path, "PNG")
+    elif kind == "40mp":
+        Image.new("L", (8000, 6000)).save(path, "PNG")  # 48 MP of zeros: a small file, too many pixels
+    elif kind == "bomb":
+        png = io.BytesIO()
+        Image.new("1", (30000, 30000)).save(png, "PNG")  # 900 MP claimed by a tiny file
+        path.write_bytes(png.getvalue())
+    elif kind == "truncated":
+        buffer = io.BytesIO()
+        Image.new("RGB", (200, 200), (10, 200, 10)).save(buffer, "JPEG")
+        path.write_bytes(buffer.getvalue()[:300])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a picture, only named like one")
+    elif kind == "too-large":
+        path.write_bytes(b"\xff\xd8" + b"\0" * (MAX_BYTES + 10))
+    return str(path)
+
+
+ODD_UPLOADS = ["grayscale", "alpha", "palette", "cmyk", "16-bit", "animated-gif", "webp", "1x1", "40mp", "bomb",
+               "truncated", "empty", "text", "too-large"]
+
+
+@pytest.mark.parametrize("kind", ODD_UPLOADS)
+def test_odd_uploads_predict_or_say_why(studio, tmp_path, kind):
+    path = odd_upload(kind, tmp_path)
+    try:
+        probabilities = studio.predict(path)
+    except gr.Error as error:
+        assert error.message.startswith("cannot use this image: ") and len(error.message) > 30
+    else:
+        assert sum(probabilities.values()) == pytest.approx(1, abs=1e-5)
+        assert kind not in ("40mp", "bomb", "empty", "text", "too-large")
+
+
+def test_no_image_and_missing_weights_are_messages(studio, monkeypatch, tmp_path):
+    with pytest.raises(gr.Error, match="upload an image"):
+        studio.predict(None)
+    monkeypatch.setenv("STUDIO_WEIGHTS", str(tmp_path / "absent.safetensors"))
+    with pytest.raises(gr.Error, match="not here yet"):
+        studio.predict(example())
+    assert "not here yet" in studio.model_info("shipped", None)
+
+
+def test_uploads_reach_our_decoder_undecoded():
+    png = io.BytesIO()
+    Image.new("RGB", (5, 5)).save(png, "PNG")
+    data_model = gr.Image().data_model
+    pasted = data_model(url="data:image/png;base64," + base64.b64encode(png.getvalue()).decode())
+    assert app.undecoded_upload(pasted) == png.getvalue()
+    assert app.undecoded_upload(data_model(path="/tmp/x.png")) == "/tmp/x.png"
+    assert app.image_input().preprocess is app.undecoded_upload
+
+
+def test_picker_offers_finished_runs_and_predicts_with_them(studio, tiny_weights):
+    finished_run(studio.root, "run-done", tiny_weights)
+    (studio.root / "run-queued").mkdir()
+    values = [value for _, value in studio.model_choices()]
+    assert values == ["shipped", "run:run-done"]
+    assert studio.predict(example(), "run:run-done") == studio.predict(example(), "shipped")
+    assert "test accuracy" in studio.model_info("run:run-done", None)
+    for bad in ("run:../../etc", "/etc/passwd", "run:run-queued"):
+        with pytest.raises(gr.Error):
+            studio.predict(example(), bad)
+
+
+def test_uploaded_weights_ours_and_published(studio, tiny_weights, tmp_path):
+    key, picker, about = studio.upload_weights(tiny_weights.read_bytes())
+    assert picker.value == "uploaded" and "blocks" in about
+    assert set(studio.predict(example(), "uploaded", key)) == set(CLASSES)
+    published = io.BytesIO()
+    torch.save(build_model().state_dict(), published)  # how project1_model.pt was written
+    key, _, about = studio.upload_weights(published.getvalue())
+    assert "published" in about and studio.predict(example(), "uploaded", key)
+
+
+class Boom:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+@pytest.mark.parametrize("data", [b"not weights at all", pickle.dumps({"conv1.weight": Boom()})])
+def test_bad_weights_uploads_are_refused_in_words(studio, data, capsys):
+    with pytest.raises(gr.Error):
+        studio.upload_weights(data)
+    assert "unpickled!" not in capsys.readouterr().out
+    with pytest.raises(gr.Error, match="no longer loaded"):
+        studio.predict(example(), "uploaded", "upload:unknown")
+
+
+# ---- Train ---------------------------------------------------------------------------------------
+FORM = dict(optimizer="adam", lr=0.01, dropout=0.1, epochs=2, batch_size=64, blocks="1,1,1,1", limit_train=2000, momentum=0.9,
+            weight_decay=0.0, schedule="constant", label_smoothing=0.0, seed=0, limit_test=1000)
+
+
+# Long enough to be watched and stopped; each epoch of the tiny data takes seconds.
+TINY_RUN = dict(epochs=20, batch_size=64, limit_train=0, limit_test=50, dropout=0.0)
+
+
+def form_values(**changes):
+    """The Train form's values in order, as the handlers and /start_run take them."""
+    return list({**FORM, **changes}.values())
+
+
+def test_command_is_the_cli_line(studio):
+    line = studio.command("original", *form_values(blocks="2,2,2,2", epochs=3.0))
+    assert line.startswith("python -m resnet train --out runs/my-run --preset original --optimizer adam")
+    assert "--blocks 2,2,2,2" in line and "--epochs 3 " in line
+
+
+def test_preset_values_fill_the_form():
+    assert app.Studio.preset_values("original")[:4] == ["adam", 0.01, 0.1, 64]
+    assert app.Studio.preset_values("fast")[0] == "sgd"
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(lr=-1.0), "lr must be positive"),
+    (dict(dropout=1.0), "dropout must be in"),
+    (dict(epochs=10_000), "above this server's limit"),
+    (dict(batch_size=100_000), "above this server's limit"),
+])
+def test_start_run_refuses_bad_settings_in_words(studio, changes, message):
+    with pytest.raises(gr.Error, match=message):
+        studio.start_run("original", *form_values(**changes))
+    assert studio.list_runs().empty
+
+
+def test_start_run_without_data_says_where_to_put_it(studio, monkeypatch, tmp_path):
+    monkeypatch.setenv("CIFAR10_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(gr.Error, match="CIFAR-10 not found"):
+        studio.start_run("original", *form_values())
+
+
+def test_start_queues_and_stop_dequeues(studio, monkeypatch):
+    monkeypatch.setattr(studio.queue, "_launch", lambda run_id: None)  # keep it waiting: this test trains nothing
+    studio.queue._closed.set()
+    run_id = studio.start_run("original", *form_values())
+    assert runs.RUN_ID.match(run_id) and run_id.startswith("run-")
+    assert "position 1 in the queue" in studio.progress(run_id)
+    assert studio.list_runs().loc[0, "status"] == "queued"
+    assert "taken off the queue" in studio.stop_run(run_id)
+    assert studio.list_runs().loc[0, "status"] == "stopped"
+
+
+@pytest.mark.parametrize("run_id", ["../etc", "RUN", "a/b", "", "x" * 65])
+def test_run_ids_are_checked(studio, run_id):
+    for handler in (studio.stop_run, studio.resume_run, studio.run_metrics):
+        with pytest.raises(gr.Error):
+            handler(run_id)
+
+
+# ---- Runs ----------------------------------------------------------------------------------------
+def test_runs_table_metrics_curves_and_details(studio, tiny_weights):
+    finished_run(studio.root, "run-a", tiny_weights)
+    table = studio.list_runs()
+    assert list(table.columns) == app.TABLE_COLUMNS and table.loc[0, "run_id"] == "run-a"
+    assert studio.run_metrics("run-a").loc[0, "epoch"] == 1
+    accuracy, loss = studio.compare(["run-a"])
+    assert [trace.name for trace in accuracy.data] == ["run-a train", "run-a test"]
+    confusion, per_class, files = studio.run_details("run-a")
+    assert len(confusion.data[0].z) == 10 and len(per_class.data[0].y) == 10
+    assert sorted(f.rsplit("/", 1)[1] for f in files) == ["run-a.json", "run-a.safetensors"]
+    assert "finished" in studio.progress("run-a")
+
+
+def test_watch_redraws_only_on_change(studio, tiny_weights):
+    run_dir = finished_run(studio.root, "run-b", tiny_weights)
+    *figures, seen = studio.watch(["run-b"], "")
+    assert seen and figures[0].data
+    assert studio.watch(["run-b"], seen)[2] == seen and isinstance(studio.watch(["run-b"], seen)[0], type(gr.skip()))
+    runs.append_metrics(run_dir, {"kind": "epoch", "epoch": 2, "step": 10, "train_acc": 0.2, "test_acc": 0.2})
+    assert studio.watch(["run-b"], seen)[2] != seen
+
+
+def test_details_of_an_unfinished_run_say_so(studio):
+    run_dir = studio.root / "run-c"
+    run_dir.mkdir(parents=True)
+    runs.write_status(run_dir, "stopped", "stopped at epoch 1", pid=0)
+    confusion, _, files = studio.run_details("run-c")
+    assert files is None and "no model card" in confusion.layout.annotations[0].text
+
+
+# ---- Pages ---------------------------------------------------------------------------------------
+def test_examples_are_three_per_class_with_true_labels():
+    paths, captions = app.example_gallery()
+    assert len(paths) == 3 * len(CLASSES)
+    for name in CLASSES:
+        assert sum(caption.startswith(name + " ") for caption in captions) == 3
+    assert all(Image.open(path).size == (32, 32) for path in paths)
+
+
+def test_demo_exposes_exactly_the_documented_api(studio):
+    demo = app.build_demo(studio)
+    public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
+    assert public == {"predict", "explain", "start_run", "stop_run", "resume_run", "list_runs", "run_metrics"}
+
+
+def test_launch_options_cap_uploads_and_serve_only_our_folders(studio):
+    options = app.launch_options(studio)
+    assert options["max_file_size"] == MAX_BYTES
+    assert sorted(options["allowed_paths"]) == sorted(str(p) for p in (app.EXAMPLES, app.MISTAKES,
+                                                                         app.models.shipped_weights().parent))
+    assert not any(studio.root.resolve().is_relative_to(Path(p).resolve()) for p in options["allowed_paths"])
+
+
+def test_run_downloads_are_copies_outside_the_runs_folder(studio, tiny_weights):
+    run_dir = finished_run(studio.root, "run-d", tiny_weights)
+    *_, files = studio.run_details("run-d")
+    assert [Path(f).name for f in files] == ["run-d.safetensors", "run-d.json"]
+    assert all(not Path(f).resolve().is_relative_to(studio.root.resolve()) for f in files)
+    assert Path(files[0]).read_bytes() == (run_dir / runs.WEIGHTS).read_bytes()

@@ -1,0 +1,85 @@
+"""The studio through its HTTP API, as `gradio_client` sees it: a launched server, real requests."""
+
+import time
+
+import pytest
+from PIL import Image
+
+from test_app import ODD_UPLOADS, TINY_RUN, form_values, odd_upload, tiny_weights  # noqa: F401  (fixture)
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+import app  # noqa: E402
+from resnet.data import load_split  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_data, tiny_weights):  # noqa: F811
+    """(url, studio): the app on a free port, over tiny weights, tiny data and an empty runs folder."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STUDIO_WEIGHTS", str(tiny_weights))
+        env.setenv("CIFAR10_DIR", str(tiny_data))
+        env.setenv("RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
+        studio = app.Studio()
+        demo = app.build_demo(studio)
+        _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options(studio))
+        yield url, studio
+        demo.close()
+        studio.queue.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server[0], verbose=False)
+
+
+def test_predict_returns_the_label_only(client, real_data, tmp_path):
+    images, labels = load_split(real_data, train=False)
+    for index in range(3):
+        path = tmp_path / f"test-{index}.png"
+        Image.fromarray(images[index].permute(1, 2, 0).numpy()).save(path)
+        result = client.predict(handle_file(str(path)), api_name="/predict")
+        assert set(result) == {"label", "confidences"}
+        assert result["label"] == result["confidences"][0]["label"]
+        assert sum(c["confidence"] for c in result["confidences"]) <= 1 + 1e-6
+
+
+def test_explain_returns_two_pictures(client):
+    seen, heat = client.predict(handle_file(str(app.EXAMPLES / "ship-1.png")), api_name="/explain")
+    assert Image.open(seen).size == Image.open(heat).size == (256, 256)
+
+
+@pytest.mark.parametrize("kind", ["cmyk", "16-bit", "animated-gif", "text", "bomb", "truncated"])
+def test_odd_uploads_get_a_sentence(client, tmp_path, kind):
+    try:
+        result = client.predict(handle_file(odd_upload(kind, tmp_path)), api_name="/predict")
+    except gradio_client.exceptions.AppError as error:
+        assert str(error).startswith("cannot use this image: ") and "exception" not in str(error)
+    else:
+        assert result["label"] and kind in ODD_UPLOADS
+
+
+def test_train_watch_stop_over_the_api(client):
+    with pytest.raises(gradio_client.exceptions.AppError, match="invalid run id"):
+        client.predict("../../etc", api_name="/stop_run")
+    with pytest.raises(gradio_client.exceptions.AppError, match="lr must be positive"):
+        client.predict("original", *form_values(lr=0.0), api_name="/start_run")
+    run_id = client.predict("original", *form_values(**TINY_RUN), api_name="/start_run")
+    deadline = time.monotonic() + 180
+    while not (metrics := client.predict(run_id, api_name="/run_metrics"))["data"]:
+        assert time.monotonic() < deadline, "no metrics arrived"
+        time.sleep(0.5)
+    assert "train_loss" in metrics["headers"]
+    assert "is stopping" in client.predict(run_id, api_name="/stop_run")
+    while (row := _row(client, run_id))["status"] not in ("stopped", "finished"):
+        assert time.monotonic() < deadline, f"the run did not stop: {row}"
+        time.sleep(0.5)
+
+
+def _row(client, run_id) -> dict:
+    table = client.predict(api_name="/list_runs")
+    rows = [dict(zip(table["headers"], values)) for values in table["data"]]
+    return next(row for row in rows if row["run_id"] == run_id)

@@ -1,0 +1,54 @@
+"""One real visitor in headless Chromium: predict an uploaded picture, start a run, watch its curve grow."""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_app_api import server  # noqa: F401  (fixture)
+from test_app import tiny_weights  # noqa: F401  (fixture)
+
+import app
+
+CHROMIUM = Path("/usr/bin/chromium")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.is_file() and not shutil.which("chromium"), reason="chromium is not installed"),
+]
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def page(server):  # noqa: F811
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM if CHROMIUM.is_file() else shutil.which("chromium")),
+                                             args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(server[0])
+        yield page
+        browser.close()
+
+
+def test_upload_shows_the_predicted_label(page, server):  # noqa: F811
+    expected = server[1].predict(str(app.EXAMPLES / "frog-4.png"))
+    top = next(iter(expected))
+    page.locator("input[type=file]").first.set_input_files(str(app.EXAMPLES / "frog-4.png"))
+    sync_api.expect(page.locator("[data-testid=label-output-value]").first).to_contain_text(top)
+
+
+def test_a_started_run_gains_points_on_the_plot(page):
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_label(re.compile(r"^Epochs")).fill("6")
+    page.get_by_role("button", name="Advanced").click()
+    page.get_by_label(re.compile(r"^Test images scored per epoch")).fill("50")
+    page.get_by_role("button", name="Start training").click()
+    sync_api.expect(page.get_by_label("Run", exact=True)).to_have_value(re.compile(r"^run-\d{8}-\d{6}-[0-9a-f]{4}$"))
+    page.get_by_role("tab", name="Runs").click()
+    points = page.locator("#accuracy-plot .scatterlayer .point")
+    sync_api.expect(points.first).to_be_attached(timeout=180_000)
+    first = points.count()
+    page.wait_for_function(f"document.querySelectorAll('#accuracy-plot .scatterlayer .point').length > {first}", timeout=180_000)

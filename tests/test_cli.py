@@ -1,0 +1,195 @@
+"""The command line: bad input fails with one clear line before any work; evaluate --json is machine-readable."""
+
+import io
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from resnet import build_model, runs
+from resnet.cli import main
+from resnet.weights import make_card, save_weights
+
+REPO = Path(__file__).resolve().parent.parent
+
+FAST = ["--data-dir", "{data}", "--limit-train", "24", "--limit-test", "16", "--batch-size", "8", "--epochs", "1",
+        "--precision", "fp32", "--device", "cpu", "--log-every", "1"]
+
+
+@pytest.fixture(autouse=True)
+def keep_signal_handlers():
+    """``train`` installs SIGINT/SIGTERM handlers (so Ctrl-C stops cleanly); give pytest its own back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def run_cli(capsys, *argv):
+    """(exit code, stdout, stderr) of ``python -m resnet ARGV``, run in this process."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fast(data):
+    return [a.replace("{data}", str(data)) for a in FAST]
+
+
+# ---- help ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command, flag", [("train", "--resume"), ("evaluate", "--json"), ("predict", "--top")])
+def test_help_for_each_subcommand(capsys, command, flag):
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0 and flag in out and out.startswith(f"usage: python -m resnet {command}")
+
+
+def test_help_as_a_module_in_a_subprocess():
+    done = subprocess.run([sys.executable, "-m", "resnet", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and all(c in done.stdout for c in ("train", "evaluate", "predict"))
+
+
+# ---- train: refused before any work -------------------------------------------------------------
+@pytest.mark.parametrize("flags, words", [
+    (["--lr", "0"], "lr must be positive"),
+    (["--lr", "-0.1"], "lr must be positive"),
+    (["--dropout", "1"], "dropout must be in [0, 1)"),
+    (["--dropout", "-0.5"], "dropout must be in [0, 1)"),
+    (["--batch-size", "0"], "batch_size must be at least 1"),
+    (["--batch-size", "-8"], "batch_size must be at least 1"),
+    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--blocks", "0,1,1,1"], "blocks must be four whole numbers"),
+    (["--batch-size", "64"], "batch_size 64 is larger than the 24 training images"),
+])
+def test_invalid_train_settings_fail_with_one_line(capsys, tiny_data, tmp_path, flags, words):
+    code, out, err = run_cli(capsys, "train", "--out", tmp_path / "run", *fast(tiny_data), *flags)
+    assert code == 2
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("error: ") and words in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
+    (["--lr", "inf"], "argument --lr: 'inf' is not a finite number"),
+    (["--lr", "fast"], "argument --lr: 'fast' is not a number"),
+    (["--dropout", "nan"], "argument --dropout: 'nan' is not a finite number"),
+    (["--batch-size", "1.5"], "argument --batch-size: invalid int value"),
+    (["--optimizer", "lamb"], "argument --optimizer: invalid choice: 'lamb'"),
+    (["--blocks", "1,1,1"], "give four whole numbers"),
+])
+def test_malformed_train_flags_fail_in_the_parser(capsys, tiny_data, tmp_path, flags, words):
+    code, out, err = run_cli(capsys, "train", "--out", tmp_path / "run", *fast(tiny_data), *flags)
+    assert code == 2
+    last = err.strip().splitlines()[-1]  # argparse prints its usage above the one error line
+    assert "error:" in last and words in last, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_names_the_folder_and_download(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "run", "--data-dir", tmp_path / "nothing", "--precision", "fp32")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "CIFAR-10 not found" in err and str(tmp_path / "nothing") in err and "--download" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_is_required(capsys):
+    code, _, err = run_cli(capsys, "train")
+    assert code == 2 and err == "error: --out RUN_DIR is required (or --resume RUN_DIR)\n"
+
+
+@pytest.mark.parametrize("flags, named", [(["--lr", "0.1"], "--lr"), (["--batch-size", "8"], "--batch-size"),
+                                          (["--out", "x"], "out"), (["--data-dir", "x"], "data-dir")])
+def test_resume_refuses_other_flags(capsys, tmp_path, flags, named):
+    code, _, err = run_cli(capsys, "train", "--resume", tmp_path, *flags)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--resume takes only --epochs" in err and named in err
+
+
+def test_resume_of_a_folder_without_a_run(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--resume", tmp_path / "none")
+    assert code == 2 and "no config.json" in err and "Traceback" not in err
+
+
+# ---- train: runs ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_train_then_resume_with_more_epochs(capsys, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--preset", "original", "--out", run, *fast(tiny_data))
+    assert code == 0, err
+    assert "finished: test accuracy" in out and runs.read_status(run)["status"] == "finished"
+    assert json.loads((run / runs.CONFIG).read_text())["batch_size"] == 8
+
+    code, _, err = run_cli(capsys, "train", "--out", run, *fast(tiny_data))
+    assert code == 2 and "already holds a run" in err
+
+    code, out, err = run_cli(capsys, "train", "--resume", run, "--epochs", "2")
+    assert code == 0, err
+    assert [r["epoch"] for r in runs.read_metrics(run) if r["kind"] == "epoch"] == [1, 2]
+
+    code, _, err = run_cli(capsys, "train", "--resume", run, "--epochs", "1")
+    assert code == 2 and "may only be raised" in err
+
+
+def test_divergence_exits_3_with_a_message_and_no_traceback(capsys, tiny_data, tmp_path):
+    code, out, err = run_cli(capsys, "train", "--out", tmp_path / "run", *fast(tiny_data), "--optimizer", "sgd", "--lr", "1e30")
+    assert code == 3
+    assert "diverged at epoch 1, step " in out and "smaller learning rate" in out
+    assert "Traceback" not in err + out
+    assert runs.read_status(tmp_path / "run")["status"] == "diverged"
+
+
+# ---- evaluate and predict ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    model = build_model()
+    return save_weights(model, tmp_path_factory.mktemp("w") / "m.safetensors", make_card(model))
+
+
+def test_evaluate_json_last_line(capsys, tiny_data, weights):
+    code, out, _ = run_cli(capsys, "evaluate", "--weights", weights, "--data-dir", tiny_data, "--limit-test", "20", "--json")
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert isinstance(result, dict) and 0 <= result["test_acc"] <= 1 and result["test_loss"] > 0
+    assert len(result["per_class_acc"]) == 10
+    assert len(result["confusion"]) == 10 and all(len(row) == 10 for row in result["confusion"])
+    assert sum(map(sum, result["confusion"])) == result["count"] == 20
+
+
+def test_evaluate_text_lists_every_class(capsys, tiny_data, weights):
+    code, out, _ = run_cli(capsys, "evaluate", "--weights", weights, "--data-dir", tiny_data, "--limit-test", "20", "--tta")
+    assert code == 0 and "test accuracy" in out and "flip TTA" in out
+    assert all(name in out for name in ("airplane", "truck"))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.write_bytes(b"\x80\x02junk"), "not a plain PyTorch state_dict"),
+    (lambda p: None, "no such weights file"),
+])
+def test_evaluate_with_bad_weights_fails_with_one_line(capsys, tiny_data, tmp_path, make, words):
+    make(tmp_path / "w.pt")
+    code, _, err = run_cli(capsys, "evaluate", "--weights", tmp_path / "w.pt", "--data-dir", tiny_data)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and words in err
+
+
+def test_evaluate_with_missing_data(capsys, tmp_path, weights):
+    code, _, err = run_cli(capsys, "evaluate", "--weights", weights, "--data-dir", tmp_path)
+    assert code == 2 and "CIFAR-10 not found" in err
+
+
+def test_predict_json_and_a_bad_file(capsys, tmp_path, weights):
+    buffer = io.BytesIO()
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(buffer, "PNG")
+    (tmp_path / "red.png").write_bytes(buffer.getvalue())
+    (tmp_path / "notes.jpg").write_text("hello")
+    code, out, err = run_cli(capsys, "predict", "--weights", weights, "--json", "--top", "2", tmp_path / "red.png", tmp_path / "notes.jpg")
+    assert code == 1  # one of the two failed
+    row = json.loads(out.strip())
+    assert row["path"].endswith("red.png") and len(row["top"]) == 2
+    assert abs(sum(row["top"].values())) <= 1.0 + 1e-6
+    assert "notes.jpg" in err and "not an image" in err and "Traceback" not in err

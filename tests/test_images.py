@@ -1,0 +1,184 @@
+"""Any image a person might upload becomes uint8 [3, 32, 32], or an ImageError that says why."""
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from resnet.images import ImageError, prepare
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Pillow 13 drops some mode/format pairs
+        image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def assert_cifar_tensor(tensor):
+    assert isinstance(tensor, torch.Tensor)
+    assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.uint8 and tensor.is_contiguous()
+
+
+def gradient(mode: str, size=(48, 40)) -> Image.Image:
+    array = np.linspace(0, 255, size[0] * size[1] * 3).reshape(size[1], size[0], 3).astype(np.uint8)
+    return Image.fromarray(array, "RGB").convert(mode)
+
+
+@pytest.mark.parametrize("mode, fmt", [
+    ("L", "PNG"), ("LA", "PNG"), ("RGBA", "PNG"), ("CMYK", "JPEG"), ("RGB", "JPEG"), ("1", "PNG"), ("P", "PNG"),
+    ("RGB", "WEBP"), ("RGBA", "WEBP"), ("RGB", "BMP"), ("RGB", "TIFF"), ("CMYK", "TIFF"), ("F", "TIFF"),
+])
+def test_modes_and_formats(mode, fmt):
+    data = encode(gradient(mode), fmt)
+    assert Image.open(io.BytesIO(data)).mode == mode or fmt in ("JPEG", "WEBP")  # the file really has that mode
+    assert_cifar_tensor(prepare(data))
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped():
+    array = np.tile(np.linspace(1000, 60000, 64, dtype=np.uint16), (64, 1))
+    image = Image.fromarray(array)
+    assert image.mode == "I;16"
+    out = prepare(encode(image, "PNG"))
+    assert_cifar_tensor(out)
+    assert out[0, :, 0].max() < 20 and out[0, :, -1].min() > 235  # the full range is used, left dark, right bright
+    assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+
+
+def test_transparency_is_flattened_onto_white():
+    clear = Image.new("RGBA", (40, 40), (255, 0, 0, 0))
+    assert prepare(clear).eq(255).all()
+    solid = Image.new("RGBA", (40, 40), (255, 0, 0, 255))
+    assert prepare(solid)[:, 16, 16].tolist() == [255, 0, 0]
+    assert prepare(Image.new("LA", (40, 40), (0, 0))).eq(255).all()
+
+
+def test_palette_with_a_transparent_index():
+    image = Image.new("P", (40, 40), 1)
+    image.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
+    image.info["transparency"] = 1
+    data = encode(image, "PNG")
+    assert "transparency" in Image.open(io.BytesIO(data)).info
+    assert prepare(data).eq(255).all()  # the transparent blue became white background
+
+
+def test_animated_gif_uses_the_first_frame():
+    frames = [Image.new("RGB", (40, 40), color) for color in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert Image.open(io.BytesIO(data)).n_frames == 3
+    out = prepare(data)
+    assert out[0].float().mean() > 200 and out[2].float().mean() < 50
+
+
+def two_color_landscape() -> Image.Image:
+    """64 x 32: red on the left half, blue on the right."""
+    image = Image.new("RGB", (64, 32), (255, 0, 0))
+    image.paste((0, 0, 255), (32, 0, 64, 32))
+    return image
+
+
+def test_exif_orientation_is_applied():
+    plain = prepare(encode(two_color_landscape(), "JPEG", quality=95))
+    assert plain[0, :, :8].float().mean() > 200 and plain[2, :, -8:].float().mean() > 200  # red left, blue right
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    rotated = prepare(encode(two_color_landscape(), "JPEG", quality=95, exif=exif.tobytes()))
+    assert rotated[0, :8, :].float().mean() > 200 and rotated[2, -8:, :].float().mean() > 200  # red on top, blue below
+
+
+def test_a_non_square_image_keeps_its_centre_undistorted():
+    image = Image.new("RGB", (96, 32), (0, 255, 0))
+    image.paste((255, 0, 0), (32, 0, 64, 32))  # only the centre square is red
+    out = prepare(image)
+    assert out[0].min() > 200 and out[1].max() < 60
+
+
+def test_one_pixel_image():
+    out = prepare(encode(Image.new("RGB", (1, 1), (10, 20, 30)), "PNG"))
+    assert_cifar_tensor(out)
+    assert out[:, 5, 5].tolist() == [10, 20, 30]
+
+
+def test_paths_work(tmp_path):
+    (tmp_path / "cat.png").write_bytes(encode(gradient("RGB"), "PNG"))
+    assert_cifar_tensor(prepare(tmp_path / "cat.png"))
+    assert_cifar_tensor(prepare(str(tmp_path / "cat.png")))
+
+
+# ---- refusals ---------------------------------------------------------------------------------
+def refused(source, *words, **kwargs) -> str:
+    with pytest.raises(ImageError) as caught:
+        prepare(source, **kwargs)
+    for word in words:
+        assert word in str(caught.value), str(caught.value)
+    return str(caught.value)
+
+
+def test_empty_file_is_refused(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    refused(tmp_path / "empty.png", "empty")
+    refused(b"", "empty")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP"])
+def test_truncated_file_is_refused(fmt):
+    data = encode(gradient("RGB", (200, 200)), fmt)
+    refused(data[: len(data) // 2])
+
+
+def test_text_named_jpg_is_refused(tmp_path):
+    (tmp_path / "photo.jpg").write_text("this is not a picture\n" * 20)
+    refused(tmp_path / "photo.jpg", "not an image")
+
+
+def test_pixel_cap_is_checked_before_decoding():
+    data = encode(Image.new("RGB", (300, 300)), "PNG")
+    refused(data, "0.1 MP", "limit", max_pixels=50_000)
+    assert_cifar_tensor(prepare(data, max_pixels=90_000))
+
+
+def test_byte_cap(tmp_path):
+    data = encode(gradient("RGB"), "PNG")
+    refused(data, "MB", max_bytes=len(data) - 1)
+    (tmp_path / "big.png").write_bytes(data)
+    refused(tmp_path / "big.png", "limit", max_bytes=len(data) - 1)
+
+
+# ---- any input: a tensor or an ImageError -----------------------------------------------------
+MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "YCbCr", "HSV"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    width=st.integers(1, 90),
+    height=st.integers(1, 90),
+    mode=st.sampled_from(MODES),
+    fmt=st.sampled_from([None, "PNG", "TIFF", "WEBP", "JPEG", "GIF", "BMP"]),
+    seed=st.integers(0, 2**16),
+    cut=st.one_of(st.none(), st.floats(0.0, 1.0)),
+)
+def test_any_image_becomes_a_tensor_or_an_image_error(width, height, mode, fmt, seed, cut):
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB").convert(mode)
+    source = image
+    if fmt is not None:
+        try:
+            source = encode(image, fmt)
+        except (OSError, ValueError, KeyError):
+            return  # Pillow cannot write this mode in this format: nothing to upload
+        if cut is not None:
+            source = source[: int(len(source) * cut)]
+    try:
+        out = prepare(source)
+    except ImageError as error:
+        assert str(error)
+        return
+    assert_cifar_tensor(out)
+    assert torch.isfinite(out.float()).all()

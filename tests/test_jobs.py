@@ -1,0 +1,178 @@
+"""The run queue: child processes of `python -m resnet train`, one at a time, read back from disk."""
+
+import json
+import os
+import time
+
+import pytest
+
+from resnet import jobs, runs
+from resnet.cli import TRAIN_FLAGS, build_parser
+from resnet.train import ConfigError, make_config
+
+# A run the tiny data set finishes in seconds on one CPU thread.
+TINY = dict(epochs=1, batch_size=64, limit_test=50, log_every=1, dropout=0.0)
+
+
+@pytest.fixture
+def data_env(monkeypatch, tiny_data):
+    monkeypatch.setenv("CIFAR10_DIR", str(tiny_data))
+
+
+@pytest.fixture
+def queue(tmp_path, data_env):
+    queue = jobs.RunQueue(tmp_path / "runs", max_queue=2)
+    yield queue
+    queue.close()
+
+
+def wait_for(condition, timeout=120, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def status_of(queue, run_id):
+    return runs.read_status(queue.root / run_id)["status"]
+
+
+def test_cli_args_parse_back_to_the_same_config():
+    overrides = dict(optimizer="rmsprop", lr=0.003, blocks=(2, 2, 2, 2), epochs=3, limit_train=2000, label_smoothing=0.1,
+                     nesterov=False, seed=None)
+    args = build_parser().parse_args(["train", "--out", "x", *jobs.cli_args("fast", overrides)])
+    parsed = make_config(args.preset, **{name: getattr(args, name) for name in TRAIN_FLAGS})
+    assert parsed == make_config("fast", **overrides)
+    assert jobs.cli_command("fast", {"lr": 0.1}) == "python -m resnet train --out runs/my-run --preset fast --lr 0.1"
+
+
+def test_server_caps_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("STUDIO_MAX_EPOCHS", "5")
+    monkeypatch.setenv("STUDIO_MAX_BATCH", "128")
+    jobs.check_settings("original", {"epochs": 5, "batch_size": 128})
+    with pytest.raises(ConfigError, match="epochs 6 is above this server's limit of 5"):
+        jobs.check_settings("original", {"epochs": 6})
+    with pytest.raises(ConfigError, match="batch_size 256 is above"):
+        jobs.check_settings("original", {"epochs": 1, "batch_size": 256})
+
+
+def test_run_ids_are_valid_and_distinct():
+    ids = {jobs.new_run_id() for _ in range(50)}
+    assert len(ids) == 50 and all(runs.RUN_ID.match(run_id) for run_id in ids)
+
+
+def test_data_missing_names_the_folder(tmp_path, tiny_data):
+    assert jobs.data_missing(tiny_data) is None
+    message = jobs.data_missing(tmp_path)
+    assert "CIFAR-10 not found" in message and str(tmp_path) in message
+
+
+def write_run(run_dir, status="running", message="", epochs=4, rows=()):
+    run_dir.mkdir(parents=True)
+    (run_dir / runs.CONFIG).write_text(json.dumps({"epochs": epochs, "optimizer": "adam"}))
+    for row in rows:
+        runs.append_metrics(run_dir, row)
+    runs.write_status(run_dir, status, message)
+
+
+def test_progress_in_numbers_and_words(tmp_path):
+    rows = [{"kind": "step", "epoch": 1, "step": 50, "train_loss": 2.0, "train_acc": 0.2, "images_per_s": 900.0, "elapsed_s": 4.0},
+            {"kind": "epoch", "epoch": 1, "step": 78, "train_loss": 1.9, "train_acc": 0.3, "test_acc": 0.41,
+             "images_per_s": 1000.0, "elapsed_s": 60.0}]
+    write_run(tmp_path / "run-p", rows=rows)
+    progress = jobs.progress(tmp_path / "run-p")
+    assert progress["seconds_left"] == pytest.approx(180) and progress["test_acc"] == 0.41
+    assert "epoch 1/4, step 78" in progress["text"] and "1,000 images/s" in progress["text"]
+    assert "about 3m 00s left" in progress["text"] and "test accuracy 41.0%" in progress["text"]
+
+
+def test_a_diverged_run_says_so(tmp_path):
+    write_run(tmp_path / "run-d", "diverged", "diverged at epoch 1, step 50: ... try a smaller learning rate")
+    text = jobs.progress(tmp_path / "run-d")["text"]
+    assert "**diverged**" in text and "try a smaller learning rate" in text
+
+
+def test_the_queue_waits_for_a_run_started_elsewhere(queue):
+    write_run(queue.root / "run-cli")  # status running with this (live) pid, as the CLI leaves it
+    run_id = queue.start("original", **TINY)
+    time.sleep(3 * jobs.POLL_S)
+    assert queue.active() is None and queue.position(run_id) == 1 and status_of(queue, run_id) == "queued"
+    assert "taken off the queue" in queue.stop(run_id)
+    assert status_of(queue, run_id) == "stopped" and queue.waiting() == []
+    with pytest.raises(runs.RunError, match="not running or queued on this server"):
+        queue.stop("run-cli")  # never signals a process it did not start
+
+
+def test_a_full_queue_refuses(queue):
+    write_run(queue.root / "run-cli")  # holds the queue
+    queue.start("original", **TINY)
+    queue.start("original", **TINY)
+    with pytest.raises(ConfigError, match="the queue is full"):
+        queue.start("original", **TINY)
+
+
+@pytest.mark.slow
+def test_runs_train_one_at_a_time_to_the_end(queue):
+    first, second = queue.start("original", **TINY), queue.start("original", **TINY)
+    wait_for(lambda: queue.active() == first, what="the first run to start")
+    assert queue.position(second) == 1 and status_of(queue, second) == "queued"
+    wait_for(lambda: status_of(queue, second) == "finished", timeout=300, what="both runs to finish")
+    for run_id in (first, second):
+        assert (queue.root / run_id / runs.WEIGHTS).is_file() and status_of(queue, run_id) == "finished"
+    rows = {row["run_id"]: row for row in jobs.run_rows(queue.root)}
+    assert rows[first]["final_test_acc"] is not None and rows[first]["epochs"] == "1/1"
+
+
+@pytest.mark.slow
+def test_stop_checkpoints_and_resume_finishes(queue):
+    run_id = queue.start("original", **{**TINY, "epochs": 6})
+    wait_for(lambda: runs.read_metrics(queue.root / run_id), what="the first step")
+    assert "is stopping" in queue.stop(run_id)
+    wait_for(lambda: status_of(queue, run_id) == "stopped" and queue.active() is None, what="the stop")
+    assert (queue.root / run_id / runs.CHECKPOINT).is_file()
+    assert "queued to resume" in queue.resume(run_id)
+    with pytest.raises(runs.RunError, match="is queued; only stopped"):
+        queue.resume(run_id)
+    wait_for(lambda: status_of(queue, run_id) == "finished", timeout=300, what="the resumed run to finish")
+    assert max(r["epoch"] for r in runs.read_metrics(queue.root / run_id)) == 6
+
+
+@pytest.mark.slow
+def test_a_child_that_fails_before_training_reports_why(queue, monkeypatch, tmp_path):
+    monkeypatch.setenv("CIFAR10_DIR", str(tmp_path / "no-data"))  # the child inherits it
+    run_id = queue.start("original", **TINY)
+    wait_for(lambda: status_of(queue, run_id) == "failed", what="the failure")
+    assert "CIFAR-10 not found" in runs.read_status(queue.root / run_id)["message"]
+
+
+@pytest.mark.slow
+def test_queued_runs_survive_a_server_restart(tmp_path, data_env):
+    root = tmp_path / "runs"
+    before = jobs.RunQueue(root)
+    before.close()  # the server goes down: nothing it queued has started
+    older = before.start("original", **TINY)
+    newer = before.start("original", **TINY)
+    after = jobs.RunQueue(root)
+    try:
+        assert after.waiting() in ([older, newer], [newer])  # the oldest may already have started
+        wait_for(lambda: status_of(after, newer) == "finished", timeout=300, what="both recovered runs to finish")
+        assert status_of(after, older) == "finished"
+    finally:
+        after.close()
+
+
+def test_resume_refuses_what_cannot_resume(queue):
+    write_run(queue.root / "run-f", "finished")
+    with pytest.raises(runs.RunError, match="only stopped, interrupted or failed"):
+        queue.resume("run-f")
+    write_run(queue.root / "run-s", "stopped")
+    with pytest.raises(runs.RunError, match="no checkpoint"):
+        queue.resume("run-s")
+    with pytest.raises(runs.RunError, match="no run"):
+        queue.resume("run-none")
+    with pytest.raises(runs.RunError, match="invalid run id"):
+        queue.resume("../x")
+    assert sorted(os.listdir(queue.root)) == ["run-f", "run-s"]

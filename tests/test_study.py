@@ -1,0 +1,116 @@
+"""The optimizer study end to end on the tiny data set: phases, divergence, skip and resume, figures."""
+
+import contextlib
+import dataclasses
+import json
+import threading
+
+import pytest
+
+from resnet import runs, study
+from resnet.cli import main
+from resnet.train import ConfigError
+
+# 64 training images, batch 32: two steps an epoch. Adam at lr 1e37 turns the loss non-finite on
+# its second step, which stands in for the published grid's diverging learning rates.
+BUDGET = study.Budget(train_size=64, val_size=64, epochs=1, batch_size=32, test_size=20)
+DESIGN = study.Design(optimizers=("adam", "sgd"), lrs=(1e37, 0.01), fallbacks=((1e37, 0.001),),
+                      dropouts=(0.0, 0.1), sizes=((1, 1, 1, 1), (1, 1, 1, 2)))
+
+
+def recorder(log, stop_before=None, stop=None):
+    """A watch hook that notes (run_id, resume) of every run and can ask one run to stop at once."""
+
+    def watch(planned, trainer, resume):
+        log.append((planned.run_id, resume))
+        if planned.run_id == stop_before:
+            stop.set()
+        return contextlib.nullcontext()
+
+    return watch
+
+
+@pytest.mark.slow
+def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
+    root, results_path = tmp_path / "study-runs", tmp_path / "results" / "study.json"
+    stop, first = threading.Event(), []
+    interrupted = "sgd-lr0p01-drop0p1-b1111"
+    study.run_study(root, BUDGET, DESIGN, tiny_data, results_path, stop_event=stop, watch=recorder(first, interrupted, stop))
+    # Adam diverged at 1e37, so its fallback lr comes next, before SGD's runs.
+    assert [run_id for run_id, _ in first] == ["adam-lr1e37-drop0p1-b1111", "adam-lr0p01-drop0p1-b1111",
+                                               "adam-lr0p001-drop0p1-b1111", "sgd-lr1e37-drop0p1-b1111", interrupted]
+    assert runs.read_status(root / interrupted)["status"] == "stopped"
+    written = json.loads(results_path.read_text())
+    assert {r["run_id"]: r["status"] for r in written["runs"]}["adam-lr1e37-drop0p1-b1111"] == "diverged"
+    assert written["waiting"].startswith("the optimizers phase is not done yet")
+
+    second = []
+    results = study.run_study(root, BUDGET, DESIGN, tiny_data, results_path, watch=recorder(second))
+    assert second[0] == (interrupted, True)
+    assert not {run_id for run_id, _ in first[:-1]} & {run_id for run_id, _ in second}
+    by_id = {r["run_id"]: r for r in results["runs"]}
+    # Both optimizers diverged at 1e37, so each got the fallback lr; the winner's settings recur in later phases.
+    assert {"adam-lr0p001-drop0p1-b1111", "sgd-lr0p001-drop0p1-b1111"} <= set(by_id)
+    assert all(r["status"] in study.DONE for r in results["runs"]) and results["waiting"] is None
+    winner = by_id[results["choices"]["optimizers"]]
+    assert winner["final_val_acc"] == max(r["final_val_acc"] for r in results["runs"] if "optimizers" in r["phases"]
+                                          and r["final_val_acc"] is not None)
+    assert "dropout" in winner["phases"]
+    size_runs = [r for r in results["runs"] if "size" in r["phases"]]
+    assert sorted(r["blocks"] for r in size_runs) == [[1, 1, 1, 1], [1, 1, 1, 2]]
+    assert all(r["dropout"] == by_id[results["choices"]["dropout"]]["dropout"] for r in size_runs)
+    finished = [r for r in results["runs"] if r["status"] == "finished"]
+    assert all(len(r["curve"]) == 1 and r["curve"][0]["val_acc"] is not None for r in finished)
+    assert by_id[interrupted]["final_val_acc"] is not None
+    assert json.loads(results_path.read_text()) == json.loads(json.dumps(results))
+
+    third = []
+    study.run_study(root, BUDGET, DESIGN, tiny_data, results_path, watch=recorder(third))
+    assert third == []
+
+    heatmap = study.heatmap_figure(results).data[0]
+    assert list(heatmap.x) == ["1e+37", "0.01", "0.001"] and list(heatmap.y) == ["adam", "sgd"]
+    assert heatmap.text[0][0] == "diverged" and heatmap.z[0][0] is None
+    assert {trace.name.split()[0] for trace in study.curves_figure(results).data} == {"adam", "sgd"}
+    assert list(study.dropout_figure(results).data[0].x) == [0.0, 0.1]
+    assert len(study.size_figure(results).data[0].x) == 2
+    assert (results_path.parent / "study-heatmap.html").is_file()
+
+
+def test_plan_waits_for_the_optimizer_phase(tmp_path):
+    planned, waiting = study.plan(tmp_path, study.Budget())
+    assert len(planned) == 12 and {p.phases for p in planned} == {("optimizers",)}
+    assert {p.lr for p in planned} == {0.5, 0.1, 0.01}
+    assert "not done yet" in waiting
+
+
+def test_a_study_folder_keeps_its_budget(tiny_data, tmp_path, capsys):
+    root = tmp_path / "study-runs"
+    root.mkdir()
+    (root / study.BUDGET_FILE).write_text(json.dumps({**dataclasses.asdict(BUDGET), "epochs": 3}))
+    with pytest.raises(ConfigError, match="epochs 3 -> 1"):
+        study.check_budget(root, BUDGET)
+    code = main(["study", "--data-dir", str(tiny_data), "--out", str(root), "--train-size", "64", "--val-size", "64",
+                 "--epochs", "1", "--batch-size", "32", "--dry-run"])
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith("error: ") and error.count("\n") == 1
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+    assert main(["study", "--out", str(tmp_path / "s"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "adam-lr0p01-drop0p1-b1111" in out and "12 runs planned" in out
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_cli_study_trains_only_the_chosen_runs(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(study, "PUBLISHED", DESIGN)
+    root, results_path = tmp_path / "runs", tmp_path / "study.json"
+    code = main(["study", "--data-dir", str(tiny_data), "--out", str(root), "--results", str(results_path), "--train-size", "64",
+                 "--val-size", "64", "--epochs", "1", "--batch-size", "32", "--only", "sgd-lr0p01"])
+    assert code == 0
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["sgd-lr0p01-drop0p1-b1111"]
+    statuses = {r["run_id"]: r["status"] for r in json.loads(results_path.read_text())["runs"]}
+    assert statuses["sgd-lr0p01-drop0p1-b1111"] == "finished" and statuses["adam-lr0p01-drop0p1-b1111"] == "pending"
+    assert "sgd-lr0p01-drop0p1-b1111" in capsys.readouterr().out

@@ -1,0 +1,240 @@
+"""The trainer: it learns, resumes exactly, stops and diverges cleanly, and writes its files atomically."""
+
+import json
+import math
+import os
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from resnet import runs
+from resnet.train import ConfigError, Trainer, lr_at, make_config, resume_config
+from resnet.weights import load_weights
+
+STEP_KEYS = {"kind", "epoch", "step", "train_loss", "train_acc", "lr", "images_per_s", "elapsed_s"}
+
+
+def small_config(data_dir, **overrides):
+    """A run that takes a second or two on one CPU thread: 3 steps of 8 images per epoch."""
+    settings = dict(data_dir=str(data_dir), limit_train=24, limit_test=16, batch_size=8, epochs=2, log_every=1,
+                    precision="fp32", device="cpu", eval_batch_size=16)
+    return make_config("original", **{**settings, **overrides})
+
+
+def stop_at_step(event: threading.Event, step: int):
+    """A callback that asks the run to stop once the step record ``step`` is written (it stops one step later)."""
+    def callback(record):
+        if record["kind"] == "step" and record["step"] == step:
+            event.set()
+    return callback
+
+
+def final_weights(run_dir) -> dict:
+    return load_file(run_dir / runs.WEIGHTS)
+
+
+def last_epoch_rows(run_dir) -> dict:
+    return {r["epoch"]: r for r in runs.read_metrics(run_dir) if r["kind"] == "epoch"}
+
+
+# ---- learning -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_short_run_learns_the_patterns(tiny_data, tmp_path):
+    config = make_config("original", data_dir=str(tiny_data), val_size=32, limit_train=96, limit_test=20, batch_size=16,
+                         epochs=3, lr=1e-3, dropout=0.0, augment="none", precision="fp32", device="cpu", log_every=2)
+    outcome = Trainer(config, tmp_path / "run").run()
+
+    assert outcome["status"] == "finished", outcome
+    rows = runs.read_metrics(tmp_path / "run")
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert epochs[-1]["train_acc"] >= 0.9
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert epochs[-1]["val_acc"] > 0.3  # well above chance (0.1) on images it never trained on
+
+    for row in rows:
+        assert STEP_KEYS <= set(row), row
+    for row in epochs:
+        assert {"test_loss", "test_acc", "val_loss", "val_acc"} <= set(row)
+        assert row["step"] == row["epoch"] * 6  # 96 images / 16 a batch
+    assert [r["step"] for r in rows if r["kind"] == "step"] == list(range(2, 19, 2))
+
+    status = runs.read_status(tmp_path / "run")
+    assert status["status"] == "finished" and status["message"].startswith("finished: test accuracy")
+    model, card = load_weights(tmp_path / "run" / runs.WEIGHTS)
+    assert card["training"]["lr"] == 1e-3 and card["test_images"] == 20 and len(card["curve"]) == 3
+    assert card["mean"] == list(config.mean) and card["provenance"]["world_size"] == 1
+    assert json.loads((tmp_path / "run" / runs.CONFIG).read_text())["val_size"] == 32
+
+
+def test_without_val_size_epoch_rows_carry_test_metrics_only(straight_run):
+    for row in last_epoch_rows(straight_run).values():
+        assert {"test_loss", "test_acc"} <= set(row) and "val_acc" not in row
+
+
+# ---- resume -----------------------------------------------------------------------------------
+RESUME_SETTINGS = dict(ema=0.9, schedule="cosine", warmup=0.2)  # so optimizer, EMA and schedule state all matter
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight")
+    assert Trainer(small_config(tiny_data, **RESUME_SETTINGS), run_dir).run()["status"] == "finished"
+    return run_dir
+
+
+def assert_same_result(run_dir, straight_run):
+    straight, resumed = final_weights(straight_run), final_weights(run_dir)
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    for epoch, row in last_epoch_rows(straight_run).items():
+        again = last_epoch_rows(run_dir)[epoch]
+        for key in ("step", "train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+            assert again[key] == row[key], (epoch, key)
+
+
+@pytest.mark.parametrize("stop_after, position", [
+    (3, {"epoch": 2, "step_in_epoch": 1}),  # asked after epoch 1's last step: stops in the middle of epoch 2
+    (2, {"epoch": 1, "step_in_epoch": 3}),  # asked before epoch 1's last step: stops at the epoch boundary
+])
+def test_stop_then_resume_equals_an_uninterrupted_run(tiny_data, tmp_path, straight_run, stop_after, position):
+    config = small_config(tiny_data, **RESUME_SETTINGS)
+    event = threading.Event()
+    outcome = Trainer(config, tmp_path, callbacks=[stop_at_step(event, stop_after)], stop_event=event).run()
+    assert outcome["status"] == "stopped"
+    checkpoint = torch.load(tmp_path / runs.CHECKPOINT, weights_only=True)
+    assert {k: checkpoint["position"][k] for k in position} == position
+    assert not (tmp_path / runs.WEIGHTS).exists()
+
+    assert Trainer(resume_config(tmp_path), tmp_path).run(resume=True)["status"] == "finished"
+    assert_same_result(tmp_path, straight_run)
+
+
+def test_resume_after_a_crash_uses_the_epoch_checkpoint(tiny_data, tmp_path, straight_run):
+    class Crash(RuntimeError):
+        pass
+
+    def crash_in_epoch_two(record):
+        if record["kind"] == "step" and record["step"] == 5:
+            raise Crash("killed")
+
+    with pytest.raises(Crash):
+        Trainer(small_config(tiny_data, **RESUME_SETTINGS), tmp_path, callbacks=[crash_in_epoch_two]).run()
+    assert runs.read_status(tmp_path)["status"] == "failed"
+    assert torch.load(tmp_path / runs.CHECKPOINT, weights_only=True)["position"]["epoch"] == 2
+
+    Trainer(resume_config(tmp_path), tmp_path).run(resume=True)
+    assert_same_result(tmp_path, straight_run)
+
+
+def test_resume_may_raise_epochs_only(tiny_data, tmp_path):
+    event = threading.Event()
+    Trainer(small_config(tiny_data, epochs=1), tmp_path, callbacks=[stop_at_step(event, 1)], stop_event=event).run()
+    assert resume_config(tmp_path, epochs=3).epochs == 3
+    with pytest.raises(ConfigError, match="only be raised"):
+        resume_config(tmp_path, epochs=0)
+    (tmp_path / runs.CHECKPOINT).unlink()
+    with pytest.raises(runs.RunError, match="no checkpoint.pt"):
+        resume_config(tmp_path)
+
+
+# ---- stop and divergence ----------------------------------------------------------------------
+def test_a_stop_request_writes_a_loadable_checkpoint(tiny_data, tmp_path):
+    event = threading.Event()
+    event.set()  # asked before the first step: the run still does one step, then stops
+    outcome = Trainer(small_config(tiny_data), tmp_path, stop_event=event).run()
+    assert outcome["status"] == "stopped" and "resume" in outcome["message"]
+    status = runs.read_status(tmp_path)
+    assert status["status"] == "stopped" and status["pid"] == os.getpid()
+    checkpoint = torch.load(tmp_path / runs.CHECKPOINT, map_location="cpu", weights_only=True)
+    assert set(checkpoint) == {"model", "optimizer", "position"}
+    assert checkpoint["position"]["epoch"] == 1 and checkpoint["position"]["step_in_epoch"] == 1
+    model, _ = load_weights(tmp_path / runs.CHECKPOINT)  # a checkpoint also serves as weights
+    assert torch.equal(model.conv1.weight, checkpoint["model"]["conv1.weight"])
+
+
+def test_a_huge_learning_rate_diverges_with_a_message(tiny_data, tmp_path):
+    config = small_config(tiny_data, optimizer="sgd", lr=1e30, epochs=1)
+    outcome = Trainer(config, tmp_path).run()
+    assert outcome["status"] == "diverged"
+    assert "diverged at epoch 1, step 2" in outcome["message"] and "smaller learning rate" in outcome["message"]
+    status = runs.read_status(tmp_path)
+    assert status["status"] == "diverged" and status["message"] == outcome["message"]
+    rows = runs.read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1] and math.isfinite(rows[0]["train_loss"])  # the curve up to the blow-up
+    assert not (tmp_path / runs.WEIGHTS).exists()
+
+
+@pytest.mark.slow
+def test_adam_at_lr_half_diverges(tiny_data, tmp_path):
+    # Its loss stays finite but far above chance: the 50-step window catches it.
+    config = small_config(tiny_data, lr=0.5, batch_size=4, limit_train=60, epochs=5)
+    outcome = Trainer(config, tmp_path).run()
+    assert outcome["status"] == "diverged", outcome
+    assert runs.read_status(tmp_path)["status"] == "diverged"
+    assert len([r for r in runs.read_metrics(tmp_path) if r["kind"] == "epoch"]) >= 1
+
+
+# ---- files ------------------------------------------------------------------------------------
+def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tiny_data, tmp_path, monkeypatch):
+    event = threading.Event()
+    Trainer(small_config(tiny_data), tmp_path, callbacks=[stop_at_step(event, 1)], stop_event=event).run()
+    before = (tmp_path / runs.CHECKPOINT).read_bytes()
+
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if os.path.basename(dst) == runs.CHECKPOINT:
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        Trainer(resume_config(tmp_path), tmp_path).run(resume=True)
+
+    assert (tmp_path / runs.CHECKPOINT).read_bytes() == before
+    assert torch.load(tmp_path / runs.CHECKPOINT, weights_only=True)["position"]["step_in_epoch"] == 2
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    status = runs.read_status(tmp_path)
+    assert status["status"] == "failed" and "disk full" in status["message"]
+
+
+def test_a_new_run_replaces_old_metrics(tiny_data, tmp_path):
+    runs.append_metrics(tmp_path, {"kind": "step", "epoch": 9, "step": 999})
+    Trainer(small_config(tiny_data, epochs=1), tmp_path).run()
+    assert max(r["step"] for r in runs.read_metrics(tmp_path)) == 3
+
+
+# ---- config and schedule ----------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, words", [
+    (dict(lr=0), "lr must be positive"),
+    (dict(lr=float("nan")), "lr must be finite"),
+    (dict(dropout=1.0), "dropout must be in [0, 1)"),
+    (dict(batch_size=0), "batch_size must be at least 1"),
+    (dict(optimizer="lamb"), "unknown optimizer 'lamb'"),
+    (dict(blocks=(1, 1, 1)), "blocks must be four"),
+    (dict(epochs=2.5), "epochs must be a whole number"),
+    (dict(nonsense=1), "unknown setting(s): nonsense"),
+])
+def test_invalid_settings_are_refused_with_one_sentence(overrides, words):
+    with pytest.raises(ConfigError) as caught:
+        make_config("original", **overrides)
+    assert words in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_batch_larger_than_the_data_is_refused(tiny_data):
+    with pytest.raises(ConfigError, match="larger than the 24 training images"):
+        Trainer(small_config(tiny_data, batch_size=32), "unused")
+
+
+def test_learning_rate_schedules():
+    constant = make_config("original", lr=0.1)
+    assert {lr_at(constant, s, 100) for s in range(100)} == {0.1}
+    onecycle = make_config("fast", lr=0.4, warmup=0.25)
+    assert lr_at(onecycle, 0, 100) == 0 and lr_at(onecycle, 25, 100) == pytest.approx(0.4)
+    assert lr_at(onecycle, 50, 100) < lr_at(onecycle, 25, 100) and lr_at(onecycle, 100, 100) == pytest.approx(0)
+    cosine = make_config("original", schedule="cosine", lr=1.0)
+    assert lr_at(cosine, 50, 100) == pytest.approx(0.5) and lr_at(cosine, 100, 100) == pytest.approx(0)

@@ -1,0 +1,269 @@
+"""Weights files: the published .pt loads both ways, our safetensors + card round-trip, bad files fail cleanly."""
+
+import json
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from resnet import build_model, count_parameters, load_model, load_weights, save_weights
+from resnet.constants import PUBLISHED_MEAN, PUBLISHED_STD
+from resnet.weights import WeightsError, make_card
+
+
+# ---- an independent copy of the published model (the names its state_dict uses) ----------------
+class PublishedBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(planes))
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out = self.drop(out + self.shortcut(x))
+        return F.relu(out)
+
+
+class PublishedResNet(nn.Module):
+    def __init__(self, num_blocks=(1, 1, 1, 1), num_classes=10):
+        super().__init__()
+        self.in_planes = 64
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.layer1 = self._make_layer(64, num_blocks[0], stride=1)
+        self.layer2 = self._make_layer(128, num_blocks[1], stride=2)
+        self.layer3 = self._make_layer(256, num_blocks[2], stride=2)
+        self.layer4 = self._make_layer(512, num_blocks[3], stride=2)
+        self.linear = nn.Linear(512, num_classes)
+
+    def _make_layer(self, planes, num_blocks, stride):
+        layers = []
+        for s in [stride] + [1] * (num_blocks - 1):
+            layers.append(PublishedBlock(self.in_planes, planes, s))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.avg_pool2d(out, 4)
+        out = out.view(out.size(0), -1)
+        return self.linear(out)
+
+
+def randomize_batchnorm(model, seed=0):
+    """Non-trivial running statistics, so a loader that dropped the buffers would show."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.num_batches_tracked.fill_(123)
+    return model
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+# ---- published compatibility ------------------------------------------------------------------
+@pytest.mark.parametrize("prefix", ["", "module."])  # plain, or saved from nn.DataParallel
+def test_published_state_dict_pt_loads_with_identical_outputs(tmp_path, inputs, prefix):
+    torch.manual_seed(0)
+    published = randomize_batchnorm(PublishedResNet()).eval()
+    path = tmp_path / "project1_model.pt"
+    torch.save({prefix + k: v for k, v in published.state_dict().items()}, path)  # what the published code did
+
+    model = load_model(path)
+    assert not model.training
+    assert model.card["mean"] == list(PUBLISHED_MEAN) and model.card["std"] == list(PUBLISHED_STD)
+    assert model.card["blocks"] == [1, 1, 1, 1]
+    with torch.no_grad():
+        assert torch.equal(model(inputs), published(inputs))
+
+
+def test_our_state_dict_loads_strictly_into_the_published_class(inputs):
+    torch.manual_seed(0)
+    ours = randomize_batchnorm(build_model((2, 2, 2, 2))).eval()
+    published = PublishedResNet((2, 2, 2, 2)).eval()
+    published.load_state_dict(ours.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(published(inputs), ours(inputs))
+
+
+def test_our_checkpoint_file_loads_as_weights(tmp_path, inputs):
+    model = randomize_batchnorm(build_model()).eval()
+    torch.save({"model": model.state_dict(), "optimizer": {}, "position": {"epoch": 2}}, tmp_path / "checkpoint.pt")
+    loaded, _ = load_weights(tmp_path / "checkpoint.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(inputs), model(inputs))
+
+
+# ---- our format -------------------------------------------------------------------------------
+def test_safetensors_and_card_round_trip(tmp_path, inputs):
+    model = randomize_batchnorm(build_model((1, 1, 1, 1), dropout=0.2)).eval()
+    card = make_card(model, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), test_acc=0.5)
+    path = save_weights(model, tmp_path / "m.safetensors", card)
+
+    assert json.loads((tmp_path / "m.json").read_text())["storage_dtype"] == "float32"
+    loaded, loaded_card = load_weights(path)
+    assert loaded_card["blocks"] == [1, 1, 1, 1] and loaded_card["dropout"] == 0.2
+    assert loaded_card["mean"] == [0.1, 0.2, 0.3] and loaded_card["std"] == [0.4, 0.5, 0.6]
+    assert loaded_card["test_acc"] == 0.5 and len(loaded_card["classes"]) == 10
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with torch.no_grad():
+        assert torch.equal(loaded(inputs), model(inputs))
+
+
+def test_half_precision_storage_loads_as_float32(tmp_path):
+    model = build_model().eval()
+    path = save_weights(model, tmp_path / "m.safetensors", make_card(model), dtype=torch.float16)
+    assert load_file(path)["conv1.weight"].dtype == torch.float16
+    loaded, _ = load_weights(path)
+    assert loaded.conv1.weight.dtype == torch.float32
+    torch.testing.assert_close(loaded.conv1.weight, model.conv1.weight, rtol=1e-3, atol=1e-3)
+
+
+def test_blocks_are_inferred_from_the_keys_without_a_card(tmp_path):
+    save_file(build_model((2, 2, 2, 2)).state_dict(), tmp_path / "bare.safetensors")
+    model, card = load_weights(tmp_path / "bare.safetensors")
+    assert card["blocks"] == [2, 2, 2, 2] and model.blocks == (2, 2, 2, 2)
+    assert count_parameters(model) == 11_173_962
+
+
+def test_bytes_source_loads(tmp_path):
+    model = build_model()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    loaded, _ = load_weights((tmp_path / "w.pt").read_bytes())
+    assert torch.equal(loaded.linear.weight, model.linear.weight)
+
+
+# ---- files that must be refused with a reason -------------------------------------------------
+def good_safetensors(tmp_path, blocks=(1, 1, 1, 1)):
+    model = build_model(blocks)
+    return save_weights(model, tmp_path / "good.safetensors", make_card(model)), model
+
+
+def assert_refused(source, *words, **kwargs):
+    with pytest.raises(WeightsError) as caught:
+        load_weights(source, **kwargs)
+    message = str(caught.value)
+    assert "\n" not in message and "Traceback" not in message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_truncated_safetensors_is_refused(tmp_path):
+    path, _ = good_safetensors(tmp_path)
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    assert_refused(tmp_path / "cut.safetensors", "cut.safetensors", "not a weights file")
+
+
+@pytest.mark.parametrize("data", [b"\x00\x01garbage" * 100, bytes(range(256)) * 10, b"\x80\x02garbage", b"PK\x03\x04junk"])
+def test_random_bytes_are_refused(tmp_path, data):
+    (tmp_path / "noise.pt").write_bytes(data)
+    assert_refused(tmp_path / "noise.pt", "noise.pt")
+
+
+def test_empty_and_missing_files_are_refused(tmp_path):
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    assert_refused(tmp_path / "empty.safetensors", "empty")
+    assert_refused(tmp_path / "absent.safetensors", "no such weights file")
+
+
+def test_state_with_a_missing_key_is_refused(tmp_path):
+    state = build_model((2, 2, 2, 2)).state_dict()
+    del state["layer3.1.conv2.weight"]
+    torch.save(state, tmp_path / "w.pt")
+    assert_refused(tmp_path / "w.pt", "keys do not match", "layer3.1.conv2.weight")
+
+
+def test_state_with_an_extra_key_is_refused(tmp_path):
+    state = build_model().state_dict()
+    state["head.weight"] = torch.zeros(3)
+    torch.save(state, tmp_path / "w.pt")
+    assert_refused(tmp_path / "w.pt", "unexpected: head.weight")
+
+
+def test_state_with_a_wrong_shape_is_refused(tmp_path):
+    state = build_model((2, 2, 2, 2)).state_dict()
+    state["layer2.0.conv1.weight"] = torch.zeros(128, 64, 5, 5)
+    torch.save(state, tmp_path / "w.pt")
+    assert_refused(tmp_path / "w.pt", "shape mismatch", "layer2.0.conv1.weight")
+
+
+def test_keys_of_another_network_are_refused(tmp_path):
+    torch.save(nn.Linear(3, 2).state_dict(), tmp_path / "w.pt")
+    assert_refused(tmp_path / "w.pt", "not weights of this ResNet")
+
+
+def test_a_card_that_disagrees_with_its_weights_is_refused(tmp_path):
+    path, _ = good_safetensors(tmp_path, (2, 2, 2, 2))
+    card = json.loads((tmp_path / "good.json").read_text())
+    (tmp_path / "good.json").write_text(json.dumps({**card, "blocks": [1, 1, 1, 1]}))
+    assert_refused(path, "the card says blocks [1, 1, 1, 1]", "[2, 2, 2, 2]")
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"mean": [0.5, 0.5]}, "'mean'"),
+    ({"std": [0.2, 0.0, 0.2]}, "'std' must be positive"),
+])
+def test_a_card_with_bad_preprocessing_is_refused(tmp_path, change, words):
+    path, _ = good_safetensors(tmp_path)
+    card = json.loads((tmp_path / "good.json").read_text())
+    (tmp_path / "good.json").write_text(json.dumps({**card, **change}))
+    assert_refused(path, words)
+
+
+def test_a_card_that_is_not_json_is_refused(tmp_path):
+    path, _ = good_safetensors(tmp_path)
+    (tmp_path / "good.json").write_text("{not json")
+    assert_refused(path, "good.json", "not valid JSON")
+
+
+class Payload:
+    """Unpickling this creates ``marker``: a stand-in for arbitrary code execution."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_the_payload_is_real(tmp_path):
+    # Guards the test below: an unrestricted unpickler does run it.
+    pickle.loads(pickle.dumps(Payload(tmp_path / "ran")))
+    assert (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_a_malicious_pickle_is_refused_without_running(tmp_path, writer):
+    marker = tmp_path / "pwned"
+    payload = {"conv1.weight": torch.zeros(1), "evil": Payload(marker)}
+    path = tmp_path / "model.pt"
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    assert_refused(path, "model.pt", "not a plain PyTorch state_dict")
+    assert_refused(path.read_bytes(), "uploaded file")
+    assert not marker.exists()
