@@ -7,15 +7,20 @@ on $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT.
 
 import base64
 import contextlib
+import csv
+import dataclasses
 import json
+import math
+import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from resnet import jobs, plots
+from resnet import batch, jobs, plots
 from resnet import study as study_figures
 from resnet import predict as models
 from resnet.explain import enlarge, grad_cam, overlay
@@ -33,6 +38,12 @@ TABLE_COLUMNS = ["run_id", "status", "optimizer", "lr", "dropout", "batch_size",
                  "best_test_acc", "final_test_acc", "elapsed_s", "message"]
 # The Train tab's defaults: the published optimizer, lr, dropout and batch size; a run a CPU host finishes in minutes.
 QUICK_RUN = {"preset": "original", "epochs": 2, "limit_train": 2000, "limit_test": 1000}
+BATCH_NOTE_PROBLEMS = 20  # unreadable files named in the batch note; the rest are counted
+
+
+def max_batch_images() -> int:
+    """Images one /predict_batch request may hold (files plus zip members), from $STUDIO_MAX_BATCH_IMAGES."""
+    return int(os.environ.get("STUDIO_MAX_BATCH_IMAGES", 500))
 
 
 @contextlib.contextmanager
@@ -60,6 +71,32 @@ def image_input(**kwargs) -> gr.Image:
     image = gr.Image(type="filepath", **kwargs)
     image.preprocess = undecoded_upload
     return image
+
+
+def uploaded_paths(payload) -> list:
+    """gr.File's preprocess for many files, minus its per-file temporary file: the uploaded paths
+    (Gradio has already checked that each one is in its upload cache)."""
+    if payload is None:
+        return []
+    items = getattr(payload, "root", payload)
+    return [item.path for item in (items if isinstance(items, list) else [items])]
+
+
+def batch_input(**kwargs) -> gr.File:
+    files = gr.File(file_count="multiple", type="filepath", **kwargs)
+    files.preprocess = uploaded_paths
+    return files
+
+
+def raw_value(payload):
+    """A training field's value exactly as sent: Gradio's bounds check and rounding would turn a string,
+    NaN or infinity from the raw API into an anonymous exception; resnet.train.validate names the field."""
+    return payload
+
+
+def form_field(component):
+    component.preprocess = raw_value
+    return component
 
 
 def read_image(source):
@@ -91,6 +128,48 @@ class Studio:
     def predict(self, image, choice: str = models.SHIPPED, upload_key: str | None = None) -> dict:
         model, card = self.model(choice, upload_key)
         return models.class_probabilities(model, card, read_image(image))
+
+    def predict_batch(self, files, choice: str = models.SHIPPED, upload_key: str | None = None):
+        """(table, CSV file, note) for several images and/or .zip archives, with resnet.batch.
+
+        One row per readable image: name, top class, its probability, one column per class. The
+        same byte and pixel caps as single uploads apply to each image and zip member, and a request
+        holds at most max_batch_images() images.
+        """
+        paths = [Path(path) for path in files or []]
+        if not paths:
+            raise gr.Error("upload images or a .zip archive first", print_exception=False)
+        model, card = self.model(choice, upload_key)
+        model.card = card  # what resnet.batch normalizes with (the same card the cache pairs with this model)
+        classes = list(card["classes"])
+        problems, rows = [], []
+        with batch.Sources() as sources:
+            for path in paths:
+                _add_upload(sources, path)
+            problems.extend(sources.problems)
+            limit = max_batch_images()
+            if len(sources.items) > limit:
+                raise gr.Error(f"{len(sources.items)} images in this request; this server predicts at most {limit} at a time",
+                               print_exception=False)
+            with open(_fresh_file("predictions.csv"), "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(batch.csv_header(classes))
+                for source, logits in batch.predict_sources(model, sources, on_error=lambda *p: problems.append(p)):
+                    probabilities = logits.softmax(0)
+                    writer.writerow(batch.csv_row(source.name, probabilities, classes))
+                    top = int(probabilities.argmax())
+                    rows.append([source.name, classes[top], round(float(probabilities[top]), 6),
+                                 *(round(p, 6) for p in probabilities.tolist())])
+        if not rows:
+            reasons = "; ".join(f"{name}: {reason}" for name, reason in problems[:3]) or "no images in the upload"
+            raise gr.Error(f"none of the files could be used ({reasons})"[:500], print_exception=False)
+        note = f"{len(rows)} image{'s' if len(rows) != 1 else ''} predicted"
+        if problems:
+            listed = "\n".join(f"- {_markdown_safe(name)}: {_markdown_safe(reason)}"
+                               for name, reason in problems[:BATCH_NOTE_PROBLEMS])
+            more = f"\n- ... and {len(problems) - BATCH_NOTE_PROBLEMS} more" if len(problems) > BATCH_NOTE_PROBLEMS else ""
+            note += f"; {len(problems)} could not be used:\n{listed}{more}"
+        return pd.DataFrame(rows, columns=batch.csv_header(classes)), handle.name, note
 
     def explain(self, image, choice: str = models.SHIPPED, upload_key: str | None = None):
         """(the 32 x 32 input enlarged, the Grad-CAM overlay for the top class)."""
@@ -131,12 +210,11 @@ class Studio:
     def settings(optimizer, lr, dropout, epochs, batch_size, blocks, limit_train, momentum, weight_decay, schedule,
                  label_smoothing, seed, limit_test) -> dict:
         """The form's values as TrainConfig overrides (whole numbers as ints, blocks as a tuple)."""
-        as_int = lambda value: None if value is None else int(value)  # noqa: E731
         return {
-            "optimizer": optimizer, "lr": lr, "dropout": dropout, "epochs": as_int(epochs), "batch_size": as_int(batch_size),
-            "blocks": tuple(int(b) for b in str(blocks).split(",")), "limit_train": as_int(limit_train),
+            "optimizer": optimizer, "lr": lr, "dropout": dropout, "epochs": _whole(epochs), "batch_size": _whole(batch_size),
+            "blocks": _blocks(blocks), "limit_train": _whole(limit_train),
             "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule, "label_smoothing": label_smoothing,
-            "seed": as_int(seed), "limit_test": as_int(limit_test),
+            "seed": _whole(seed), "limit_test": _whole(limit_test),
         }
 
     def command(self, preset, *form) -> str:
@@ -219,6 +297,23 @@ class Studio:
         return plots.confusion_figure(card["confusion"], card["classes"]), plots.per_class_figure(card["per_class_acc"], card["classes"]), _downloadable(run_dir)
 
 
+def _add_upload(sources: batch.Sources, path: Path) -> None:
+    """Add one uploaded file, naming its images after the file (Gradio's cache folder is nobody's business)."""
+    items, problems = len(sources.items), len(sources.problems)
+    sources.add(path)
+    rename = lambda name: path.name + name[len(str(path)):] if name.startswith(str(path)) else name  # noqa: E731
+    sources.items[items:] = [dataclasses.replace(s, name=rename(s.name)) for s in sources.items[items:]]
+    sources.problems[problems:] = [(rename(name), reason) for name, reason in sources.problems[problems:]]
+
+
+def _markdown_safe(text: str) -> str:
+    return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in str(text))[:200]
+
+
+def _fresh_file(name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix="studio-")) / name
+
+
 def _downloadable(run_dir: Path) -> list:
     """Copies of a run's weights and card, named after the run, in a fresh temporary folder: the
     runs folder itself is never served, so its checkpoints and logs stay private."""
@@ -228,6 +323,20 @@ def _downloadable(run_dir: Path) -> list:
         if (run_dir / name).is_file():
             files.append(str(shutil.copy(run_dir / name, folder / f"{run_dir.name}{suffix}")))
     return files
+
+
+def _whole(value):
+    """2.0 -> 2; anything else as it came (None keeps the preset's; resnet.train.validate refuses the rest by name)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _blocks(value) -> tuple:
+    try:
+        return tuple(int(b) for b in str(value).split(","))
+    except ValueError:
+        raise ConfigError(f"blocks must be four whole numbers from 1 to 8, like 1,1,1,1; got {str(value)[:40]!r}") from None
 
 
 def _stamp(run_dir: Path) -> list:
@@ -281,12 +390,22 @@ def predict_tab(studio: Studio) -> None:
             with gr.Row():
                 seen = gr.Image(label="What the network saw (32 x 32)", interactive=False, height=256, format="png")
                 heat = gr.Image(label="Where it looked (Grad-CAM, top class)", interactive=False, height=256, format="png")
+    with gr.Accordion(f"Many images at once (up to {max_batch_images()} per request)", open=False):
+        with gr.Row():
+            batch_files = batch_input(label="Images or .zip archives", file_types=["image", ".zip"])
+            with gr.Column():
+                batch_button = gr.Button("Predict all", variant="primary")
+                batch_csv = gr.File(label="Predictions (CSV)", interactive=False)
+        batch_note = gr.Markdown()
+        batch_table = gr.Dataframe(label="Predictions", interactive=False, max_height=400)
 
     model_inputs = [image, picker, upload_key]
     predicted = image.change(studio.predict, model_inputs, label, api_name="predict", concurrency_id="predict", concurrency_limit=4)
     predicted.success(studio.explain, model_inputs, [seen, heat], api_name="explain", concurrency_id="predict")
     predicted.success(studio.confidence_note, label, note, api_visibility="private")
     picker.change(studio.model_info, [picker, upload_key], about_model, api_visibility="private")
+    batch_button.click(studio.predict_batch, [batch_files, picker, upload_key], [batch_table, batch_csv, batch_note],
+                       api_name="predict_batch", concurrency_id="predict_batch", concurrency_limit=1)
     weights_file.upload(studio.upload_weights, weights_file, [upload_key, picker, about_model], api_visibility="private")
     gr.on([image.clear], lambda: (None, None, None, ""), None, [label, seen, heat, note], api_visibility="private")
     return picker, upload_key, about_model
@@ -302,20 +421,23 @@ def train_tab(studio: Studio):
         preset = gr.Radio(["original", "fast"], value=QUICK_RUN["preset"], label="Preset",
                           info="original: the published recipe; fast: our time-to-accuracy recipe")
         optimizer = gr.Dropdown([(OPTIMIZER_LABELS[o], o) for o in OPTIMIZERS], value=original.optimizer, label="Optimizer")
-        lr = gr.Number(original.lr, label="Learning rate", minimum=0)
-        dropout = gr.Slider(0, 0.9, original.dropout, step=0.05, label="Dropout")
+        lr = form_field(gr.Number(original.lr, label="Learning rate", minimum=0))
+        dropout = form_field(gr.Slider(0, 0.9, original.dropout, step=0.05, label="Dropout"))
     with gr.Row():
-        epochs = gr.Number(QUICK_RUN["epochs"], label=f"Epochs (at most {caps['epochs']})", precision=0, minimum=1)
-        batch_size = gr.Number(original.batch_size, label=f"Batch size (at most {caps['batch_size']})", precision=0, minimum=1)
+        epochs = form_field(gr.Number(QUICK_RUN["epochs"], label=f"Epochs (at most {caps['epochs']})", precision=0, minimum=1))
+        batch_size = form_field(gr.Number(original.batch_size, label=f"Batch size (at most {caps['batch_size']})", precision=0,
+                                          minimum=1))
         blocks = gr.Dropdown([(str(list(b)), ",".join(map(str, b))) for b in BLOCK_CHOICES], value="1,1,1,1", label="Blocks per stage")
-        limit_train = gr.Number(QUICK_RUN["limit_train"], label="Quick-run size (training images; 0 = all 50,000)", precision=0, minimum=0)
+        limit_train = form_field(gr.Number(QUICK_RUN["limit_train"], label="Quick-run size (training images; 0 = all 50,000)",
+                                           precision=0, minimum=0))
     with gr.Accordion("Advanced", open=False), gr.Row():
-        momentum = gr.Number(original.momentum, label="Momentum (SGD, RMSprop)", minimum=0)
-        weight_decay = gr.Number(original.weight_decay, label="Weight decay", minimum=0)
+        momentum = form_field(gr.Number(original.momentum, label="Momentum (SGD, RMSprop)", minimum=0))
+        weight_decay = form_field(gr.Number(original.weight_decay, label="Weight decay", minimum=0))
         schedule = gr.Dropdown(list(SCHEDULES), value=original.schedule, label="Learning-rate schedule")
-        label_smoothing = gr.Number(original.label_smoothing, label="Label smoothing", minimum=0)
-        seed = gr.Number(original.seed, label="Seed", precision=0, minimum=0)
-        limit_test = gr.Number(QUICK_RUN["limit_test"], label="Test images scored per epoch (0 = all 10,000)", precision=0, minimum=0)
+        label_smoothing = form_field(gr.Number(original.label_smoothing, label="Label smoothing", minimum=0))
+        seed = form_field(gr.Number(original.seed, label="Seed", precision=0, minimum=0))
+        limit_test = form_field(gr.Number(QUICK_RUN["limit_test"], label="Test images scored per epoch (0 = all 10,000)",
+                                          precision=0, minimum=0))
     form = [optimizer, lr, dropout, epochs, batch_size, blocks, limit_train, momentum, weight_decay, schedule,
             label_smoothing, seed, limit_test]
     command = gr.Textbox(studio.command(QUICK_RUN["preset"], *[c.value for c in form]), label="The same run from a terminal",
@@ -443,6 +565,18 @@ def launch_options(studio: Studio) -> dict:
             "footer_links": ["api", "gradio"]}
 
 
+def stop_on_sigterm(studio: Studio) -> None:
+    """A host stopping the server (a Space restart sends SIGTERM) stops the training child first:
+    it checkpoints, its run reads `stopped`, and a resume continues it after the restart."""
+
+    def shut_down(signum, frame):
+        studio.queue.close(stop_child=True)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, shut_down)
+
+
 if __name__ == "__main__":
     studio = Studio()
+    stop_on_sigterm(studio)
     build_demo(studio).launch(**launch_options(studio))

@@ -43,7 +43,7 @@ def open_image(source, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES)
     if width < 1 or height < 1:
         raise ImageError("the image has no pixels")
     if width * height > max_pixels:
-        raise ImageError(f"the image has {width * height / 1e6:.1f} MP; the limit is {max_pixels / 1e6:.0f} MP")
+        raise ImageError(f"the image has {width * height / 1e6:.1f} MP; the limit is {max_pixels / 1e6:g} MP")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -26,6 +26,7 @@ REQUEST = "request.json"  # what a queued run will be started with; the CLI igno
 LOG = "train.log"  # the child's stdout and stderr
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.5
+TRAIN_IMAGES = 50_000  # CIFAR-10's training set: what a run without limit_train trains on
 
 
 def server_caps() -> dict:
@@ -48,6 +49,10 @@ def check_settings(preset: str, overrides: dict) -> TrainConfig:
     for name in ("epochs", "batch_size"):
         if getattr(config, name) > caps[name]:
             raise ConfigError(f"{name} {getattr(config, name)} is above this server's limit of {caps[name]}")
+    # Checked here, not only in the trainer, so a request that can never train leaves no run folder behind.
+    images = min(config.limit_train or TRAIN_IMAGES, TRAIN_IMAGES - config.val_size)
+    if config.batch_size > images:
+        raise ConfigError(f"batch_size {config.batch_size} is larger than the {images} training images")
     return config
 
 

@@ -6,6 +6,7 @@ resumed from its checkpoint continues exactly as if it had never stopped.
 
 import dataclasses
 import io
+import json
 import math
 import os
 import platform
@@ -119,10 +120,10 @@ def config_from_dict(values: dict) -> TrainConfig:
 def _number(name, value, kind=float):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):  # before int(): int(nan) and int(inf) raise ValueError/OverflowError
+        raise ConfigError(f"{name} must be finite, got {value!r}")
     if kind is int and int(value) != value:
         raise ConfigError(f"{name} must be a whole number, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{name} must be finite, got {value!r}")
     return value
 
 
@@ -340,6 +341,11 @@ class Trainer:
             if ema is not None:
                 ema.load_state_dict(checkpoint["ema"])
             position = checkpoint["position"]
+            if self.writes:  # rows past the checkpoint (a kill mid-epoch, or after an epoch row but before its
+                # checkpoint) are trained again from here: drop them, and any torn line, so each step appears once
+                done = (position["epoch"] - 1) * self.steps_per_epoch + position["step_in_epoch"]
+                kept = [row for row in runs.read_metrics(self.run_dir) if row["step"] <= done]
+                atomic_write_bytes(self.run_dir / runs.METRICS, "".join(json.dumps(row) + "\n" for row in kept).encode())
         trained = model
         if self.distributed:
             trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)

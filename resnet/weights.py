@@ -21,6 +21,7 @@ from .model import ResNet, build_model
 
 MAX_WEIGHTS_BYTES = 512 * 1024 * 1024
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "cifar10-resnet.safetensors"
+EMBEDDED_CARD_KEYS = ("blocks", "dropout", "num_classes", "classes", "mean", "std", "input_size")
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 
 
@@ -74,7 +75,9 @@ def save_weights(model: ResNet, path, card: dict, dtype=torch.float32) -> Path:
         key: (value.to(dtype) if value.is_floating_point() else value).detach().cpu().contiguous()
         for key, value in model.state_dict().items()
     }
-    atomic_write_bytes(path, safetensors_save(tensors, metadata={"format": "pt"}))
+    # The preprocessing facts also travel inside the file, so a lone upload is still read right.
+    essentials = {key: card[key] for key in EMBEDDED_CARD_KEYS if key in card}
+    atomic_write_bytes(path, safetensors_save(tensors, metadata={"format": "pt", "card": json.dumps(essentials)}))
     atomic_write_json(card_path(path), {**card, "storage_dtype": str(dtype).removeprefix("torch.")})
     return path
 
@@ -96,6 +99,24 @@ def _read_state_dict(data: bytes, name: str) -> dict:
         raise WeightsError(
             f"{name}: not a weights file (neither safetensors nor a PyTorch state_dict: {_first_line(error)})"
         ) from None
+
+
+def embedded_card(data: bytes) -> dict | None:
+    """The card essentials that ``save_weights`` puts in a safetensors header, if any.
+
+    The header is 8 bytes of little-endian length, then JSON; its ``__metadata__`` holds strings.
+    """
+    if len(data) < 8:
+        return None
+    length = int.from_bytes(data[:8], "little")
+    if length > min(len(data) - 8, 100 * 1024 * 1024):
+        return None
+    try:
+        metadata = json.loads(data[8 : 8 + length]).get("__metadata__") or {}
+        card = json.loads(metadata.get("card", "null"))
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    return card if isinstance(card, dict) else None
 
 
 def _first_line(error: Exception) -> str:
@@ -130,8 +151,9 @@ def _validate_card(card: dict, name: str) -> dict:
 def load_weights(source, name: str | None = None, card: dict | None = None):
     """Return (model in eval mode on CPU, card) from a path or raw bytes.
 
-    The card comes from the argument, else from ``<path>.json`` beside a path; without one,
-    ``blocks`` is inferred from the keys and the published normalization is assumed.
+    The card comes from the argument, else from ``<path>.json`` beside a path, else from the
+    essentials embedded in our safetensors header; without any, ``blocks`` is inferred from the
+    keys and the published normalization is assumed (a published ``.pt``).
     """
     if isinstance(source, (bytes, bytearray)):
         data, name = bytes(source), name or "uploaded file"
@@ -152,6 +174,8 @@ def load_weights(source, name: str | None = None, card: dict | None = None):
         raise WeightsError(f"{name}: the file is empty")
     state = _read_state_dict(data, name)
     blocks = infer_blocks(state)
+    if card is None:
+        card = embedded_card(data)
     if card is None:
         card = {"mean": list(PUBLISHED_MEAN), "std": list(PUBLISHED_STD), "source": "published-style state_dict"}
     card = _validate_card(dict(card), name)

@@ -310,7 +310,7 @@ def test_examples_are_three_per_class_with_true_labels():
 def test_demo_exposes_exactly_the_documented_api(studio):
     demo = app.build_demo(studio)
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
-    assert public == {"predict", "explain", "start_run", "stop_run", "resume_run", "list_runs", "run_metrics"}
+    assert public == {"predict", "predict_batch", "explain", "start_run", "stop_run", "resume_run", "list_runs", "run_metrics"}
 
 
 def test_launch_options_cap_uploads_and_serve_only_our_folders(studio):

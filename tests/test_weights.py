@@ -267,3 +267,16 @@ def test_a_malicious_pickle_is_refused_without_running(tmp_path, writer):
     assert_refused(path, "model.pt", "not a plain PyTorch state_dict")
     assert_refused(path.read_bytes(), "uploaded file")
     assert not marker.exists()
+
+
+def test_a_lone_safetensors_upload_keeps_its_normalization(tmp_path):
+    """Uploaded without its .json card, our file still carries the mean/std it was trained with."""
+    from resnet.weights import embedded_card
+
+    model = build_model().eval()
+    card = make_card(model, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), test_acc=0.5)
+    path = save_weights(model, tmp_path / "ours.safetensors", card)
+    loaded, loaded_card = load_weights(path.read_bytes(), name="ours.safetensors")
+    assert loaded_card["mean"] == [0.1, 0.2, 0.3] and loaded_card["std"] == [0.4, 0.5, 0.6]
+    assert "test_acc" not in embedded_card(path.read_bytes())  # only preprocessing and architecture travel inside
+    assert embedded_card(b"PK\x03\x04 not safetensors") is None

@@ -1,0 +1,226 @@
+"""Load on the studio: concurrent API clients calling /predict against `python app.py`.
+
+A measurement, not a test. It starts the app as a subprocess (its own process group, loopback
+only, a temporary runs folder), warms it up, then lets --clients threads, each with its own
+gradio_client.Client, call /predict with a real upload for --seconds. It reports requests served,
+errors, p50/p99 latency, the server's resident memory (VmRSS) after warm-up and after the load, and
+with --while-training the images/s of a run the app trains meanwhile, alone vs under the load
+(read from the run's metrics.jsonl rows).
+
+    python bench/bench_load.py                        # 16 clients, 60 s, idle server
+    python bench/bench_load.py --while-training       # the same while a run trains
+    python bench/bench_load.py --seconds 5 --clients 4 --json bench/out/load.json
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from gradio_client import Client, handle_file
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from resnet import runs  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def children(pid: int) -> list:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def memory(server_pid: int) -> dict:
+    """VmRSS of the server, and of its children (the training process, when one runs), in MiB."""
+    kids = {pid: rss_kib(pid) for pid in children(server_pid)}
+    server = rss_kib(server_pid)
+    return {"server_mib": round(server / 1024, 1) if server else None,
+            "children_mib": round(sum(v for v in kids.values() if v) / 1024, 1)}
+
+
+def percentile(values, q):
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+class Server:
+    def __init__(self, env: dict, log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        environment = {**os.environ, **env, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(self.port),
+                       "GRADIO_ANALYTICS_ENABLED": "False"}
+        with open(log, "wb") as handle:
+            self.process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=environment, stdout=handle,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"app.py exited; see {log}")
+            try:
+                if httpx.get(self.url + "gradio_api/info", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise SystemExit(f"app.py did not start in 240 s; see {log}")
+
+    def stop(self) -> None:
+        """SIGTERM to the group (a training child checkpoints and stops), SIGKILL if it lingers."""
+        for signum, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):
+            try:
+                os.killpg(self.process.pid, signum)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def hammer(url: str, image: str, clients: int, seconds: float) -> dict:
+    """``clients`` threads calling /predict until ``seconds`` have passed; latencies of the successes."""
+    stop_at = time.monotonic() + seconds
+    latencies, errors, lock = [], [], threading.Lock()
+    ready = threading.Barrier(clients + 1)
+
+    def worker():
+        try:
+            client = Client(url, verbose=False)
+        except Exception as error:  # noqa: BLE001
+            with lock:
+                errors.append(f"connect: {error}")
+            ready.wait()
+            return
+        ready.wait()
+        while time.monotonic() < stop_at:
+            start = time.perf_counter()
+            try:
+                result = client.predict(handle_file(image), api_name="/predict")
+                assert result.get("label"), result
+            except Exception as error:  # noqa: BLE001
+                with lock:
+                    errors.append(f"{type(error).__name__}: {str(error)[:200]}")
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    began = time.monotonic()
+    stop_at = began + seconds
+    for thread in threads:
+        thread.join(timeout=seconds + 120)
+    wall = time.monotonic() - began
+    return {"served": len(latencies), "errors": len(errors), "error_examples": sorted(set(errors))[:5],
+            "requests_per_s": round(len(latencies) / wall, 2), "wall_s": round(wall, 1),
+            "p50_ms": round(1000 * percentile(latencies, 50), 1) if latencies else None,
+            "p99_ms": round(1000 * percentile(latencies, 99), 1) if latencies else None}
+
+
+def rows_speed(rows) -> float | None:
+    speeds = [r["images_per_s"] for r in rows if r.get("images_per_s")]  # step and epoch rows alike
+    return round(statistics.median(speeds), 1) if speeds else None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60, help="length of the measured load (default 60)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent API clients (default 16)")
+    parser.add_argument("--warmup", type=float, default=10, help="seconds of load before memory is first read (default 10)")
+    parser.add_argument("--while-training", action="store_true", help="start a run first and measure it under the load")
+    parser.add_argument("--alone", type=float, default=60, help="with --while-training: seconds the run trains alone first")
+    parser.add_argument("--image", default=str(REPO / "assets" / "examples" / "cat-0.png"))
+    parser.add_argument("--data-dir", default=os.environ.get("CIFAR10_DIR", str(REPO.parent / "shared" / "data" / "cifar10")))
+    parser.add_argument("--weights", default=os.environ.get("STUDIO_WEIGHTS", ""), help="default: the shipped weights")
+    parser.add_argument("--json", metavar="OUT", help="also write the results here")
+    args = parser.parse_args(argv)
+
+    weights = Path(args.weights) if args.weights else REPO / "weights" / "cifar10-resnet.safetensors"
+    if not weights.is_file():
+        raise SystemExit(f"no weights at {weights}: pass --weights (a .safetensors with its .json card)")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    env = {"RUNS_DIR": str(workdir / "runs"), "CIFAR10_DIR": args.data_dir,
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if args.weights:
+        env["STUDIO_WEIGHTS"] = args.weights
+    server = Server(env, workdir / "app.log")
+    result = {"clients": args.clients, "seconds": args.seconds, "while_training": args.while_training,
+              "cpu_count": os.cpu_count(), "workdir": str(workdir)}
+    try:
+        run_dir = None
+        if args.while_training:
+            client = Client(server.url, verbose=False)
+            # The Train form's order: optimizer, lr, dropout, epochs, batch, blocks, limit_train, momentum,
+            # weight decay, schedule, label smoothing, seed, limit_test. All 50,000 images: many step rows.
+            run_id = client.predict("original", "adam", 0.01, 0.1, 3, 64, "1,1,1,1", 0, 0.9, 0.0, "constant", 0.0, 0, 500,
+                                    api_name="/start_run")
+            run_dir = workdir / "runs" / run_id
+            deadline = time.monotonic() + 300
+            while runs.read_status(run_dir)["status"] != "running" or not runs.read_metrics(run_dir):
+                if time.monotonic() > deadline or runs.read_status(run_dir)["status"] in ("failed", "diverged"):
+                    raise SystemExit(f"the run did not start training: {runs.read_status(run_dir)}")
+                time.sleep(1)
+            time.sleep(args.alone)
+            result["run_id"] = run_id
+        alone_rows = runs.read_metrics(run_dir) if run_dir else []
+        warm = hammer(server.url, args.image, args.clients, args.warmup)
+        result["warmup"] = {k: warm[k] for k in ("served", "errors")}
+        result["memory_before"] = memory(server.process.pid)
+        rows_before = len(runs.read_metrics(run_dir)) if run_dir else 0
+        result["load"] = hammer(server.url, args.image, args.clients, args.seconds)
+        result["memory_after"] = memory(server.process.pid)
+        before, after = result["memory_before"]["server_mib"], result["memory_after"]["server_mib"]
+        result["server_rss_growth_pct"] = round(100 * (after - before) / before, 2) if before and after else None
+        if run_dir:
+            during = runs.read_metrics(run_dir)[rows_before:]
+            result["training"] = {
+                "status": runs.read_status(run_dir)["status"],
+                "images_per_s_alone": rows_speed(alone_rows), "rows_alone": len(alone_rows),
+                "images_per_s_under_load": rows_speed(during), "rows_under_load": len(during),
+            }
+            if result["training"]["images_per_s_alone"] and result["training"]["images_per_s_under_load"]:
+                result["training"]["ratio"] = round(result["training"]["images_per_s_under_load"]
+                                                    / result["training"]["images_per_s_alone"], 3)
+    finally:
+        server.stop()
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 1 if result.get("load", {}).get("errors") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

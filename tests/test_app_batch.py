@@ -1,0 +1,147 @@
+"""The Predict tab's batch mode (issue 7): several images or .zip archives -> a table and a CSV.
+
+resnet.batch itself (zip members read in memory, junk skipped, zip bombs capped) is tested in
+test_batch.py; these tests cover what the app adds: names, the table, the CSV, the per-request cap.
+"""
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from resnet import batch
+from resnet.constants import CLASSES
+from test_app import example, studio, studio_env, tiny_weights  # noqa: F401  (fixtures)
+
+gr = pytest.importorskip("gradio")
+import app  # noqa: E402
+
+HEADER = ["path", "prediction", "probability", *CLASSES]
+
+
+def png_bytes(name="cat-0.png") -> bytes:
+    return Path(example(name)).read_bytes()
+
+
+def make_zip(path: Path, members: dict) -> str:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return str(path)
+
+
+@pytest.fixture
+def uploads(tmp_path):
+    """Two pictures and an archive as Gradio hands them over: paths in an upload folder."""
+    folder = tmp_path / "gradio-cache" / "0123abcd"
+    folder.mkdir(parents=True)
+    (folder / "cat-0.png").write_bytes(png_bytes("cat-0.png"))
+    (folder / "ship-1.png").write_bytes(png_bytes("ship-1.png"))
+    archive = make_zip(folder / "set.zip", {
+        "pets/dog-12.png": png_bytes("dog-12.png"),
+        "notes.txt": b"not a picture, and not named like one: skipped",
+        "broken.png": b"a text file named like a picture",
+        "__MACOSX/._dog-12.png": b"resource fork",
+    })
+    return [str(folder / "cat-0.png"), str(folder / "ship-1.png"), archive]
+
+
+def test_a_table_and_a_csv_of_every_readable_image(studio, uploads):  # noqa: F811
+    table, csv_path, note = studio.predict_batch(uploads)
+    assert list(table.columns) == HEADER
+    assert list(table["path"]) == ["cat-0.png", "ship-1.png", "set.zip:pets/dog-12.png"]  # never the server's folders
+    for _, row in table.iterrows():
+        probabilities = row[list(CLASSES)].astype(float)
+        assert probabilities.sum() == pytest.approx(1, abs=1e-4)
+        assert row["prediction"] == probabilities.idxmax() and row["probability"] == pytest.approx(probabilities.max())
+    # the same numbers as a single upload of the same picture
+    single = studio.predict(uploads[0])
+    assert table.loc[0, list(CLASSES)].astype(float).to_dict() == pytest.approx(single, abs=1e-5)
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == HEADER == batch.csv_header(CLASSES)
+    assert [r[0] for r in rows[1:]] == list(table["path"]) and [r[1] for r in rows[1:]] == list(table["prediction"])
+    assert not Path(csv_path).resolve().is_relative_to(studio.root.resolve())
+    assert note.startswith("3 images predicted; 1 could not be used") and "set.zip:broken.png" in note
+
+
+def test_the_per_request_cap_counts_zip_members(studio, uploads, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("STUDIO_MAX_BATCH_IMAGES", "2")
+    with pytest.raises(gr.Error, match="4 images in this request; this server predicts at most 2 at a time"):
+        studio.predict_batch(uploads)  # 2 files + 2 image-named members
+    assert len(studio.predict_batch(uploads[:2])[0]) == 2
+
+
+def test_pixel_and_byte_caps_apply_to_each_image(studio, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(batch, "MAX_BYTES", 200_000)  # zip members are checked by their header and while inflating
+    huge = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(huge, "PNG")  # 48 MP in a small file: over the 40 MP cap
+    big = Image.effect_noise((512, 512), 60).convert("RGB")
+    big_png = io.BytesIO()
+    big.save(big_png, "PNG")
+    archive = make_zip(tmp_path / "caps.zip", {"huge.png": huge.getvalue(), "noise.png": big_png.getvalue(),
+                                               "ok.png": png_bytes()})
+    table, _, note = studio.predict_batch([archive])
+    assert list(table["path"]) == ["caps.zip:ok.png"]
+    assert "caps.zip:noise.png" in note and "MB" in note and "caps.zip:huge.png" in note and "MP" in note
+
+
+@pytest.mark.parametrize("files, words", [
+    (None, "upload images or a .zip archive first"),
+    ([], "upload images or a .zip archive first"),
+])
+def test_nothing_uploaded_is_a_message(studio, files, words):  # noqa: F811
+    with pytest.raises(gr.Error, match=words):
+        studio.predict_batch(files)
+
+
+def test_nothing_readable_is_one_message(studio, tmp_path):  # noqa: F811
+    (tmp_path / "a.jpg").write_text("text named like a picture")
+    (tmp_path / "b.zip").write_bytes(b"PK not really a zip")
+    empty = make_zip(tmp_path / "empty.zip", {"readme.txt": b"no pictures here"})
+    words = r"none of the files could be used \(b.zip: not a readable zip archive .*; a.jpg: not an image file"
+    with pytest.raises(gr.Error, match=words):
+        studio.predict_batch([str(tmp_path / "a.jpg"), str(tmp_path / "b.zip"), empty])
+    with pytest.raises(gr.Error, match="none of the files could be used \\(no images in the upload\\)"):
+        studio.predict_batch([empty])
+
+
+def test_names_from_the_archive_cannot_inject_markdown_or_paths(studio, tmp_path):  # noqa: F811
+    archive = make_zip(tmp_path / "odd.zip", {"../../etc/<b>x</b>`y`.png": b"not an image", "ok.png": png_bytes()})
+    table, _, note = studio.predict_batch([archive])
+    assert list(table["path"]) == ["odd.zip:ok.png"]
+    assert "<b>" not in note and "\\<b\\>" in note and "`y`" not in note
+    assert not (tmp_path.parent.parent / "etc").exists()
+
+
+def test_batch_input_hands_over_paths_without_temporary_copies():
+    data_model = gr.File(file_count="multiple").data_model
+    payload = data_model([{"path": "/tmp/gradio/a/x.png"}, {"path": "/tmp/gradio/b/y.zip"}])
+    assert app.uploaded_paths(payload) == ["/tmp/gradio/a/x.png", "/tmp/gradio/b/y.zip"]
+    assert app.uploaded_paths(None) == []
+    assert app.batch_input().preprocess is app.uploaded_paths
+
+
+@pytest.mark.slow
+def test_predict_batch_over_the_api(studio_env, uploads):
+    gradio_client = pytest.importorskip("gradio_client")
+    studio = app.Studio()  # noqa: F811
+    demo = app.build_demo(studio)
+    try:
+        _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options(studio))
+        client = gradio_client.Client(url, verbose=False)
+        files = [gradio_client.handle_file(path) for path in uploads]
+        table, csv_path, note = client.predict(files, "shipped", api_name="/predict_batch")
+        assert table["headers"] == HEADER and [row[0] for row in table["data"]] == ["cat-0.png", "ship-1.png",
+                                                                                      "set.zip:pets/dog-12.png"]
+        assert Path(csv_path).read_text().splitlines()[0] == ",".join(HEADER)
+        assert note.startswith("3 images predicted")
+        with pytest.raises(gradio_client.exceptions.AppError, match="invalid run id"):
+            client.predict(files, "run:../../etc", api_name="/predict_batch")
+        assert client.predict(gradio_client.handle_file(uploads[0]), api_name="/predict")["label"] in CLASSES
+    finally:
+        demo.close()
+        studio.queue.close()
