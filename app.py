@@ -258,7 +258,9 @@ class Studio:
 
     # ---- Runs -----------------------------------------------------------------------------------
     def list_runs(self) -> pd.DataFrame:
-        return pd.DataFrame(jobs.run_rows(self.root), columns=TABLE_COLUMNS)
+        table = pd.DataFrame(jobs.run_rows(self.root), columns=TABLE_COLUMNS)
+        # Readable at a glance: accuracies to 0.01 points (as fractions), wall time in whole seconds.
+        return table.round({"best_test_acc": 4, "final_test_acc": 4, "elapsed_s": 0})
 
     def run_metrics(self, run_id: str) -> pd.DataFrame:
         with user_errors():

@@ -4,7 +4,8 @@
 
 Starts the app in this process over the shipped weights ($STUDIO_WEIGHTS to override). With
 --while-training it also starts a quick run through /start_run first (needs CIFAR-10) and
-measures while it trains. Prints one JSON line per image size.
+measures while it trains. Prints one JSON line per image size, with the p50 of the same round trip
+to a do-nothing Gradio app with the same components (the framework's floor on this machine).
 """
 
 import argparse
@@ -15,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 from gradio_client import Client, handle_file
 from PIL import Image
@@ -45,6 +47,9 @@ def main() -> None:
     demo = app.build_demo(studio)
     _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options(studio))
     client = Client(url, verbose=False)
+    baseline_demo = trivial_demo()
+    _, baseline_url, _ = baseline_demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    baseline = Client(baseline_url, verbose=False)
     try:
         if args.while_training:
             run_id = client.predict("original", "adam", 0.01, 0.1, 50, 64, "1,1,1,1", 0, 0.9, 0.0, "constant", 0.0, 0, 1000,
@@ -60,12 +65,33 @@ def main() -> None:
                     start = time.perf_counter()
                     client.predict(handle_file(path), api_name="/predict")
                     seconds.append(time.perf_counter() - start)
+                floor = framework_floor(baseline, path, args.calls)
                 print(json.dumps({"upload": name, "bytes": Path(path).stat().st_size, "calls": args.calls,
                                   "training": args.while_training, "p50_ms": round(1000 * statistics.median(seconds), 1),
-                                  "p99_ms": round(1000 * percentile(seconds, 99), 1)}))
+                                  "p99_ms": round(1000 * percentile(seconds, 99), 1),
+                                  "gradio_floor_p50_ms": round(1000 * statistics.median(floor), 1)}))
     finally:
         demo.close()
+        baseline_demo.close()
         studio.queue.close()
+
+
+def trivial_demo() -> gr.Blocks:
+    """The same components and event with a handler that does nothing: Gradio's own round trip."""
+    with gr.Blocks() as demo:
+        image, label = gr.Image(type="filepath"), gr.Label()
+        image.change(lambda path: {"cat": 1.0}, image, label, api_name="predict")
+    return demo
+
+
+def framework_floor(client: Client, path: str, calls: int) -> list:
+    client.predict(handle_file(path), api_name="/predict")
+    seconds = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        client.predict(handle_file(path), api_name="/predict")
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 if __name__ == "__main__":

@@ -20,20 +20,11 @@ import torch
 
 from resnet import jobs, runs
 from test_app import form_values, tiny_weights  # noqa: F401  (fixture)
+from test_jobs import wait_for
 from test_reliability import AppProcess
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def status(run_dir) -> str:
