@@ -26,8 +26,8 @@ from resnet import predict as models
 from resnet.explain import enlarge, grad_cam, overlay
 from resnet.images import MAX_BYTES, ImageError, prepare
 from resnet.model import BLOCK_CHOICES
-from resnet.runs import CARD, WEIGHTS, RunError, read_metrics, read_status, run_path
-from resnet.train import OPTIMIZERS, SCHEDULES, ConfigError, make_config
+from resnet.runs import CARD, METRICS, STATUS, WEIGHTS, RunError, read_metrics, read_status, run_path
+from resnet.train import OPTIMIZERS, PRESETS, SCHEDULES, ConfigError, make_config
 from resnet.weights import WeightsError, card_path
 
 HERE = Path(__file__).resolve().parent
@@ -126,6 +126,8 @@ class Studio:
             return models.load_choice(choice, self.root)
 
     def predict(self, image, choice: str = models.SHIPPED, upload_key: str | None = None) -> dict:
+        if image is None:  # the image was cleared (a change event too): nothing to say
+            return gr.skip()
         model, card = self.model(choice, upload_key)
         return models.class_probabilities(model, card, read_image(image))
 
@@ -173,6 +175,8 @@ class Studio:
 
     def explain(self, image, choice: str = models.SHIPPED, upload_key: str | None = None):
         """(the 32 x 32 input enlarged, the Grad-CAM overlay for the top class)."""
+        if image is None:
+            return gr.skip(), gr.skip()
         model, card = self.model(choice, upload_key)
         tensor = read_image(image)
         cam, _ = grad_cam(model, tensor, card["mean"], card["std"])
@@ -343,7 +347,7 @@ def _blocks(value) -> tuple:
 
 def _stamp(run_dir: Path) -> list:
     stamps = []
-    for name in ("metrics.jsonl", "status.json"):
+    for name in (METRICS, STATUS):
         with contextlib.suppress(OSError):
             stat = (run_dir / name).stat()
             stamps.append([name, stat.st_mtime_ns, stat.st_size])
@@ -420,7 +424,7 @@ def train_tab(studio: Studio):
     caps = jobs.server_caps()
     original = make_config(QUICK_RUN["preset"])
     with gr.Row():
-        preset = gr.Radio(["original", "fast"], value=QUICK_RUN["preset"], label="Preset",
+        preset = gr.Radio(sorted(PRESETS, reverse=True), value=QUICK_RUN["preset"], label="Preset",
                           info="original: the published recipe; fast: our time-to-accuracy recipe")
         optimizer = gr.Dropdown([(OPTIMIZER_LABELS[o], o) for o in OPTIMIZERS], value=original.optimizer, label="Optimizer")
         lr = form_field(gr.Number(original.lr, label="Learning rate", minimum=0))
@@ -454,10 +458,10 @@ def train_tab(studio: Studio):
     preset.change(studio.preset_values, preset, [optimizer, lr, dropout, batch_size, momentum, weight_decay, schedule,
                                                  label_smoothing], api_visibility="private")
     gr.on([preset.change] + [c.change for c in form], studio.command, [preset, *form], command, api_visibility="private")
-    start.click(studio.start_run, [preset, *form], run_id, api_name="start_run")
+    started = start.click(studio.start_run, [preset, *form], run_id, api_name="start_run")
     stop.click(studio.stop_run, run_id, status, api_name="stop_run")
     resume.click(studio.resume_run, run_id, status, api_name="resume_run")
-    return run_id, status
+    return run_id, status, started
 
 
 def runs_tab(studio: Studio):
@@ -533,7 +537,7 @@ def build_demo(studio: Studio | None = None) -> gr.Blocks:
         with gr.Tab("Predict") as predict_page:
             picker, upload_key, about_model = predict_tab(studio)
         with gr.Tab("Train"):
-            run_id, status = train_tab(studio)
+            run_id, status, started = train_tab(studio)
         with gr.Tab("Runs") as runs_page:
             table, chosen, detail, accuracy, loss = runs_tab(studio)
         with gr.Tab("Model card"):
@@ -550,8 +554,8 @@ def build_demo(studio: Studio | None = None) -> gr.Blocks:
         timer.tick(studio.watch, [chosen, seen], [accuracy, loss, seen], show_progress="hidden", concurrency_limit=None,
                    api_visibility="private")
         runs_page.select(refresh_lists, [chosen, detail], [table, chosen, detail], api_visibility="private")
-        run_id.change(lambda new, current: sorted(set(current or []) | {new}) if new else current, [run_id, chosen], chosen,
-                      api_visibility="private")  # a run started here is compared at once
+        started.success(lambda new, current: sorted(set(current or []) | {new}), [run_id, chosen], chosen,
+                        api_visibility="private")  # a run started here is compared at once
         predict_page.select(studio.refresh_models, [picker, upload_key], picker, api_visibility="private")
         demo.load(studio.model_info, [picker, upload_key], about_model, api_visibility="private")
     return demo
@@ -562,7 +566,7 @@ def launch_options(studio: Studio) -> dict:
 
     Only the folders whose files the app itself hands out may be served; run files go out as copies.
     """
-    roots = [EXAMPLES, MISTAKES, models.shipped_weights().parent]
+    roots = [EXAMPLES, MISTAKES]
     return {"max_file_size": MAX_BYTES, "allowed_paths": [str(p) for p in roots], "theme": gr.themes.Soft(),
             "footer_links": ["api", "gradio"]}
 

@@ -50,10 +50,14 @@ def rss_kib(pid: int) -> int | None:
 
 
 def children(pid: int) -> list:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """Every thread's children: the run queue starts the training process from its own thread."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found.update(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return sorted(found)
 
 
 def memory(server_pid: int) -> dict:

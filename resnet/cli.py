@@ -34,11 +34,22 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _count(text: str) -> int:
+    value = _whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 0")
+    return value
+
+
+def _whole(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
     return value
@@ -93,7 +104,7 @@ def _evaluate_parser(sub) -> None:
                        description="Evaluate weights in eval mode, fp32.")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="a .safetensors (with its .json card) or a published .pt")
     p.add_argument("--data-dir")
-    p.add_argument("--limit-test", type=int, default=0)
+    p.add_argument("--limit-test", type=_count, default=0)
     p.add_argument("--folder", help="score an ImageFolder layout instead: one subfolder of images per class, named as the class")
     p.add_argument("--batch-size", type=_positive_int, default=batch.BATCH_SIZE, help="images per forward pass for --folder")
     p.add_argument("--tta", action="store_true", help="average the logits of each image and its mirror")
@@ -106,7 +117,7 @@ def _predict_parser(sub) -> None:
                        description="Classify images Pillow can read: files, folders (recursed), .zip archives (read in memory).")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
-    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--top", type=_positive_int, default=3)
     p.add_argument("--json", action="store_true", help="one JSON line per image instead of text")
     p.add_argument("--csv", metavar="OUT",
                    help="write every prediction to OUT ('-': stdout): path, prediction, probability, one column per class")
@@ -168,6 +179,8 @@ def cmd_train(args, argv) -> int:
         if given or args.out or args.data_dir:
             raise ConfigError(f"--resume takes only --epochs (got --{given[0].replace('_', '-') if given else 'out/--data-dir'})")
         run_dir = Path(args.resume)
+        if runs.read_status(run_dir)["status"] == "running":
+            raise runs.RunError(f"{run_dir} is being trained by process {runs.read_status(run_dir).get('pid')}; stop it first")
         config = resume_config(run_dir, args.epochs)
     else:
         if not args.out:

@@ -18,8 +18,10 @@ def grad_cam(model, image: torch.Tensor, mean, std, target: int | None = None):
     """uint8 [3, H, W] -> (map [H, W] in [0, 1], class index it explains: ``target`` or the top class)."""
     model.eval()
     x = normalize(image[None], mean, std)
+    with torch.no_grad():  # the gradient is needed from the last stage on, not through the trunk
+        features = model.features(x)
     with torch.enable_grad():
-        features = model.features(x).detach().requires_grad_(True)
+        features.requires_grad_(True)
         logits = model.classify(features)
         target = int(logits.argmax(1)) if target is None else int(target)
         (gradient,) = torch.autograd.grad(logits[0, target], features)

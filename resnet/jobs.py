@@ -39,7 +39,7 @@ def server_caps() -> dict:
 
 
 def new_run_id() -> str:
-    return time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    return time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(4)
 
 
 def check_settings(preset: str, overrides: dict) -> TrainConfig:
@@ -130,8 +130,8 @@ class RunQueue:
             raise ConfigError(f"epochs {config.epochs} is above this server's limit of {server_caps()['epochs']}")
         args = ["--resume", str(run_dir)] + (["--epochs", str(epochs)] if epochs is not None else [])
         with self._lock:
-            if self.active() == run_id:
-                raise runs.RunError(f"{run_id} is still shutting down; try again in a moment")
+            if self.active() == run_id or run_id in self._waiting:
+                raise runs.RunError(f"{run_id} is already training or queued")
             self._check_room()
             atomic_write_json(run_dir / REQUEST, {"args": args, "created_at": time.time()})
             runs.write_status(run_dir, "queued", "waiting to resume", pid=0)
@@ -201,11 +201,14 @@ class RunQueue:
     def _watch(self) -> None:
         while not self._closed.wait(POLL_S):
             with self._lock:
-                if self._child and self._child[1].poll() is not None:
-                    self._settle(*self._child)
-                    self._child = None
-                if self._child is None and self._waiting and not self._foreign_run_alive():
-                    self._launch(self._waiting.pop(0))
+                try:
+                    if self._child and self._child[1].poll() is not None:
+                        self._settle(*self._child)
+                        self._child = None
+                    if self._child is None and self._waiting and not self._foreign_run_alive():
+                        self._launch(self._waiting.pop(0))
+                except Exception as error:  # noqa: BLE001  (a full disk, a vanished folder: the queue must live on)
+                    print(f"run queue: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
 
     def _launch(self, run_id: str) -> None:
         run_dir = self.root / run_id
@@ -225,7 +228,11 @@ class RunQueue:
     def _settle(self, run_id: str, process) -> None:
         """A child that died before its trainer wrote a final status: say why, from its log."""
         run_dir = self.root / run_id
-        if runs.read_status(run_dir)["status"] == "queued":
+        if runs.read_status(run_dir)["status"] != "queued":
+            return  # the trainer wrote its own final status
+        if process.returncode == -signal.SIGTERM:  # stopped before the trainer could install its handler
+            runs.write_status(run_dir, "stopped", "stopped before training began", pid=0)
+        else:
             runs.write_status(run_dir, "failed", _last_error(run_dir / LOG) or f"the trainer exited with code {process.returncode}", pid=0)
 
 

@@ -24,13 +24,13 @@ class Dropout(nn.Dropout):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-        if not self.training or self.p == 0 or x.device.type != "cpu" or not dense:
-            return super().forward(x)
         keep = round((1 - self.p) * 65536)
+        dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+        if not self.training or keep >= 65536 or keep == 0 or x.device.type != "cpu" or not dense:
+            return super().forward(x)  # p too close to 0 or 1 for 1/65536 steps: torch's own mask
         words = torch.empty((x.numel() + 2) // 3, dtype=torch.int64).random_()  # 63 random bits each
         uniform = words.view(torch.int16).view(-1, 4)[:, :3].reshape(-1)[: x.numel()]  # the low 48 bits
-        mask = (uniform < keep - 32768).as_strided(x.shape, x.stride())
+        mask = (uniform.int() < keep - 32768).as_strided(x.shape, x.stride())
         return x * mask.to(x.dtype) * (65536 / keep)
 
 

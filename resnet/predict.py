@@ -108,6 +108,10 @@ def describe_card(card: dict) -> str:
         parts.append(f"test accuracy {card['test_acc']:.2%}")
     if isinstance(card.get("ece"), (int, float)):
         parts.append(f"calibration error (ECE) {card['ece']:.3f}: its stated confidence is off by {card['ece']:.1%} on average")
+    low = card.get("low_confidence")
+    if isinstance(low, dict) and isinstance(low.get("accuracy_below"), (int, float)):
+        parts.append(f"below {low['threshold']:.0%} confidence ({low['share_below']:.1%} of test images) it is right "
+                     f"{low['accuracy_below']:.0%} of the time, above it {low['accuracy_above']:.0%}")
     if card.get("source"):
         parts.append(card["source"])
     return "; ".join(parts)

@@ -12,7 +12,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -157,6 +157,8 @@ def validate(c: TrainConfig) -> None:
     for name in ("limit_train", "limit_test", "val_size", "seed"):
         if _number(name, getattr(c, name), int) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
+    if c.seed >= 2**32:
+        raise ConfigError(f"seed must be below 2**32, got {c.seed}")
     blocks = tuple(c.blocks)
     if len(blocks) != 4 or not all(isinstance(b, int) and 1 <= b <= 8 for b in blocks):
         raise ConfigError(f"blocks must be four whole numbers from 1 to 8, got {list(blocks)}")
@@ -327,39 +329,38 @@ class Trainer:
                 (self.run_dir / runs.METRICS).unlink(missing_ok=True)
             atomic_write_json(self.run_dir / runs.CONFIG, dataclasses.asdict(config))
             self._status("running", "resumed" if resume else "started")
-        torch.manual_seed(config.seed)
-        model = build_model(config.blocks, config.dropout).to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(config, model)
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
-        position = {"epoch": 1, "step_in_epoch": 0, "elapsed_s": 0.0, "sums": [0.0, 0.0, 0]}
-        if resume:
-            checkpoint = torch.load(self.run_dir / runs.CHECKPOINT, map_location=self.device, weights_only=True)
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            if ema is not None:
-                ema.load_state_dict(checkpoint["ema"])
-            position = checkpoint["position"]
-            if self.writes:  # rows past the checkpoint (a kill mid-epoch, or after an epoch row but before its
-                # checkpoint) are trained again from here: drop them, and any torn line, so each step appears once
-                done = (position["epoch"] - 1) * self.steps_per_epoch + position["step_in_epoch"]
-                kept = [row for row in runs.read_metrics(self.run_dir) if row["step"] <= done]
-                atomic_write_bytes(self.run_dir / runs.METRICS, "".join(json.dumps(row) + "\n" for row in kept).encode())
-        trained = model
-        if self.distributed:
-            trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if config.compile:
-            trained = torch.compile(trained)
-        try:
-            outcome = self._loop(model, trained, optimizer, ema, position)
+        try:  # a failure anywhere from here (a bad checkpoint too) is reported, not left as "running"
+            torch.manual_seed(config.seed)
+            model = build_model(config.blocks, config.dropout).to(self.device)
+            if self.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            optimizer = build_optimizer(config, model)
+            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
+            position = {"epoch": 1, "step_in_epoch": 0, "elapsed_s": 0.0, "sums": [0.0, 0.0, 0]}
+            if resume:
+                checkpoint = torch.load(self.run_dir / runs.CHECKPOINT, map_location=self.device, weights_only=True)
+                model.load_state_dict(checkpoint["model"])
+                optimizer.load_state_dict(checkpoint["optimizer"])
+                if ema is not None:
+                    ema.load_state_dict(checkpoint["ema"])
+                position = checkpoint["position"]
+                if self.writes:  # rows past the checkpoint (a kill mid-epoch, or after an epoch row but before its
+                    # checkpoint) are trained again from here: drop them, and any torn line, so each step appears once
+                    done = (position["epoch"] - 1) * self.steps_per_epoch + position["step_in_epoch"]
+                    kept = [row for row in runs.read_metrics(self.run_dir) if row["step"] <= done]
+                    atomic_write_bytes(self.run_dir / runs.METRICS, "".join(json.dumps(row) + "\n" for row in kept).encode())
+            trained = model
+            if self.distributed:
+                trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if config.compile:
+                trained = torch.compile(trained)
+            return self._loop(model, trained, optimizer, ema, position)
         except Exception as error:
             self._status("failed", f"{type(error).__name__}: {error}")
             raise
         finally:
             if self.distributed and dist.is_initialized():
                 dist.destroy_process_group()
-        return outcome
 
     def _loop(self, model, trained, optimizer, ema, position) -> dict:
         config, data = self.config, self.data

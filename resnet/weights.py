@@ -145,7 +145,16 @@ def _validate_card(card: dict, name: str) -> dict:
             raise WeightsError(f"{name}: card field {key!r} must be a list of 3 numbers")
     if any(v <= 0 for v in card["std"]):
         raise WeightsError(f"{name}: card field 'std' must be positive")
-    return card
+    blocks = card.get("blocks", [1, 1, 1, 1])
+    if not (isinstance(blocks, list) and len(blocks) == 4 and all(isinstance(b, int) and b >= 1 for b in blocks)):
+        raise WeightsError(f"{name}: card field 'blocks' must be a list of 4 positive whole numbers")
+    dropout = card.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise WeightsError(f"{name}: card field 'dropout' must be a number in [0, 1)")
+    classes = card.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise WeightsError(f"{name}: card field 'classes' must be a list of names")
+    return dict(card)
 
 
 def load_weights(source, name: str | None = None, card: dict | None = None):
@@ -178,7 +187,7 @@ def load_weights(source, name: str | None = None, card: dict | None = None):
         card = embedded_card(data)
     if card is None:
         card = {"mean": list(PUBLISHED_MEAN), "std": list(PUBLISHED_STD), "source": "published-style state_dict"}
-    card = _validate_card(dict(card), name)
+    card = _validate_card(card, name)
     if "blocks" in card and tuple(card["blocks"]) != blocks:
         raise WeightsError(f"{name}: the card says blocks {card['blocks']} but the weights have {list(blocks)}")
     num_classes = state["linear.weight"].shape[0] if "linear.weight" in state else 10
@@ -199,6 +208,8 @@ def load_weights(source, name: str | None = None, card: dict | None = None):
     card.setdefault("blocks", list(blocks))
     card.setdefault("num_classes", num_classes)
     card.setdefault("classes", list(CLASSES[:num_classes]))
+    if len(card["classes"]) != num_classes:
+        raise WeightsError(f"{name}: the card names {len(card['classes'])} classes but the weights have {num_classes} outputs")
     return model.eval(), card
 
 

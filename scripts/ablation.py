@@ -10,6 +10,7 @@ is never looked at. Rerunning skips finished variants and resumes interrupted on
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -68,7 +69,9 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS), help="train only these variants")
     args = parser.parse_args()
 
-    stop = threading.Event()
+    stop = threading.Event()  # Ctrl-C or SIGTERM: the current variant checkpoints and reads `stopped`
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     data, rows = None, []
     for name in VARIANTS:
         config = config_for(name, args)
@@ -80,6 +83,8 @@ def main() -> int:
             resume = status in ("stopped", "interrupted", "failed") and (run_dir / runs.CHECKPOINT).is_file()
             print(f"{name}: {'resuming' if resume else 'training'}", flush=True)
             Trainer(config, run_dir, stop_event=stop, data=data, command="python scripts/ablation.py").run(resume=resume)
+            if stop.is_set():
+                break
         if (run_dir / runs.CONFIG).is_file():
             rows.append(result(run_dir, name, config))
     budget = {"epochs": args.epochs, "train_size": args.train_size, "val_size": args.val_size, "seed": args.seed,

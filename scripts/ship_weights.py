@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from resnet import runs  # noqa: E402
 from resnet.data import load_split  # noqa: E402
 from resnet.evaluate import metrics_from_logits, predict_logits  # noqa: E402
+from resnet.predict import LOW_CONFIDENCE  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights  # noqa: E402
 
 
@@ -27,6 +28,19 @@ def stored_as(model, dtype):
     copy = type(model)(model.blocks, model.dropout, model.num_classes)
     copy.load_state_dict({k: v.to(dtype).to(v.dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()})
     return copy.eval()
+
+
+def confidence_split(logits, labels) -> dict:
+    """How right the model is below and above the app's low-confidence threshold, on the test set."""
+    confidence, predicted = logits.softmax(1).max(1)
+    correct = predicted == labels
+    low = confidence < LOW_CONFIDENCE
+    return {
+        "threshold": LOW_CONFIDENCE,
+        "share_below": low.float().mean().item(),
+        "accuracy_below": correct[low].float().mean().item() if low.any() else None,
+        "accuracy_above": correct[~low].float().mean().item() if (~low).any() else None,
+    }
 
 
 def main() -> int:
@@ -50,7 +64,7 @@ def main() -> int:
         scored[dtype] = (candidate, logits, metrics_from_logits(logits, labels), metrics_from_logits(tta_logits, labels))
     same = bool((scored[torch.float32][1].argmax(1) == scored[torch.float16][1].argmax(1)).all())
     dtype = torch.float16 if same else torch.float32
-    candidate, _, final, tta = scored[dtype]
+    candidate, logits, final, tta = scored[dtype]
 
     card.update(
         test_acc=final["test_acc"], test_loss=final["test_loss"], tta_test_acc=tta["test_acc"],
@@ -61,6 +75,7 @@ def main() -> int:
         storage_choice=f"{str(dtype).removeprefix('torch.')}: "
         + ("fp16 storage predicts all test images exactly as fp32" if same else "fp16 storage changed predictions"),
         source_run=args.run_dir.name,
+        low_confidence=confidence_split(logits, labels),
     )
     card.pop("storage_dtype", None)
     out = DEFAULT_WEIGHTS.parent / f"{args.name}.safetensors"

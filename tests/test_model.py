@@ -74,3 +74,14 @@ def test_dropout_is_inert_in_eval_mode():
 def test_invalid_architecture_is_refused(kwargs):
     with pytest.raises(ValueError):
         ResNet(**kwargs)
+
+
+def test_dropout_near_zero_and_one_falls_back_to_torch():
+    from resnet.model import Dropout
+
+    x = torch.ones(4, 8, 6, 6)
+    assert (Dropout(1e-6).train()(x) != 0).float().mean() > 0.99  # never the all-zero mask of a wrapped int16 compare
+    out = Dropout(1 - 1e-7).train()(x)  # keep probability rounds to 0 steps: torch's mask, no division by zero
+    assert torch.isfinite(out).all()
+    kept = (Dropout(0.3).train()(torch.ones(64, 64, 16, 16)) != 0).float().mean().item()
+    assert abs(kept - 0.7) < 0.01

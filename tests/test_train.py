@@ -238,3 +238,8 @@ def test_learning_rate_schedules():
     assert lr_at(onecycle, 50, 100) < lr_at(onecycle, 25, 100) and lr_at(onecycle, 100, 100) == pytest.approx(0)
     cosine = make_config("original", schedule="cosine", lr=1.0)
     assert lr_at(cosine, 50, 100) == pytest.approx(0.5) and lr_at(cosine, 100, 100) == pytest.approx(0)
+
+
+def test_a_seed_too_large_for_the_generators_is_refused_before_training(tiny_data):
+    with pytest.raises(ConfigError, match="seed must be below 2\\*\\*32"):
+        small_config(tiny_data, seed=2**40)

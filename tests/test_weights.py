@@ -280,3 +280,16 @@ def test_a_lone_safetensors_upload_keeps_its_normalization(tmp_path):
     assert loaded_card["mean"] == [0.1, 0.2, 0.3] and loaded_card["std"] == [0.4, 0.5, 0.6]
     assert "test_acc" not in embedded_card(path.read_bytes())  # only preprocessing and architecture travel inside
     assert embedded_card(b"PK\x03\x04 not safetensors") is None
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"blocks": 5}, "'blocks' must be a list of 4"),
+    ({"dropout": "x"}, "'dropout' must be a number"),
+    ({"classes": ["a"]}, "names 1 classes but the weights have 10"),
+])
+def test_a_card_with_wrong_fields_is_refused_clearly(tmp_path, change, message):
+    model = build_model().eval()
+    path = save_weights(model, tmp_path / "w.safetensors", make_card(model))
+    card = {**json.loads(path.with_suffix(".json").read_text()), **change}
+    with pytest.raises(WeightsError, match=message):
+        load_weights(path, card=card)
