@@ -46,7 +46,7 @@ def test_a_started_run_gains_points_on_the_plot(page):
     page.get_by_role("button", name="Advanced").click()
     page.get_by_label(re.compile(r"^Test images scored per epoch")).fill("50")
     page.get_by_role("button", name="Start training").click()
-    sync_api.expect(page.get_by_label("Run", exact=True)).to_have_value(re.compile(r"^run-\d{8}-\d{6}-[0-9a-f]{4}$"))
+    sync_api.expect(page.get_by_label("Run", exact=True)).to_have_value(re.compile(r"^run-\d{8}-\d{6}-[0-9a-f]{8}$"))
     page.get_by_role("tab", name="Runs").click()
     points = page.locator("#accuracy-plot .scatterlayer .point")
     sync_api.expect(points.first).to_be_attached(timeout=180_000)
