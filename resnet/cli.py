@@ -18,7 +18,7 @@ from . import batch, runs, study
 from .data import AUGMENTATIONS, DataMissingError, download, load_split
 from .evaluate import evaluate
 from .images import ImageError
-from .train import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, ConfigError, Trainer, make_config, resume_config
+from .train import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, WEIGHTS_DTYPES, ConfigError, Trainer, make_config, resume_config
 from .weights import DEFAULT_WEIGHTS, WeightsError, load_model
 
 EXPECTED_ERRORS = (ConfigError, DataMissingError, runs.RunError, WeightsError, ImageError, batch.FolderError, FileNotFoundError)
@@ -34,25 +34,22 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
-    value = _whole(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 0")
-    return value
+def _whole_at_least(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least {minimum}")
+        return value
+
+    return parse
 
 
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _whole(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
-    return value
+_count, _positive_int = _whole_at_least(0), _whole_at_least(1)
 
 
 def _blocks(text: str) -> tuple:
@@ -96,7 +93,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--limit-test", type=int, help="evaluate on the first N test images only")
     p.add_argument("--val-size", type=int, help="carve N seeded validation images from the training set")
     p.add_argument("--log-every", type=int, help="write a step record every N steps")
-    p.add_argument("--weights-dtype", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--weights-dtype", choices=WEIGHTS_DTYPES)
 
 
 def _evaluate_parser(sub) -> None:

@@ -123,7 +123,7 @@ class RunQueue:
         if not run_dir.is_dir():
             raise runs.RunError(f"no run {run_id!r}")
         status = runs.read_status(run_dir)["status"]
-        if status not in ("stopped", "interrupted", "failed"):
+        if status not in runs.RESUMABLE:
             raise runs.RunError(f"{run_id} is {status}; only stopped, interrupted or failed runs can be resumed")
         config = resume_config(run_dir, epochs)  # RunError/ConfigError if there is nothing to resume
         if config.epochs > server_caps()["epochs"]:

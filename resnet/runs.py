@@ -13,6 +13,7 @@ from pathlib import Path
 from .weights import atomic_write_json
 
 STATUSES = ("queued", "running", "finished", "stopped", "diverged", "failed", "interrupted")
+RESUMABLE = ("stopped", "interrupted", "failed")  # a checkpoint, if there is one, continues these
 RUN_ID = re.compile(r"^[a-z0-9-]{1,64}$")
 CONFIG, METRICS, STATUS, CHECKPOINT = "config.json", "metrics.jsonl", "status.json", "checkpoint.pt"
 WEIGHTS, CARD = "model.safetensors", "model.json"

@@ -257,7 +257,7 @@ def run_study(root, budget: Budget, design: Design = PUBLISHED, data_dir=None, r
         status = runs.read_status(run_dir)
         if status["status"] == "running":
             raise runs.RunError(f"{run.run_id} is being trained by process {status.get('pid')}; wait for it or stop it first")
-        resume = status["status"] in ("stopped", "interrupted", "failed") and (run_dir / runs.CHECKPOINT).is_file()
+        resume = status["status"] in runs.RESUMABLE and (run_dir / runs.CHECKPOINT).is_file()
         config = config_for(run, budget, data_dir)
         if data is None:
             data = load_study_data(config, budget)

@@ -30,6 +30,7 @@ from .weights import atomic_write_bytes, atomic_write_json, make_card, save_weig
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "onecycle", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+WEIGHTS_DTYPES = ("float32", "float16", "bfloat16")
 DIVERGENCE_WINDOW = 50
 DIVERGENCE_LOSS = 2 * math.log(10)  # twice the loss of a uniform guess over 10 classes
 
@@ -162,7 +163,7 @@ def validate(c: TrainConfig) -> None:
     blocks = tuple(c.blocks)
     if len(blocks) != 4 or not all(isinstance(b, int) and 1 <= b <= 8 for b in blocks):
         raise ConfigError(f"blocks must be four whole numbers from 1 to 8, got {list(blocks)}")
-    if c.weights_dtype not in ("float32", "float16", "bfloat16"):
+    if c.weights_dtype not in WEIGHTS_DTYPES:
         raise ConfigError(f"weights_dtype must be float32, float16 or bfloat16, got {c.weights_dtype!r}")
 
 

@@ -80,7 +80,7 @@ def main() -> int:
         if status not in DONE and (not args.only or name in args.only):
             if data is None:  # one copy of the images for every variant: the split depends on the seed only
                 data = load_data(config, resolve_device(config.device))
-            resume = status in ("stopped", "interrupted", "failed") and (run_dir / runs.CHECKPOINT).is_file()
+            resume = status in runs.RESUMABLE and (run_dir / runs.CHECKPOINT).is_file()
             print(f"{name}: {'resuming' if resume else 'training'}", flush=True)
             Trainer(config, run_dir, stop_event=stop, data=data, command="python scripts/ablation.py").run(resume=resume)
             if stop.is_set():
