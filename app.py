@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -23,16 +24,20 @@ import pandas as pd
 from resnet import batch, jobs, plots
 from resnet import study as study_figures
 from resnet import predict as models
+from resnet.data import DataMissingError
 from resnet.explain import enlarge, grad_cam, overlay
 from resnet.images import MAX_BYTES, ImageError, prepare
 from resnet.model import BLOCK_CHOICES
 from resnet.runs import CARD, METRICS, STATUS, WEIGHTS, RunError, read_metrics, read_status, run_path
 from resnet.train import OPTIMIZERS, PRESETS, SCHEDULES, ConfigError, make_config
-from resnet.weights import WeightsError, card_path
+from resnet.weights import MAX_WEIGHTS_BYTES, WeightsError, card_path
 
 HERE = Path(__file__).resolve().parent
+SCRATCH = Path(tempfile.gettempdir()) / "cifar-resnet-studio"  # CSVs and run-file copies on their way to a visitor
+SCRATCH_MAX_AGE_S = 3600
+MAX_UPLOAD_BYTES = max(MAX_BYTES, MAX_WEIGHTS_BYTES)  # Gradio's one cap for every upload; images are held to MAX_BYTES by resnet.images
 EXAMPLES, MISTAKES, STUDY = HERE / "assets" / "examples", HERE / "assets" / "mistakes", HERE / "results" / "study.json"
-USER_ERRORS = (ImageError, WeightsError, RunError, ConfigError)
+USER_ERRORS = (ImageError, WeightsError, RunError, ConfigError, DataMissingError)
 OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
 TABLE_COLUMNS = ["run_id", "status", "optimizer", "lr", "dropout", "batch_size", "blocks", "epochs",
                  "best_test_acc", "final_test_acc", "elapsed_s", "message"]
@@ -44,6 +49,11 @@ BATCH_NOTE_PROBLEMS = 20  # unreadable files named in the batch note; the rest a
 def max_batch_images() -> int:
     """Images one /predict_batch request may hold (files plus zip members), from $STUDIO_MAX_BATCH_IMAGES."""
     return int(os.environ.get("STUDIO_MAX_BATCH_IMAGES", 500))
+
+
+def max_batch_pixels() -> int:
+    """Pixels one /predict_batch request may decode in all, from $STUDIO_MAX_BATCH_MP (megapixels)."""
+    return int(float(os.environ.get("STUDIO_MAX_BATCH_MP", 500)) * 1e6)
 
 
 @contextlib.contextmanager
@@ -145,7 +155,7 @@ class Studio:
         model.card = card  # what resnet.batch normalizes with (the same card the cache pairs with this model)
         classes = list(card["classes"])
         problems, rows = [], []
-        with batch.Sources() as sources:
+        with batch.Sources(max_total_pixels=max_batch_pixels()) as sources:
             for path in paths:
                 _add_upload(sources, path)
             problems.extend(sources.problems)
@@ -232,6 +242,13 @@ class Studio:
         return [config.optimizer, config.lr, config.dropout, config.batch_size, config.momentum, config.weight_decay,
                 config.schedule, config.label_smoothing]
 
+    @staticmethod
+    def download_data():
+        """Fetch CIFAR-10 for a host that lacks it; on success the warning and the button go away."""
+        with user_errors():
+            done = jobs.fetch_data()
+        return gr.Markdown(f"✅ {done}"), gr.Button(visible=False)
+
     def start_run(self, preset, *form) -> str:
         missing = jobs.data_missing()
         if missing:
@@ -316,14 +333,25 @@ def _markdown_safe(text: str) -> str:
     return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in str(text))[:200]
 
 
+def _fresh_folder() -> Path:
+    """A new folder for files handed to a visitor. Gradio copies them into its own cache (pruned by
+    delete_cache), so folders older than an hour are deleted here: a long-lived Space's disk stays flat."""
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    for old in SCRATCH.iterdir():
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > SCRATCH_MAX_AGE_S:
+                shutil.rmtree(old)
+    return Path(tempfile.mkdtemp(dir=SCRATCH))
+
+
 def _fresh_file(name: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix="studio-")) / name
+    return _fresh_folder() / name
 
 
 def _downloadable(run_dir: Path) -> list:
-    """Copies of a run's weights and card, named after the run, in a fresh temporary folder: the
-    runs folder itself is never served, so its checkpoints and logs stay private."""
-    folder = Path(tempfile.mkdtemp(prefix="run-files-"))
+    """Copies of a run's weights and card, named after the run, in a fresh folder: the runs folder
+    itself is never served, so its checkpoints and logs stay private."""
+    folder = _fresh_folder()
     files = []
     for name, suffix in ((WEIGHTS, ".safetensors"), (CARD, ".json")):
         if (run_dir / name).is_file():
@@ -420,7 +448,9 @@ def predict_tab(studio: Studio) -> None:
 def train_tab(studio: Studio):
     missing = jobs.data_missing()
     if missing:
-        gr.Markdown(f"⚠️ **Training is unavailable on this host.** {missing}")
+        data_note = gr.Markdown(f"⚠️ **Training is unavailable on this host.** {missing}")
+        fetch = gr.Button("Download CIFAR-10 (about 170 MB)")
+        fetch.click(studio.download_data, None, [data_note, fetch], api_visibility="private")
     caps = jobs.server_caps()
     original = make_config(QUICK_RUN["preset"])
     with gr.Row():
@@ -531,7 +561,8 @@ def card_tab() -> None:
 
 def build_demo(studio: Studio | None = None) -> gr.Blocks:
     studio = studio or Studio()
-    with gr.Blocks(title="CIFAR-10 ResNet studio") as demo:
+    # Uploads and served copies in Gradio's cache are deleted after a day, checked hourly.
+    with gr.Blocks(title="CIFAR-10 ResNet studio", delete_cache=(3600, 86400)) as demo:
         gr.Markdown("# CIFAR-10 ResNet studio\nClassify any picture into the 10 CIFAR-10 classes, see where the network "
                     "looked, train your own run and compare its curves.")
         with gr.Tab("Predict") as predict_page:
@@ -567,7 +598,7 @@ def launch_options(studio: Studio) -> dict:
     Only the folders whose files the app itself hands out may be served; run files go out as copies.
     """
     roots = [EXAMPLES, MISTAKES]
-    return {"max_file_size": MAX_BYTES, "allowed_paths": [str(p) for p in roots], "theme": gr.themes.Soft(),
+    return {"max_file_size": MAX_UPLOAD_BYTES, "allowed_paths": [str(p) for p in roots], "theme": gr.themes.Soft(),
             "footer_links": ["api", "gradio"]}
 
 

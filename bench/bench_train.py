@@ -9,7 +9,7 @@
 
 Each pipeline runs ``--warmup`` steps, then ``--steps`` timed steps (the device is synchronized
 around the timed part); with ``--rounds`` > 1 the two alternate, so a busy machine slows both alike.
-Prints a table (and ``--json OUT`` writes it): images/s of each, the ratio, our share of a peak.
+Prints a table (and ``--json OUT`` writes it): images/s of each and the ratio.
 
     python bench/bench_train.py --data-dir ../shared/data/cifar10 --steps 100 --warmup 10
     python bench/bench_train.py --time-to-94            # CUDA: the fast preset's wall time to 94 %
@@ -185,7 +185,6 @@ def compare(args, device) -> dict:
         "device": describe(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "blocks": list(args.blocks), "batch_size": BATCH, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
         "published": result["published"], "ours": result["ours"], "ratio": round(ratio, 2),
-        "peak_images_per_s": args.peak_img_s, "ours_fraction_of_peak": round(result["ours"]["images_per_s"] / args.peak_img_s, 3),
     }
 
 
@@ -222,7 +221,6 @@ def print_table(report: dict) -> None:
     for name, value in rows:
         print(f"{name:<40} {value:>10.1f}")
     print(f"{'ratio ours / published':<40} {report['ratio']:>9.2f}x")
-    print(f"{'ours / peak (' + str(report['peak_images_per_s']) + ' images/s)':<40} {report['ours_fraction_of_peak']:>10.1%}")
 
 
 def positive_int(text: str) -> int:
@@ -242,7 +240,6 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="ours only")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the published pipeline")
     parser.add_argument("--blocks", type=lambda t: tuple(int(b) for b in t.split(",")), default=(1, 1, 1, 1))
-    parser.add_argument("--peak-img-s", type=float, default=290.0, help="bf16 training peak of this machine (default 290)")
     parser.add_argument("--json", metavar="OUT", help="also write the report to this JSON file")
     parser.add_argument("--time-to-94", action="store_true", help="CUDA only: wall time of the fast preset to 94%% test accuracy")
     args = parser.parse_args(argv)

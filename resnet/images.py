@@ -23,6 +23,10 @@ class ImageError(ValueError):
     """An upload that cannot become an image, with the reason in words."""
 
 
+class TooManyPixels(ImageError):
+    """The header announces more pixels than the cap allows; nothing was decoded."""
+
+
 def open_image(source, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Image.Image:
     """Open a path, bytes or PIL image safely: size and pixel caps are checked before decoding."""
     if isinstance(source, Image.Image):
@@ -43,7 +47,7 @@ def open_image(source, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES)
     if width < 1 or height < 1:
         raise ImageError("the image has no pixels")
     if width * height > max_pixels:
-        raise ImageError(f"the image has {width * height / 1e6:.1f} MP; the limit is {max_pixels / 1e6:g} MP")
+        raise TooManyPixels(f"the image has {width * height / 1e6:.1f} MP; the limit is {max_pixels / 1e6:g} MP")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -93,4 +97,8 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 def prepare(source, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> torch.Tensor:
     """Anything image-like -> uint8 [3, 32, 32]; ImageError with the reason otherwise."""
-    return to_tensor(center_square(to_rgb(open_image(source, max_pixels, max_bytes))))
+    image = open_image(source, max_pixels, max_bytes)
+    try:
+        return to_tensor(center_square(to_rgb(image)))
+    except (OSError, ValueError, EOFError, SyntaxError) as error:  # a damaged EXIF block or frame fails only here
+        raise ImageError(f"the image could not be converted to RGB ({error})") from None

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import runs
-from .data import BATCHES_FOLDER, TEST_FILES, TRAIN_FILES, DataMissingError, load_split, resolve_data_dir
+from .data import BATCHES_FOLDER, TEST_FILES, TRAIN_FILES, DataMissingError, download, load_split, resolve_data_dir
 from .train import ConfigError, TrainConfig, make_config, resume_config
 from .weights import atomic_write_json
 
@@ -88,6 +88,28 @@ def data_missing(data_dir=None) -> str | None:
     return None
 
 
+_download_lock = threading.Lock()
+
+
+def fetch_data(data_dir=None) -> str:
+    """Download CIFAR-10 (about 170 MB, checksum-verified by torchvision) to where training reads it.
+
+    A host without the data set (a fresh Space) gets it from the Train tab. Visitors who ask at the
+    same time share one download: the later ones wait and then find the data there.
+    """
+    with _download_lock:
+        if data_missing(data_dir) is None:
+            return "CIFAR-10 is here: training is available."
+        try:
+            download(data_dir)
+        except (OSError, RuntimeError) as error:  # no network, a full disk, a checksum mismatch
+            raise DataMissingError(f"CIFAR-10 could not be downloaded ({error}); nothing else is affected, try again later") from None
+        missing = data_missing(data_dir)
+        if missing:
+            raise DataMissingError(f"the download finished but the data set is still incomplete: {missing}")
+    return "CIFAR-10 downloaded: training is available."
+
+
 class RunQueue:
     """Starts queued runs one after another in child processes; safe to call from any thread."""
 
@@ -130,6 +152,7 @@ class RunQueue:
             raise ConfigError(f"epochs {config.epochs} is above this server's limit of {server_caps()['epochs']}")
         args = ["--resume", str(run_dir)] + (["--epochs", str(epochs)] if epochs is not None else [])
         with self._lock:
+            self._reap()  # a child that has just exited settles first, or its settling would overwrite "queued"
             if self.active() == run_id or run_id in self._waiting:
                 raise runs.RunError(f"{run_id} is already training or queued")
             self._check_room()
@@ -198,13 +221,17 @@ class RunQueue:
         return any(runs.read_status(p)["status"] == "running" for p in self.root.iterdir()
                    if p.is_dir() and runs.RUN_ID.match(p.name))
 
+    def _reap(self) -> None:
+        """Settle a child that has exited (the caller holds the lock)."""
+        if self._child and self._child[1].poll() is not None:
+            self._settle(*self._child)
+            self._child = None
+
     def _watch(self) -> None:
         while not self._closed.wait(POLL_S):
             with self._lock:
                 try:
-                    if self._child and self._child[1].poll() is not None:
-                        self._settle(*self._child)
-                        self._child = None
+                    self._reap()
                     if self._child is None and self._waiting and not self._foreign_run_alive():
                         self._launch(self._waiting.pop(0))
                 except Exception as error:  # noqa: BLE001  (a full disk, a vanished folder: the queue must live on)
@@ -220,9 +247,13 @@ class RunQueue:
             args = ["--out", str(run_dir), *args]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])),
                "TQDM_MININTERVAL": "10"}  # the log needs no ten updates a second
-        with open(run_dir / LOG, "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "resnet", "train", *args], stdout=log,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        try:
+            with open(run_dir / LOG, "ab") as log:
+                process = subprocess.Popen([sys.executable, "-m", "resnet", "train", *args], stdout=log,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        except OSError as error:  # it has left the queue: say so, or it would read "queued" for ever
+            runs.write_status(run_dir, "failed", f"the trainer could not be started: {error}", pid=0)
+            return
         self._child = (run_id, process)
 
     def _settle(self, run_id: str, process) -> None:

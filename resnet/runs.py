@@ -37,7 +37,21 @@ def run_path(root, run_id: str) -> Path:
     return Path(root) / run_id
 
 
-def pid_alive(pid) -> bool:
+def process_identity(pid: int) -> str | None:
+    """What tells this process apart from a later one given the same pid: boot id and start time.
+
+    After a host restart pids are handed out from the bottom again, so a bare pid left in a status
+    file can name an unrelated live process. None where /proc is not available.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{boot}:{stat.rpartition(')')[2].split()[19]}"  # field 22, counted after the parenthesised name
+
+
+def pid_alive(pid, identity: str | None = None) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -45,14 +59,16 @@ def pid_alive(pid) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return identity is None or process_identity(pid) in (identity, None)
 
 
 def write_status(run_dir, status: str, message: str = "", pid: int | None = None) -> None:
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}")
-    record = {"status": status, "pid": pid if pid is not None else os.getpid(), "updated_at": time.time(), "message": message}
+    pid = os.getpid() if pid is None else pid
+    record = {"status": status, "pid": pid, "process": process_identity(pid) if pid > 0 else None,
+              "updated_at": time.time(), "message": message}
     atomic_write_json(Path(run_dir) / STATUS, record)
 
 
@@ -67,7 +83,7 @@ def read_status(run_dir) -> dict:
         return {"status": "damaged", "message": "no status.json"}
     except (ValueError, UnicodeDecodeError):
         return {"status": "damaged", "message": "status.json is unreadable or names an unknown status"}
-    if record["status"] == "running" and not pid_alive(record.get("pid")):
+    if record["status"] == "running" and not pid_alive(record.get("pid"), record.get("process")):
         record = {**record, "status": "interrupted", "message": "the training process is gone"}
     return record
 

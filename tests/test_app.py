@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from resnet.data import load_split
 from resnet.evaluate import evaluate
 from resnet.images import MAX_BYTES
 from resnet.model import build_model
-from resnet.weights import make_card, save_weights
+from resnet.weights import MAX_WEIGHTS_BYTES, make_card, save_weights
 
 gr = pytest.importorskip("gradio")
 import app  # noqa: E402
@@ -139,16 +140,42 @@ ODD_UPLOADS = ["grayscale", "alpha", "palette", "cmyk", "16-bit", "animated-gif"
                "truncated", "empty", "text", "too-large"]
 
 
+UNUSABLE = {"40mp", "bomb", "truncated", "empty", "text", "too-large"}
+
+
 @pytest.mark.parametrize("kind", ODD_UPLOADS)
 def test_odd_uploads_predict_or_say_why(studio, tmp_path, kind):
     path = odd_upload(kind, tmp_path)
-    try:
-        probabilities = studio.predict(path)
-    except gr.Error as error:
-        assert error.message.startswith("cannot use this image: ") and len(error.message) > 30
+    if kind in UNUSABLE:
+        with pytest.raises(gr.Error) as error:
+            studio.predict(path)
+        assert error.value.message.startswith("cannot use this image: ") and len(error.value.message) > 30
     else:
-        assert sum(probabilities.values()) == pytest.approx(1, abs=1e-5)
-        assert kind not in ("40mp", "bomb", "empty", "text", "too-large")
+        assert sum(studio.predict(path).values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_files_handed_out_are_cleaned_up_after_an_hour(monkeypatch, tmp_path):
+    monkeypatch.setattr(app, "SCRATCH", tmp_path / "scratch")
+    first = app._fresh_file("predictions.csv")
+    first.write_text("path,prediction\n")
+    hour_ago = first.parent.stat().st_mtime - app.SCRATCH_MAX_AGE_S - 1
+    os.utime(first.parent, (hour_ago, hour_ago))
+    recent = app._fresh_file("predictions.csv")
+    recent.write_text("path,prediction\n")
+    second = app._fresh_file("predictions.csv")
+    assert not first.parent.exists() and recent.is_file() and second.parent.is_dir()
+    assert second.parent.parent == recent.parent.parent == tmp_path / "scratch"
+
+
+def test_data_download_failure_is_a_message(monkeypatch, tmp_path):
+    monkeypatch.setenv("CIFAR10_DIR", str(tmp_path))
+
+    def offline(data_dir):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(app.jobs, "download", offline)
+    with pytest.raises(gr.Error, match="could not be downloaded.*Network is unreachable"):
+        app.Studio.download_data()
 
 
 def test_no_image_and_missing_weights_are_messages(studio, monkeypatch, tmp_path):
@@ -315,7 +342,7 @@ def test_demo_exposes_exactly_the_documented_api(studio):
 
 def test_launch_options_cap_uploads_and_serve_only_our_folders(studio):
     options = app.launch_options(studio)
-    assert options["max_file_size"] == MAX_BYTES
+    assert options["max_file_size"] == max(MAX_BYTES, MAX_WEIGHTS_BYTES) == app.MAX_UPLOAD_BYTES  # weights may exceed an image
     assert sorted(options["allowed_paths"]) == sorted(str(p) for p in (app.EXAMPLES, app.MISTAKES))
     assert not any(studio.root.resolve().is_relative_to(Path(p).resolve()) for p in options["allowed_paths"])
 

@@ -89,6 +89,19 @@ def test_pixel_and_byte_caps_apply_to_each_image(studio, tmp_path, monkeypatch):
     assert "caps.zip:noise.png" in note and "MB" in note and "caps.zip:huge.png" in note and "MP" in note
 
 
+def test_a_request_decodes_at_most_its_pixel_budget(studio, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("STUDIO_MAX_BATCH_MP", "2.5")  # room for two 1 MP images, not three
+    members = {}
+    for name in ("a.png", "b.png", "c.png"):
+        picture = io.BytesIO()
+        Image.new("RGB", (1000, 1000), (200, 30, 30)).save(picture, "PNG")  # small file, 1 MP decoded
+        members[name] = picture.getvalue()
+    members["tiny.png"] = png_bytes()  # 32 x 32 still fits in what is left
+    table, _, note = studio.predict_batch([make_zip(tmp_path / "many.zip", members)])
+    assert list(table["path"]) == ["many.zip:a.png", "many.zip:b.png", "many.zip:tiny.png"]
+    assert "many.zip:c.png" in note and "decoding budget" in note
+
+
 @pytest.mark.parametrize("files, words", [
     (None, "upload images or a .zip archive first"),
     ([], "upload images or a .zip archive first"),

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from resnet import images
 from resnet.images import ImageError, prepare
 
 
@@ -28,7 +29,10 @@ def assert_cifar_tensor(tensor):
 
 def gradient(mode: str, size=(48, 40)) -> Image.Image:
     array = np.linspace(0, 255, size[0] * size[1] * 3).reshape(size[1], size[0], 3).astype(np.uint8)
-    return Image.fromarray(array, "RGB").convert(mode)
+    image = Image.fromarray(array, "RGB").convert(mode)
+    if "A" in image.getbands():  # a real alpha channel: encoders drop one that is opaque everywhere
+        image.putalpha(Image.fromarray(array[..., 0]))
+    return image
 
 
 @pytest.mark.parametrize("mode, fmt", [
@@ -37,7 +41,7 @@ def gradient(mode: str, size=(48, 40)) -> Image.Image:
 ])
 def test_modes_and_formats(mode, fmt):
     data = encode(gradient(mode), fmt)
-    assert Image.open(io.BytesIO(data)).mode == mode or fmt in ("JPEG", "WEBP")  # the file really has that mode
+    assert Image.open(io.BytesIO(data)).mode == mode  # the file really has that mode
     assert_cifar_tensor(prepare(data))
 
 
@@ -91,6 +95,16 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     rotated = prepare(encode(two_color_landscape(), "JPEG", quality=95, exif=exif.tobytes()))
     assert rotated[0, :8, :].float().mean() > 200 and rotated[2, -8:, :].float().mean() > 200  # red on top, blue below
+
+
+def test_a_failure_after_decoding_is_an_image_error(monkeypatch):
+    """Pillow reads some damaged files (a broken EXIF block) and fails only when they are converted."""
+    def broken_exif(image):
+        raise SyntaxError("not a TIFF file (header b'\\x00\\x00' not valid)")
+
+    monkeypatch.setattr(images.ImageOps, "exif_transpose", broken_exif)
+    with pytest.raises(ImageError, match="could not be converted to RGB.*not a TIFF file"):
+        prepare(encode(gradient("RGB"), "JPEG"))
 
 
 def test_a_non_square_image_keeps_its_centre_undistorted():

@@ -3,11 +3,15 @@
 import json
 import os
 import time
+import urllib.error
+from pathlib import Path
 
 import pytest
+from conftest import write_cifar_format
 
 from resnet import jobs, runs
 from resnet.cli import TRAIN_FLAGS, build_parser
+from resnet.data import DataMissingError
 from resnet.train import ConfigError, make_config
 
 # A run the tiny data set finishes in seconds on one CPU thread.
@@ -70,6 +74,29 @@ def test_data_missing_names_the_folder(tmp_path, tiny_data):
     assert "CIFAR-10 not found" in message and str(tmp_path) in message
 
 
+def test_fetch_data_downloads_once_and_reports_failures(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(data_dir):  # what torchvision leaves behind: the official batch files
+        calls.append(data_dir)
+        return write_cifar_format(Path(data_dir))
+
+    monkeypatch.setattr(jobs, "download", fake_download)
+    assert "downloaded" in jobs.fetch_data(tmp_path / "fresh")
+    assert jobs.data_missing(tmp_path / "fresh") is None
+    assert "is here" in jobs.fetch_data(tmp_path / "fresh") and len(calls) == 1
+
+    def offline(data_dir):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(jobs, "download", offline)
+    with pytest.raises(DataMissingError, match="could not be downloaded.*Name or service not known"):
+        jobs.fetch_data(tmp_path / "offline")
+    monkeypatch.setattr(jobs, "download", lambda data_dir: None)  # claims success, leaves nothing
+    with pytest.raises(DataMissingError, match="still incomplete"):
+        jobs.fetch_data(tmp_path / "empty")
+
+
 def write_run(run_dir, status="running", message="", epochs=4, rows=()):
     run_dir.mkdir(parents=True)
     (run_dir / runs.CONFIG).write_text(json.dumps({"epochs": epochs, "optimizer": "adam"}))
@@ -127,16 +154,20 @@ def test_runs_train_one_at_a_time_to_the_end(queue):
 
 
 @pytest.mark.slow
-def test_stop_checkpoints_and_resume_finishes(queue):
+def test_stop_checkpoints_and_resume_finishes(queue, monkeypatch):
     run_id = queue.start("original", **{**TINY, "epochs": 6})
     wait_for(lambda: runs.read_metrics(queue.root / run_id), what="the first step")
+    monkeypatch.setattr(jobs, "POLL_S", 3.0)  # a wide window between the child's exit and the watcher noticing it
     assert "is stopping" in queue.stop(run_id)
     wait_for(lambda: status_of(queue, run_id) == "stopped" and queue.active() is None, what="the stop")
     assert (queue.root / run_id / runs.CHECKPOINT).is_file()
-    assert "queued to resume" in queue.resume(run_id)
+    assert "queued to resume" in queue.resume(run_id)  # inside that window
     with pytest.raises(runs.RunError, match="is queued; only stopped"):
         queue.resume(run_id)
-    wait_for(lambda: status_of(queue, run_id) == "finished", timeout=300, what="the resumed run to finish")
+    seen = []
+    wait_for(lambda: seen.append(status_of(queue, run_id)) or seen[-1] == "finished", timeout=300,
+             what="the resumed run to finish")
+    assert "failed" not in seen  # the exited child's settling never overwrote the queued resume
     assert max(r["epoch"] for r in runs.read_metrics(queue.root / run_id)) == 6
 
 

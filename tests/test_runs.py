@@ -31,6 +31,17 @@ def test_running_with_a_dead_pid_reads_interrupted(tmp_path, dead_pid):
     assert json.loads((tmp_path / runs.STATUS).read_text())["status"] == "running"  # reading changes nothing
 
 
+@pytest.mark.skipif(runs.process_identity(os.getpid()) is None, reason="needs /proc")
+def test_a_reused_pid_does_not_keep_a_run_alive(tmp_path):
+    """After a host restart the recorded pid may belong to some other live process: here, this one."""
+    runs.write_status(tmp_path, "running", "started")
+    record = json.loads((tmp_path / runs.STATUS).read_text())
+    assert record["process"] == runs.process_identity(os.getpid())
+    record["process"] = "another-boot:12345"
+    (tmp_path / runs.STATUS).write_text(json.dumps(record))
+    assert runs.read_status(tmp_path)["status"] == "interrupted"
+
+
 @pytest.mark.parametrize("status", ["finished", "stopped", "diverged", "failed"])
 def test_final_statuses_do_not_depend_on_the_pid(tmp_path, dead_pid, status):
     runs.write_status(tmp_path, status, pid=dead_pid)
