@@ -6,6 +6,7 @@ on $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT.
 """
 
 import base64
+import binascii
 import contextlib
 import csv
 import dataclasses
@@ -24,6 +25,7 @@ import pandas as pd
 from resnet import batch, jobs, plots
 from resnet import study as study_figures
 from resnet import predict as models
+from resnet.constants import TEST_IMAGES, TRAIN_IMAGES
 from resnet.data import DataMissingError
 from resnet.explain import enlarge, grad_cam, overlay
 from resnet.images import MAX_BYTES, ImageError, prepare
@@ -72,7 +74,12 @@ def undecoded_upload(payload):
     if payload is None:
         return None
     if payload.url and payload.url.startswith("data:"):
-        return base64.b64decode(payload.url.partition(",")[2][: MAX_BYTES * 4 // 3 + 4])
+        # Decode no more than one byte past the cap: enough for resnet.images to refuse it by size.
+        encoded = payload.url.partition(",")[2][: (MAX_BYTES // 3 + 1) * 4]
+        try:
+            return base64.b64decode(encoded)
+        except binascii.Error:
+            raise gr.Error("cannot use this image: the pasted data is not valid base64", print_exception=False) from None
     return payload.path
 
 
@@ -464,7 +471,8 @@ def train_tab(studio: Studio):
         batch_size = form_field(gr.Number(original.batch_size, label=f"Batch size (at most {caps['batch_size']})", precision=0,
                                           minimum=1))
         blocks = gr.Dropdown([(str(list(b)), ",".join(map(str, b))) for b in BLOCK_CHOICES], value="1,1,1,1", label="Blocks per stage")
-        limit_train = form_field(gr.Number(QUICK_RUN["limit_train"], label="Quick-run size (training images; 0 = all 50,000)",
+        limit_train = form_field(gr.Number(QUICK_RUN["limit_train"],
+                                           label=f"Quick-run size (training images; 0 = all {TRAIN_IMAGES:,})",
                                            precision=0, minimum=0))
     with gr.Accordion("Advanced", open=False), gr.Row():
         momentum = form_field(gr.Number(original.momentum, label="Momentum (SGD, RMSprop)", minimum=0))
@@ -472,7 +480,8 @@ def train_tab(studio: Studio):
         schedule = gr.Dropdown(list(SCHEDULES), value=original.schedule, label="Learning-rate schedule")
         label_smoothing = form_field(gr.Number(original.label_smoothing, label="Label smoothing", minimum=0))
         seed = form_field(gr.Number(original.seed, label="Seed", precision=0, minimum=0))
-        limit_test = form_field(gr.Number(QUICK_RUN["limit_test"], label="Test images scored per epoch (0 = all 10,000)",
+        limit_test = form_field(gr.Number(QUICK_RUN["limit_test"],
+                                          label=f"Test images scored per epoch (0 = all {TEST_IMAGES:,})",
                                           precision=0, minimum=0))
     form = [optimizer, lr, dropout, epochs, batch_size, blocks, limit_train, momentum, weight_decay, schedule,
             label_smoothing, seed, limit_test]

@@ -4,8 +4,8 @@
     RandomHorizontalFlip, ToTensor, Normalize), a DataLoader with 2 workers, fp32, batch 64,
     Adam 0.01, ``model.train()``, and the published loop's per-step ``loss.item()`` / accuracy.
 (b) ours at the same recipe (Adam 0.01, batch 64, same model): the pieces of ``resnet.train``:
-    the whole training set on the device, ``augment`` of a whole batch at once, ``normalize``,
-    bf16/fp16 autocast and channels_last where ``resolve_precision("auto")`` finds support.
+    the whole training set on the device, ``augment`` of a whole batch at once, and the trainer's own
+    ``train_step`` (bf16/fp16 autocast and channels_last where ``resolve_precision("auto")`` finds support).
 
 Each pipeline runs ``--warmup`` steps, then ``--steps`` timed steps (the device is synchronized
 around the timed part); with ``--rounds`` > 1 the two alternate, so a busy machine slows both alike.
@@ -26,15 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing the package
 from resnet.constants import PUBLISHED_MEAN, PUBLISHED_STD  # noqa: E402
-from resnet.data import ORIGINAL_PADDING, augment, load_split, normalize, resolve_data_dir  # noqa: E402
-from resnet.evaluate import autocast  # noqa: E402
+from resnet.data import ORIGINAL_PADDING, augment, load_split, resolve_data_dir  # noqa: E402
 from resnet.model import BasicBlock, build_model  # noqa: E402
-from resnet.train import Trainer, build_optimizer, make_config, resolve_device, resolve_precision  # noqa: E402
+from resnet.train import Trainer, build_optimizer, make_config, resolve_device, resolve_precision, train_step  # noqa: E402
 
 BATCH, LR = 64, 0.01
 
@@ -140,14 +138,9 @@ def our_steps(device, data_dir, precision: str, blocks):
                 generator = torch.Generator(device).manual_seed(epoch * 100_003 + step)
                 index = order[step * BATCH : (step + 1) * BATCH]
                 images, labels = augment(train_x[index], generator, config.augment), train_y[index]
-                with autocast(device, amp_dtype):
-                    logits = model(normalize(images, config.mean, config.std, channels_last))
-                    loss = F.cross_entropy(logits.float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                sums[0] += loss.detach() * len(labels)
-                sums[1] += (logits.argmax(1) == labels).sum()
+                loss, correct = train_step(model, optimizer, images, labels, config, amp_dtype, channels_last)
+                sums[0] += loss * len(labels)
+                sums[1] += correct
                 sums[2] += len(labels)
                 yield len(labels)
 

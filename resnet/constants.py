@@ -14,6 +14,7 @@ CLASSES = (
 )
 
 IMAGE_SIZE = 32
+TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # the official split
 
 # Per-channel mean and standard deviation of the 50,000 training images, measured on the data
 # (the often-copied std (0.2023, 0.1994, 0.2010) is not the data's std). Weight cards carry the
@@ -22,5 +23,5 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 
 # What the published project normalized with (the widely copied values); its state_dict expects them.
-PUBLISHED_MEAN = (0.4914, 0.4822, 0.4465)
+PUBLISHED_MEAN = MEAN
 PUBLISHED_STD = (0.2023, 0.1994, 0.2010)

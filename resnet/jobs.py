@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from . import runs
+from .constants import TRAIN_IMAGES
 from .data import BATCHES_FOLDER, TEST_FILES, TRAIN_FILES, DataMissingError, download, load_split, resolve_data_dir
 from .train import ConfigError, TrainConfig, make_config, resume_config
 from .weights import atomic_write_json
@@ -26,7 +27,6 @@ REQUEST = "request.json"  # what a queued run will be started with; the CLI igno
 LOG = "train.log"  # the child's stdout and stderr
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.5
-TRAIN_IMAGES = 50_000  # CIFAR-10's training set: what a run without limit_train trains on
 
 
 def server_caps() -> dict:
@@ -103,7 +103,7 @@ def fetch_data(data_dir=None) -> str:
         try:
             download(data_dir)
         except (OSError, RuntimeError) as error:  # no network, a full disk, a checksum mismatch
-            raise DataMissingError(f"CIFAR-10 could not be downloaded ({error}); nothing else is affected, try again later") from None
+            raise DataMissingError(f"CIFAR-10 could not be downloaded ({error}); try again later") from None
         missing = data_missing(data_dir)
         if missing:
             raise DataMissingError(f"the download finished but the data set is still incomplete: {missing}")

@@ -7,7 +7,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 from . import runs
-from .constants import CLASSES
 from .evaluate import predict_logits
 from .weights import DEFAULT_WEIGHTS, MAX_WEIGHTS_BYTES, WeightsError, load_weights
 
@@ -97,7 +96,7 @@ def confidence_note(probabilities: dict) -> str:
     name, top = max(probabilities.items(), key=lambda item: item[1])
     if top < LOW_CONFIDENCE:
         return (f"Low confidence: the best guess, {name}, has only {top:.0%}. "
-                f"This may be none of the {len(CLASSES)} CIFAR-10 classes.")
+                f"This may be none of the {len(probabilities)} classes it knows.")
     return f"Best guess: {name} ({top:.0%})."
 
 
@@ -109,7 +108,8 @@ def describe_card(card: dict) -> str:
     if isinstance(card.get("ece"), (int, float)):
         parts.append(f"calibration error (ECE) {card['ece']:.3f}: its stated confidence is off by {card['ece']:.1%} on average")
     low = card.get("low_confidence")
-    if isinstance(low, dict) and isinstance(low.get("accuracy_below"), (int, float)):
+    numbers = ("threshold", "share_below", "accuracy_below", "accuracy_above")
+    if isinstance(low, dict) and all(isinstance(low.get(key), (int, float)) for key in numbers):
         parts.append(f"below {low['threshold']:.0%} confidence ({low['share_below']:.1%} of test images) it is right "
                      f"{low['accuracy_below']:.0%} of the time, above it {low['accuracy_above']:.0%}")
     if card.get("source"):

@@ -17,6 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resnet import runs  # noqa: E402
+from resnet.jobs import cli_command  # noqa: E402
+from resnet.train import PRESETS, make_config  # noqa: E402
 from resnet.data import load_split  # noqa: E402
 from resnet.evaluate import metrics_from_logits, predict_logits  # noqa: E402
 from resnet.predict import LOW_CONFIDENCE  # noqa: E402
@@ -41,6 +43,18 @@ def confidence_split(logits, labels) -> dict:
         "accuracy_below": correct[low].float().mean().item() if low.any() else None,
         "accuracy_above": correct[~low].float().mean().item() if (~low).any() else None,
     }
+
+
+def reproduce_command(training: dict, out: str) -> str:
+    """The shortest `python -m resnet train` line that recreates ``training``: a preset and its differences."""
+    local = ("data_dir", "device")  # where the data was and what ran it, not part of the recipe
+    differences = {
+        preset: {k: v for k, v in training.items() if k not in local and getattr(make_config(preset), k) != v
+                 and not (isinstance(v, list) and list(getattr(make_config(preset), k)) == v)}
+        for preset in PRESETS
+    }
+    preset = min(differences, key=lambda name: len(differences[name]))
+    return cli_command(preset, differences[preset], out)
 
 
 def main() -> int:
@@ -75,6 +89,7 @@ def main() -> int:
         storage_choice=f"{str(dtype).removeprefix('torch.')}: "
         + ("fp16 storage predicts all test images exactly as fp32" if same else "fp16 storage changed predictions"),
         source_run=args.run_dir.name,
+        reproduce=reproduce_command(card["training"], f"runs/{args.run_dir.name}"),
         low_confidence=confidence_split(logits, labels),
     )
     card.pop("storage_dtype", None)

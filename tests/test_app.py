@@ -15,8 +15,8 @@ from PIL import Image
 from resnet import runs
 from resnet.constants import CLASSES
 from resnet.data import load_split
-from resnet.evaluate import evaluate
-from resnet.images import MAX_BYTES
+from resnet.evaluate import evaluate, predict_logits
+from resnet.images import MAX_BYTES, ImageError, prepare
 from resnet.model import build_model
 from resnet.weights import MAX_WEIGHTS_BYTES, make_card, save_weights
 
@@ -91,7 +91,8 @@ def test_explain_shows_the_input_and_the_map_enlarged(studio):
 
 
 def test_confidence_note_warns_when_unsure():
-    assert "none of the 10" in app.Studio.confidence_note({"cat": 0.3, "dog": 0.25})
+    unsure = {name: 0.3 if name == "cat" else 0.7 / 9 for name in CLASSES}
+    assert "none of the 10 classes" in app.Studio.confidence_note(unsure)
     assert "cat" in app.Studio.confidence_note({"cat": 0.9, "dog": 0.05})
     assert app.Studio.confidence_note(None) == ""
 
@@ -197,12 +198,29 @@ def test_uploads_reach_our_decoder_undecoded():
     assert app.image_input().preprocess is app.undecoded_upload
 
 
-def test_picker_offers_finished_runs_and_predicts_with_them(studio, tiny_weights):
-    finished_run(studio.root, "run-done", tiny_weights)
+def test_an_oversized_or_garbled_paste_is_a_message(studio, monkeypatch):
+    monkeypatch.setattr(app, "MAX_BYTES", 1000)
+    data_model = gr.Image().data_model
+    oversized = app.undecoded_upload(data_model(url="data:image/png;base64," + base64.b64encode(b"\x89PNG" * 400).decode()))
+    assert len(oversized) == 1002  # cut past the cap, at a whole base64 quantum: refused by size, not by padding
+    with pytest.raises(ImageError, match="the limit is"):
+        prepare(oversized, max_bytes=1000)
+    with pytest.raises(gr.Error, match="not valid base64"):
+        app.undecoded_upload(data_model(url="data:image/png;base64,abc"))
+
+
+def test_picker_offers_finished_runs_and_predicts_with_them(studio, tiny_data, tmp_path):
+    torch.manual_seed(1)  # weights unlike the shipped (tiny) ones: the run's own must be the ones used
+    model = build_model().eval()
+    run_weights = save_weights(model, tmp_path / "run.safetensors", tiny_card(model, tiny_data))
+    finished_run(studio.root, "run-done", run_weights)
     (studio.root / "run-queued").mkdir()
     values = [value for _, value in studio.model_choices()]
     assert values == ["shipped", "run:run-done"]
-    assert studio.predict(example(), "run:run-done") == studio.predict(example(), "shipped")
+    from_run = studio.predict(example(), "run:run-done")
+    assert from_run != studio.predict(example(), "shipped")
+    expected = predict_logits(model, prepare(example())[None], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).softmax(1)[0]
+    assert from_run == pytest.approx(dict(zip(CLASSES, expected.tolist())), abs=1e-5)
     assert "test accuracy" in studio.model_info("run:run-done", None)
     for bad in ("run:../../etc", "/etc/passwd", "run:run-queued"):
         with pytest.raises(gr.Error):
