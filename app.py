@@ -32,12 +32,12 @@ from resnet.images import MAX_BYTES, ImageError, prepare
 from resnet.model import BLOCK_CHOICES
 from resnet.runs import CARD, METRICS, STATUS, WEIGHTS, RunError, read_metrics, read_status, run_path
 from resnet.train import OPTIMIZERS, PRESETS, SCHEDULES, ConfigError, make_config
-from resnet.weights import MAX_WEIGHTS_BYTES, WeightsError, card_path
+from resnet.weights import WeightsError, card_path
 
 HERE = Path(__file__).resolve().parent
 SCRATCH = Path(tempfile.gettempdir()) / "cifar-resnet-studio"  # CSVs and run-file copies on their way to a visitor
 SCRATCH_MAX_AGE_S = 3600
-MAX_UPLOAD_BYTES = max(MAX_BYTES, MAX_WEIGHTS_BYTES)  # Gradio's one cap for every upload; images are held to MAX_BYTES by resnet.images
+MAX_UPLOAD_BYTES = max(MAX_BYTES, models.MAX_UPLOAD_WEIGHTS_BYTES)  # Gradio has one cap for all uploads; images keep theirs
 EXAMPLES, MISTAKES, STUDY = HERE / "assets" / "examples", HERE / "assets" / "mistakes", HERE / "results" / "study.json"
 USER_ERRORS = (ImageError, WeightsError, RunError, ConfigError, DataMissingError)
 OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop", "adagrad": "Adagrad"}

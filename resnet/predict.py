@@ -10,6 +10,9 @@ from . import runs
 from .evaluate import predict_logits
 from .weights import DEFAULT_WEIGHTS, MAX_WEIGHTS_BYTES, WeightsError, load_weights
 
+# A public server may accept less than any weights file could be ($STUDIO_MAX_WEIGHTS_MB).
+MAX_UPLOAD_WEIGHTS_BYTES = min(MAX_WEIGHTS_BYTES, int(float(os.environ.get("STUDIO_MAX_WEIGHTS_MB", MAX_WEIGHTS_BYTES >> 20)) * 2**20))
+
 SHIPPED = "shipped"
 UPLOADED = "uploaded"
 LOW_CONFIDENCE = 0.5  # below this top probability the picture may show none of the classes
@@ -68,8 +71,8 @@ def load_choice(choice: str, root=None):
 
 def load_upload(data: bytes):
     """(key, model, card) for uploaded weights; the key (a hash) finds them again later."""
-    if len(data) > MAX_WEIGHTS_BYTES:
-        raise WeightsError(f"the file is larger than {MAX_WEIGHTS_BYTES >> 20} MB, not weights of this model")
+    if len(data) > MAX_UPLOAD_WEIGHTS_BYTES:
+        raise WeightsError(f"the file is larger than this server's {MAX_UPLOAD_WEIGHTS_BYTES / 2**20:g} MB limit for weights")
     key = "upload:" + hashlib.sha256(data).hexdigest()
     model, card = _cached(key, lambda: load_weights(data))
     return key, model, card

@@ -19,8 +19,7 @@ from safetensors.torch import save as safetensors_save
 from .constants import CLASSES, IMAGE_SIZE, MEAN, PUBLISHED_MEAN, PUBLISHED_STD, STD
 from .model import ResNet, build_model
 
-# The largest offered size, [3,3,3,3], is 70 MB in fp32; $STUDIO_MAX_WEIGHTS_MB lowers it for a public server.
-MAX_WEIGHTS_BYTES = int(float(os.environ.get("STUDIO_MAX_WEIGHTS_MB", 128)) * 1024 * 1024)
+MAX_WEIGHTS_BYTES = 128 * 1024 * 1024  # the largest size offered, [3,3,3,3], is 70 MB in fp32
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "cifar10-resnet.safetensors"
 EMBEDDED_CARD_KEYS = ("blocks", "dropout", "num_classes", "classes", "mean", "std", "input_size")
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
