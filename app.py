@@ -539,11 +539,20 @@ def card_tab() -> None:
     if not card:
         gr.Markdown("The shipped weights are not here yet: a training run is making them.")
         return
-    training = card.get("training") or {}
-    recipe = (f" Trained with {training.get('optimizer')} lr {training.get('lr')}, batch {training.get('batch_size')}, "
-              f"{training.get('epochs')} epochs." if training else "")
-    gr.Markdown(f"### Shipped model\n{models.describe_card(card)}; measured on {card.get('test_images', '?')} test images "
-                f"({card.get('measured', 'no details')}).{recipe}")
+    training, provenance = card.get("training") or {}, card.get("provenance") or {}
+    lines = [f"### Shipped model\n{models.describe_card(card)}; measured on {card.get('test_images', '?')} test images "
+             f"({card.get('measured', 'no details')})."]
+    if isinstance(card.get("tta_test_acc"), (int, float)):
+        lines.append(f"With flip test-time augmentation: {card['tta_test_acc']:.2%}.")
+    if training:
+        hours = provenance.get("elapsed_s", 0) / 3600
+        lines.append(f"Trained with {training.get('optimizer')} lr {training.get('lr')}, batch {training.get('batch_size')}, "
+                     f"{training.get('epochs')} epochs, {hours:.1f} h on {provenance.get('device', 'an unrecorded device')}.")
+    if card.get("storage_choice"):
+        lines.append(f"Stored as {card['storage_choice']}.")
+    if card.get("reproduce"):
+        lines.append(f"Reproduce: `{card['reproduce']}`")
+    gr.Markdown("\n\n".join(lines))
     if "confusion" not in card:
         gr.Markdown("This card has no evaluation (confusion matrix, per-class accuracy).")
         return

@@ -379,3 +379,32 @@ def test_model_description_grounds_the_low_confidence_warning():
     text = app.models.describe_card(card)
     assert "test accuracy 93.00%" in text
     assert "below 50% confidence (3.1% of test images) it is right 42% of the time, above it 95%" in text
+
+
+# ---- Model card ----------------------------------------------------------------------------------
+def test_model_card_tab_reads_the_committed_card(monkeypatch, tmp_path, tiny_weights):
+    weights = tmp_path / "shipped.safetensors"
+    weights.write_bytes(tiny_weights.read_bytes())
+    card = json.loads(tiny_weights.with_suffix(".json").read_text())
+    card.update(tta_test_acc=0.1234, storage_choice="float16: fp16 storage predicts all test images exactly as fp32",
+                reproduce="python -m resnet train --out runs/weights-fast --preset fast",
+                training={"optimizer": "sgd", "lr": 0.4, "batch_size": 512, "epochs": 30},
+                provenance={"elapsed_s": 7200, "device": "cpu: x86_64"})
+    weights.with_suffix(".json").write_text(json.dumps(card))
+    monkeypatch.setenv("STUDIO_WEIGHTS", str(weights))
+    with gr.Blocks() as demo:
+        app.card_tab()
+    text = "\n".join(block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown))
+    assert f"test accuracy {card['test_acc']:.2%}" in text and "flip test-time augmentation: 12.34%" in text
+    assert "sgd lr 0.4, batch 512, 30 epochs, 2.0 h on cpu: x86_64" in text and "Stored as float16" in text
+    assert "`python -m resnet train --out runs/weights-fast --preset fast`" in text
+    plots = [block for block in demo.blocks.values() if isinstance(block, gr.Plot)]
+    assert len(plots) == 4 + 4 * app.STUDY.is_file()  # per class, confusion, two curves; the study's four
+
+
+def test_model_card_tab_without_shipped_weights_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("STUDIO_WEIGHTS", str(tmp_path / "absent.safetensors"))
+    with gr.Blocks() as demo:
+        app.card_tab()
+    text = [block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown)]
+    assert text == ["The shipped weights are not here yet: a training run is making them."]
