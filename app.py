@@ -610,7 +610,7 @@ def build_demo(studio: Studio | None = None) -> gr.Blocks:
     return demo
 
 
-def launch_options(studio: Studio) -> dict:
+def launch_options() -> dict:
     """Everything launch() needs besides server name and port (Gradio reads GRADIO_SERVER_NAME/PORT).
 
     Only the folders whose files the app itself hands out may be served; run files go out as copies.
@@ -634,4 +634,4 @@ def stop_on_sigterm(studio: Studio) -> None:
 if __name__ == "__main__":
     studio = Studio()
     stop_on_sigterm(studio)
-    build_demo(studio).launch(**launch_options(studio))
+    build_demo(studio).launch(**launch_options())

@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     studio = app.Studio()
     demo = app.build_demo(studio)
-    _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options(studio))
+    _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options())
     client = Client(url, verbose=False)
     baseline_demo = trivial_demo()
     _, baseline_url, _ = baseline_demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True)

@@ -51,9 +51,3 @@ def overlay(image: torch.Tensor, cam: torch.Tensor, scale: int = DISPLAY_SCALE, 
     blended = (1 - alpha) * base + alpha * heat_colors(smooth)
     return (blended * 255).round().astype(np.uint8)
 
-
-def peak_quadrant(cam: torch.Tensor) -> int:
-    """0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right: where most of the map's mass is."""
-    h, w = cam.shape
-    masses = [cam[:h // 2, :w // 2], cam[:h // 2, w // 2:], cam[h // 2:, :w // 2], cam[h // 2:, w // 2:]]
-    return int(torch.stack([m.sum() for m in masses]).argmax())

@@ -25,7 +25,7 @@ def server(tmp_path_factory, tiny_data, tiny_weights):  # noqa: F811
         env.setenv("RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
         studio = app.Studio()
         demo = app.build_demo(studio)
-        _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options(studio))
+        _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options())
         yield url, studio
         demo.close()
         studio.queue.close()

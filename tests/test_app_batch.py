@@ -144,7 +144,7 @@ def test_predict_batch_over_the_api(studio_env, uploads):
     studio = app.Studio()  # noqa: F811
     demo = app.build_demo(studio)
     try:
-        _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options(studio))
+        _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options())
         client = gradio_client.Client(url, verbose=False)
         files = [gradio_client.handle_file(path) for path in uploads]
         table, csv_path, note = client.predict(files, "shipped", api_name="/predict_batch")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from resnet.explain import DISPLAY_SCALE, enlarge, grad_cam, heat_colors, overlay, peak_quadrant
+from resnet.explain import DISPLAY_SCALE, enlarge, grad_cam, heat_colors, overlay
 from resnet.images import prepare
 from resnet.model import build_model
 from resnet.predict import shipped_weights
@@ -37,6 +37,13 @@ def pasted(object_image: Image.Image, quadrant: int, canvas: int = 96, fill=(128
     half = canvas // 2
     picture.paste(object_image.resize((half, half)), (column * half, row * half))
     return picture
+
+
+def peak_quadrant(cam: torch.Tensor) -> int:
+    """0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right: where most of the map's mass is."""
+    h, w = cam.shape
+    masses = [cam[:h // 2, :w // 2], cam[:h // 2, w // 2:], cam[h // 2:, :w // 2], cam[h // 2:, w // 2:]]
+    return int(torch.stack([m.sum() for m in masses]).argmax())
 
 
 @pytest.mark.parametrize("quadrant", range(4))

@@ -127,7 +127,7 @@ def server(tmp_path_factory, tiny_data, tiny_weights):  # noqa: F811
         env.setenv("RUNS_DIR", str(area / "runs"))
         studio = app.Studio()  # noqa: F811
         demo = app.build_demo(studio)
-        _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options(studio))
+        _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options())
         yield url, studio, area
         demo.close()
         studio.queue.close()
