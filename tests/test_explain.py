@@ -57,16 +57,19 @@ def test_map_peaks_where_the_object_was_pasted(quadrant):
 
 @pytest.mark.skipif(not shipped_weights().is_file(), reason="the shipped weights are not trained yet")
 def test_trained_model_looks_at_the_pasted_object():
+    """Every shipped example (chosen by test index, not by result) pasted into each quadrant of a grey
+    picture; the map of its true class must peak in that quadrant in at least 3 of 4 cases (chance:
+    1 in 4). The shipped weights did so in 95 of 120 when they were committed."""
     model, card = load_weights(shipped_weights())
     hits = total = 0
-    for name in ("airplane-3.png", "automobile-6.png", "ship-1.png", "truck-11.png", "horse-13.png"):
-        if not (EXAMPLES / name).is_file():
-            continue
+    for path in sorted(EXAMPLES.glob("*.png")):
+        label = card["classes"].index(path.stem.rsplit("-", 1)[0])
         for quadrant in range(4):
-            cam, _ = grad_cam(model, prepare(pasted(Image.open(EXAMPLES / name).convert("RGB"), quadrant)), card["mean"], card["std"])
+            picture = prepare(pasted(Image.open(path).convert("RGB"), quadrant))
+            cam, _ = grad_cam(model, picture, card["mean"], card["std"], target=label)
             hits += peak_quadrant(cam) == quadrant
             total += 1
-    assert total and hits / total >= 0.75, f"the map peaked on the object in {hits} of {total} pictures"
+    assert total == 120 and hits / total >= 0.75, f"the map peaked on the object in {hits} of {total} pictures"
 
 
 def test_grad_cam_of_the_resnet_is_the_class_activation_map():
