@@ -129,7 +129,8 @@ def _study_parser(sub) -> None:
     p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
     p.add_argument("--out", default="study-runs", help="folder of the study's run folders (default: study-runs)")
     p.add_argument("--results", default="results/study.json",
-                   help="results file; its figures go beside it (default: results/study.json)")
+                   help="results file: runs it records as done are not trained again; rewritten as the study goes, "
+                        "its figures beside it (default: results/study.json)")
     p.add_argument("--train-size", type=_positive_int, default=budget.train_size, help="training images per epoch")
     p.add_argument("--val-size", type=_positive_int, default=budget.val_size,
                    help="seeded validation images carved from the training set")
@@ -302,7 +303,7 @@ def _prediction_line(name: str, probabilities, classes, args) -> str:
 def cmd_study(args) -> int:
     budget = study.Budget(train_size=args.train_size, val_size=args.val_size, epochs=args.epochs, batch_size=args.batch_size)
     if args.dry_run:
-        _print_plan(args.out, budget)
+        _print_plan(args.out, args.results, budget)
         return 0
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -326,12 +327,13 @@ def _watch_study_run(planned, trainer, resume):
         yield
 
 
-def _print_plan(root, budget) -> None:
+def _print_plan(root, results_path, budget) -> None:
     study.check_budget(root, budget)
-    planned, waiting = study.plan(root, budget, study.PUBLISHED)
+    recorded = study.recorded_runs(results_path, budget)
+    planned, waiting = study.plan(root, budget, study.PUBLISHED, recorded)
     print(f"budget: {json.dumps(dataclasses.asdict(budget))}")
     for run in planned:
-        print(f"  {run.run_id:<28} {','.join(run.phases):<20} {study.run_status(root, run.run_id)}")
+        print(f"  {run.run_id:<28} {','.join(run.phases):<20} {study.run_status(root, run.run_id, recorded)}")
     print(f"{len(planned)} runs planned" + (f"; later phases not planned yet: {waiting}" if waiting else ""))
 
 

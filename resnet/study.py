@@ -10,6 +10,9 @@ Three phases, each chosen by validation accuracy at the final epoch (the test se
 Every run is an ordinary run folder under the study folder, named by its settings, so a setting
 that two phases share (phase 1's winner is phase 2's dropout 0.1 run) is trained once. Rerunning
 skips finished and diverged runs and resumes stopped or interrupted ones from their checkpoint.
+Run folders hold checkpoints and stay on the machine that trained them; the results file is what
+gets committed, so a fresh checkout continues the study from the finished and diverged runs that
+file records (under the same budget) without training them again.
 """
 
 import contextlib
@@ -39,7 +42,7 @@ class Budget:
 
     train_size: int = 10_000  # the first images of the training set left after the validation split
     val_size: int = 5_000  # a seeded split of the training set; the only thing the study chooses by
-    epochs: int = 10
+    epochs: int = 5
     batch_size: int = 128
     test_size: int = 1_000  # the Trainer scores these test images each epoch; the study never reads them
     seed: int = 0
@@ -92,16 +95,47 @@ def config_for(planned: Planned, budget: Budget, data_dir=None):
 
 # ---- reading what the study folder holds ----------------------------------------------------
 
-def run_status(root, run_id: str) -> str:
-    """``pending`` for a run never started, else the run folder's status."""
-    run_dir = Path(root) / run_id
-    if not (run_dir / runs.CONFIG).is_file():
-        return "pending"
-    return runs.read_status(run_dir)["status"]
+def _has_folder(root, run_id: str) -> bool:
+    return (Path(root) / run_id / runs.CONFIG).is_file()
 
 
-def run_result(root, planned: Planned, budget: Budget) -> dict:
-    """The run's row of study.json: settings, outcome, final validation score, cost and curve."""
+def run_status(root, run_id: str, recorded=None) -> str:
+    """The run folder's status; else the status a results file recorded (``recorded``); else ``pending``."""
+    if _has_folder(root, run_id):
+        return runs.read_status(Path(root) / run_id)["status"]
+    row = (recorded or {}).get(run_id)
+    return row["status"] if row else "pending"
+
+
+def recorded_runs(results_path, budget: Budget) -> dict:
+    """The finished and diverged rows of an earlier results file, by run id (empty where there is none).
+
+    A results file written under another budget raises ConfigError rather than being mixed with,
+    or overwritten by, runs trained under this one.
+    """
+    path = Path(results_path) if results_path else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text())
+        stored_budget, rows = stored["budget"], stored["runs"]
+        wanted = dataclasses.asdict(budget)
+        changed = ", ".join(f"{k} {stored_budget.get(k)} -> {v}" for k, v in wanted.items() if stored_budget.get(k) != v)
+        done = {row["run_id"]: row for row in rows if row["status"] in DONE}
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        raise ConfigError(f"{path} is not a study results file; pass another --results") from None
+    if changed:
+        raise ConfigError(f"{path} holds results of another budget ({changed}); use the same options or another --results")
+    return done
+
+
+def run_result(root, planned: Planned, budget: Budget, recorded=None) -> dict:
+    """The run's row of study.json: settings, outcome, final validation score, cost and curve.
+
+    A run with no folder here but a row in ``recorded`` keeps that row (it was measured elsewhere).
+    """
+    if not _has_folder(root, planned.run_id) and planned.run_id in (recorded or {}):
+        return {**recorded[planned.run_id], "phases": list(planned.phases)}
     status = run_status(root, planned.run_id)
     # Keyed by epoch: a run killed between writing an epoch's record and its checkpoint repeats that epoch.
     by_epoch = {r["epoch"]: r for r in runs.read_metrics(Path(root) / planned.run_id) if r["kind"] == "epoch"}
@@ -148,7 +182,7 @@ def phase_choice(members: list) -> dict | None:
 
 # ---- the plan -------------------------------------------------------------------------------
 
-def plan(root, budget: Budget, design: Design = PUBLISHED) -> tuple:
+def plan(root, budget: Budget, design: Design = PUBLISHED, recorded=None) -> tuple:
     """(runs known so far, in order; why later phases are not planned yet, or None).
 
     Phases 2 and 3 exist only once the phase before them is done, since they build on its winner.
@@ -161,7 +195,7 @@ def plan(root, budget: Budget, design: Design = PUBLISHED) -> tuple:
         planned[run.run_id] = run if earlier is None else dataclasses.replace(earlier, phases=earlier.phases + (phase,))
 
     def phase_winner(phase):
-        members = [run_result(root, p, budget) for p in planned.values() if phase in p.phases]
+        members = [run_result(root, p, budget, recorded) for p in planned.values() if phase in p.phases]
         winner = phase_choice(members)
         if winner is None and any(r["status"] not in DONE for r in members):
             return None, f"the {phase} phase is not done yet"
@@ -171,7 +205,7 @@ def plan(root, budget: Budget, design: Design = PUBLISHED) -> tuple:
         for lr in design.lrs:
             add("optimizers", optimizer, lr, design.dropout, design.blocks)
         for lr, smaller in design.fallbacks:
-            if run_status(root, Planned(optimizer, lr, design.dropout, design.blocks, ()).run_id) == "diverged":
+            if run_status(root, Planned(optimizer, lr, design.dropout, design.blocks, ()).run_id, recorded) == "diverged":
                 add("optimizers", optimizer, smaller, design.dropout, design.blocks)
     winner, waiting = phase_winner("optimizers")
     if winner is None:
@@ -186,10 +220,10 @@ def plan(root, budget: Budget, design: Design = PUBLISHED) -> tuple:
     return list(planned.values()), None
 
 
-def collect(root, budget: Budget, design: Design = PUBLISHED) -> dict:
-    """Everything study.json holds, read from the study folder."""
-    planned, waiting = plan(root, budget, design)
-    results = [run_result(root, p, budget) for p in planned]
+def collect(root, budget: Budget, design: Design = PUBLISHED, recorded=None) -> dict:
+    """Everything study.json holds, read from the study folder (and ``recorded`` rows it lacks)."""
+    planned, waiting = plan(root, budget, design, recorded)
+    results = [run_result(root, p, budget, recorded) for p in planned]
     return {
         "budget": {
             **dataclasses.asdict(budget),
@@ -244,12 +278,13 @@ def run_study(root, budget: Budget, design: Design = PUBLISHED, data_dir=None, r
     """
     root = Path(root)
     check_budget(root, budget)
+    recorded = recorded_runs(results_path, budget)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / BUDGET_FILE, dataclasses.asdict(budget))
     data = None
     while True:
-        planned, _ = plan(root, budget, design)
-        todo = [p for p in planned if p.run_id.startswith(only) and run_status(root, p.run_id) not in DONE]
+        planned, _ = plan(root, budget, design, recorded)
+        todo = [p for p in planned if p.run_id.startswith(only) and run_status(root, p.run_id, recorded) not in DONE]
         if not todo:
             break
         run = todo[0]
@@ -264,10 +299,10 @@ def run_study(root, budget: Budget, design: Design = PUBLISHED, data_dir=None, r
         trainer = Trainer(config, run_dir, stop_event=stop_event, data=data, command=f"python -m resnet study --out {root}")
         with watch(run, trainer, resume) if watch else contextlib.nullcontext():
             trainer.run(resume=resume)
-        write_results(collect(root, budget, design), results_path)
+        write_results(collect(root, budget, design, recorded), results_path)
         if stop_event is not None and stop_event.is_set():
             break
-    results = collect(root, budget, design)
+    results = collect(root, budget, design, recorded)
     write_results(results, results_path)
     return results
 

@@ -68,6 +68,19 @@ def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
     study.run_study(root, BUDGET, DESIGN, tiny_data, results_path, watch=recorder(third))
     assert third == []
 
+    # A fresh checkout has the committed results file but no run folders: nothing is trained again,
+    # except a run the file does not record as done.
+    written = json.loads(results_path.read_text())
+    redo = next(r for r in written["runs"] if r["run_id"] == interrupted)
+    redo["status"] = "stopped"
+    results_path.write_text(json.dumps(written))
+    fourth = []
+    again = study.run_study(tmp_path / "fresh-checkout", BUDGET, DESIGN, tiny_data, results_path, watch=recorder(fourth))
+    assert fourth == [(interrupted, False)]
+    unchanged = [r for r in json.loads(json.dumps(results["runs"])) if r["run_id"] != interrupted]
+    assert [r for r in json.loads(json.dumps(again["runs"])) if r["run_id"] != interrupted] == unchanged
+    assert again["choices"] == results["choices"]
+
     heatmap = study.heatmap_figure(results).data[0]
     assert list(heatmap.x) == ["1e+37", "0.01", "0.001"] and list(heatmap.y) == ["adam", "sgd"]
     assert heatmap.text[0][0] == "diverged" and heatmap.z[0][0] is None
@@ -97,10 +110,33 @@ def test_a_study_folder_keeps_its_budget(tiny_data, tmp_path, capsys):
 
 
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
-    assert main(["study", "--out", str(tmp_path / "s"), "--dry-run"]) == 0
+    assert main(["study", "--out", str(tmp_path / "s"), "--results", str(tmp_path / "study.json"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "adam-lr0p01-drop0p1-b1111" in out and "12 runs planned" in out
     assert not (tmp_path / "s").exists()
+
+
+def test_the_committed_results_continue_the_study(tmp_path, capsys):
+    # The shipped results/study.json, read as a fresh checkout reads it: its finished phases are not
+    # planned for training again, and what it does not record is.
+    committed = json.loads(open("results/study.json").read())
+    assert main(["study", "--out", str(tmp_path / "s"), "--results", "results/study.json", "--dry-run"]) == 0
+    lines = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    for row in committed["runs"]:
+        assert lines[row["run_id"]] == (row["status"] if row["status"] in study.DONE else "pending")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a study results file"),
+    ('{"budget": [], "runs": []}', "not a study results file"),
+    (json.dumps({"budget": {**dataclasses.asdict(BUDGET), "epochs": 3}, "runs": []}), "another budget .*epochs 3 -> 1"),
+])
+def test_a_results_file_of_another_kind_is_refused_and_kept(tiny_data, tmp_path, content, message):
+    results_path = tmp_path / "study.json"
+    results_path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        study.run_study(tmp_path / "runs", BUDGET, DESIGN, tiny_data, results_path)
+    assert results_path.read_text() == content
 
 
 @pytest.mark.slow
