@@ -1,4 +1,4 @@
-"""``python -m resnet train|evaluate|predict|study ...``: the package's command line."""
+"""``python -m resnet train|evaluate|predict|study|ablation ...``: the package's command line."""
 
 import argparse
 import contextlib
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import batch, runs, study
+from . import ablation, batch, runs, study
 from .data import AUGMENTATIONS, DataMissingError, download, load_split
 from .evaluate import evaluate
 from .images import ImageError
@@ -140,6 +140,22 @@ def _study_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and what is done; train nothing")
 
 
+def _ablation_parser(sub) -> None:
+    budget = ablation.Budget()
+    p = sub.add_parser("ablation", help="remove-one ablation of the fast preset on a validation split",
+                       description=ablation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
+    p.add_argument("--out", default="ablation-runs", help="folder of the variants' run folders (default: ablation-runs)")
+    p.add_argument("--results", default="results/ablation.json",
+                   help="results file: variants it records as done are not trained again (default: results/ablation.json)")
+    p.add_argument("--train-size", type=_positive_int, default=budget.train_size, help="training images per epoch")
+    p.add_argument("--val-size", type=_positive_int, default=budget.val_size,
+                   help="seeded validation images carved from the training set")
+    p.add_argument("--epochs", type=_positive_int, default=budget.epochs)
+    p.add_argument("--only", nargs="+", choices=list(ablation.VARIANTS), metavar="VARIANT",
+                   help=f"train only these variants ({', '.join(ablation.VARIANTS)})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m resnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate_parser(sub)
     _predict_parser(sub)
     _study_parser(sub)
+    _ablation_parser(sub)
     return parser
 
 
@@ -189,9 +206,7 @@ def cmd_train(args, argv) -> int:
         if args.download:
             download(args.data_dir)
         config = make_config(args.preset, data_dir=args.data_dir, **{name: getattr(args, name) for name in TRAIN_FLAGS})
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = _stop_on_signals()
     trainer = Trainer(config, run_dir, stop_event=stop, command="python -m resnet " + shlex.join(argv))
     start_step = 0
     if args.resume:
@@ -305,10 +320,8 @@ def cmd_study(args) -> int:
     if args.dry_run:
         _print_plan(args.out, args.results, budget)
         return 0
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    results = study.run_study(args.out, budget, study.PUBLISHED, args.data_dir, args.results, args.only, stop, _watch_study_run)
+    stop = _stop_on_signals()
+    results = study.run_study(args.out, budget, study.PUBLISHED, args.data_dir, args.results, args.only, stop, _watch_run)
     for row in results["runs"]:
         print(_study_line(row))
     print(f"results: {args.results} (figures beside it)")
@@ -317,9 +330,28 @@ def cmd_study(args) -> int:
     return 130 if stop.is_set() else 0
 
 
+def cmd_ablation(args) -> int:
+    budget = ablation.Budget(train_size=args.train_size, val_size=args.val_size, epochs=args.epochs)
+    stop = _stop_on_signals()
+    results = ablation.run_ablation(args.out, budget, ablation.VARIANTS, args.data_dir, args.results, args.only or (),
+                                    stop, _watch_run)
+    for row in ablation.table(results):
+        print(f"{row['variant']:<20} {row['val accuracy']:<11} {row['vs fast']:<12} {row['train images/s']}")
+    print(f"results: {args.results}")
+    return 130 if stop.is_set() else 0
+
+
+def _stop_on_signals() -> threading.Event:
+    """Ctrl-C or SIGTERM sets the event: the run checkpoints, reads `stopped`, and resumes later."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
 @contextlib.contextmanager
-def _watch_study_run(planned, trainer, resume):
-    tqdm.write(f"{'resuming' if resume else 'training'} {planned.run_id} ({', '.join(planned.phases)} phase)")
+def _watch_run(run_id, trainer, resume):
+    tqdm.write(f"{'resuming' if resume else 'training'} {run_id}")
     start_step = max((r["step"] for r in runs.read_metrics(trainer.run_dir)), default=0) if resume else 0
     bar, on_record = _progress_bar(trainer, start_step)
     trainer.callbacks.append(on_record)
@@ -353,6 +385,8 @@ def main(argv=None) -> int:
             return cmd_evaluate(args)
         if args.command == "study":
             return cmd_study(args)
+        if args.command == "ablation":
+            return cmd_ablation(args)
         return cmd_predict(args)
     except EXPECTED_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

@@ -95,19 +95,19 @@ def config_for(planned: Planned, budget: Budget, data_dir=None):
 
 # ---- reading what the study folder holds ----------------------------------------------------
 
-def _has_folder(root, run_id: str) -> bool:
+def has_folder(root, run_id: str) -> bool:
     return (Path(root) / run_id / runs.CONFIG).is_file()
 
 
 def run_status(root, run_id: str, recorded=None) -> str:
     """The run folder's status; else the status a results file recorded (``recorded``); else ``pending``."""
-    if _has_folder(root, run_id):
+    if has_folder(root, run_id):
         return runs.read_status(Path(root) / run_id)["status"]
     row = (recorded or {}).get(run_id)
     return row["status"] if row else "pending"
 
 
-def recorded_runs(results_path, budget: Budget) -> dict:
+def recorded_runs(results_path, budget) -> dict:
     """The finished and diverged rows of an earlier results file, by run id (empty where there is none).
 
     A results file written under another budget raises ConfigError rather than being mixed with,
@@ -118,9 +118,7 @@ def recorded_runs(results_path, budget: Budget) -> dict:
         return {}
     try:
         stored = json.loads(path.read_text())
-        stored_budget, rows = stored["budget"], stored["runs"]
-        wanted = dataclasses.asdict(budget)
-        changed = ", ".join(f"{k} {stored_budget.get(k)} -> {v}" for k, v in wanted.items() if stored_budget.get(k) != v)
+        changed, rows = budget_changes(stored["budget"], budget), stored["runs"]
         done = {row["run_id"]: row for row in rows if row["status"] in DONE}
     except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
         raise ConfigError(f"{path} is not a study results file; pass another --results") from None
@@ -134,7 +132,7 @@ def run_result(root, planned: Planned, budget: Budget, recorded=None) -> dict:
 
     A run with no folder here but a row in ``recorded`` keeps that row (it was measured elsewhere).
     """
-    if not _has_folder(root, planned.run_id) and planned.run_id in (recorded or {}):
+    if not has_folder(root, planned.run_id) and planned.run_id in (recorded or {}):
         return {**recorded[planned.run_id], "phases": list(planned.phases)}
     status = run_status(root, planned.run_id)
     # Keyed by epoch: a run killed between writing an epoch's record and its checkpoint repeats that epoch.
@@ -245,23 +243,35 @@ def _choice_id(results: list, phase: str) -> str | None:
 
 # ---- running it -----------------------------------------------------------------------------
 
-def check_budget(root, budget: Budget) -> None:
+def budget_changes(stored: dict, budget) -> str:
+    """What differs between a budget read back and ``budget`` ('epochs 3 -> 5, ...'); '' where nothing does."""
+    return ", ".join(f"{k} {stored.get(k)} -> {v}" for k, v in dataclasses.asdict(budget).items() if stored.get(k) != v)
+
+
+def check_budget(root, budget) -> None:
     """A study folder holds one budget: comparing runs trained under different ones would mislead."""
     path = Path(root) / BUDGET_FILE
     if not path.is_file():
         return
     try:
-        stored = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise ConfigError(f"{path} is not valid JSON") from None
-    wanted = dataclasses.asdict(budget)
-    if stored != wanted:
-        changed = ", ".join(f"{k} {stored.get(k)} -> {v}" for k, v in wanted.items() if stored.get(k) != v)
-        raise ConfigError(f"{root} holds a study with another budget ({changed}); use the same options or another --out")
+        changed = budget_changes(json.loads(path.read_text()), budget)
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise ConfigError(f"{path} is not a budget file; use another --out") from None
+    if changed:
+        raise ConfigError(f"{root} holds runs of another budget ({changed}); use the same options or another --out")
+
+
+def open_folder(root, budget) -> Path:
+    """The study folder, created if need be and bound to ``budget`` (refused if it holds another)."""
+    root = Path(root)
+    check_budget(root, budget)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(root / BUDGET_FILE, dataclasses.asdict(budget))
+    return root
 
 
 def load_study_data(config, budget: Budget):
-    """The images every run shares: the split and the subset depend only on the budget."""
+    """The images every run shares: the split and the subset depend only on the budget's sizes and seed."""
     data = load_data(config, resolve_device(config.device))
     if len(data.train_x) < budget.train_size:
         raise ConfigError(f"only {len(data.train_x)} training images remain after the {budget.val_size}-image validation split; "
@@ -269,36 +279,40 @@ def load_study_data(config, budget: Budget):
     return data
 
 
+def train_run(root, run_id: str, config, data, stop_event=None, watch=None, command: str = "") -> None:
+    """Train one run folder of a study-like folder on shared in-memory data, resuming it if it stopped.
+
+    ``watch(run_id, trainer, resume)`` may return a context manager wrapped around the run (the
+    CLI's progress bar).
+    """
+    run_dir = Path(root) / run_id
+    status = runs.read_status(run_dir)
+    if status["status"] == "running":
+        raise runs.RunError(f"{run_id} is being trained by process {status.get('pid')}; wait for it or stop it first")
+    resume = status["status"] in runs.RESUMABLE and (run_dir / runs.CHECKPOINT).is_file()
+    trainer = Trainer(config, run_dir, stop_event=stop_event, data=data, command=command)
+    with watch(run_id, trainer, resume) if watch else contextlib.nullcontext():
+        trainer.run(resume=resume)
+
+
 def run_study(root, budget: Budget, design: Design = PUBLISHED, data_dir=None, results_path=None, only: str = "",
               stop_event=None, watch=None) -> dict:
     """Train every planned run not done yet, one after another, then return (and write) the results.
 
-    ``watch(planned, trainer, resume)`` may return a context manager wrapped around each run (the
-    CLI's progress bar). A stop (``stop_event``) leaves the current run resumable and ends the study.
+    ``watch`` is train_run's. A stop (``stop_event``) leaves the current run resumable and ends the study.
     """
-    root = Path(root)
-    check_budget(root, budget)
     recorded = recorded_runs(results_path, budget)
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / BUDGET_FILE, dataclasses.asdict(budget))
+    root = open_folder(root, budget)
     data = None
     while True:
         planned, _ = plan(root, budget, design, recorded)
         todo = [p for p in planned if p.run_id.startswith(only) and run_status(root, p.run_id, recorded) not in DONE]
         if not todo:
             break
-        run = todo[0]
-        run_dir = root / run.run_id
-        status = runs.read_status(run_dir)
-        if status["status"] == "running":
-            raise runs.RunError(f"{run.run_id} is being trained by process {status.get('pid')}; wait for it or stop it first")
-        resume = status["status"] in runs.RESUMABLE and (run_dir / runs.CHECKPOINT).is_file()
-        config = config_for(run, budget, data_dir)
+        config = config_for(todo[0], budget, data_dir)
         if data is None:
             data = load_study_data(config, budget)
-        trainer = Trainer(config, run_dir, stop_event=stop_event, data=data, command=f"python -m resnet study --out {root}")
-        with watch(run, trainer, resume) if watch else contextlib.nullcontext():
-            trainer.run(resume=resume)
+        train_run(root, todo[0].run_id, config, data, stop_event, watch, command=f"python -m resnet study --out {root}")
         write_results(collect(root, budget, design, recorded), results_path)
         if stop_event is not None and stop_event.is_set():
             break

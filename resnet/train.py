@@ -71,7 +71,7 @@ class TrainConfig:
 PRESETS = {
     # The published recipe exactly: Adam 0.01, batch 64, 200 epochs, constant lr, its crop.
     "original": {},
-    # Our time-to-accuracy recipe (README "Shipped weights"); scripts/ablation.py measures what each part buys.
+    # Our time-to-accuracy recipe (README "Shipped weights"); `python -m resnet ablation` measures what each part buys.
     "fast": dict(
         dropout=0.0,
         optimizer="sgd",

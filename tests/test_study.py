@@ -21,9 +21,9 @@ DESIGN = study.Design(optimizers=("adam", "sgd"), lrs=(1e37, 0.01), fallbacks=((
 def recorder(log, stop_before=None, stop=None):
     """A watch hook that notes (run_id, resume) of every run and can ask one run to stop at once."""
 
-    def watch(planned, trainer, resume):
-        log.append((planned.run_id, resume))
-        if planned.run_id == stop_before:
+    def watch(run_id, trainer, resume):
+        log.append((run_id, resume))
+        if run_id == stop_before:
             stop.set()
         return contextlib.nullcontext()
 

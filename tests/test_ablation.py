@@ -1,0 +1,113 @@
+"""The remove-one ablation on the tiny data set: one change per variant, stop and resume, skip, results, CLI."""
+
+import contextlib
+import dataclasses
+import json
+import threading
+
+import pytest
+
+from resnet import ablation, runs
+from resnet.cli import main
+from resnet.train import ConfigError
+
+# 64 training images: the fast preset's batch of 512 does not fit, so the tiny variants use 32.
+BUDGET = ablation.Budget(train_size=64, val_size=64, epochs=1, test_size=20)
+TINY = {"fast": {"batch_size": 32}, "no-label-smoothing": {"batch_size": 32, "label_smoothing": 0.0},
+        "published-recipe": None}
+
+
+def recorder(log, stop_at=None, stop=None):
+    def watch(run_id, trainer, resume):
+        log.append((run_id, resume))
+        if run_id == stop_at:
+            stop.set()  # the trainer checks it before its first step: the variant stops at once, resumable
+        return contextlib.nullcontext()
+
+    return watch
+
+
+def test_every_variant_changes_only_what_it_names():
+    fast = dataclasses.asdict(ablation.config_for("fast", ablation.Budget()))
+    for name, change in ablation.VARIANTS.items():
+        config = dataclasses.asdict(ablation.config_for(name, ablation.Budget()))
+        changed = {key for key in fast if config[key] != fast[key]}
+        if change is None:  # the published recipe differs in many settings, but not in the budget
+            assert {"optimizer", "batch_size", "schedule"} <= changed
+            assert not changed & {"epochs", "limit_train", "val_size", "seed"}
+        else:
+            assert changed == set(change), name
+
+
+@pytest.mark.slow
+def test_ablation_stops_resumes_skips_and_continues_from_its_results(tiny_data, tmp_path):
+    root, results_path = tmp_path / "ablation-runs", tmp_path / "results" / "ablation.json"
+    stop, first = threading.Event(), []
+    ablation.run_ablation(root, BUDGET, TINY, tiny_data, results_path, stop_event=stop,
+                          watch=recorder(first, "no-label-smoothing", stop))
+    assert first == [("fast", False), ("no-label-smoothing", False)]
+    assert runs.read_status(root / "no-label-smoothing")["status"] == "stopped"
+    written = {r["run_id"]: r for r in json.loads(results_path.read_text())["runs"]}
+    assert written["fast"]["status"] == "finished" and written["published-recipe"]["status"] == "pending"
+
+    second = []
+    results = ablation.run_ablation(root, BUDGET, TINY, tiny_data, results_path, watch=recorder(second))
+    assert second == [("no-label-smoothing", True), ("published-recipe", False)]
+    by_id = {r["run_id"]: r for r in results["runs"]}
+    assert all(r["status"] == "finished" and 0 <= r["final_val_acc"] <= 1 and r["train_images_per_s"] > 0
+               for r in results["runs"])
+    assert by_id["published-recipe"]["config"]["optimizer"] == "adam"
+    assert by_id["no-label-smoothing"]["config"]["label_smoothing"] == 0.0
+
+    rows = {row["variant"]: row for row in ablation.table(results)}
+    assert rows["fast"]["vs fast"] == ""
+    expected = (by_id["no-label-smoothing"]["final_val_acc"] - by_id["fast"]["final_val_acc"]) * 100
+    assert rows["no-label-smoothing"]["vs fast"] == f"{expected:+.2f} pts"
+    assert rows["no-label-smoothing"]["change"] == "batch_size=32, label_smoothing=0"
+    assert rows["published-recipe"]["change"].startswith("the published recipe")
+    bars = ablation.figure(results).data[0]
+    assert list(bars.y) == list(TINY) and list(bars.x) == [by_id[name]["final_val_acc"] for name in TINY]
+
+    # A fresh checkout: no run folders, the committed results file; nothing is trained again.
+    third = []
+    again = ablation.run_ablation(tmp_path / "fresh-checkout", BUDGET, TINY, tiny_data, results_path, watch=recorder(third))
+    assert third == [] and json.loads(json.dumps(again)) == json.loads(json.dumps(results))
+
+
+def test_unknown_variants_and_other_budgets_are_refused(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="unknown variant"):
+        ablation.run_ablation(tmp_path / "a", BUDGET, TINY, tiny_data, only=("no-such-variant",))
+    results_path = tmp_path / "ablation.json"
+    content = json.dumps({"budget": {**dataclasses.asdict(BUDGET), "epochs": 3}, "runs": []})
+    results_path.write_text(content)
+    with pytest.raises(ConfigError, match="epochs 3 -> 1"):
+        ablation.run_ablation(tmp_path / "a", BUDGET, TINY, tiny_data, results_path)
+    assert results_path.read_text() == content and not (tmp_path / "a").exists()
+
+
+def test_the_figure_and_table_of_an_empty_ablation():
+    assert ablation.table({}) == []
+    assert not ablation.figure({"runs": []}).data
+
+
+@pytest.mark.slow
+def test_cli_ablation_trains_the_chosen_variants(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ablation, "VARIANTS", TINY)
+    root, results_path = tmp_path / "runs", tmp_path / "ablation.json"
+    code = main(["ablation", "--data-dir", str(tiny_data), "--out", str(root), "--results", str(results_path),
+                 "--train-size", "64", "--val-size", "64", "--epochs", "1", "--only", "fast"])
+    assert code == 0
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["fast"]
+    statuses = {r["run_id"]: r["status"] for r in json.loads(results_path.read_text())["runs"]}
+    assert statuses == {"fast": "finished", "no-label-smoothing": "pending", "published-recipe": "pending"}
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "training fast" and any(line.startswith("fast ") and "%" in line for line in out)
+
+
+def test_cli_ablation_rejects_bad_flags_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["ablation", "--out", str(tmp_path), "--only", "no-such-variant"])
+    assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ablation", "--out", str(tmp_path), "--epochs", "0"])
+    assert "at least 1" in capsys.readouterr().err
