@@ -22,7 +22,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from resnet import batch, jobs, plots
+from resnet import ablation, batch, jobs, plots
 from resnet import study as study_figures
 from resnet import predict as models
 from resnet.constants import TEST_IMAGES, TRAIN_IMAGES
@@ -38,7 +38,8 @@ HERE = Path(__file__).resolve().parent
 SCRATCH = Path(tempfile.gettempdir()) / "cifar-resnet-studio"  # CSVs and run-file copies on their way to a visitor
 SCRATCH_MAX_AGE_S = 3600
 MAX_UPLOAD_BYTES = max(MAX_BYTES, models.MAX_UPLOAD_WEIGHTS_BYTES)  # Gradio has one cap for all uploads; images keep theirs
-EXAMPLES, MISTAKES, STUDY = HERE / "assets" / "examples", HERE / "assets" / "mistakes", HERE / "results" / "study.json"
+EXAMPLES, MISTAKES = HERE / "assets" / "examples", HERE / "assets" / "mistakes"
+STUDY, ABLATION = HERE / "results" / "study.json", HERE / "results" / "ablation.json"
 USER_ERRORS = (ImageError, WeightsError, RunError, ConfigError, DataMissingError)
 OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
 TABLE_COLUMNS = ["run_id", "status", "optimizer", "lr", "dropout", "batch_size", "blocks", "epochs",
@@ -572,9 +573,24 @@ def card_tab() -> None:
                     gr.Plot(figure)
     else:
         gr.Markdown("The optimizer study has not run yet (results/study.json is absent).")
+    ablation_section()
     mistakes = mistakes_gallery()
     if mistakes:
         gr.Gallery(mistakes, label="Its most confident mistakes on the test set", columns=6, height="auto")
+
+
+def ablation_section() -> None:
+    gr.Markdown("### What each part of the training recipe buys")
+    results = _read_json(ABLATION)
+    if not isinstance(results, dict) or not results.get("runs"):
+        gr.Markdown("The remove-one ablation has not run yet (results/ablation.json is absent): `python -m resnet ablation`.")
+        return
+    budget = results.get("budget") or {}
+    gr.Markdown(f"Each variant changes one thing of the `fast` preset and trains on the same {budget.get('train_size')} "
+                f"images for {budget.get('epochs')} epochs; the score is final validation accuracy on "
+                f"{budget.get('val_size')} images carved from the training set (the test set is never used).")
+    gr.Dataframe(pd.DataFrame(ablation.table(results)), interactive=False, wrap=True)
+    gr.Plot(ablation.figure(results))
 
 
 def build_demo(studio: Studio | None = None) -> gr.Blocks:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet import runs
+from resnet import ablation, runs
 from resnet.constants import CLASSES
 from resnet.data import load_split
 from resnet.evaluate import evaluate, predict_logits
@@ -392,14 +392,39 @@ def test_model_card_tab_reads_the_committed_card(monkeypatch, tmp_path, tiny_wei
                 provenance={"elapsed_s": 7200, "device": "cpu: x86_64"})
     weights.with_suffix(".json").write_text(json.dumps(card))
     monkeypatch.setenv("STUDIO_WEIGHTS", str(weights))
+    ablated = {"budget": {"train_size": 20000, "val_size": 5000, "epochs": 5}, "runs": [
+        {"run_id": "fast", "change": {}, "status": "finished", "final_val_acc": 0.8, "train_images_per_s": 200.0},
+        {"run_id": "no-label-smoothing", "change": {"label_smoothing": 0.0}, "status": "finished",
+         "final_val_acc": 0.79, "train_images_per_s": 201.0},
+        {"run_id": "published-recipe", "change": None, "status": "pending", "final_val_acc": None, "train_images_per_s": None}]}
+    monkeypatch.setattr(app, "ABLATION", tmp_path / "ablation.json")
+    app.ABLATION.write_text(json.dumps(ablated))
     with gr.Blocks() as demo:
         app.card_tab()
     text = "\n".join(block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown))
     assert f"test accuracy {card['test_acc']:.2%}" in text and "flip test-time augmentation: 12.34%" in text
     assert "sgd lr 0.4, batch 512, 30 epochs, 2.0 h on cpu: x86_64" in text and "Stored as float16" in text
     assert "`python -m resnet train --out runs/weights-fast --preset fast`" in text
+    assert "same 20000 images for 5 epochs" in text
     plots = [block for block in demo.blocks.values() if isinstance(block, gr.Plot)]
-    assert len(plots) == 4 + 4 * app.STUDY.is_file()  # per class, confusion, two curves; the study's four
+    # per class, confusion, two curves; the study's four; the ablation's bars
+    assert len(plots) == 4 + 4 * app.STUDY.is_file() + 1
+    table = next(block for block in demo.blocks.values() if isinstance(block, gr.Dataframe)).value
+    assert table["data"] == [["fast", "none: the fast preset", "80.00%", "", "200"],
+                             ["no-label-smoothing", "label_smoothing=0", "79.00%", "-1.00 pts", "201"],
+                             ["published-recipe", ablation.describe(None), "pending", "", ""]]
+
+
+@pytest.mark.parametrize("content", [None, "{broken", '{"runs": []}', "[1, 2]"])
+def test_model_card_tab_without_ablation_results_says_so(monkeypatch, tmp_path, tiny_weights, content):
+    monkeypatch.setenv("STUDIO_WEIGHTS", str(tiny_weights))
+    monkeypatch.setattr(app, "ABLATION", tmp_path / "ablation.json")
+    if content is not None:
+        app.ABLATION.write_text(content)
+    with gr.Blocks() as demo:
+        app.card_tab()
+    text = "\n".join(block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown))
+    assert "The remove-one ablation has not run yet" in text
 
 
 def test_model_card_tab_without_shipped_weights_says_so(monkeypatch, tmp_path):
