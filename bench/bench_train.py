@@ -13,11 +13,11 @@ Prints a table (and ``--json OUT`` writes it): images/s of each and the ratio.
 
     python bench/bench_train.py --data-dir ../shared/data/cifar10 --steps 100 --warmup 10
     python bench/bench_train.py --time-to-94            # CUDA: the fast preset's wall time to 94 %
+    python bench/bench_train.py --sizes --steps 20      # ours at the study's three sizes, side by side
 """
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import threading
@@ -31,8 +31,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing the package
 from resnet.constants import PUBLISHED_MEAN, PUBLISHED_STD  # noqa: E402
 from resnet.data import ORIGINAL_PADDING, augment, load_split, resolve_data_dir  # noqa: E402
-from resnet.model import BasicBlock, build_model  # noqa: E402
-from resnet.train import Trainer, build_optimizer, make_config, resolve_device, resolve_precision, train_step  # noqa: E402
+from resnet.model import BLOCK_CHOICES, BasicBlock, build_model  # noqa: E402
+from resnet.train import (Trainer, build_optimizer, describe_device, make_config, resolve_device,  # noqa: E402
+                          resolve_precision, train_step)
 
 BATCH, LR = 64, 0.01
 
@@ -157,11 +158,8 @@ def timed(steps, device, count: int) -> tuple:
     return images, time.perf_counter() - start
 
 
-def compare(args, device) -> dict:
-    pipelines = {
-        "published": published_steps(device, args.data_dir, args.workers, args.blocks),
-        "ours": our_steps(device, args.data_dir, args.precision, args.blocks),
-    }
+def race(pipelines: dict, args, device) -> dict:
+    """Warm every pipeline up, then time them in turn for ``args.rounds`` rounds (a busy machine slows all alike)."""
     for steps, _ in pipelines.values():
         timed(steps, device, args.warmup)
     totals = {name: [0, 0.0] for name in pipelines}
@@ -170,15 +168,33 @@ def compare(args, device) -> dict:
             images, seconds = timed(steps, device, args.steps)
             totals[name][0] += images
             totals[name][1] += seconds
-    result = {name: {**info, "images": totals[name][0], "seconds": round(totals[name][1], 3),
-                     "images_per_s": round(totals[name][0] / totals[name][1], 1)}
-              for name, (_, info) in pipelines.items()}
+    return {name: {**info, "images": totals[name][0], "seconds": round(totals[name][1], 3),
+                   "images_per_s": round(totals[name][0] / totals[name][1], 1)}
+            for name, (_, info) in pipelines.items()}
+
+
+def setting(args, device) -> dict:
+    return {"device": describe_device(device), "torch": torch.__version__, "batch_size": BATCH, "steps": args.steps,
+            "warmup": args.warmup, "rounds": args.rounds}
+
+
+def compare(args, device) -> dict:
+    result = race({
+        "published": published_steps(device, args.data_dir, args.workers, args.blocks),
+        "ours": our_steps(device, args.data_dir, args.precision, args.blocks),
+    }, args, device)
     ratio = result["ours"]["images_per_s"] / result["published"]["images_per_s"]
-    return {
-        "device": describe(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "blocks": list(args.blocks), "batch_size": BATCH, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-        "published": result["published"], "ours": result["ours"], "ratio": round(ratio, 2),
-    }
+    return {**setting(args, device), "blocks": list(args.blocks), "published": result["published"], "ours": result["ours"],
+            "ratio": round(ratio, 2)}
+
+
+def compare_sizes(args, device) -> dict:
+    """Ours at every size the study compares: images/s, and the time per image relative to the published size."""
+    result = race({"-".join(map(str, blocks)): our_steps(device, args.data_dir, args.precision, blocks)
+                   for blocks in BLOCK_CHOICES}, args, device)
+    base = result["1-1-1-1"]["images_per_s"]
+    sizes = {name: {**row, "time_ratio": round(base / row["images_per_s"], 2)} for name, row in result.items()}
+    return {**setting(args, device), "sizes": sizes}
 
 
 def time_to_94(args, device) -> dict:
@@ -193,23 +209,22 @@ def time_to_94(args, device) -> dict:
     config = make_config("fast", data_dir=args.data_dir, device=str(device), precision=args.precision)
     with tempfile.TemporaryDirectory() as run_dir:
         outcome = Trainer(config, run_dir, callbacks=[watch], stop_event=stop, command="bench_train --time-to-94").run()
-    return {"device": describe(device), "preset": "fast", "reached_94": bool(reached), **reached,
+    return {"device": describe_device(device), "preset": "fast", "reached_94": bool(reached), **reached,
             "final_status": outcome["status"], "final_test_acc": outcome.get("test_acc")}
 
 
-def describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"{device.type}: {platform.processor() or platform.machine()}"
-
-
 def print_table(report: dict) -> None:
+    print(f"{report['device']}, torch {report['torch']}, batch {report['batch_size']}, "
+          f"{report['steps']} steps x {report['rounds']} round(s) after {report['warmup']} warm-up")
+    if "sizes" in report:
+        print(f"{'blocks (ours)':<40} {'images/s':>10} {'time per image vs 1-1-1-1':>26}")
+        for name, row in report["sizes"].items():
+            print(f"{name:<40} {row['images_per_s']:>10.1f} {row['time_ratio']:>25.2f}x")
+        return
     rows = [
         (f"published ({report['published']['precision']}, {report['published']['workers']} workers)", report["published"]["images_per_s"]),
         (f"ours ({report['ours']['precision']}{', channels_last' if report['ours']['channels_last'] else ''})", report["ours"]["images_per_s"]),
     ]
-    print(f"{report['device']}, torch {report['torch']}, {report['threads']} threads, batch {report['batch_size']}, "
-          f"{report['steps']} steps x {report['rounds']} round(s) after {report['warmup']} warm-up")
     print(f"{'pipeline':<40} {'images/s':>10}")
     for name, value in rows:
         print(f"{name:<40} {value:>10.1f}")
@@ -235,6 +250,7 @@ def main(argv=None) -> int:
     parser.add_argument("--blocks", type=lambda t: tuple(int(b) for b in t.split(",")), default=(1, 1, 1, 1))
     parser.add_argument("--json", metavar="OUT", help="also write the report to this JSON file")
     parser.add_argument("--time-to-94", action="store_true", help="CUDA only: wall time of the fast preset to 94%% test accuracy")
+    parser.add_argument("--sizes", action="store_true", help="ours at blocks 1-1-1-1, 2-2-2-2 and 3-3-3-3 instead")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     if args.time_to_94:
@@ -244,7 +260,7 @@ def main(argv=None) -> int:
         report = time_to_94(args, device)
         print(json.dumps(report))
     else:
-        report = compare(args, device)
+        report = compare_sizes(args, device) if args.sizes else compare(args, device)
         print_table(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from . import runs
 from .plots import COLORS, LAYOUT, empty_figure
-from .study import DONE, has_folder, load_study_data, open_folder, recorded_runs, run_status, train_run
+from .study import DONE, has_folder, load_study_data, measured, open_folder, recorded_runs, run_status, train_run
 from .train import PRESETS, ConfigError, make_config
 from .weights import atomic_write_json
 
@@ -33,7 +32,6 @@ VARIANTS = {
     "plus-ema": {"ema": 0.99},
     PUBLISHED_RECIPE: None,
 }
-CURVE_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
 
 
 @dataclass(frozen=True)
@@ -66,22 +64,13 @@ def variant_result(root, name: str, budget: Budget, variants: dict = VARIANTS, r
     """The variant's row of ablation.json: its change, outcome, final validation score, speed and curve."""
     if not has_folder(root, name) and name in (recorded or {}):
         return recorded[name]
-    run_dir = Path(root) / name
-    status = run_status(root, name)
-    by_epoch = {r["epoch"]: r for r in runs.read_metrics(run_dir) if r["kind"] == "epoch"}
-    curve = [{key: record.get(key) for key in CURVE_KEYS} for _, record in sorted(by_epoch.items())]
-    final = curve[-1] if status == "finished" and curve else {}
-    speeds = [r["images_per_s"] for r in by_epoch.values() if r.get("images_per_s")]
-    last = by_epoch[max(by_epoch)] if by_epoch else {}
+    run = measured(root, name)
+    speeds = run.pop("images_per_s")
     return {
         "run_id": name,
         "change": variants[name],
-        "status": status,
-        "final_val_acc": final.get("val_acc"),
-        "final_val_loss": final.get("val_loss"),
+        **run,
         "train_images_per_s": sum(speeds) / len(speeds) if speeds else None,
-        "elapsed_s": last.get("elapsed_s") if final else None,
-        "curve": curve,
         "config": dataclasses.asdict(config_for(name, budget, variants)),
     }
 

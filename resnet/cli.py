@@ -122,19 +122,23 @@ def _predict_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
 
 
-def _study_parser(sub) -> None:
-    budget = study.Budget()
-    p = sub.add_parser("study", help="rerun the published optimizer, dropout and size comparisons",
-                       description=study.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _budget_options(p, budget, out: str, results: str) -> None:
+    """What the study and the ablation share: where the data, run folders and results go, and the budget."""
     p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
-    p.add_argument("--out", default="study-runs", help="folder of the study's run folders (default: study-runs)")
-    p.add_argument("--results", default="results/study.json",
-                   help="results file: runs it records as done are not trained again; rewritten as the study goes, "
-                        "its figures beside it (default: results/study.json)")
+    p.add_argument("--out", default=out, help=f"folder of its run folders, bound to one budget (default: {out})")
+    p.add_argument("--results", default=results,
+                   help=f"results file: runs it records as done are not trained again; rewritten as runs finish (default: {results})")
     p.add_argument("--train-size", type=_positive_int, default=budget.train_size, help="training images per epoch")
     p.add_argument("--val-size", type=_positive_int, default=budget.val_size,
                    help="seeded validation images carved from the training set")
     p.add_argument("--epochs", type=_positive_int, default=budget.epochs)
+
+
+def _study_parser(sub) -> None:
+    budget = study.Budget()
+    p = sub.add_parser("study", help="rerun the published optimizer, dropout and size comparisons",
+                       description=study.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _budget_options(p, budget, "study-runs", "results/study.json")
     p.add_argument("--batch-size", type=_positive_int, default=budget.batch_size)
     p.add_argument("--only", default="", metavar="PREFIX", help="train only the runs whose id starts with PREFIX, e.g. adam-")
     p.add_argument("--dry-run", action="store_true", help="print the plan and what is done; train nothing")
@@ -144,14 +148,7 @@ def _ablation_parser(sub) -> None:
     budget = ablation.Budget()
     p = sub.add_parser("ablation", help="remove-one ablation of the fast preset on a validation split",
                        description=ablation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
-    p.add_argument("--out", default="ablation-runs", help="folder of the variants' run folders (default: ablation-runs)")
-    p.add_argument("--results", default="results/ablation.json",
-                   help="results file: variants it records as done are not trained again (default: results/ablation.json)")
-    p.add_argument("--train-size", type=_positive_int, default=budget.train_size, help="training images per epoch")
-    p.add_argument("--val-size", type=_positive_int, default=budget.val_size,
-                   help="seeded validation images carved from the training set")
-    p.add_argument("--epochs", type=_positive_int, default=budget.epochs)
+    _budget_options(p, budget, "ablation-runs", "results/ablation.json")
     p.add_argument("--only", nargs="+", choices=list(ablation.VARIANTS), metavar="VARIANT",
                    help=f"train only these variants ({', '.join(ablation.VARIANTS)})")
 

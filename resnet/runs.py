@@ -123,6 +123,15 @@ def read_config(run_dir) -> dict:
     return config
 
 
+def trained_on(run_dir) -> str | None:
+    """The device a finished run's card names (``provenance.device``), or None where there is no card."""
+    try:
+        card = json.loads((Path(run_dir) / CARD).read_text())
+        return card["provenance"]["device"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def summarize(run_dir) -> dict:
     """One row for a table of runs: id, status, config essentials, accuracies, wall time."""
     run_dir = Path(run_dir)

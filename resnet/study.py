@@ -127,6 +127,25 @@ def recorded_runs(results_path, budget) -> dict:
     return done
 
 
+def measured(root, run_id: str) -> dict:
+    """What a run folder measured: status, per-epoch curve, final validation score, speeds, wall time, device."""
+    run_dir = Path(root) / run_id
+    status = run_status(root, run_id)
+    # Keyed by epoch: a run killed between writing an epoch's record and its checkpoint repeats that epoch.
+    by_epoch = {r["epoch"]: r for r in runs.read_metrics(run_dir) if r["kind"] == "epoch"}
+    curve = [{key: record.get(key) for key in CURVE_KEYS} for _, record in sorted(by_epoch.items())]
+    final = by_epoch[max(by_epoch)] if status == "finished" and by_epoch else {}
+    return {
+        "status": status,
+        "curve": curve,
+        "final_val_acc": final.get("val_acc"),
+        "final_val_loss": final.get("val_loss"),
+        "images_per_s": [r["images_per_s"] for r in by_epoch.values() if r.get("images_per_s")],
+        "elapsed_s": final.get("elapsed_s"),
+        "timed_on": runs.trained_on(run_dir),
+    }
+
+
 def run_result(root, planned: Planned, budget: Budget, recorded=None) -> dict:
     """The run's row of study.json: settings, outcome, final validation score, cost and curve.
 
@@ -134,13 +153,9 @@ def run_result(root, planned: Planned, budget: Budget, recorded=None) -> dict:
     """
     if not has_folder(root, planned.run_id) and planned.run_id in (recorded or {}):
         return {**recorded[planned.run_id], "phases": list(planned.phases)}
-    status = run_status(root, planned.run_id)
-    # Keyed by epoch: a run killed between writing an epoch's record and its checkpoint repeats that epoch.
-    by_epoch = {r["epoch"]: r for r in runs.read_metrics(Path(root) / planned.run_id) if r["kind"] == "epoch"}
-    curve = [{key: record.get(key) for key in CURVE_KEYS} for _, record in sorted(by_epoch.items())]
-    final = curve[-1] if status == "finished" and curve else {}
+    run = measured(root, planned.run_id)
     images_per_epoch = budget.train_size // budget.batch_size * budget.batch_size
-    speeds = [r["images_per_s"] for r in by_epoch.values() if r.get("images_per_s")]
+    speeds = run["images_per_s"]
     return {
         "run_id": planned.run_id,
         "phases": list(planned.phases),
@@ -148,14 +163,15 @@ def run_result(root, planned: Planned, budget: Budget, recorded=None) -> dict:
         "lr": planned.lr,
         "dropout": planned.dropout,
         "blocks": list(planned.blocks),
-        "status": status,
-        "diverged": status == "diverged",
-        "epochs_done": len(curve),
-        "final_val_acc": final.get("val_acc"),
-        "final_val_loss": final.get("val_loss"),
+        "status": run["status"],
+        "diverged": run["status"] == "diverged",
+        "epochs_done": len(run["curve"]),
+        "final_val_acc": run["final_val_acc"],
+        "final_val_loss": run["final_val_loss"],
         "train_s_per_epoch": sum(images_per_epoch / s for s in speeds) / len(speeds) if speeds else None,
+        "timed_on": run["timed_on"],
         "params": _parameters(planned.blocks),
-        "curve": curve,
+        "curve": run["curve"],
         "config": dataclasses.asdict(config_for(planned, budget)),
     }
 
@@ -403,9 +419,14 @@ def size_figure(results: dict) -> go.Figure:
     figure = make_subplots(specs=[[{"secondary_y": True}]])
     figure.add_bar(x=labels, y=[r["final_val_acc"] for r in members], name="val accuracy", marker_color=COLORS[0],
                    text=[_percent(r["final_val_acc"]) for r in members])
-    figure.add_scatter(x=labels, y=[r["train_s_per_epoch"] for r in members], name="train s / epoch",
-                       mode="lines+markers", line=dict(color=COLORS[1]), secondary_y=True)
-    figure.update_layout(**LAYOUT, title="Model size: final validation accuracy and training time per epoch")
+    machines = {r.get("timed_on") for r in members}
+    if len(machines) == 1 and None not in machines:  # seconds from two machines would compare the machines
+        figure.add_scatter(x=labels, y=[r["train_s_per_epoch"] for r in members], name="train s / epoch",
+                           mode="lines+markers", line=dict(color=COLORS[1]), secondary_y=True)
+        title = f"Model size: final validation accuracy and training time per epoch ({machines.pop()})"
+    else:
+        title = "Model size: final validation accuracy (sizes timed on different machines: no time line)"
+    figure.update_layout(**LAYOUT, title=title)
     figure.update_xaxes(title_text="blocks per stage (parameters)")
     figure.update_yaxes(title_text="val accuracy", tickformat=".0%", secondary_y=False)
     figure.update_yaxes(title_text="seconds per epoch", secondary_y=True)

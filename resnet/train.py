@@ -4,6 +4,7 @@ Every random draw is a pure function of (seed, epoch, step), so a run stopped an
 resumed from its checkpoint continues exactly as if it had never stopped.
 """
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -196,6 +197,26 @@ def resolve_precision(precision: str, device: torch.device):
     if device.type == "cpu" and torch.cpu._is_avx512_bf16_supported():
         return torch.bfloat16
     return None
+
+
+def describe_device(device: torch.device) -> str:
+    """Where a run trained, precise enough that timings from two machines are not mistaken for one:
+    the CPU's model, vector extension and threads matter as much as its name (bf16 autocast is fast
+    only with AVX-512 bf16, and far slower than fp32 on an AVX2-only CPU)."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    if device.type != "cpu":
+        return device.type
+    bf16 = " with bf16" if torch.cpu._is_avx512_bf16_supported() else ""
+    return f"cpu: {_cpu_model()} ({torch.backends.cpu.get_cpu_capability()}{bf16}, {torch.get_num_threads()} threads)"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def lr_at(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -514,7 +535,7 @@ class Trainer:
             provenance={
                 "command": self.command,
                 "git_commit": self.git_commit,
-                "device": f"{self.device.type}: {torch.cuda.get_device_name(self.device) if self.device.type == 'cuda' else platform.processor() or platform.machine()}",
+                "device": describe_device(self.device),
                 "world_size": self.world,
                 "torch": torch.__version__,
                 "elapsed_s": elapsed_s,

@@ -119,3 +119,10 @@ def test_list_runs_summarizes_and_flags_damage(tmp_path, dead_pid):
 def test_runs_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("RUNS_DIR", str(tmp_path))
     assert runs.runs_dir() == tmp_path
+
+
+@pytest.mark.parametrize("card", [None, "{broken", "[]", '{"provenance": {}}', '{"provenance": "cpu"}'])
+def test_trained_on_is_none_without_a_readable_device(tmp_path, card):
+    if card is not None:
+        (tmp_path / runs.CARD).write_text(card)
+    assert runs.trained_on(tmp_path) is None

@@ -150,3 +150,13 @@ def test_cli_study_trains_only_the_chosen_runs(tiny_data, tmp_path, monkeypatch,
     statuses = {r["run_id"]: r["status"] for r in json.loads(results_path.read_text())["runs"]}
     assert statuses["sgd-lr0p01-drop0p1-b1111"] == "finished" and statuses["adam-lr0p01-drop0p1-b1111"] == "pending"
     assert "sgd-lr0p01-drop0p1-b1111" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("machines, drawn", [(["cpu: A", "cpu: A"], True), (["cpu: A", "cpu: B"], False), ([None, "cpu: A"], False)])
+def test_the_size_figure_draws_seconds_only_from_one_machine(machines, drawn):
+    rows = [{"run_id": f"b{b}", "phases": ["size"], "status": "finished", "final_val_acc": 0.5, "blocks": [b] * 4,
+             "params": b * 1_000_000, "train_s_per_epoch": 40.0 * b, "timed_on": machine}
+            for b, machine in zip((1, 2), machines)]
+    figure = study.size_figure({"runs": rows})
+    assert len(figure.data) == (2 if drawn else 1)
+    assert ("no time line" in figure.layout.title.text) != drawn

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from resnet import runs
-from resnet.train import ConfigError, Trainer, lr_at, make_config, resume_config
+from resnet.train import ConfigError, Trainer, describe_device, lr_at, make_config, resume_config
 from resnet.weights import load_weights
 
 STEP_KEYS = {"kind", "epoch", "step", "train_loss", "train_acc", "lr", "images_per_s", "elapsed_s"}
@@ -66,6 +66,10 @@ def test_a_short_run_learns_the_patterns(tiny_data, tmp_path):
     model, card = load_weights(tmp_path / "run" / runs.WEIGHTS)
     assert card["training"]["lr"] == 1e-3 and card["test_images"] == 20 and len(card["curve"]) == 3
     assert card["mean"] == list(config.mean) and card["provenance"]["world_size"] == 1
+    # The device names the CPU's vector extension, so timings from two machines are told apart.
+    assert card["provenance"]["device"] == describe_device(torch.device("cpu")) == runs.trained_on(tmp_path / "run")
+    assert torch.backends.cpu.get_cpu_capability() in card["provenance"]["device"]
+    assert f"{torch.get_num_threads()} threads" in card["provenance"]["device"]
     assert json.loads((tmp_path / "run" / runs.CONFIG).read_text())["val_size"] == 32
 
 
