@@ -14,6 +14,7 @@ Prints a table (and ``--json OUT`` writes it): images/s of each and the ratio.
     python bench/bench_train.py --data-dir ../shared/data/cifar10 --steps 100 --warmup 10
     python bench/bench_train.py --time-to-94            # CUDA: the fast preset's wall time to 94 %
     python bench/bench_train.py --sizes --steps 20      # ours at the study's three sizes, side by side
+    python bench/bench_train.py --layouts --batch 512   # ours in NCHW against channels_last, side by side
 """
 
 import argparse
@@ -32,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 from resnet.constants import PUBLISHED_MEAN, PUBLISHED_STD  # noqa: E402
 from resnet.data import ORIGINAL_PADDING, augment, load_split, resolve_data_dir  # noqa: E402
 from resnet.model import BLOCK_CHOICES, BasicBlock, build_model  # noqa: E402
-from resnet.train import (Trainer, build_optimizer, describe_device, make_config, resolve_device,  # noqa: E402
-                          resolve_precision, train_step)
+from resnet.train import (Trainer, build_optimizer, default_channels_last, describe_device, make_config,  # noqa: E402
+                          resolve_device, resolve_precision, train_step)
 
 BATCH, LR = 64, 0.01
 
@@ -87,7 +88,7 @@ def published_model(blocks):
     return model
 
 
-def published_steps(device, data_dir, workers: int, blocks):
+def published_steps(device, data_dir, workers: int, blocks, batch: int):
     """A generator: each ``next`` runs one training step of the published loop."""
     dataset, source = published_dataset(data_dir)
     torch.manual_seed(0)
@@ -95,7 +96,7 @@ def published_steps(device, data_dir, workers: int, blocks):
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     criterion = torch.nn.CrossEntropyLoss()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers)
 
     def steps():
         train_loss = correct = total = 0
@@ -116,10 +117,12 @@ def published_steps(device, data_dir, workers: int, blocks):
 
 
 # ---- (b) ours ---------------------------------------------------------------------------------
-def our_steps(device, data_dir, precision: str, blocks):
-    config = make_config("original", optimizer="adam", lr=LR, batch_size=BATCH, blocks=blocks, precision=precision)
+def our_steps(device, data_dir, precision: str, blocks, batch: int, channels_last: bool | None = None):
+    """``channels_last`` None: the trainer's own choice for this device and precision."""
+    config = make_config("original", optimizer="adam", lr=LR, batch_size=batch, blocks=blocks, precision=precision)
     amp_dtype = resolve_precision(config.precision, device)
-    channels_last = amp_dtype is not None
+    if channels_last is None:
+        channels_last = default_channels_last(device, amp_dtype)
     train_x, train_y = (t.to(device) for t in load_split(data_dir, train=True))
     torch.manual_seed(0)
     model = build_model(config.blocks, config.dropout).to(device)
@@ -127,7 +130,7 @@ def our_steps(device, data_dir, precision: str, blocks):
         model = model.to(memory_format=torch.channels_last)
     model.train()
     optimizer = build_optimizer(config, model)
-    steps_per_epoch = len(train_x) // BATCH
+    steps_per_epoch = len(train_x) // batch
 
     def steps():
         sums = [0.0, 0.0, 0]  # kept on the device, as the trainer does: no sync per step
@@ -137,7 +140,7 @@ def our_steps(device, data_dir, precision: str, blocks):
             order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch)).to(device)
             for step in range(steps_per_epoch):
                 generator = torch.Generator(device).manual_seed(epoch * 100_003 + step)
-                index = order[step * BATCH : (step + 1) * BATCH]
+                index = order[step * batch : (step + 1) * batch]
                 images, labels = augment(train_x[index], generator, config.augment), train_y[index]
                 loss, correct = train_step(model, optimizer, images, labels, config, amp_dtype, channels_last)
                 sums[0] += loss * len(labels)
@@ -174,14 +177,14 @@ def race(pipelines: dict, args, device) -> dict:
 
 
 def setting(args, device) -> dict:
-    return {"device": describe_device(device), "torch": torch.__version__, "batch_size": BATCH, "steps": args.steps,
+    return {"device": describe_device(device), "torch": torch.__version__, "batch_size": args.batch, "steps": args.steps,
             "warmup": args.warmup, "rounds": args.rounds}
 
 
 def compare(args, device) -> dict:
     result = race({
-        "published": published_steps(device, args.data_dir, args.workers, args.blocks),
-        "ours": our_steps(device, args.data_dir, args.precision, args.blocks),
+        "published": published_steps(device, args.data_dir, args.workers, args.blocks, args.batch),
+        "ours": our_steps(device, args.data_dir, args.precision, args.blocks, args.batch),
     }, args, device)
     ratio = result["ours"]["images_per_s"] / result["published"]["images_per_s"]
     return {**setting(args, device), "blocks": list(args.blocks), "published": result["published"], "ours": result["ours"],
@@ -190,11 +193,21 @@ def compare(args, device) -> dict:
 
 def compare_sizes(args, device) -> dict:
     """Ours at every size the study compares: images/s, and the time per image relative to the published size."""
-    result = race({"-".join(map(str, blocks)): our_steps(device, args.data_dir, args.precision, blocks)
+    result = race({"-".join(map(str, blocks)): our_steps(device, args.data_dir, args.precision, blocks, args.batch)
                    for blocks in BLOCK_CHOICES}, args, device)
     base = result["1-1-1-1"]["images_per_s"]
     sizes = {name: {**row, "time_ratio": round(base / row["images_per_s"], 2)} for name, row in result.items()}
     return {**setting(args, device), "sizes": sizes}
+
+
+def compare_layouts(args, device) -> dict:
+    """Ours in the default memory layout against channels_last, same precision: what the trainer's default is worth here."""
+    result = race({layout: our_steps(device, args.data_dir, args.precision, args.blocks, args.batch, channels_last)
+                   for layout, channels_last in (("nchw", False), ("channels_last", True))}, args, device)
+    ratio = result["channels_last"]["images_per_s"] / result["nchw"]["images_per_s"]
+    return {**setting(args, device), "blocks": list(args.blocks), "layouts": result, "ratio": round(ratio, 2),
+            "trainer_default": "channels_last" if default_channels_last(device, resolve_precision(args.precision, device))
+            else "nchw"}
 
 
 def time_to_94(args, device) -> dict:
@@ -216,6 +229,12 @@ def time_to_94(args, device) -> dict:
 def print_table(report: dict) -> None:
     print(f"{report['device']}, torch {report['torch']}, batch {report['batch_size']}, "
           f"{report['steps']} steps x {report['rounds']} round(s) after {report['warmup']} warm-up")
+    if "layouts" in report:
+        print(f"{'layout (ours, ' + report['layouts']['nchw']['precision'] + ')':<40} {'images/s':>10}")
+        for name, row in report["layouts"].items():
+            print(f"{name:<40} {row['images_per_s']:>10.1f}")
+        print(f"{'ratio channels_last / nchw':<40} {report['ratio']:>9.2f}x   (trainer default here: {report['trainer_default']})")
+        return
     if "sizes" in report:
         print(f"{'blocks (ours)':<40} {'images/s':>10} {'time per image vs 1-1-1-1':>26}")
         for name, row in report["sizes"].items():
@@ -247,10 +266,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="ours only")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the published pipeline")
+    parser.add_argument("--batch", type=positive_int, default=BATCH, help=f"batch size of every pipeline (default {BATCH}, the published one)")
     parser.add_argument("--blocks", type=lambda t: tuple(int(b) for b in t.split(",")), default=(1, 1, 1, 1))
     parser.add_argument("--json", metavar="OUT", help="also write the report to this JSON file")
     parser.add_argument("--time-to-94", action="store_true", help="CUDA only: wall time of the fast preset to 94%% test accuracy")
-    parser.add_argument("--sizes", action="store_true", help="ours at blocks 1-1-1-1, 2-2-2-2 and 3-3-3-3 instead")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--sizes", action="store_true", help="ours at blocks 1-1-1-1, 2-2-2-2 and 3-3-3-3 instead")
+    modes.add_argument("--layouts", action="store_true", help="ours in NCHW against channels_last instead")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     if args.time_to_94:
@@ -260,7 +282,7 @@ def main(argv=None) -> int:
         report = time_to_94(args, device)
         print(json.dumps(report))
     else:
-        report = compare_sizes(args, device) if args.sizes else compare(args, device)
+        report = compare_sizes(args, device) if args.sizes else compare_layouts(args, device) if args.layouts else compare(args, device)
         print_table(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -58,7 +58,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
-    channels_last: bool | None = None  # None: on wherever bf16/fp16 is used
+    channels_last: bool | None = None  # None: see default_channels_last
     compile: bool = False
     limit_train: int = 0  # 0 = all images
     limit_test: int = 0
@@ -199,6 +199,12 @@ def resolve_precision(precision: str, device: torch.device):
     return None
 
 
+def default_channels_last(device: torch.device, amp_dtype) -> bool:
+    """On under autocast, and on any CPU: oneDNN's fp32 convolutions are faster in channels_last too
+    (``bench/bench_train.py --layouts``; the figures are in ``bench/results/layouts.json``)."""
+    return amp_dtype is not None or device.type == "cpu"
+
+
 def describe_device(device: torch.device) -> str:
     """Where a run trained, precise enough that timings from two machines are not mistaken for one:
     the CPU's model, vector extension and threads matter as much as its name (bf16 autocast is fast
@@ -312,7 +318,8 @@ class Trainer:
         if self.distributed and config.batch_size % self.world:
             raise ConfigError(f"batch_size {config.batch_size} must divide evenly over {self.world} processes")
         self.amp_dtype = resolve_precision(config.precision, self.device)
-        self.channels_last = config.channels_last if config.channels_last is not None else self.amp_dtype is not None
+        self.channels_last = (config.channels_last if config.channels_last is not None
+                              else default_channels_last(self.device, self.amp_dtype))
         self.data = data or load_data(config, self.device)
         self.steps_per_epoch = len(self.data.train_x) // config.batch_size
         self.total_steps = self.steps_per_epoch * config.epochs

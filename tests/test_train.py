@@ -1,5 +1,6 @@
 """The trainer: it learns, resumes exactly, stops and diverges cleanly, and writes its files atomically."""
 
+import copy
 import json
 import math
 import os
@@ -10,7 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from resnet import runs
-from resnet.train import ConfigError, Trainer, describe_device, lr_at, make_config, resume_config
+from resnet.data import load_split
+from resnet.model import build_model
+from resnet.train import (ConfigError, Trainer, build_optimizer, default_channels_last, describe_device, lr_at,
+                          make_config, resume_config, train_step)
 from resnet.weights import load_weights
 
 STEP_KEYS = {"kind", "epoch", "step", "train_loss", "train_acc", "lr", "images_per_s", "elapsed_s"}
@@ -146,6 +150,37 @@ def test_resume_may_raise_epochs_only(tiny_data, tmp_path):
 
 
 # ---- stop and divergence ----------------------------------------------------------------------
+def test_channels_last_is_on_for_cpus_and_autocast_and_a_config_may_turn_it_off(tiny_data, tmp_path):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert default_channels_last(cpu, None) and default_channels_last(cpu, torch.bfloat16)
+    assert default_channels_last(cuda, torch.float16) and not default_channels_last(cuda, None)
+    assert Trainer(small_config(tiny_data), tmp_path / "default").channels_last
+    assert not Trainer(small_config(tiny_data, channels_last=False), tmp_path / "nchw").channels_last
+
+
+def test_a_training_step_in_channels_last_computes_what_nchw_does(tiny_data):
+    config = small_config(tiny_data, optimizer="sgd", lr=0.1, dropout=0.0)
+    images, labels = load_split(tiny_data, train=True)
+    images, labels = images[:16], labels[:16]
+    torch.manual_seed(0)
+    start = build_model(config.blocks, config.dropout)
+    stepped = {}
+    for channels_last in (False, True):
+        model = copy.deepcopy(start)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        loss, correct = train_step(model, build_optimizer(config, model), images, labels, config, None, channels_last)
+        stepped[channels_last] = (loss, correct, model.state_dict())
+    (loss, correct, nchw), (loss_cl, correct_cl, channels_last) = stepped[False], stepped[True]
+    torch.testing.assert_close(loss_cl, loss, rtol=1e-5, atol=1e-5)
+    assert correct_cl == correct
+    # The layouts sum in other orders, so the updates agree to float error: a few percent of the update at most.
+    for name, before in start.state_dict().items():
+        if before.is_floating_point():
+            update = nchw[name] - before
+            assert (channels_last[name] - nchw[name]).abs().max() <= 0.05 * update.abs().max(), name
+
+
 def test_a_stop_request_writes_a_loadable_checkpoint(tiny_data, tmp_path):
     event = threading.Event()
     event.set()  # asked before the first step: the run still does one step, then stops
