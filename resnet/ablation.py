@@ -9,14 +9,13 @@ interrupted ones, and a fresh checkout continues from the committed results file
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import plotly.graph_objects as go
 
 from .plots import COLORS, LAYOUT, empty_figure
-from .study import DONE, has_folder, load_study_data, measured, open_folder, recorded_runs, run_status, train_run
+from .study import (DONE, has_folder, measured, open_folder, recorded_runs, run_status, train_in_turn,
+                    write_json_results)
 from .train import PRESETS, ConfigError, make_config
-from .weights import atomic_write_json
 
 BASELINE = "fast"
 PUBLISHED_RECIPE = "published-recipe"
@@ -38,7 +37,7 @@ VARIANTS = {
 class Budget:
     """What every variant gets: the same images and epochs (the recipe's own batch and schedule)."""
 
-    train_size: int = 20_000  # the first images of the training set left after the validation split
+    train_size: int = 10_000  # the study's budget: the first images of the training set left after the validation split
     val_size: int = 5_000  # a seeded split of the training set; the only thing variants are scored on
     epochs: int = 5
     test_size: int = 1_000  # the Trainer scores these test images each epoch; the ablation never reads them
@@ -91,26 +90,15 @@ def run_ablation(root, budget: Budget = Budget(), variants: dict = VARIANTS, dat
         raise ConfigError(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(variants)}")
     recorded = recorded_runs(results_path, budget)
     root = open_folder(root, budget)
-    data = None
-    for name in variants:
-        if run_status(root, name, recorded) in DONE or (only and name not in only):
-            continue
-        config = config_for(name, budget, variants, data_dir)
-        if data is None:  # one copy of the images for every variant: the split depends only on the budget
-            data = load_study_data(config, budget)
-        train_run(root, name, config, data, stop_event, watch, command=f"python -m resnet ablation --out {root}")
-        write_results(collect(root, budget, variants, recorded), results_path)
-        if stop_event is not None and stop_event.is_set():
-            break
-    results = collect(root, budget, variants, recorded)
-    write_results(results, results_path)
-    return results
 
+    def next_run():
+        todo = (name for name in variants if (not only or name in only) and run_status(root, name, recorded) not in DONE)
+        name = next(todo, None)
+        return (name, config_for(name, budget, variants, data_dir)) if name else None
 
-def write_results(results: dict, path) -> None:
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, results)
+    return train_in_turn(root, budget, next_run, lambda: collect(root, budget, variants, recorded),
+                         lambda results: write_json_results(results, results_path), stop_event, watch,
+                         command=f"python -m resnet ablation --out {root}")
 
 
 def table(results: dict) -> list:

@@ -121,7 +121,7 @@ def recorded_runs(results_path, budget) -> dict:
         changed, rows = budget_changes(stored["budget"], budget), stored["runs"]
         done = {row["run_id"]: row for row in rows if row["status"] in DONE}
     except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
-        raise ConfigError(f"{path} is not a study results file; pass another --results") from None
+        raise ConfigError(f"{path} is not a results file (a budget and a list of runs); pass another --results") from None
     if changed:
         raise ConfigError(f"{path} holds results of another budget ({changed}); use the same options or another --results")
     return done
@@ -311,30 +311,45 @@ def train_run(root, run_id: str, config, data, stop_event=None, watch=None, comm
         trainer.run(resume=resume)
 
 
+def train_in_turn(root, budget, next_run, results, write, stop_event=None, watch=None, command: str = "") -> dict:
+    """The loop of the study and the ablation: train ``next_run()`` (a run id and its config; None when
+    none is left) until none is left or a stop is asked, writing ``results()`` after every run.
+
+    The images are loaded once, for the first run that needs them. ``watch`` is train_run's. A stop
+    (``stop_event``) leaves the current run resumable and ends the loop.
+    """
+    data = None
+    while (todo := next_run()) is not None:
+        run_id, config = todo
+        if data is None:
+            data = load_study_data(config, budget)
+        train_run(root, run_id, config, data, stop_event, watch, command)
+        write(results())
+        if stop_event is not None and stop_event.is_set():
+            break
+    final = results()
+    write(final)
+    return final
+
+
 def run_study(root, budget: Budget, design: Design = PUBLISHED, data_dir=None, results_path=None, only: str = "",
               stop_event=None, watch=None) -> dict:
     """Train every planned run not done yet, one after another, then return (and write) the results.
 
-    ``watch`` is train_run's. A stop (``stop_event``) leaves the current run resumable and ends the study.
+    The plan is made again after every run: a finished phase decides what the next one trains.
     """
     recorded = recorded_runs(results_path, budget)
     root = open_folder(root, budget)
-    data = None
-    while True:
+
+    def next_run():
         planned, _ = plan(root, budget, design, recorded)
-        todo = [p for p in planned if p.run_id.startswith(only) and run_status(root, p.run_id, recorded) not in DONE]
-        if not todo:
-            break
-        config = config_for(todo[0], budget, data_dir)
-        if data is None:
-            data = load_study_data(config, budget)
-        train_run(root, todo[0].run_id, config, data, stop_event, watch, command=f"python -m resnet study --out {root}")
-        write_results(collect(root, budget, design, recorded), results_path)
-        if stop_event is not None and stop_event.is_set():
-            break
-    results = collect(root, budget, design, recorded)
-    write_results(results, results_path)
-    return results
+        todo = (p for p in planned if p.run_id.startswith(only) and run_status(root, p.run_id, recorded) not in DONE)
+        first = next(todo, None)
+        return (first.run_id, config_for(first, budget, data_dir)) if first else None
+
+    return train_in_turn(root, budget, next_run, lambda: collect(root, budget, design, recorded),
+                         lambda results: write_results(results, results_path), stop_event, watch,
+                         command=f"python -m resnet study --out {root}")
 
 
 # ---- figures --------------------------------------------------------------------------------
@@ -436,12 +451,18 @@ def size_figure(results: dict) -> go.Figure:
 FIGURES = {"heatmap": heatmap_figure, "curves": curves_figure, "dropout": dropout_figure, "size": size_figure}
 
 
+def write_json_results(results: dict, path) -> None:
+    """The results file (nothing when ``path`` is None), its folder created if need be."""
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, results)
+
+
 def write_results(results: dict, path) -> None:
     """study.json, and beside it one HTML page per figure (study-heatmap.html, ...)."""
     if path is None:
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, results)
+    write_json_results(results, path)
     for name, make in FIGURES.items():
         make(results).write_html(path.with_name(f"{path.stem}-{name}.html"), include_plotlyjs="cdn")

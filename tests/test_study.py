@@ -127,8 +127,8 @@ def test_the_committed_results_continue_the_study(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("{not json", "not a study results file"),
-    ('{"budget": [], "runs": []}', "not a study results file"),
+    ("{not json", "not a results file"),
+    ('{"budget": [], "runs": []}', "not a results file"),
     (json.dumps({"budget": {**dataclasses.asdict(BUDGET), "epochs": 3}, "runs": []}), "another budget .*epochs 3 -> 1"),
 ])
 def test_a_results_file_of_another_kind_is_refused_and_kept(tiny_data, tmp_path, content, message):
