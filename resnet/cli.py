@@ -18,7 +18,8 @@ from . import ablation, batch, runs, study
 from .data import AUGMENTATIONS, DataMissingError, download, load_split
 from .evaluate import evaluate
 from .images import ImageError
-from .train import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, WEIGHTS_DTYPES, ConfigError, Trainer, make_config, resume_config
+from .train import (OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, SEED_LIMIT, WEIGHTS_DTYPES, ConfigError, Trainer, make_config,
+                    resume_config)
 from .weights import DEFAULT_WEIGHTS, WeightsError, load_model
 
 EXPECTED_ERRORS = (ConfigError, DataMissingError, runs.RunError, WeightsError, ImageError, batch.FolderError, FileNotFoundError)
@@ -34,8 +35,8 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _whole_at_least(minimum: int):
-    """An argparse type: a whole number of at least ``minimum``."""
+def _whole_at_least(minimum: int, below: int | None = None):
+    """An argparse type: a whole number of at least ``minimum`` (and under ``below``, if given)."""
 
     def parse(text: str) -> int:
         try:
@@ -44,12 +45,14 @@ def _whole_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least {minimum}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number below {below}")
         return value
 
     return parse
 
 
-_count, _positive_int = _whole_at_least(0), _whole_at_least(1)
+_count, _positive_int, _seed = _whole_at_least(0), _whole_at_least(1), _whole_at_least(0, below=SEED_LIMIT)
 
 
 def _blocks(text: str) -> tuple:
@@ -84,7 +87,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--ema", type=_finite_float, help="per-step decay of a weight average (0 = off)")
     p.add_argument("--augment", choices=AUGMENTATIONS)
     p.add_argument("--alternate-flip", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_seed)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
@@ -132,6 +135,8 @@ def _budget_options(p, budget, out: str, results: str) -> None:
     p.add_argument("--val-size", type=_positive_int, default=budget.val_size,
                    help="seeded validation images carved from the training set")
     p.add_argument("--epochs", type=_positive_int, default=budget.epochs)
+    p.add_argument("--seed", type=_seed, default=budget.seed,
+                   help="of the validation split and of every run (default: %(default)s); another seed is another budget")
 
 
 def _study_parser(sub) -> None:
@@ -313,7 +318,8 @@ def _prediction_line(name: str, probabilities, classes, args) -> str:
 
 
 def cmd_study(args) -> int:
-    budget = study.Budget(train_size=args.train_size, val_size=args.val_size, epochs=args.epochs, batch_size=args.batch_size)
+    budget = study.Budget(train_size=args.train_size, val_size=args.val_size, epochs=args.epochs, batch_size=args.batch_size,
+                          seed=args.seed)
     if args.dry_run:
         _print_plan(args.out, args.results, budget)
         return 0
@@ -328,7 +334,7 @@ def cmd_study(args) -> int:
 
 
 def cmd_ablation(args) -> int:
-    budget = ablation.Budget(train_size=args.train_size, val_size=args.val_size, epochs=args.epochs)
+    budget = ablation.Budget(train_size=args.train_size, val_size=args.val_size, epochs=args.epochs, seed=args.seed)
     stop = _stop_on_signals()
     results = ablation.run_ablation(args.out, budget, ablation.VARIANTS, args.data_dir, args.results, args.only or (),
                                     stop, _watch_run)

@@ -69,6 +69,8 @@ class TrainConfig:
     weights_dtype: str = "float32"
 
 
+SEED_LIMIT = 2**32  # torch.Generator seeds, and numpy's for the tests' data
+
 PRESETS = {
     # The published recipe exactly: Adam 0.01, batch 64, 200 epochs, constant lr, its crop.
     "original": {},
@@ -159,7 +161,7 @@ def validate(c: TrainConfig) -> None:
     for name in ("limit_train", "limit_test", "val_size", "seed"):
         if _number(name, getattr(c, name), int) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
-    if c.seed >= 2**32:
+    if c.seed >= SEED_LIMIT:
         raise ConfigError(f"seed must be below 2**32, got {c.seed}")
     blocks = tuple(c.blocks)
     if len(blocks) != 4 or not all(isinstance(b, int) and 1 <= b <= 8 for b in blocks):

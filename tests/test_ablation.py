@@ -95,10 +95,12 @@ def test_cli_ablation_trains_the_chosen_variants(tiny_data, tmp_path, monkeypatc
     monkeypatch.setattr(ablation, "VARIANTS", TINY)
     root, results_path = tmp_path / "runs", tmp_path / "ablation.json"
     code = main(["ablation", "--data-dir", str(tiny_data), "--out", str(root), "--results", str(results_path),
-                 "--train-size", "64", "--val-size", "64", "--epochs", "1", "--only", "fast"])
+                 "--train-size", "64", "--val-size", "64", "--epochs", "1", "--seed", "3", "--only", "fast"])
     assert code == 0
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["fast"]
-    statuses = {r["run_id"]: r["status"] for r in json.loads(results_path.read_text())["runs"]}
+    results = json.loads(results_path.read_text())
+    assert results["budget"]["seed"] == 3 and json.loads((root / "fast" / "config.json").read_text())["seed"] == 3
+    statuses = {r["run_id"]: r["status"] for r in results["runs"]}
     assert statuses == {"fast": "finished", "no-label-smoothing": "pending", "published-recipe": "pending"}
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "training fast" and any(line.startswith("fast ") and "%" in line for line in out)
@@ -111,3 +113,8 @@ def test_cli_ablation_rejects_bad_flags_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["ablation", "--out", str(tmp_path), "--epochs", "0"])
     assert "at least 1" in capsys.readouterr().err
+    for seed, words in (("-1", "at least 0"), (str(2**32), "below 4294967296")):
+        with pytest.raises(SystemExit):
+            main(["ablation", "--out", str(tmp_path), "--seed", seed])
+        assert words in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before the folder is bound to a budget
