@@ -588,7 +588,9 @@ def ablation_section() -> None:
     budget = results.get("budget") or {}
     gr.Markdown(f"Each variant changes one thing of the `fast` preset and trains on the same {budget.get('train_size')} "
                 f"images for {budget.get('epochs')} epochs; the score is final validation accuracy on "
-                f"{budget.get('val_size')} images carved from the training set (the test set is never used).")
+                f"{budget.get('val_size')} images carved from the training set (the test set is never used). "
+                "It is one seed of a short budget: differences of a few points are noise, and images/s depend on "
+                "what else the machine was running (the README reads the table).")
     gr.Dataframe(pd.DataFrame(ablation.table(results)), interactive=False, wrap=True)
     gr.Plot(ablation.figure(results))
 

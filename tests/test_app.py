@@ -405,7 +405,7 @@ def test_model_card_tab_reads_the_committed_card(monkeypatch, tmp_path, tiny_wei
     assert f"test accuracy {card['test_acc']:.2%}" in text and "flip test-time augmentation: 12.34%" in text
     assert "sgd lr 0.4, batch 512, 30 epochs, 2.0 h on cpu: x86_64" in text and "Stored as float16" in text
     assert "`python -m resnet train --out runs/weights-fast --preset fast`" in text
-    assert "same 20000 images for 5 epochs" in text
+    assert "same 20000 images for 5 epochs" in text and "one seed of a short budget" in text
     plots = [block for block in demo.blocks.values() if isinstance(block, gr.Plot)]
     # per class, confusion, two curves; the study's four; the ablation's bars
     assert len(plots) == 4 + 4 * app.STUDY.is_file() + 1
