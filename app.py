@@ -10,10 +10,11 @@ import binascii
 import contextlib
 import csv
 import dataclasses
+import functools
 import json
-import math
 import os
 import shutil
+import secrets
 import signal
 import tempfile
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from resnet import ablation, batch, jobs, plots
+from resnet import ablation, batch, http_api, jobs, plots
 from resnet import study as study_figures
 from resnet import predict as models
 from resnet.constants import TEST_IMAGES, TRAIN_IMAGES
@@ -30,8 +31,9 @@ from resnet.data import DataMissingError
 from resnet.explain import enlarge, grad_cam, overlay
 from resnet.images import MAX_BYTES, ImageError, prepare
 from resnet.model import BLOCK_CHOICES
+from resnet import config
+from resnet.config import QUICK_RUN, ConfigError, from_form, make_config
 from resnet.runs import CARD, METRICS, STATUS, WEIGHTS, RunError, read_metrics, read_status, run_path
-from resnet.train import OPTIMIZERS, PRESETS, SCHEDULES, ConfigError, make_config
 from resnet.weights import WeightsError, card_path
 
 HERE = Path(__file__).resolve().parent
@@ -41,11 +43,20 @@ MAX_UPLOAD_BYTES = max(MAX_BYTES, models.MAX_UPLOAD_WEIGHTS_BYTES)  # Gradio has
 EXAMPLES, MISTAKES = HERE / "assets" / "examples", HERE / "assets" / "mistakes"
 STUDY, ABLATION = HERE / "results" / "study.json", HERE / "results" / "ablation.json"
 USER_ERRORS = (ImageError, WeightsError, RunError, ConfigError, DataMissingError)
-OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
 TABLE_COLUMNS = ["run_id", "status", "optimizer", "lr", "dropout", "batch_size", "blocks", "epochs",
                  "best_test_acc", "final_test_acc", "elapsed_s", "message"]
-# The Train tab's defaults: the published optimizer, lr, dropout and batch size; a run a CPU host finishes in minutes.
-QUICK_RUN = {"preset": "original", "epochs": 2, "limit_train": 2000, "limit_test": 1000}
+REFERENCES = HERE / "results" / "reference-curves.json"
+OPERATOR_HEADER = "x-studio-operator"  # carries $STUDIO_OPERATOR_SECRET; a header, so it never lands in a URL or a log line
+CHOICE_LABELS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+RESOLUTION_CHOICES = [("32 px throughout", ""), ("16 px, 24 px, then 32 px (quarters: 2, 1, 1)", "16:0.5,24:0.75"),
+                      ("24 px for the first half, then 32 px", "24:0.5"), ("16 px for three quarters, then 32 px", "16:0.75")]
+FIELD_NOTES = {"limit_train": f" (0 = all {TRAIN_IMAGES:,})", "limit_test": f" (0 = all {TEST_IMAGES:,})"}
+PRESET_NOTES = {"quick": "a run that learns in minutes on a CPU", "original": "the published recipe",
+                "fast": "the shipped weights' recipe (hours on a CPU)"}
+RUN_SHAPE = (*config.SIZE_SETTINGS, "resolution")  # the form's second row: how long the run is and at what size
+REFERENCE_NOTE = ("Grey lines are committed reference runs on the quick-run budget (results/reference-curves.json): "
+                  "the quick preset and the published recipe. The probe is a fixed set of held-out images scored in eval "
+                  "mode between steps; the test score comes at each epoch's end.")
 BATCH_NOTE_PROBLEMS = 20  # unreadable files named in the batch note; the rest are counted
 
 
@@ -229,26 +240,21 @@ class Studio:
 
     # ---- Train ----------------------------------------------------------------------------------
     @staticmethod
-    def settings(optimizer, lr, dropout, epochs, batch_size, blocks, limit_train, momentum, weight_decay, schedule,
-                 label_smoothing, seed, limit_test) -> dict:
-        """The form's values as TrainConfig overrides (whole numbers as ints, blocks as a tuple)."""
-        return {
-            "optimizer": optimizer, "lr": lr, "dropout": dropout, "epochs": _whole(epochs), "batch_size": _whole(batch_size),
-            "blocks": _blocks(blocks), "limit_train": _whole(limit_train),
-            "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule, "label_smoothing": label_smoothing,
-            "seed": _whole(seed), "limit_test": _whole(limit_test),
-        }
+    def settings(*form) -> dict:
+        """The form's values (in resnet.config.FORM_SETTINGS order) as TrainConfig overrides, plus what every run
+        started here gets: frequent step rows and a probe, so its curves move within seconds."""
+        return {**{name: from_form(name, value) for name, value in zip(config.FORM_SETTINGS, form)}, **QUICK_RUN["watch"]}
 
     def command(self, preset, *form) -> str:
-        return jobs.cli_command(preset, self.settings(*form))
+        with user_errors():
+            return jobs.cli_command(preset, self.settings(*form))
 
     @staticmethod
     def preset_values(preset: str) -> list:
-        """The form's optimizer settings as the preset has them; run size settings stay as they are."""
+        """The form's recipe settings as the preset has them; the run's size stays as the form has it."""
         with user_errors():
-            config = make_config(preset)
-        return [config.optimizer, config.lr, config.dropout, config.batch_size, config.momentum, config.weight_decay,
-                config.schedule, config.label_smoothing]
+            settings = make_config(preset)
+        return [_form_value(name, getattr(settings, name)) for name in recipe_fields()]
 
     @staticmethod
     def download_data():
@@ -257,20 +263,22 @@ class Studio:
             done = jobs.fetch_data()
         return gr.Markdown(f"✅ {done}"), gr.Button(visible=False)
 
-    def start_run(self, preset, *form) -> str:
+    def start_run(self, request: gr.Request | None, preset, *form_and_owner) -> str:
+        """Queue a run owned by this browser (its stored key) or, for an API client, by its session."""
+        *form, owner = form_and_owner
         missing = jobs.data_missing()
         if missing:
             raise gr.Error(missing, print_exception=False)
         with user_errors():
-            return self.queue.start(preset, **self.settings(*form))
+            return self.queue.start(preset, owner=_actor(owner, request).key, **self.settings(*form))
 
-    def stop_run(self, run_id: str) -> str:
+    def stop_run(self, request: gr.Request | None, run_id: str, owner: str | None = None) -> str:
         with user_errors():
-            return self.queue.stop(run_id)
+            return self.queue.stop(run_id, _actor(owner, request))
 
-    def resume_run(self, run_id: str) -> str:
+    def resume_run(self, request: gr.Request | None, run_id: str, owner: str | None = None) -> str:
         with user_errors():
-            return self.queue.resume(run_id)
+            return self.queue.resume(run_id, _actor(owner, request))
 
     def progress(self, run_id: str) -> str:
         if not run_id:
@@ -284,6 +292,25 @@ class Studio:
         position = self.queue.position(run_id)
         waiting = f" · position {position} in the queue" if position else ""
         return f"`{run_id}`: {jobs.progress(run_dir)['text']}{waiting}"
+
+    def live(self, run_id: str, seen: str = ""):
+        """The Train tab's figures of the run started there: redrawn only when its files changed."""
+        try:
+            run_dir = run_path(self.root, run_id) if run_id else None
+        except RunError:
+            run_dir = None
+        if run_dir is None or not run_dir.is_dir():
+            empty = plots.empty_figure("start a run: its curves appear here within seconds")
+            return (empty, empty, "") if seen else (gr.skip(), gr.skip(), seen)
+        stamp = json.dumps(_stamp(run_dir))
+        if stamp == seen:
+            return gr.skip(), gr.skip(), seen
+        rows, state = read_metrics(run_dir), jobs.progress(run_dir)
+        total = _total_images(rows)
+        status = "" if state["status"] in ("running", "finished") else state["status"]
+        references = reference_curves()
+        return (plots.live_figure(rows, "acc", total, references, status), plots.live_figure(rows, "loss", total, references, status),
+                stamp)
 
     # ---- Runs -----------------------------------------------------------------------------------
     def list_runs(self) -> pd.DataFrame:
@@ -367,20 +394,6 @@ def _downloadable(run_dir: Path) -> list:
     return files
 
 
-def _whole(value):
-    """2.0 -> 2; anything else as it came (None keeps the preset's; resnet.train.validate refuses the rest by name)."""
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _blocks(value) -> tuple:
-    try:
-        return tuple(int(b) for b in str(value).split(","))
-    except ValueError:
-        raise ConfigError(f"blocks must be four whole numbers from 1 to 8, like 1,1,1,1; got {str(value)[:40]!r}") from None
-
-
 def _stamp(run_dir: Path) -> list:
     stamps = []
     for name in (METRICS, STATUS):
@@ -388,6 +401,46 @@ def _stamp(run_dir: Path) -> list:
             stat = (run_dir / name).stat()
             stamps.append([name, stat.st_mtime_ns, stat.st_size])
     return stamps
+
+
+def _owner_key(stored: str | None):
+    """This browser's key (made on its first visit), kept in its storage and in the page's state."""
+    key = stored if isinstance(stored, str) and len(stored) == 32 else secrets.token_hex(16)
+    return key, key
+
+
+def _actor(owner: str | None, request: gr.Request | None) -> jobs.Actor:
+    """Who is asking: a browser by the key it keeps in its storage (it survives a page reload), an API
+    client by its session (one per gradio_client.Client); the operator by a header, never a URL."""
+    key = owner if isinstance(owner, str) and owner else getattr(request, "session_hash", None)
+    headers = getattr(request, "headers", None) or {}
+    return jobs.Actor(key=key, operator=jobs.is_operator(headers.get(OPERATOR_HEADER)))
+
+
+def _total_images(rows: list) -> int | None:
+    """Training images the whole run will see, from its latest step row."""
+    step = next((r for r in reversed(rows) if r.get("kind") == "step" and r.get("total_steps") and r.get("step")), None)
+    return step["total_steps"] * step["images"] // step["step"] if step else None
+
+
+def recipe_fields() -> list:
+    """The form fields a preset fills in: all but the run's size."""
+    return [name for name in config.FORM_SETTINGS if name not in config.SIZE_SETTINGS]
+
+
+def _form_value(name: str, value):
+    """A config value as its form field shows it (blocks as "1,1,1,1")."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else value
+
+
+def reference_curves() -> dict:
+    """Faint curves to compare a run with, from the committed results/reference-curves.json (read once)."""
+    return {name: entry["rows"] for name, entry in (_reference_file() or {}).get("references", {}).items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_file():
+    return _read_json(REFERENCES)
 
 
 def _read_json(path: Path):
@@ -453,6 +506,24 @@ def predict_tab(studio: Studio) -> None:
     return picker, upload_key, about_model
 
 
+def setting_field(name: str, value, caps: dict):
+    """The form field of one training setting, built from its declaration in resnet.config."""
+    meta = config.SETTINGS[name].metadata
+    label = meta["form"] + (f" (at most {caps[name]})" if name in caps else "") + FIELD_NOTES.get(name, "")
+    kind = config.kind(name)
+    if name == "blocks":
+        return gr.Dropdown([(str(list(b)), _form_value(name, b)) for b in BLOCK_CHOICES], value=_form_value(name, value),
+                           label=label)
+    if meta["choices"]:
+        return gr.Dropdown([(CHOICE_LABELS.get(c, c), c) for c in meta["choices"]], value=value, label=label)
+    if name == "resolution":
+        return gr.Dropdown(RESOLUTION_CHOICES, value=value, label=label, allow_custom_value=True,
+                           info="or your own: 16:0.5,24:0.75 is 16 px for the first half of the steps, 24 px to three quarters")
+    if kind is float and meta["minimum"] is not None and meta["below"] is not None:
+        return form_field(gr.Slider(meta["minimum"], meta["below"] - 0.05, value, step=0.05, label=label))
+    return form_field(gr.Number(value, label=label, precision=0 if kind is int else None, minimum=meta["minimum"]))
+
+
 def train_tab(studio: Studio):
     missing = jobs.data_missing()
     if missing:
@@ -460,48 +531,39 @@ def train_tab(studio: Studio):
         fetch = gr.Button("Download CIFAR-10 (about 170 MB)")
         fetch.click(studio.download_data, None, [data_note, fetch], api_visibility="private")
     caps = jobs.server_caps()
-    original = make_config(QUICK_RUN["preset"])
-    with gr.Row():
-        preset = gr.Radio(sorted(PRESETS, reverse=True), value=QUICK_RUN["preset"], label="Preset",
-                          info="original: the published recipe; fast: our time-to-accuracy recipe")
-        optimizer = gr.Dropdown([(OPTIMIZER_LABELS[o], o) for o in OPTIMIZERS], value=original.optimizer, label="Optimizer")
-        lr = form_field(gr.Number(original.lr, label="Learning rate", minimum=0))
-        dropout = form_field(gr.Slider(0, 0.9, original.dropout, step=0.05, label="Dropout"))
-    with gr.Row():
-        epochs = form_field(gr.Number(QUICK_RUN["epochs"], label=f"Epochs (at most {caps['epochs']})", precision=0, minimum=1))
-        batch_size = form_field(gr.Number(original.batch_size, label=f"Batch size (at most {caps['batch_size']})", precision=0,
-                                          minimum=1))
-        blocks = gr.Dropdown([(str(list(b)), ",".join(map(str, b))) for b in BLOCK_CHOICES], value="1,1,1,1", label="Blocks per stage")
-        limit_train = form_field(gr.Number(QUICK_RUN["limit_train"],
-                                           label=f"Quick-run size (training images; 0 = all {TRAIN_IMAGES:,})",
-                                           precision=0, minimum=0))
-    with gr.Accordion("Advanced", open=False), gr.Row():
-        momentum = form_field(gr.Number(original.momentum, label="Momentum (SGD, RMSprop)", minimum=0))
-        weight_decay = form_field(gr.Number(original.weight_decay, label="Weight decay", minimum=0))
-        schedule = gr.Dropdown(list(SCHEDULES), value=original.schedule, label="Learning-rate schedule")
-        label_smoothing = form_field(gr.Number(original.label_smoothing, label="Label smoothing", minimum=0))
-        seed = form_field(gr.Number(original.seed, label="Seed", precision=0, minimum=0))
-        limit_test = form_field(gr.Number(QUICK_RUN["limit_test"],
-                                          label=f"Test images scored per epoch (0 = all {TEST_IMAGES:,})",
-                                          precision=0, minimum=0))
-    form = [optimizer, lr, dropout, epochs, batch_size, blocks, limit_train, momentum, weight_decay, schedule,
-            label_smoothing, seed, limit_test]
-    command = gr.Textbox(studio.command(QUICK_RUN["preset"], *[c.value for c in form]), label="The same run from a terminal",
-                         buttons=["copy"], interactive=False)
+    defaults = make_config(QUICK_RUN["preset"], **QUICK_RUN["size"])
+    preset = gr.Radio(list(config.PRESETS), value=QUICK_RUN["preset"], label="Preset",
+                      info="; ".join(f"{name}: {PRESET_NOTES[name]}" for name in config.PRESETS))
+    fields = {}
+    main = [n for n in config.FORM_SETTINGS if not config.SETTINGS[n].metadata["advanced"]]
+    rows = ([n for n in main if n not in RUN_SHAPE], [n for n in main if n in RUN_SHAPE],
+            [n for n in config.FORM_SETTINGS if config.SETTINGS[n].metadata["advanced"]])
+    for index, names in enumerate(rows):
+        with gr.Accordion("Advanced", open=False) if index == 2 else contextlib.nullcontext(), gr.Row():
+            for name in names:
+                fields[name] = setting_field(name, getattr(defaults, name), caps)
+    form = [fields[name] for name in config.FORM_SETTINGS]
+    command = gr.Textbox(studio.command(QUICK_RUN["preset"], *[_form_value(n, getattr(defaults, n)) for n in config.FORM_SETTINGS]),
+                         label="The same run from a terminal", buttons=["copy"], interactive=False)
     with gr.Row():
         start = gr.Button("Start training", variant="primary")
         run_id = gr.Textbox(label="Run", placeholder="run id", scale=2)
         stop = gr.Button("Stop")
         resume = gr.Button("Resume")
     status = gr.Markdown("No run started from this page yet.")
+    with gr.Row():
+        accuracy = gr.Plot(plots.empty_figure("start a run: its curves appear here within seconds"), label="Accuracy",
+                           elem_id="live-accuracy")
+        loss = gr.Plot(plots.empty_figure("start a run: its curves appear here within seconds"), label="Loss")
+    gr.Markdown(REFERENCE_NOTE)
 
-    preset.change(studio.preset_values, preset, [optimizer, lr, dropout, batch_size, momentum, weight_decay, schedule,
-                                                 label_smoothing], api_visibility="private")
+    preset.change(studio.preset_values, preset, [fields[n] for n in recipe_fields()], api_visibility="private")
     gr.on([preset.change] + [c.change for c in form], studio.command, [preset, *form], command, api_visibility="private")
-    started = start.click(studio.start_run, [preset, *form], run_id, api_name="start_run")
-    stop.click(studio.stop_run, run_id, status, api_name="stop_run")
-    resume.click(studio.resume_run, run_id, status, api_name="resume_run")
-    return run_id, status, started
+    owner = gr.State(None)
+    started = start.click(studio.start_run, [preset, *form, owner], run_id, api_name="start_run")
+    stop.click(studio.stop_run, [run_id, owner], status, api_name="stop_run")
+    resume.click(studio.resume_run, [run_id, owner], status, api_name="resume_run")
+    return run_id, status, started, owner, accuracy, loss
 
 
 def runs_tab(studio: Studio):
@@ -604,7 +666,7 @@ def build_demo(studio: Studio | None = None) -> gr.Blocks:
         with gr.Tab("Predict") as predict_page:
             picker, upload_key, about_model = predict_tab(studio)
         with gr.Tab("Train"):
-            run_id, status, started = train_tab(studio)
+            run_id, status, started, owner, live_accuracy, live_loss = train_tab(studio)
         with gr.Tab("Runs") as runs_page:
             table, chosen, detail, accuracy, loss = runs_tab(studio)
         with gr.Tab("Model card"):
@@ -615,9 +677,11 @@ def build_demo(studio: Studio | None = None) -> gr.Blocks:
             return (studio.list_runs(), gr.Dropdown(choices=ids, value=[i for i in chosen_now or [] if i in ids]),
                     gr.Dropdown(choices=ids, value=detail_now if detail_now in ids else None))
 
-        seen = gr.State("")
+        seen, live_seen = gr.State(""), gr.State("")
         timer = gr.Timer(2.0)
         timer.tick(studio.progress, run_id, status, show_progress="hidden", concurrency_limit=None, api_visibility="private")
+        timer.tick(studio.live, [run_id, live_seen], [live_accuracy, live_loss, live_seen], show_progress="hidden",
+                   concurrency_limit=None, api_visibility="private")
         timer.tick(studio.watch, [chosen, seen], [accuracy, loss, seen], show_progress="hidden", concurrency_limit=None,
                    api_visibility="private")
         runs_page.select(refresh_lists, [chosen, detail], [table, chosen, detail], api_visibility="private")
@@ -625,6 +689,10 @@ def build_demo(studio: Studio | None = None) -> gr.Blocks:
                         api_visibility="private")  # a run started here is compared at once
         predict_page.select(studio.refresh_models, [picker, upload_key], picker, api_visibility="private")
         demo.load(studio.model_info, [picker, upload_key], about_model, api_visibility="private")
+        # The browser's own key to the runs it starts, kept in its storage: it survives a reload (and, with the
+        # runs folder's secret, a server restart) and is never part of the API.
+        stored = gr.BrowserState(None, storage_key="cifar-resnet-studio-owner", secret=jobs.browser_secret(studio.root))
+        demo.load(_owner_key, stored, [stored, owner], api_visibility="private")
     return demo
 
 
@@ -652,4 +720,6 @@ def stop_on_sigterm(studio: Studio) -> None:
 if __name__ == "__main__":
     studio = Studio()
     stop_on_sigterm(studio)
-    build_demo(studio).launch(**launch_options())
+    # The UI and the HTTP API (/api/v1, /docs) on one port: resnet.http_api says why it mounts Gradio rather than launch().
+    limits = http_api.Limits(max_batch_images(), max_batch_pixels(), MAX_UPLOAD_BYTES)
+    http_api.serve(build_demo(studio), studio.root, limits, **launch_options())

@@ -5,11 +5,13 @@ only, a temporary runs folder), warms it up, then lets --clients threads, each w
 gradio_client.Client, call /predict with a real upload for --seconds. It reports requests served,
 errors, p50/p99 latency, the server's resident memory (VmRSS) after warm-up and after the load, and
 with --while-training the images/s of a run the app trains meanwhile, alone vs under the load
-(read from the run's metrics.jsonl rows).
+(read from the run's metrics.jsonl rows). With --http the same clients then call the plain HTTP API
+(POST /api/v1/predict, resnet.http_api) for as long, and both loads are reported side by side.
 
     python bench/bench_load.py                        # 16 clients, 60 s, idle server
     python bench/bench_load.py --while-training       # the same while a run trains
     python bench/bench_load.py --seconds 5 --clients 4 --json bench/out/load.json
+    python bench/bench_load.py --http --json bench/results/http_load.json   # gradio_client, then the HTTP API
 """
 
 import argparse
@@ -30,6 +32,7 @@ from gradio_client import Client, handle_file
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from machine import machine  # noqa: E402  (bench/, beside this file)
 from resnet import runs  # noqa: E402
 
 
@@ -111,7 +114,29 @@ class Server:
                 continue
 
 
-def hammer(url: str, image: str, clients: int, seconds: float) -> dict:
+def gradio_caller(url: str, image: str):
+    """One client's call: gradio_client's /predict round trip."""
+    client = Client(url, verbose=False)
+
+    def call():
+        result = client.predict(handle_file(image), api_name="/predict")
+        assert result.get("label"), result
+
+    return call
+
+
+def http_caller(url: str, image: str):
+    """One client's call: a multipart POST to the HTTP API, on a keep-alive connection."""
+    client, data = httpx.Client(base_url=url, timeout=120), Path(image).read_bytes()
+
+    def call():
+        response = client.post("api/v1/predict", files={"file": (Path(image).name, data)})
+        assert response.status_code == 200, f"{response.status_code} {response.text[:200]}"
+
+    return call
+
+
+def hammer(url: str, image: str, clients: int, seconds: float, caller=gradio_caller) -> dict:
     """``clients`` threads calling /predict until ``seconds`` have passed; latencies of the successes."""
     stop_at = time.monotonic() + seconds
     latencies, errors, lock = [], [], threading.Lock()
@@ -119,7 +144,7 @@ def hammer(url: str, image: str, clients: int, seconds: float) -> dict:
 
     def worker():
         try:
-            client = Client(url, verbose=False)
+            call = caller(url, image)
         except Exception as error:  # noqa: BLE001
             with lock:
                 errors.append(f"connect: {error}")
@@ -129,8 +154,7 @@ def hammer(url: str, image: str, clients: int, seconds: float) -> dict:
         while time.monotonic() < stop_at:
             start = time.perf_counter()
             try:
-                result = client.predict(handle_file(image), api_name="/predict")
-                assert result.get("label"), result
+                call()
             except Exception as error:  # noqa: BLE001
                 with lock:
                     errors.append(f"{type(error).__name__}: {str(error)[:200]}")
@@ -168,6 +192,7 @@ def main(argv=None) -> int:
     parser.add_argument("--image", default=str(REPO / "assets" / "examples" / "cat-0.png"))
     parser.add_argument("--data-dir", default=os.environ.get("CIFAR10_DIR", str(REPO.parent / "shared" / "data" / "cifar10")))
     parser.add_argument("--weights", default=os.environ.get("STUDIO_WEIGHTS", ""), help="default: the shipped weights")
+    parser.add_argument("--http", action="store_true", help="then load the HTTP API (POST /api/v1/predict) the same way")
     parser.add_argument("--json", metavar="OUT", help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -181,7 +206,7 @@ def main(argv=None) -> int:
         env["STUDIO_WEIGHTS"] = args.weights
     server = Server(env, workdir / "app.log")
     result = {"clients": args.clients, "seconds": args.seconds, "while_training": args.while_training,
-              "cpu_count": os.cpu_count(), "workdir": str(workdir)}
+              "machine": machine(), "server_omp_threads": env["OMP_NUM_THREADS"], "workdir": str(workdir)}
     try:
         run_dir = None
         if args.while_training:
@@ -217,13 +242,23 @@ def main(argv=None) -> int:
             if result["training"]["images_per_s_alone"] and result["training"]["images_per_s_under_load"]:
                 result["training"]["ratio"] = round(result["training"]["images_per_s_under_load"]
                                                     / result["training"]["images_per_s_alone"], 3)
+        if args.http:
+            if httpx.get(server.url + "api/v1/health", timeout=30).status_code != 200:
+                raise SystemExit("app.py serves no /api/v1: wire resnet.http_api into its __main__ first")
+            warm = hammer(server.url, args.image, args.clients, args.warmup, http_caller)
+            result["http_warmup"] = {k: warm[k] for k in ("served", "errors")}
+            result["http_load"] = hammer(server.url, args.image, args.clients, args.seconds, http_caller)
+            result["http_memory_after"] = memory(server.process.pid)
+            if result["load"]["requests_per_s"]:
+                ratio = result["http_load"]["requests_per_s"] / result["load"]["requests_per_s"]
+                result["http_over_gradio_rps"] = round(ratio, 2)
     finally:
         server.stop()
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 1 if result.get("load", {}).get("errors") else 0
+    return 1 if result.get("load", {}).get("errors") or result.get("http_load", {}).get("errors") else 0
 
 
 if __name__ == "__main__":

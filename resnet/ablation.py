@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from .plots import COLORS, LAYOUT, empty_figure
 from .study import (DONE, has_folder, measured, open_folder, recorded_runs, run_status, train_in_turn,
                     write_json_results)
-from .train import PRESETS, ConfigError, make_config
+from .config import PRESETS, ConfigError, make_config
 
 BASELINE = "fast"
 PUBLISHED_RECIPE = "published-recipe"

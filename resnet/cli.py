@@ -14,15 +14,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import ablation, batch, runs, study
-from .data import AUGMENTATIONS, DataMissingError, download, load_split
+from . import ablation, batch, export, runs, study
+from .data import DataMissingError, download, load_split
 from .evaluate import evaluate
 from .images import ImageError
-from .train import (OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, SEED_LIMIT, WEIGHTS_DTYPES, ConfigError, Trainer, make_config,
-                    resume_config)
+from . import config
+from .config import SEED_LIMIT, ConfigError
+from .train import Trainer, resume_config
 from .weights import DEFAULT_WEIGHTS, WeightsError, load_model
 
-EXPECTED_ERRORS = (ConfigError, DataMissingError, runs.RunError, WeightsError, ImageError, batch.FolderError, FileNotFoundError)
+EXPECTED_ERRORS = (ConfigError, DataMissingError, runs.RunError, WeightsError, ImageError, batch.FolderError, FileNotFoundError,
+                   export.ExportError)
 
 
 def _finite_float(text: str) -> float:
@@ -65,38 +67,30 @@ def _blocks(text: str) -> tuple:
     return blocks
 
 
+def _setting_type(name: str):
+    """The argparse type of a setting: what its declaration in resnet.config says it holds."""
+    if name == "seed":
+        return _seed  # checked here too, so a study or ablation refuses it before binding a folder to it
+    return {int: int, float: _finite_float, tuple: _blocks, str: str}[config.kind(name)]
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model into a run folder", description="Train the ResNet on CIFAR-10.")
     p.add_argument("--out", help="run folder to create (config, metrics.jsonl, checkpoints, weights)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or interrupted run (only --epochs may be raised)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="fast", help="recipe to start from (default: fast)")
-    p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help=f"continue a stopped or interrupted run (it takes only {', '.join(_flag(n) for n in config.RESUME_SETTINGS)})")
+    p.add_argument("--preset", choices=sorted(config.PRESETS), help="recipe to start from (default: fast)")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir first")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--lr", type=_finite_float)
-    p.add_argument("--momentum", type=_finite_float)
-    p.add_argument("--weight-decay", type=_finite_float)
-    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--dropout", type=_finite_float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--blocks", type=_blocks, help="blocks per stage, e.g. 1,1,1,1 (published) or 2,2,2,2")
-    p.add_argument("--schedule", choices=SCHEDULES)
-    p.add_argument("--warmup", type=_finite_float, help="fraction of steps spent warming up")
-    p.add_argument("--label-smoothing", type=_finite_float)
-    p.add_argument("--ema", type=_finite_float, help="per-step decay of a weight average (0 = off)")
-    p.add_argument("--augment", choices=AUGMENTATIONS)
-    p.add_argument("--alternate-flip", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--seed", type=_seed)
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
-    p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--limit-train", type=int, help="train on the first N images only")
-    p.add_argument("--limit-test", type=int, help="evaluate on the first N test images only")
-    p.add_argument("--val-size", type=int, help="carve N seeded validation images from the training set")
-    p.add_argument("--log-every", type=int, help="write a step record every N steps")
-    p.add_argument("--weights-dtype", choices=WEIGHTS_DTYPES)
+    for name in config.CLI_SETTINGS:
+        meta = config.SETTINGS[name].metadata
+        if config.kind(name) is bool:
+            p.add_argument(_flag(name), action=argparse.BooleanOptionalAction, default=None, help=meta["help"])
+        else:
+            p.add_argument(_flag(name), type=_setting_type(name), choices=meta["choices"], help=meta["help"])
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _evaluate_parser(sub) -> None:
@@ -166,39 +160,64 @@ def build_parser() -> argparse.ArgumentParser:
     _predict_parser(sub)
     _study_parser(sub)
     _ablation_parser(sub)
+    export.add_parser(sub)
     return parser
 
 
-TRAIN_FLAGS = ("epochs", "optimizer", "lr", "momentum", "weight_decay", "nesterov", "dropout", "batch_size", "blocks",
-               "schedule", "warmup", "label_smoothing", "ema", "augment", "alternate_flip", "seed", "device", "precision",
-               "channels_last", "compile", "limit_train", "limit_test", "val_size", "log_every", "weights_dtype")
+def _record_text(record: dict) -> str:
+    """One log line for a metrics row: what a person reads in train.log."""
+    if record["kind"] == "probe":
+        return f"step {record['step']}: probe accuracy {record['probe_acc']:.2%} on {record['probe_images']} {record['probe_split']} images"
+    parts = [f"epoch {record['epoch']}", f"step {record['step']}", f"loss {record['train_loss']:.3f}",
+             f"train {record['train_acc']:.2%}", f"{record['images_per_s']:.0f} img/s"]
+    for split in ("test", "val"):
+        if f"{split}_acc" in record:
+            parts.append(f"{split} {record[f'{split}_acc']:.2%}")
+    return ", ".join(parts)
 
 
-def _progress_bar(trainer: Trainer, start_step: int):
+@contextlib.contextmanager
+def _progress(trainer: Trainer, start_step: int):
+    """A tqdm bar on a terminal; plain lines, one per record, anywhere else (a log file keeps no
+    carriage-return redraws)."""
+    if not sys.stdout.isatty():
+        trainer.callbacks.append(lambda record: print(_record_text(record), flush=True))
+        yield
+        return
     bar = tqdm(total=trainer.total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+    shown = {}
 
     def on_record(record: dict) -> None:
-        bar.update(max(0, record["step"] - bar.n))
-        shown = {"epoch": record["epoch"], "loss": f"{record['train_loss']:.3f}", "img/s": f"{record['images_per_s']:.0f}"}
-        if "test_acc" in record:
-            shown["test"] = f"{record['test_acc']:.2%}"
-            tqdm.write(json.dumps(record))
-        if "val_acc" in record:
-            shown["val"] = f"{record['val_acc']:.2%}"
+        if record["kind"] == "probe":
+            shown["probe"] = f"{record['probe_acc']:.2%}"
+        else:
+            bar.update(max(0, record["step"] - bar.n))
+            shown.update(epoch=record["epoch"], loss=f"{record['train_loss']:.3f}", **{"img/s": f"{record['images_per_s']:.0f}"})
+            for split in ("test", "val"):
+                if f"{split}_acc" in record:
+                    shown[split] = f"{record[f'{split}_acc']:.2%}"
+            if record["kind"] == "epoch":
+                tqdm.write(_record_text(record))
         bar.set_postfix(shown)
 
-    return bar, on_record
+    trainer.callbacks.append(on_record)
+    with bar:
+        yield
 
 
 def cmd_train(args, argv) -> int:
     if args.resume:
-        given = [name for name in TRAIN_FLAGS if name != "epochs" and getattr(args, name) is not None]
-        if given or args.out or args.data_dir:
-            raise ConfigError(f"--resume takes only --epochs (got --{given[0].replace('_', '-') if given else 'out/--data-dir'})")
+        given = [_flag(name) for name in config.CLI_SETTINGS if name not in config.RESUME_SETTINGS and getattr(args, name) is not None]
+        given += [flag for flag, value in (("--out", args.out), ("--preset", args.preset)) if value is not None]
+        if given:
+            allowed = ", ".join(_flag(name) for name in config.RESUME_SETTINGS)
+            raise ConfigError(f"--resume continues the run as it was configured: it takes only {allowed} (got {', '.join(given)})")
         run_dir = Path(args.resume)
         if runs.read_status(run_dir)["status"] == "running":
             raise runs.RunError(f"{run_dir} is being trained by process {runs.read_status(run_dir).get('pid')}; stop it first")
-        config = resume_config(run_dir, args.epochs)
+        settings = resume_config(run_dir, args.epochs, **{n: getattr(args, n) for n in config.RESUME_SETTINGS if n != "epochs"})
+        if args.download:
+            download(settings.data_dir)
     else:
         if not args.out:
             raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
@@ -207,20 +226,18 @@ def cmd_train(args, argv) -> int:
             raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
         if args.download:
             download(args.data_dir)
-        config = make_config(args.preset, data_dir=args.data_dir, **{name: getattr(args, name) for name in TRAIN_FLAGS})
+        settings = config.make_config(args.preset or "fast", **{name: getattr(args, name) for name in config.CLI_SETTINGS})
     stop = _stop_on_signals()
-    trainer = Trainer(config, run_dir, stop_event=stop, command="python -m resnet " + shlex.join(argv))
+    trainer = Trainer(settings, run_dir, stop_event=stop, command="python -m resnet " + shlex.join(argv))
     start_step = 0
     if args.resume:
         start_step = max((r["step"] for r in runs.read_metrics(run_dir)), default=0)
     if not trainer.writes:  # under torchrun, rank 0 alone reports
         return 0 if trainer.run(resume=bool(args.resume))["status"] == "finished" else 1
-    bar, on_record = _progress_bar(trainer, start_step)
-    trainer.callbacks.append(on_record)
-    with bar:
+    with _progress(trainer, start_step):
         outcome = trainer.run(resume=bool(args.resume))
-    print(outcome["message"])
-    return {"finished": 0, "stopped": 130, "diverged": 3}.get(outcome["status"], 1)
+    print(outcome["message"], flush=True)
+    return {"finished": 0, "stopped": 128 + (stop.signum or signal.SIGINT), "diverged": 3}.get(outcome["status"], 1)
 
 
 def cmd_evaluate(args) -> int:
@@ -330,7 +347,7 @@ def cmd_study(args) -> int:
     print(f"results: {args.results} (figures beside it)")
     if results["waiting"]:
         print(f"not planned yet: {results['waiting']}")
-    return 130 if stop.is_set() else 0
+    return 128 + stop.signum if stop.is_set() else 0
 
 
 def cmd_ablation(args) -> int:
@@ -341,14 +358,24 @@ def cmd_ablation(args) -> int:
     for row in ablation.table(results):
         print(f"{row['variant']:<20} {row['val accuracy']:<11} {row['vs fast']:<12} {row['train images/s']}")
     print(f"results: {args.results}")
-    return 130 if stop.is_set() else 0
+    return 128 + stop.signum if stop.is_set() else 0
 
 
-def _stop_on_signals() -> threading.Event:
+class SignalStop(threading.Event):
+    """Set by Ctrl-C or SIGTERM, remembering which: the exit status says what stopped the run (130, 143)."""
+
+    signum = None
+
+    def handle(self, signum, frame) -> None:
+        self.signum = signum
+        self.set()
+
+
+def _stop_on_signals() -> SignalStop:
     """Ctrl-C or SIGTERM sets the event: the run checkpoints, reads `stopped`, and resumes later."""
-    stop = threading.Event()
+    stop = SignalStop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, stop.handle)
     return stop
 
 
@@ -356,9 +383,7 @@ def _stop_on_signals() -> threading.Event:
 def _watch_run(run_id, trainer, resume):
     tqdm.write(f"{'resuming' if resume else 'training'} {run_id}")
     start_step = max((r["step"] for r in runs.read_metrics(trainer.run_dir)), default=0) if resume else 0
-    bar, on_record = _progress_bar(trainer, start_step)
-    trainer.callbacks.append(on_record)
-    with bar:
+    with _progress(trainer, start_step):
         yield
 
 
@@ -390,6 +415,8 @@ def main(argv=None) -> int:
             return cmd_study(args)
         if args.command == "ablation":
             return cmd_ablation(args)
+        if args.command == "export":
+            return export.cmd_export(args)
         return cmd_predict(args)
     except EXPECTED_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

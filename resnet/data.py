@@ -6,6 +6,7 @@ the same format. The pickles are read with an unpickler that admits only the num
 format needs, so a tampered data folder cannot run code.
 """
 
+import functools
 import io
 import os
 import pickle
@@ -116,10 +117,18 @@ def augment(images: torch.Tensor, generator: torch.Generator, mode: str = "stand
     return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
 
 
+@functools.lru_cache(maxsize=16)
+def _constants(mean: tuple, std: tuple, device: torch.device) -> tuple:
+    """Mean and std as [1, 3, 1, 1] tensors on ``device``, built once: a new tensor on a GPU is a blocking
+    copy, which would make the host wait for the previous step before it could queue the next."""
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
+
+
 def normalize(images: torch.Tensor, mean, std, channels_last: bool = False) -> torch.Tensor:
     """uint8 [N, 3, H, W] -> float32, scaled to [0, 1] and standardized per channel."""
-    mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    # Under torch.compile or torch.export tracing the constants are fake tensors: never cache those.
+    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    mean, std = (_constants.__wrapped__ if tracing else _constants)(tuple(mean), tuple(std), images.device)
     out = (images.float() / 255.0 - mean) / std
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)

@@ -1,10 +1,11 @@
-"""Accuracy, loss, per-class accuracy, confusion matrix and calibration, always in eval mode."""
+"""Accuracy, loss, per-class accuracy, confusion matrix and calibration (ECE, from resnet.calibration), always in eval mode."""
 
 import contextlib
 
 import torch
 import torch.nn.functional as F
 
+from .calibration import expected_calibration_error
 from .data import normalize
 
 
@@ -14,9 +15,23 @@ def autocast(device: torch.device, dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def exact_fp32():
+    """Plain fp32 convolutions and matmuls: cuDNN otherwise uses TF32 (a 10-bit mantissa) on Ampere and
+    newer GPUs, and a score reported as fp32 should be one."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @torch.no_grad()
 def predict_logits(model, images, mean, std, batch_size=500, tta=False, amp_dtype=None, channels_last=False):
-    """Logits (float32, on CPU) for uint8 images [N, 3, 32, 32]; ``tta`` averages with the mirror."""
+    """Logits (float32, on CPU) for uint8 images [N, 3, 32, 32]; ``tta`` averages with the mirror.
+
+    They are gathered on the model's device and copied to the host once, not a batch at a time."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -28,22 +43,10 @@ def predict_logits(model, images, mean, std, batch_size=500, tta=False, amp_dtyp
                 logits = model(x).float()
                 if tta:
                     logits = (logits + model(x.flip(3)).float()) / 2
-            outputs.append(logits.cpu())
+            outputs.append(logits)
     finally:
         model.train(was_training)
-    return torch.cat(outputs) if outputs else torch.empty(0, model.num_classes)
-
-
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
-    confidence, predicted = probs.max(1)
-    correct = (predicted == labels).float()
-    edges = torch.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
-        in_bin = (confidence > low) & (confidence <= high)
-        if in_bin.any():
-            ece += in_bin.float().mean().item() * abs(confidence[in_bin].mean().item() - correct[in_bin].mean().item())
-    return ece
+    return torch.cat(outputs).cpu() if outputs else torch.empty(0, model.num_classes)
 
 
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> dict:

@@ -15,9 +15,12 @@ DISPLAY_SCALE = 8  # 32 x 32 shown as 256 x 256, pixels kept square so the coars
 
 
 def grad_cam(model, image: torch.Tensor, mean, std, target: int | None = None):
-    """uint8 [3, H, W] -> (map [H, W] in [0, 1], class index it explains: ``target`` or the top class)."""
+    """uint8 [3, H, W] -> (map [H, W] in [0, 1] on the CPU, class index it explains: ``target`` or the top class).
+
+    The image goes to the model's device (a GPU Space's model) and the map comes back for drawing."""
     model.eval()
-    x = normalize(image[None], mean, std)
+    device = next(model.parameters()).device
+    x = normalize(image[None].to(device), mean, std)
     with torch.no_grad():  # the gradient is needed from the last stage on, not through the trunk
         features = model.features(x)
     with torch.enable_grad():
@@ -27,7 +30,7 @@ def grad_cam(model, image: torch.Tensor, mean, std, target: int | None = None):
         (gradient,) = torch.autograd.grad(logits[0, target], features)
     weights = gradient.mean((2, 3), keepdim=True)
     cam = F.relu((weights * features).sum(1, keepdim=True)).detach()
-    cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0].cpu()
     peak = cam.max()
     return (cam / peak if peak > 0 else cam), target
 

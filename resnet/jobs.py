@@ -5,6 +5,9 @@ or an out-of-memory kill never takes the web server down, and the CLI's own SIGT
 gives a clean stop with a checkpoint. Everything a page shows is read back from the run folder.
 """
 
+import contextlib
+import hashlib
+import hmac
 import json
 import math
 import os
@@ -15,18 +18,20 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import runs
-from .constants import TRAIN_IMAGES
+from .config import ConfigError, TrainConfig, cli_args, make_config
 from .data import BATCHES_FOLDER, TEST_FILES, TRAIN_FILES, DataMissingError, download, load_split, resolve_data_dir
-from .train import ConfigError, TrainConfig, make_config, resume_config
+from .train import resume_config, training_images
 from .weights import atomic_write_json
 
 REQUEST = "request.json"  # what a queued run will be started with; the CLI ignores the file
 LOG = "train.log"  # the child's stdout and stderr
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.5
+EXIT_GRACE_S = 10  # how long a resume waits for a stopped run's process to exit
 
 
 def server_caps() -> dict:
@@ -50,26 +55,57 @@ def check_settings(preset: str, overrides: dict) -> TrainConfig:
         if getattr(config, name) > caps[name]:
             raise ConfigError(f"{name} {getattr(config, name)} is above this server's limit of {caps[name]}")
     # Checked here, not only in the trainer, so a request that can never train leaves no run folder behind.
-    images = min(config.limit_train or TRAIN_IMAGES, TRAIN_IMAGES - config.val_size)
+    images = training_images(config)
     if config.batch_size > images:
         raise ConfigError(f"batch_size {config.batch_size} is larger than the {images} training images")
     return config
 
 
-def cli_args(preset: str, overrides: dict) -> list:
-    """The `python -m resnet train` flags for a preset plus overrides (None = keep the preset's)."""
-    args = ["--preset", preset]
-    for name, value in overrides.items():
-        flag = "--" + name.replace("_", "-")
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + flag[2:])
-        elif name == "blocks":
-            args += [flag, ",".join(str(int(b)) for b in value)]
-        else:
-            args += [flag, str(value)]
-    return args
+class OwnerError(runs.RunError):
+    pass
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks to act on a run: the secret key of a browser or API client (None when it has none), and
+    whether it presented the operator's secret."""
+
+    key: str | None = None
+    operator: bool = False
+
+
+def owner_digest(key: str) -> str:
+    """What a run folder records of its owner's key: a digest, so reading the folder gives no key away."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def is_operator(presented: str | None, secret: str | None = None) -> bool:
+    """Whether ``presented`` is the operator's secret ($STUDIO_OPERATOR_SECRET; unset: nobody is)."""
+    secret = os.environ.get("STUDIO_OPERATOR_SECRET") if secret is None else secret
+    return bool(secret) and isinstance(presented, str) and hmac.compare_digest(presented.encode(), secret.encode())
+
+
+def browser_secret(root) -> str:
+    """The key that encrypts what browsers store for this server, kept in the runs folder so that a
+    restarted server still reads it (a new one at each start would strand every browser's runs)."""
+    path = Path(root) / ".browser-secret"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        secret = secrets.token_hex(16)
+        path.write_text(secret)
+        path.chmod(0o600)
+        return secret
+
+
+def check_owner(run_dir: Path, actor: Actor) -> None:
+    """Only the run's owner, or the operator, may stop or resume it; everyone may watch."""
+    if actor.operator:
+        return
+    owner = _request(run_dir).get("owner")
+    if not owner or not actor.key or not hmac.compare_digest(owner, owner_digest(actor.key)):
+        raise OwnerError(f"{run_dir.name} belongs to whoever started it: only that browser or API client (or this "
+                         "server's operator) may stop or resume it; you can watch it")
 
 
 def cli_command(preset: str, overrides: dict, out: str = "runs/my-run") -> str:
@@ -126,24 +162,26 @@ class RunQueue:
         self._monitor.start()
 
     # ---- requests -----------------------------------------------------------------------------
-    def start(self, preset: str = "fast", **overrides) -> str:
-        """Validate and enqueue a new run; returns its id."""
+    def start(self, preset: str = "fast", owner: str | None = None, **overrides) -> str:
+        """Validate and enqueue a new run for ``owner`` (a secret key; None: only the operator may act on it)."""
         check_settings(preset, overrides)
         run_id = new_run_id()
         run_dir = runs.run_path(self.root, run_id)
         with self._lock:
             self._check_room()
             run_dir.mkdir(parents=True)
-            atomic_write_json(run_dir / REQUEST, {"args": cli_args(preset, overrides), "created_at": time.time()})
+            atomic_write_json(run_dir / REQUEST, {"args": cli_args(preset, overrides), "created_at": time.time(),
+                                                  "owner": owner_digest(owner) if owner else None})
             runs.write_status(run_dir, "queued", "waiting for the trainer", pid=0)
             self._waiting.append(run_id)
         return run_id
 
-    def resume(self, run_id: str, epochs: int | None = None) -> str:
+    def resume(self, run_id: str, actor: Actor, epochs: int | None = None) -> str:
         """Enqueue a stopped or interrupted run to continue from its checkpoint."""
         run_dir = runs.run_path(self.root, run_id)
         if not run_dir.is_dir():
             raise runs.RunError(f"no run {run_id!r}")
+        check_owner(run_dir, actor)
         status = runs.read_status(run_dir)["status"]
         if status not in runs.RESUMABLE:
             raise runs.RunError(f"{run_id} is {status}; only stopped, interrupted or failed runs can be resumed")
@@ -152,18 +190,24 @@ class RunQueue:
             raise ConfigError(f"epochs {config.epochs} is above this server's limit of {server_caps()['epochs']}")
         args = ["--resume", str(run_dir)] + (["--epochs", str(epochs)] if epochs is not None else [])
         with self._lock:
+            if self.active() == run_id:  # it has written its final status and is exiting: a moment, not a refusal
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._child[1].wait(EXIT_GRACE_S)
             self._reap()  # a child that has just exited settles first, or its settling would overwrite "queued"
             if self.active() == run_id or run_id in self._waiting:
                 raise runs.RunError(f"{run_id} is already training or queued")
             self._check_room()
-            atomic_write_json(run_dir / REQUEST, {"args": args, "created_at": time.time()})
+            atomic_write_json(run_dir / REQUEST, {**_request(run_dir), "args": args, "created_at": time.time()})
             runs.write_status(run_dir, "queued", "waiting to resume", pid=0)
             self._waiting.append(run_id)
         return f"{run_id} is queued to resume (position {self.position(run_id)})"
 
-    def stop(self, run_id: str) -> str:
+    def stop(self, run_id: str, actor: Actor) -> str:
         """SIGTERM the run if it trains (it checkpoints and stops), or take it off the queue."""
-        runs.run_path(self.root, run_id)  # refuses odd ids
+        run_dir = runs.run_path(self.root, run_id)  # refuses odd ids
+        if not run_dir.is_dir():
+            raise runs.RunError(f"no run {run_id!r}")
+        check_owner(run_dir, actor)
         with self._lock:
             if run_id in self._waiting:
                 self._waiting.remove(run_id)
@@ -296,7 +340,7 @@ def run_rows(root) -> list:
 
 
 def progress(run_dir) -> dict:
-    """Where a run stands, in numbers and one sentence: epoch, step, speed, time left, accuracy."""
+    """Where a run stands, in numbers and one sentence: progress, speed, time spent and left, last scores."""
     run_dir = Path(run_dir)
     status = runs.read_status(run_dir)
     rows = runs.read_metrics(run_dir)
@@ -304,27 +348,33 @@ def progress(run_dir) -> dict:
         total_epochs = runs.read_config(run_dir).get("epochs")
     except runs.RunError:
         total_epochs = None
-    last = rows[-1] if rows else {}
-    epochs = [r for r in rows if r["kind"] == "epoch"]
-    done_epochs = epochs[-1]["epoch"] if epochs else 0
+    steps = [r for r in rows if r["kind"] in ("step", "epoch")]
+    last = steps[-1] if steps else {}
+    latest = lambda kind, key: next((r[key] for r in reversed(rows) if r["kind"] == kind and key in r), None)  # noqa: E731
+    step_rows = [r for r in rows if r["kind"] == "step"]
+    total_steps = step_rows[-1].get("total_steps") if step_rows else None
+    elapsed = max((r.get("elapsed_s", 0) for r in steps), default=None)
     seconds_left = None
-    if epochs and total_epochs and status["status"] == "running":
-        per_epoch = epochs[-1]["elapsed_s"] / done_epochs
-        seconds_left = per_epoch * (total_epochs - done_epochs)
-    test_acc = epochs[-1].get("test_acc") if epochs else None
+    if status["status"] == "running" and total_steps and last.get("step") and elapsed:
+        seconds_left = elapsed / last["step"] * (total_steps - last["step"])  # evaluations included, at the pace so far
+    probe_acc, test_acc = latest("probe", "probe_acc"), latest("epoch", "test_acc")
     parts = [f"**{status['status']}**"]
     if last:
-        parts.append(f"epoch {last['epoch']}/{total_epochs or '?'}, step {last['step']}")
+        parts.append(f"epoch {last['epoch']}/{total_epochs or '?'}, step {last['step']}" + (f"/{total_steps}" if total_steps else ""))
         parts.append(f"{last.get('images_per_s', 0):,.0f} images/s")
+    if elapsed is not None:
+        parts.append(f"{_duration(elapsed)} elapsed")
     if seconds_left is not None:
         parts.append(f"about {_duration(seconds_left)} left")
+    if probe_acc is not None:
+        parts.append(f"probe accuracy {probe_acc:.1%} ({latest('probe', 'probe_images')} {latest('probe', 'probe_split')} images)")
     if test_acc is not None:
-        parts.append(f"test accuracy {test_acc:.1%}")
+        parts.append(f"test accuracy {test_acc:.1%} (epoch {latest('epoch', 'epoch')})")
     if status.get("message"):
         parts.append(status["message"])
     return {"status": status["status"], "epoch": last.get("epoch"), "step": last.get("step"), "total_epochs": total_epochs,
-            "images_per_s": last.get("images_per_s"), "seconds_left": seconds_left, "test_acc": test_acc,
-            "text": " · ".join(parts)}
+            "total_steps": total_steps, "images_per_s": last.get("images_per_s"), "elapsed_s": elapsed,
+            "seconds_left": seconds_left, "probe_acc": probe_acc, "test_acc": test_acc, "text": " · ".join(parts)}
 
 
 def _duration(seconds: float) -> str:

@@ -34,10 +34,71 @@ def curves_figure(series: dict, metric: str = "acc") -> go.Figure:
                 x, y = zip(*points)
                 figure.add_scatter(x=x, y=y, name=f"{name} {split}", mode="lines+markers", line=dict(color=color, dash=dash))
     figure.update_layout(title=f"{title} per epoch", xaxis_title="epoch", yaxis_title=title.lower())
+    last = max((x for trace in figure.data for x in trace.x), default=1)
+    figure.update_xaxes(range=[0.5, last + 0.5])  # the last point whole, never cut at the edge
     if metric == "acc":
         figure.update_yaxes(tickformat=".0%")
     if not figure.data:
         return empty_figure("no finished epoch yet")
+    return figure
+
+
+SMOOTHING = 0.6  # exponential smoothing of the step curves: each point keeps 60% of the previous
+
+
+def smoothed(values: list, keep: float = SMOOTHING) -> list:
+    """An exponential moving average that starts at the first value (no bias toward zero)."""
+    out, average = [], None
+    for value in values:
+        average = value if average is None else keep * average + (1 - keep) * value
+        out.append(average)
+    return out
+
+
+def _points(rows: list, kind: str, key: str) -> tuple:
+    """(thousands of training images seen, values) of the rows of one kind that hold ``key``."""
+    chosen = [r for r in rows if r.get("kind", "epoch") == kind and isinstance(r.get(key), (int, float)) and "images" in r]
+    return [r["images"] / 1000 for r in chosen], [r[key] for r in chosen]
+
+
+def live_figure(rows: list, metric: str = "acc", total_images: int | None = None, references: dict | None = None,
+                status: str = "") -> go.Figure:
+    """One run as it trains, against training images seen: every logged step (faint) and their smoothed
+    curve, the probe's held-out scores between steps, the test (and validation) score of each epoch,
+    and faint reference runs. The x axis spans the whole run from its first step, so nothing is cut off."""
+    title = "Accuracy" if metric == "acc" else "Loss"
+    figure = go.Figure(layout=LAYOUT)
+    for index, (name, reference) in enumerate((references or {}).items()):
+        for kind, key in (("probe", f"probe_{metric}"), ("epoch", f"test_{metric}")):
+            x, y = _points(reference, kind, key)
+            if x:
+                figure.add_scatter(x=x, y=y, name=f"{name} ({'probe' if kind == 'probe' else 'test'})", mode="lines",
+                                   line=dict(color="#b0b0b0", dash=("dot", "dash", "dashdot")[index % 3], width=1.5),
+                                   opacity=0.8, legendgroup="references")
+    x, y = _points(rows, "step", f"train_{metric}")
+    if x:
+        figure.add_scatter(x=x, y=y, name="train (each log step)", mode="markers", marker=dict(color=COLORS[0], size=4),
+                           opacity=0.3)
+        figure.add_scatter(x=x, y=smoothed(y), name="train (smoothed)", mode="lines", line=dict(color=COLORS[0], width=2))
+    probes = [r for r in rows if r.get("kind") == "probe"]
+    x, y = _points(rows, "probe", f"probe_{metric}")
+    if x:
+        label = f"probe ({probes[-1].get('probe_images')} {probes[-1].get('probe_split', 'held-out')} images)"
+        figure.add_scatter(x=x, y=y, name=label, mode="lines+markers", line=dict(color=COLORS[1]), marker=dict(size=7))
+    for split, color in (("test", COLORS[3]), ("val", COLORS[2])):
+        x, y = _points(rows, "epoch", f"{split}_{metric}")
+        if x:
+            figure.add_scatter(x=x, y=y, name=f"{split} (each epoch)", mode="lines+markers", line=dict(color=color),
+                               marker=dict(size=10, symbol="diamond"))
+    own = [r["images"] for r in rows if "images" in r]
+    if not own:
+        return empty_figure(status or "waiting for the first logged step")
+    end = max([total_images or 0, *own]) / 1000
+    figure.update_xaxes(range=[0, end * 1.03])
+    figure.update_layout(title=f"{title}{f' ({status})' if status else ''}", xaxis_title="training images seen (thousands)",
+                         yaxis_title=title.lower())
+    if metric == "acc":
+        figure.update_yaxes(tickformat=".0%", range=[0, 1])
     return figure
 
 

@@ -17,6 +17,7 @@ RESUMABLE = ("stopped", "interrupted", "failed")  # a checkpoint, if there is on
 RUN_ID = re.compile(r"^[a-z0-9-]{1,64}$")
 CONFIG, METRICS, STATUS, CHECKPOINT = "config.json", "metrics.jsonl", "status.json", "checkpoint.pt"
 WEIGHTS, CARD = "model.safetensors", "model.json"
+ROW_KINDS = ("step", "probe", "epoch")  # metrics.jsonl: training every few steps, a held-out probe, each epoch's end
 
 
 class RunError(ValueError):
@@ -106,7 +107,7 @@ def read_metrics(run_dir) -> list:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and row.get("kind") in ("step", "epoch"):
+        if isinstance(row, dict) and row.get("kind") in ROW_KINDS and isinstance(row.get("step"), int):
             rows.append(row)
     return rows
 

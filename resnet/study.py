@@ -1,4 +1,4 @@
-"""The optimizer study (issue 5): the published comparisons, rerun under one fixed budget.
+"""The optimizer study: the published comparisons, rerun under one fixed budget.
 
 Three phases, each chosen by validation accuracy at the final epoch (the test set never chooses):
 
@@ -28,7 +28,8 @@ from plotly.subplots import make_subplots
 from . import runs
 from .model import BLOCK_CHOICES, build_model, count_parameters
 from .plots import COLORS, LAYOUT, empty_figure
-from .train import OPTIMIZERS, ConfigError, Trainer, load_data, make_config, resolve_device
+from .config import OPTIMIZERS, ConfigError, make_config
+from .train import Trainer, load_data, resolve_device
 from .weights import atomic_write_json
 
 DONE = ("finished", "diverged")

@@ -1,11 +1,14 @@
 """The trainer: whole data set as tensors on the device, batched augmentation, one plain loop.
 
-Every random draw is a pure function of (seed, epoch, step), so a run stopped anywhere and
-resumed from its checkpoint continues exactly as if it had never stopped.
+Every random draw is a pure function of (seed, epoch, step, rank), and so is the learning rate and
+the training resolution, so a run stopped anywhere and resumed from its checkpoint continues
+exactly as if it had never stopped. The loop never waits for the device except at log steps and
+epoch ends, where it must read numbers back anyway.
 """
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -22,152 +25,17 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import runs
-from .constants import MEAN, PUBLISHED_MEAN, PUBLISHED_STD, STD
-from .data import AUGMENTATIONS, augment, load_split, normalize, split_validation
-from .evaluate import autocast, evaluate
+from .config import ConfigError, TrainConfig, config_from_dict, parse_resolution, validate
+from .constants import IMAGE_SIZE, TRAIN_IMAGES
+from .data import augment, load_split, normalize, split_validation
+from .evaluate import autocast, evaluate, exact_fp32
 from .model import build_model, count_parameters
 from .weights import atomic_write_bytes, atomic_write_json, make_card, save_weights
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
-SCHEDULES = ("constant", "onecycle", "cosine")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-WEIGHTS_DTYPES = ("float32", "float16", "bfloat16")
 DIVERGENCE_WINDOW = 50
-DIVERGENCE_LOSS = 2 * math.log(10)  # twice the loss of a uniform guess over 10 classes
-
-
-@dataclass
-class TrainConfig:
-    blocks: tuple = (1, 1, 1, 1)
-    dropout: float = 0.1
-    optimizer: str = "adam"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    nesterov: bool = False
-    batch_size: int = 64
-    epochs: int = 200
-    schedule: str = "constant"
-    warmup: float = 0.0  # fraction of all steps spent warming up linearly from zero
-    label_smoothing: float = 0.0
-    ema: float = 0.0  # per-step decay of an exponential moving average of the weights; 0 = off
-    augment: str = "original"
-    alternate_flip: bool = False  # flip each image on every other epoch instead of at random
-    mean: tuple = PUBLISHED_MEAN
-    std: tuple = PUBLISHED_STD
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool | None = None  # None: see default_channels_last
-    compile: bool = False
-    limit_train: int = 0  # 0 = all images
-    limit_test: int = 0
-    val_size: int = 0
-    log_every: int = 50
-    eval_batch_size: int = 500
-    data_dir: str | None = None
-    weights_dtype: str = "float32"
-
-
-SEED_LIMIT = 2**32  # torch.Generator seeds, and numpy's for the tests' data
-
-PRESETS = {
-    # The published recipe exactly: Adam 0.01, batch 64, 200 epochs, constant lr, its crop.
-    "original": {},
-    # Our time-to-accuracy recipe (README "Shipped weights"); `python -m resnet ablation` measures what each part buys.
-    "fast": dict(
-        dropout=0.0,
-        optimizer="sgd",
-        lr=0.4,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        batch_size=512,
-        epochs=30,
-        schedule="onecycle",
-        warmup=0.15,
-        label_smoothing=0.2,
-        augment="standard",
-        alternate_flip=True,
-        mean=MEAN,
-        std=STD,
-    ),
-}
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def make_config(preset: str = "fast", **overrides) -> TrainConfig:
-    """A preset's config with explicit overrides applied (None means: keep the preset's)."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    config = TrainConfig(**values)
-    validate(config)
-    return config
-
-
-def config_from_dict(values: dict) -> TrainConfig:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in values.items() if k in fields})
-    config.blocks, config.mean, config.std = tuple(config.blocks), tuple(config.mean), tuple(config.std)
-    validate(config)
-    return config
-
-
-def _number(name, value, kind=float):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):  # before int(): int(nan) and int(inf) raise ValueError/OverflowError
-        raise ConfigError(f"{name} must be finite, got {value!r}")
-    if kind is int and int(value) != value:
-        raise ConfigError(f"{name} must be a whole number, got {value!r}")
-    return value
-
-
-def validate(c: TrainConfig) -> None:
-    """Raise ConfigError with one clear sentence for the first invalid setting."""
-    if c.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {c.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if c.schedule not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {c.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if c.augment not in AUGMENTATIONS:
-        raise ConfigError(f"unknown augmentation {c.augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
-    if c.precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {c.precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if _number("lr", c.lr) <= 0:
-        raise ConfigError(f"lr must be positive, got {c.lr}")
-    if not 0 <= _number("dropout", c.dropout) < 1:
-        raise ConfigError(f"dropout must be in [0, 1), got {c.dropout}")
-    if not 0 <= _number("momentum", c.momentum) < 1:
-        raise ConfigError(f"momentum must be in [0, 1), got {c.momentum}")
-    if _number("weight_decay", c.weight_decay) < 0:
-        raise ConfigError(f"weight_decay must be >= 0, got {c.weight_decay}")
-    if not 0 <= _number("warmup", c.warmup) < 1:
-        raise ConfigError(f"warmup must be a fraction in [0, 1), got {c.warmup}")
-    if not 0 <= _number("label_smoothing", c.label_smoothing) < 1:
-        raise ConfigError(f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
-    if not 0 <= _number("ema", c.ema) < 1:
-        raise ConfigError(f"ema must be a decay in [0, 1), got {c.ema}")
-    for name in ("batch_size", "epochs", "log_every", "eval_batch_size"):
-        if _number(name, getattr(c, name), int) < 1:
-            raise ConfigError(f"{name} must be at least 1, got {getattr(c, name)}")
-    for name in ("limit_train", "limit_test", "val_size", "seed"):
-        if _number(name, getattr(c, name), int) < 0:
-            raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
-    if c.seed >= SEED_LIMIT:
-        raise ConfigError(f"seed must be below 2**32, got {c.seed}")
-    blocks = tuple(c.blocks)
-    if len(blocks) != 4 or not all(isinstance(b, int) and 1 <= b <= 8 for b in blocks):
-        raise ConfigError(f"blocks must be four whole numbers from 1 to 8, got {list(blocks)}")
-    if c.weights_dtype not in WEIGHTS_DTYPES:
-        raise ConfigError(f"weights_dtype must be float32, float16 or bfloat16, got {c.weights_dtype!r}")
+CHANCE_LOSS = math.log(10)  # the loss of a uniform guess over 10 classes
+DIVERGENCE_LOSS = 2 * CHANCE_LOSS  # a 50-step mean above this has not learned and is not learning
+EXPLOSION_LOSS = 10 * CHANCE_LOSS  # one logged step above this has blown up: no window to wait for
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -196,7 +64,9 @@ def resolve_precision(precision: str, device: torch.device):
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and torch.cpu._is_avx512_bf16_supported():
+    # bf16 pays only where ATen runs AVX-512 kernels on a CPU with bf16 instructions ($ATEN_CPU_CAPABILITY may
+    # hold a CPU to AVX2, as a host of that class is).
+    if device.type == "cpu" and torch.cpu._is_avx512_bf16_supported() and torch.backends.cpu.get_cpu_capability() == "AVX512":
         return torch.bfloat16
     return None
 
@@ -241,7 +111,8 @@ def lr_at(config: TrainConfig, step: int, total_steps: int) -> float:
 
 
 def build_optimizer(config: TrainConfig, model) -> torch.optim.Optimizer:
-    # Weight decay on BatchNorm scales and biases only fights the normalization; leave them free.
+    # Weight decay on BatchNorm scales and biases only fights the normalization; leave them free. They may
+    # also learn faster (``bias_lr_scale``): they are few, and a BatchNorm shift moves a whole channel.
     decay = [p for p in model.parameters() if p.ndim > 1]
     free = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": free, "weight_decay": 0.0}]
@@ -254,8 +125,49 @@ def build_optimizer(config: TrainConfig, model) -> torch.optim.Optimizer:
     return torch.optim.Adagrad(groups, lr=config.lr)
 
 
+WHITENING_IMAGES = 1000  # a million 3x3 patches: a stable 27 x 27 covariance, in about 100 MB
+WHITENING_EPS = 5e-4
+
+
+@torch.no_grad()
+def whiten_stem(model, images: torch.Tensor, mean, std) -> None:
+    """Set the first convolution's filters to the whitening directions of the images' 3x3 patches: each
+    eigenvector of the patch covariance, scaled by 1/sqrt(its eigenvalue), once as it is and once
+    negated (ReLU keeps only one sign of each). Filters left over keep their random initialisation."""
+    conv = model.conv1
+    x = normalize(images[:WHITENING_IMAGES].to(conv.weight.device), mean, std)
+    patches = F.unfold(x, conv.kernel_size).transpose(1, 2).reshape(-1, x.shape[1] * conv.kernel_size[0] * conv.kernel_size[1])
+    covariance = torch.cov(patches.T).double()
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    filters = (eigenvectors.T / torch.sqrt(eigenvalues + WHITENING_EPS)[:, None]).flip(0)  # strongest first
+    filters = torch.cat([filters, -filters])[: conv.out_channels].float().view(-1, *conv.weight.shape[1:])
+    conv.weight[: len(filters)] = filters.to(conv.weight)
+
+
+def initialize(model, config: TrainConfig, train_x: torch.Tensor) -> None:
+    """The init options of a config, applied to a freshly built model (a resumed run loads its weights instead)."""
+    if config.whiten_stem:
+        whiten_stem(model, train_x, config.mean, config.std)
+
+
 def _step_seed(config: TrainConfig, epoch: int, step: int, rank: int) -> int:
-    return (config.seed * 1_000_003 + epoch * 10_007 + step) * 64 + rank
+    """A 63-bit seed unique to (seed, epoch, step, rank) for any number of ranks."""
+    digest = hashlib.blake2b(f"{config.seed}/{epoch}/{step}/{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def resolution_at(phases: list, step: int, total_steps: int) -> int:
+    """The training image size of a step under a parsed resolution schedule (a pure function of the step)."""
+    progress = step / max(1, total_steps)
+    return next((size for size, until in phases if progress < until), IMAGE_SIZE)
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A normalized batch at ``size`` px: antialiased, so a 16 px image is the average of 2 x 2 pixels, as a
+    small photo would be, not every other pixel."""
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def _git_commit() -> str | None:
@@ -277,6 +189,7 @@ class Dataset:
 
 
 def load_data(config: TrainConfig, device: torch.device) -> Dataset:
+    """Every split on the training device: evaluation then never copies a batch from the host."""
     train_x, train_y = load_split(config.data_dir, train=True)
     test_x, test_y = load_split(config.data_dir, train=False)
     val_x = val_y = None
@@ -289,13 +202,76 @@ def load_data(config: TrainConfig, device: torch.device) -> Dataset:
     if config.batch_size > len(train_x):
         raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(train_x)} training images")
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return Dataset(move(train_x), move(train_y), test_x, test_y, val_x, val_y)
+    return Dataset(*map(move, (train_x, train_y, test_x, test_y, val_x, val_y)))
+
+
+def training_images(config: TrainConfig) -> int:
+    """How many training images a config trains on, without reading the data."""
+    return min(config.limit_train or TRAIN_IMAGES, TRAIN_IMAGES - config.val_size)
 
 
 class Stop:
-    """Why the loop ended early; shared by every rank through an all-reduce (largest wins)."""
+    """Why the loop ended early; every rank learns it at the same steps, so all end together."""
 
     NONE, STOPPED, DIVERGED = 0, 1, 2
+
+
+@dataclass
+class Sums:
+    """Running training loss and accuracy since some point (the last log step, the epoch's start)."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    seen: int = 0
+
+    def add(self, loss: float, correct: float, seen: int) -> None:
+        self.loss, self.correct, self.seen = self.loss + loss, self.correct + correct, self.seen + seen
+
+
+class Stopwatch:
+    """Training time between points where the device has finished its queued work.
+
+    On a GPU the host runs ahead of the device, so host time per step is the launch rate, not the
+    training rate; reading the clock only after a synchronize, and leaving out the evaluations
+    (``paused``), gives the images per second the device really trains.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.mark = time.perf_counter()
+        self.excluded = 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def lap(self) -> float:
+        """Training seconds since the last lap (the caller is at a point that reads the device anyway)."""
+        self._sync()
+        now = time.perf_counter()
+        spent, self.mark, self.excluded = now - self.mark - self.excluded, now, 0.0
+        return max(spent, 1e-9)
+
+    @contextlib.contextmanager
+    def paused(self):
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.excluded += time.perf_counter() - start
+
+
+@dataclass
+class Parts:
+    """What a run trains: the model, what the steps call (DDP or compiled), its optimizer, scaler and average."""
+
+    model: torch.nn.Module
+    trained: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: AveragedModel | None
 
 
 class Trainer:
@@ -319,12 +295,18 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if self.distributed and config.batch_size % self.world:
             raise ConfigError(f"batch_size {config.batch_size} must divide evenly over {self.world} processes")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # input shapes repeat every step: let cuDNN pick its fastest kernels
         self.amp_dtype = resolve_precision(config.precision, self.device)
         self.channels_last = (config.channels_last if config.channels_last is not None
                               else default_channels_last(self.device, self.amp_dtype))
+        self.resolution = parse_resolution(config.resolution)
         self.data = data or load_data(config, self.device)
         self.steps_per_epoch = len(self.data.train_x) // config.batch_size
         self.total_steps = self.steps_per_epoch * config.epochs
+        probe_x, probe_y = (self.data.val_x, self.data.val_y) if self.data.val_x is not None else (self.data.test_x, self.data.test_y)
+        self.probe_split = "val" if self.data.val_x is not None else "test"
+        self.probe = (probe_x[: config.probe_size], probe_y[: config.probe_size]) if config.probe_size else None
 
     @property
     def writes(self) -> bool:
@@ -358,34 +340,13 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not resume:
                 (self.run_dir / runs.METRICS).unlink(missing_ok=True)
+            for stale in (runs.WEIGHTS, runs.CARD):  # a resumed run publishes only what it finishes now
+                (self.run_dir / stale).unlink(missing_ok=True)
             atomic_write_json(self.run_dir / runs.CONFIG, dataclasses.asdict(config))
             self._status("running", "resumed" if resume else "started")
         try:  # a failure anywhere from here (a bad checkpoint too) is reported, not left as "running"
-            torch.manual_seed(config.seed)
-            model = build_model(config.blocks, config.dropout).to(self.device)
-            if self.channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            optimizer = build_optimizer(config, model)
-            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
-            position = {"epoch": 1, "step_in_epoch": 0, "elapsed_s": 0.0, "sums": [0.0, 0.0, 0]}
-            if resume:
-                checkpoint = torch.load(self.run_dir / runs.CHECKPOINT, map_location=self.device, weights_only=True)
-                model.load_state_dict(checkpoint["model"])
-                optimizer.load_state_dict(checkpoint["optimizer"])
-                if ema is not None:
-                    ema.load_state_dict(checkpoint["ema"])
-                position = checkpoint["position"]
-                if self.writes:  # rows past the checkpoint (a kill mid-epoch, or after an epoch row but before its
-                    # checkpoint) are trained again from here: drop them, and any torn line, so each step appears once
-                    done = (position["epoch"] - 1) * self.steps_per_epoch + position["step_in_epoch"]
-                    kept = [row for row in runs.read_metrics(self.run_dir) if row["step"] <= done]
-                    atomic_write_bytes(self.run_dir / runs.METRICS, "".join(json.dumps(row) + "\n" for row in kept).encode())
-            trained = model
-            if self.distributed:
-                trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            if config.compile:
-                trained = torch.compile(trained)
-            return self._loop(model, trained, optimizer, ema, position)
+            parts, position = self.build(resume)
+            return self._loop(parts, position)
         except Exception as error:
             self._status("failed", f"{type(error).__name__}: {error}")
             raise
@@ -393,108 +354,197 @@ class Trainer:
             if self.distributed and dist.is_initialized():
                 dist.destroy_process_group()
 
-    def _loop(self, model, trained, optimizer, ema, position) -> dict:
-        config, data = self.config, self.data
+    def build(self, resume: bool = False) -> tuple:
+        """(the model, its training wrapper, optimizer, scaler and average; the position to start from)."""
+        config = self.config
+        torch.manual_seed(config.seed)
+        model = build_model(config.blocks, config.dropout).to(self.device)
+        if not resume:
+            initialize(model, config, self.data.train_x)
+        if self.distributed and self.device.type == "cuda":
+            # --batch-size is global: normalize over all of it, not over each GPU's share.
+            # (gloo has no SyncBatchNorm: CPU processes keep per-process statistics.)
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(config, model)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
+        position = {"epoch": 1, "step_in_epoch": 0, "elapsed_s": 0.0, "sums": [0.0, 0.0, 0]}
+        if resume:
+            # On the CPU: optimizer.load_state_dict moves the moments to the parameters' device but
+            # keeps Adam's step counters where they were loaded, and on a GPU those cost a sync a step.
+            checkpoint = torch.load(self.run_dir / runs.CHECKPOINT, map_location="cpu", weights_only=True)
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            if "scaler" in checkpoint:
+                scaler.load_state_dict(checkpoint["scaler"])
+            if ema is not None:
+                ema.load_state_dict(checkpoint["ema"])
+            position = checkpoint["position"]
+            if self.writes:  # rows past the checkpoint (a kill mid-epoch, or after an epoch row but before its
+                # checkpoint) are trained again from here: drop them, and any torn line, so each step appears once
+                done = (position["epoch"] - 1) * self.steps_per_epoch + position["step_in_epoch"]
+                kept = [row for row in runs.read_metrics(self.run_dir) if row["step"] <= done]
+                atomic_write_bytes(self.run_dir / runs.METRICS, "".join(json.dumps(row) + "\n" for row in kept).encode())
+        trained = model
+        if self.distributed:
+            # Only rank 0 evaluates and saves, so the other ranks' BatchNorm buffers need no per-step broadcast.
+            trained = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False)
+        if config.compile:
+            trained = torch.compile(trained)
+        return Parts(model, trained, optimizer, scaler, ema), position
+
+    def epoch_order(self, epoch: int) -> tuple:
+        """(the epoch's shuffled image order, and each image's flip under alternating flips, or None) on the device."""
+        config, count = self.config, len(self.data.train_x)
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(config.seed * 7919 + epoch)).to(self.device)
+        flips = None
+        if config.alternate_flip:
+            base = torch.rand(count, generator=torch.Generator().manual_seed(config.seed)) < 0.5
+            flips = (base ^ bool(epoch % 2)).to(self.device)
+        return order, flips
+
+    def train_one(self, parts: Parts, order, flips, epoch: int, step_in_epoch: int) -> tuple:
+        """One step of the hot loop, queued on the device without waiting for it: (loss, correct, lr, size, images)."""
+        config = self.config
+        step = (epoch - 1) * self.steps_per_epoch + step_in_epoch
+        seed = _step_seed(config, epoch, step_in_epoch, self.rank)
+        torch.manual_seed(seed)  # dropout
+        generator = torch.Generator(self.device).manual_seed(seed)
+        per_rank = config.batch_size // self.world
+        start = step_in_epoch * config.batch_size + self.rank * per_rank
+        index = order[start : start + per_rank]
+        images = augment(self.data.train_x[index], generator, config.augment, None if flips is None else flips[index])
+        lr = lr_at(config, step, self.total_steps)
+        for group, scale in zip(parts.optimizer.param_groups, (1.0, config.bias_lr_scale)):
+            group["lr"] = lr * scale
+        size = resolution_at(self.resolution, step, self.total_steps)
+        loss, correct = train_step(parts.trained, parts.optimizer, images, self.data.train_y[index], config, self.amp_dtype,
+                                   self.channels_last, size, parts.scaler)
+        if parts.ema is not None:
+            parts.ema.update_parameters(parts.model)
+        return loss, correct, lr, size, len(index)
+
+    def _loop(self, parts: Parts, position) -> dict:
+        config = self.config
+        model, optimizer, scaler, ema = parts.model, parts.optimizer, parts.scaler, parts.ema
         started = time.perf_counter() - position["elapsed_s"]
         elapsed = lambda: time.perf_counter() - started  # noqa: E731
-        window_losses = []
-        log_sums = [0.0, 0.0, 0]  # loss sum, correct, seen since the last step record
-        log_time = 0.0
+        clock = Stopwatch(self.device)
+        pending = []  # (loss, number correct) of every step since the last check, still on the device
+        window = []  # the last DIVERGENCE_WINDOW step losses, on the host
+        since_log, epoch_sums = Sums(), Sums(*position["sums"])
         epoch_train_time = position.get("train_time", 0.0)
-        epoch_sums = list(position["sums"])
-        per_rank = config.batch_size // self.world
+        last_probe = time.perf_counter()
         for epoch in range(position["epoch"], config.epochs + 1):
-            order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
-            order = order.to(self.device)
-            flip_parity = None
-            if config.alternate_flip:
-                base = torch.rand(len(data.train_x), generator=torch.Generator().manual_seed(config.seed)) < 0.5
-                flip_parity = (base ^ bool(epoch % 2)).to(self.device)
+            order, flips = self.epoch_order(epoch)
             first_step = position["step_in_epoch"] if epoch == position["epoch"] else 0
             if first_step == 0:
-                epoch_sums, epoch_train_time = [0.0, 0.0, 0], 0.0
+                epoch_sums, epoch_train_time = Sums(), 0.0
             for step_in_epoch in range(first_step, self.steps_per_epoch):
                 step = (epoch - 1) * self.steps_per_epoch + step_in_epoch
-                tick = time.perf_counter()
-                seed = _step_seed(config, epoch, step_in_epoch, self.rank)
-                torch.manual_seed(seed)  # dropout
-                generator = torch.Generator(self.device).manual_seed(seed)
-                start = step_in_epoch * config.batch_size + self.rank * per_rank
-                index = order[start : start + per_rank]
-                images = augment(data.train_x[index], generator, config.augment, None if flip_parity is None else flip_parity[index])
-                labels = data.train_y[index]
-                lr = lr_at(config, step, self.total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                detached, correct = train_step(trained, optimizer, images, labels, config, self.amp_dtype, self.channels_last)
-                if ema is not None:
-                    ema.update_parameters(model)
-                window_losses.append(detached)
-                for sums in (log_sums, epoch_sums):
-                    sums[0] += detached * len(labels)
-                    sums[1] += correct
-                    sums[2] += len(labels)
-                spent = time.perf_counter() - tick
-                log_time += spent
-                epoch_train_time += spent
+                loss, correct, lr, size, batch = self.train_one(parts, order, flips, epoch, step_in_epoch)
+                pending.append((loss, correct))
                 done = step + 1
-                stop = Stop.STOPPED if self.stop_event is not None and self.stop_event.is_set() else Stop.NONE
-                check = done % config.log_every == 0 or step_in_epoch + 1 == self.steps_per_epoch or stop
-                if check:
-                    window = torch.stack(window_losses[-DIVERGENCE_WINDOW:]).float().cpu()
-                    window_losses = window_losses[-DIVERGENCE_WINDOW:]
-                    if not torch.isfinite(window).all() or (len(window) >= DIVERGENCE_WINDOW and window.mean() > DIVERGENCE_LOSS):
-                        stop = Stop.DIVERGED
-                stop = self._agree(stop)
-                if done % config.log_every == 0 and stop != Stop.DIVERGED:
-                    loss_sum, correct_sum, seen = self._reduce(log_sums)
+                epoch_end = step_in_epoch + 1 == self.steps_per_epoch
+                log_step = done % config.log_every == 0
+                asked = self.stop_event is not None and self.stop_event.is_set()
+                # Ranks agree only at steps that are the same for all of them (a stop asked in between
+                # waits for the next log step); a single process acts on a stop at once.
+                if not (log_step or epoch_end or (asked and not self.distributed)):
+                    continue
+                spent = clock.lap()
+                epoch_train_time += spent
+                step_losses, correct_now = self._read_back(pending)
+                seen_now = batch * len(pending)
+                since_log.add(float(step_losses.sum()) * batch, correct_now, seen_now)
+                epoch_sums.add(float(step_losses.sum()) * batch, correct_now, seen_now)
+                window = (window + step_losses.tolist())[-DIVERGENCE_WINDOW:]
+                pending = []
+                diverged = bool(not torch.isfinite(step_losses).all() or step_losses.max() > EXPLOSION_LOSS
+                                or (len(window) >= DIVERGENCE_WINDOW and sum(window) / len(window) > DIVERGENCE_LOSS))
+                loss_sum, correct_total, seen, stopped, diverged_ranks = self._reduce(
+                    [since_log.loss, since_log.correct, since_log.seen, float(asked), float(diverged)])
+                if log_step and not diverged_ranks:
                     self._emit({
-                        "kind": "step", "epoch": epoch, "step": done, "train_loss": loss_sum / seen,
-                        "train_acc": correct_sum / seen, "lr": lr,
-                        "images_per_s": seen / max(log_time, 1e-9), "elapsed_s": elapsed(),
+                        "kind": "step", "epoch": epoch, "step": done, "total_steps": self.total_steps,
+                        "images": done * config.batch_size, "train_loss": loss_sum / seen, "train_acc": correct_total / seen,
+                        "lr": lr, "resolution": size, "images_per_s": seen / spent, "elapsed_s": elapsed(),
                     })
-                    log_sums, log_time = [0.0, 0.0, 0], 0.0
-                if stop == Stop.DIVERGED:
-                    message = f"diverged at epoch {epoch}, step {done}: the loss became non-finite or stayed above {DIVERGENCE_LOSS:.2f}; try a smaller learning rate"
-                    self._status("diverged", message)
-                    return {"status": "diverged", "message": message}
-                if stop == Stop.STOPPED:
-                    self._checkpoint(model, optimizer, ema, epoch, step_in_epoch + 1, elapsed(), epoch_sums, epoch_train_time)
+                    since_log = Sums()
+                if diverged_ranks:
+                    return self._diverged(f"at epoch {epoch}, step {done}: the training loss became non-finite, exceeded "
+                                          f"{EXPLOSION_LOSS:.1f} or stayed above {DIVERGENCE_LOSS:.2f}")
+                if stopped:
+                    self._checkpoint(model, optimizer, scaler, ema, epoch, step_in_epoch + 1, elapsed(), epoch_sums,
+                                     epoch_train_time)
                     message = f"stopped at epoch {epoch}, step {done}; resume to continue"
                     self._status("stopped", message)
                     return {"status": "stopped", "message": message}
+                if self.probe is not None and log_step and time.perf_counter() - last_probe >= config.probe_every_s:
+                    with clock.paused():
+                        self._probe(model, ema, epoch, done)
+                    last_probe = time.perf_counter()
             # The lr of the epoch's last step (computed: a run resumed right after that step runs no step here).
             lr = lr_at(config, epoch * self.steps_per_epoch - 1, self.total_steps)
-            record = self._epoch_record(model, ema, epoch, epoch_sums, epoch_train_time, lr, elapsed)
+            evaluating = time.perf_counter()
+            with clock.paused():
+                record = self._epoch_record(model, ema, epoch, epoch_sums, epoch_train_time, lr, elapsed)
+            record.update(train_s=epoch_train_time, eval_s=time.perf_counter() - evaluating)
+            broken = self._broken(model, ema, record)
+            asked = self.stop_event is not None and self.stop_event.is_set()
+            broken_ranks, stopped = self._reduce([float(bool(broken)), float(asked)])
+            if broken_ranks:
+                return self._diverged(f"at the end of epoch {epoch}: {broken or 'another process found the model broken'}")
             self._emit(record)
-            self._checkpoint(model, optimizer, ema, epoch + 1, 0, elapsed(), [0.0, 0.0, 0], 0.0)
+            self._checkpoint(model, optimizer, scaler, ema, epoch + 1, 0, elapsed(), Sums(), 0.0)
+            if stopped and epoch < config.epochs:  # asked while the epoch was scored: stop at the boundary
+                message = f"stopped after epoch {epoch}; resume to continue"
+                self._status("stopped", message)
+                return {"status": "stopped", "message": message}
         return self._finish(model, ema, elapsed())
 
-    def _agree(self, stop: int) -> int:
-        if not self.distributed:
-            return stop
-        flag = torch.tensor([stop], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
+    @staticmethod
+    def _read_back(pending: list) -> tuple:
+        """(the steps' losses, their total correct) on the host, in one copy from the device."""
+        values = torch.cat([torch.stack([loss.float() for loss, _ in pending]),
+                            torch.stack([correct.float() for _, correct in pending]).sum().view(1)]).cpu()
+        return values[:-1], float(values[-1])
 
-    def _reduce(self, sums) -> tuple:
-        values = torch.tensor([float(s) for s in sums], dtype=torch.float64, device=self.device)
-        if self.distributed:
-            dist.all_reduce(values)
-        loss_sum, correct, seen = values.tolist()
-        return loss_sum, correct, max(seen, 1)
+    def _reduce(self, values: list) -> list:
+        """Sums over every rank (each value as this rank has it when not distributed)."""
+        if not self.distributed:
+            return [*values[:2], max(values[2], 1), *values[3:]] if len(values) > 2 else values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        summed = tensor.tolist()
+        return [*summed[:2], max(summed[2], 1), *summed[3:]] if len(summed) > 2 else summed
 
     def _scored_model(self, model, ema):
         return ema.module if ema is not None else model
 
-    def _evaluate(self, model, images, labels) -> dict:
+    def _evaluate(self, model, images, labels, exact: bool = False) -> dict:
+        amp_dtype = None if exact else self.amp_dtype
         return evaluate(model, images, labels, self.config.mean, self.config.std, self.config.eval_batch_size,
-                        amp_dtype=self.amp_dtype, channels_last=self.channels_last)
+                        amp_dtype=amp_dtype, channels_last=self.channels_last)
 
-    def _epoch_record(self, model, ema, epoch, sums, train_time, lr, elapsed) -> dict:
-        loss_sum, correct, seen = self._reduce(sums)
+    def _probe(self, model, ema, epoch: int, step: int) -> None:
+        """A held-out score between steps: a fixed handful of images, eval mode, drawn apart from the epoch's."""
+        if not self.writes:
+            return
+        started = time.perf_counter()
+        result = self._evaluate(self._scored_model(model, ema), *self.probe)
+        self._emit({"kind": "probe", "epoch": epoch, "step": step, "images": step * self.config.batch_size,
+                    "probe_acc": result["test_acc"], "probe_loss": result["test_loss"], "probe_images": result["count"],
+                    "probe_split": self.probe_split, "probe_s": time.perf_counter() - started})
+
+    def _epoch_record(self, model, ema, epoch, sums: Sums, train_time, lr, elapsed) -> dict:
+        loss_sum, correct, seen = self._reduce([sums.loss, sums.correct, sums.seen])
         record = {
             "kind": "epoch", "epoch": epoch, "step": epoch * self.steps_per_epoch,
+            "images": epoch * self.steps_per_epoch * self.config.batch_size,
             "train_loss": loss_sum / seen, "train_acc": correct / seen, "lr": lr,
             "images_per_s": seen / max(train_time, 1e-9),
         }
@@ -505,18 +555,40 @@ class Trainer:
             if self.data.val_x is not None:
                 val = self._evaluate(scored, self.data.val_x, self.data.val_y)
                 record.update(val_loss=val["test_loss"], val_acc=val["test_acc"])
-        if self.distributed:
-            dist.barrier()
         record["elapsed_s"] = elapsed()
         return record
 
-    def _checkpoint(self, model, optimizer, ema, epoch, step_in_epoch, elapsed_s, sums, train_time) -> None:
+    def _broken(self, model, ema, record: dict) -> str:
+        """Why the model is no model (a non-finite evaluation loss or weight), or '' (rank 0 checks)."""
+        if not self.writes:
+            return ""
+        for key in ("train_loss", "test_loss", "val_loss"):
+            if key in record and not math.isfinite(record[key]):
+                return f"its {key.replace('_', ' ')} is {record[key]}"
+        scored = self._scored_model(model, ema)
+        for name, tensor in [*scored.named_parameters(), *scored.named_buffers()]:
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                return f"its weights hold non-finite values ({name})"
+        return ""
+
+    def _diverged(self, where: str) -> dict:
+        """End the run as diverged: no checkpoint to resume and no weights to publish from a broken model."""
+        message = f"diverged {where}; try a smaller learning rate"
+        if self.writes:
+            for broken in (runs.CHECKPOINT, runs.WEIGHTS, runs.CARD):
+                (self.run_dir / broken).unlink(missing_ok=True)
+        self._status("diverged", message)
+        return {"status": "diverged", "message": message}
+
+    def _checkpoint(self, model, optimizer, scaler, ema, epoch, step_in_epoch, elapsed_s, sums: Sums, train_time) -> None:
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "position": {"epoch": epoch, "step_in_epoch": step_in_epoch, "elapsed_s": elapsed_s,
-                         "sums": [float(s) for s in sums], "train_time": train_time},
+                         "sums": [sums.loss, sums.correct, sums.seen], "train_time": train_time},
         }
+        if scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
         if ema is not None:
             state["ema"] = ema.state_dict()
         self._save_checkpoint(state)
@@ -526,10 +598,15 @@ class Trainer:
         if not self.writes:
             return {"status": "finished", "message": f"finished (rank {self.rank}; rank 0 scores the model and writes the files)"}
         scored = self._scored_model(model, ema)
-        final = evaluate(scored, self.data.test_x, self.data.test_y, config.mean, config.std, config.eval_batch_size)
-        tta = evaluate(scored, self.data.test_x, self.data.test_y, config.mean, config.std, config.eval_batch_size, tta=True)
+        with exact_fp32():
+            final = self._evaluate(scored, self.data.test_x, self.data.test_y, exact=True)
+            tta = evaluate(scored, self.data.test_x, self.data.test_y, config.mean, config.std, config.eval_batch_size, tta=True,
+                           channels_last=self.channels_last)
+        if not math.isfinite(final["test_loss"]):
+            return self._diverged(f"at the end: its final test loss is {final['test_loss']}")
         curve = [
-            {k: r[k] for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc", "elapsed_s") if k in r}
+            {k: r[k] for k in ("epoch", "images", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
+                               "elapsed_s") if k in r}
             for r in runs.read_metrics(self.run_dir) if r["kind"] == "epoch"
         ]
         card = make_card(
@@ -538,7 +615,8 @@ class Trainer:
             test_acc=final["test_acc"], test_loss=final["test_loss"], tta_test_acc=tta["test_acc"],
             per_class_acc=final["per_class_acc"], confusion=final["confusion"], ece=final["ece"],
             test_images=final["count"],
-            measured="fp32, eval mode, final epoch, no test-time augmentation (tta_test_acc: mean of image and mirror logits)",
+            measured="fp32 (TF32 off), eval mode, final epoch, no test-time augmentation "
+                     "(tta_test_acc: mean of image and mirror logits)",
             training=dataclasses.asdict(config),
             curve=curve,
             provenance={
@@ -557,14 +635,22 @@ class Trainer:
         return {"status": "finished", "message": message, **final}
 
 
-def train_step(model, optimizer, images, labels, config: TrainConfig, amp_dtype, channels_last: bool):
-    """One optimization step on an augmented uint8 batch; (loss, number correct) stay on the device (no sync)."""
+def train_step(model, optimizer, images, labels, config: TrainConfig, amp_dtype, channels_last: bool,
+               size: int = IMAGE_SIZE, scaler: torch.amp.GradScaler | None = None):
+    """One optimization step on an augmented uint8 batch, trained at ``size`` px; (loss, number correct)
+    stay on the device (no sync). An enabled ``scaler`` scales the fp16 loss so that small gradients do
+    not underflow to zero, and skips the steps whose gradients overflowed."""
     with autocast(images.device, amp_dtype):
-        logits = model(normalize(images, config.mean, config.std, channels_last))
+        logits = model(resize(normalize(images, config.mean, config.std, channels_last), size))
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
     return loss.detach(), (logits.argmax(1) == labels).sum()
 
 
@@ -572,8 +658,9 @@ def train(config: TrainConfig, run_dir, callbacks=(), stop_event=None, resume=Fa
     return Trainer(config, run_dir, callbacks, stop_event, command=command).run(resume=resume)
 
 
-def resume_config(run_dir, epochs: int | None = None) -> TrainConfig:
-    """The config a run was started with; only ``epochs`` may be raised on resume."""
+def resume_config(run_dir, epochs: int | None = None, **moved) -> TrainConfig:
+    """The config a run was started with; ``epochs`` may only be raised, and the settings declared
+    ``resume`` (where the data lives, the device) may be given anew in ``moved`` (None keeps them)."""
     config = runs.read_config(run_dir)
     try:
         config = config_from_dict(config)
@@ -583,7 +670,10 @@ def resume_config(run_dir, epochs: int | None = None) -> TrainConfig:
         if epochs < config.epochs:
             raise ConfigError(f"--epochs may only be raised on resume ({config.epochs} -> {epochs})")
         config.epochs = epochs
+    for name, value in moved.items():
+        if value is not None:
+            setattr(config, name, value)
+    validate(config)
     if not (Path(run_dir) / runs.CHECKPOINT).is_file():
         raise runs.RunError(f"{Path(run_dir).name}: no checkpoint.pt to resume from")
     return config
-

@@ -92,13 +92,22 @@ def _read_state_dict(data: bytes, name: str) -> dict:
             state = state["model"]  # one of our training checkpoints
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise WeightsError(f"{name}: the file holds no state_dict of tensors")
-        return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+        return {_unwrapped_key(k): v for k, v in state.items()}
     try:
         return safetensors_load(data)
     except (SafetensorError, ValueError, OSError, RuntimeError) as error:
         raise WeightsError(
             f"{name}: not a weights file (neither safetensors nor a PyTorch state_dict: {_first_line(error)})"
         ) from None
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel's and torch.compile's, nested in either order
+
+
+def _unwrapped_key(key: str) -> str:
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.removeprefix("module.").removeprefix("_orig_mod.")
+    return key
 
 
 def embedded_card(data: bytes) -> dict | None:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resnet import runs  # noqa: E402
 from resnet.jobs import cli_command  # noqa: E402
-from resnet.train import PRESETS, make_config  # noqa: E402
+from resnet.config import PRESETS, make_config  # noqa: E402
 from resnet.data import load_split  # noqa: E402
 from resnet.evaluate import metrics_from_logits, predict_logits  # noqa: E402
 from resnet.predict import LOW_CONFIDENCE  # noqa: E402

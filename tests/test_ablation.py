@@ -9,7 +9,7 @@ import pytest
 
 from resnet import ablation, runs
 from resnet.cli import main
-from resnet.train import ConfigError
+from resnet.config import ConfigError
 
 # 64 training images: the fast preset's batch of 512 does not fit, so the tiny variants use 32.
 BUDGET = ablation.Budget(train_size=64, val_size=64, epochs=1, test_size=20)

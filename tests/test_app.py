@@ -252,8 +252,10 @@ def test_bad_weights_uploads_are_refused_in_words(studio, data, capsys):
 
 
 # ---- Train ---------------------------------------------------------------------------------------
-FORM = dict(optimizer="adam", lr=0.01, dropout=0.1, epochs=2, batch_size=64, blocks="1,1,1,1", limit_train=2000, momentum=0.9,
-            weight_decay=0.0, schedule="constant", label_smoothing=0.0, seed=0, limit_test=1000)
+# The Train form as it opens with the published recipe, in FORM_SETTINGS order.
+FORM = {name: app._form_value(name, getattr(app.make_config("original", epochs=2, limit_train=2000, limit_test=1000), name))
+        for name in app.config.FORM_SETTINGS}
+OWNER = "a-browsers-key"
 
 
 # Long enough to be watched and stopped; each epoch of the tiny data takes seconds.
@@ -262,18 +264,24 @@ TINY_RUN = dict(epochs=20, batch_size=64, limit_train=0, limit_test=50, dropout=
 
 def form_values(**changes):
     """The Train form's values in order, as the handlers and /start_run take them."""
-    return list({**FORM, **changes}.values())
+    unknown = set(changes) - set(FORM)
+    assert not unknown, f"not form fields: {unknown}"
+    return [changes.get(name, FORM[name]) for name in app.config.FORM_SETTINGS]
 
 
 def test_command_is_the_cli_line(studio):
     line = studio.command("original", *form_values(blocks="2,2,2,2", epochs=3.0))
-    assert line.startswith("python -m resnet train --out runs/my-run --preset original --optimizer adam")
-    assert "--blocks 2,2,2,2" in line and "--epochs 3 " in line
+    # Only what differs from the preset, whole numbers as such, and the watching every run from the page gets.
+    assert line == ("python -m resnet train --out runs/my-run --preset original --blocks 2,2,2,2 --epochs 3 --limit-train 2000 "
+                    "--limit-test 1000 --log-every 5 --probe-size 500")
 
 
-def test_preset_values_fill_the_form():
-    assert app.Studio.preset_values("original")[:4] == ["adam", 0.01, 0.1, 64]
-    assert app.Studio.preset_values("fast")[0] == "sgd"
+def test_preset_values_fill_the_recipe_and_keep_the_size():
+    original = dict(zip(app.recipe_fields(), app.Studio.preset_values("original")))
+    assert {k: original[k] for k in ("optimizer", "lr", "dropout", "batch_size")} == {"optimizer": "adam", "lr": 0.01,
+                                                                                      "dropout": 0.1, "batch_size": 64}
+    assert dict(zip(app.recipe_fields(), app.Studio.preset_values("fast")))["optimizer"] == "sgd"
+    assert not set(app.recipe_fields()) & {"epochs", "limit_train", "limit_test", "seed"}
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -284,30 +292,32 @@ def test_preset_values_fill_the_form():
 ])
 def test_start_run_refuses_bad_settings_in_words(studio, changes, message):
     with pytest.raises(gr.Error, match=message):
-        studio.start_run("original", *form_values(**changes))
+        studio.start_run(None, "original", *form_values(**changes), OWNER)
     assert studio.list_runs().empty
 
 
 def test_start_run_without_data_says_where_to_put_it(studio, monkeypatch, tmp_path):
     monkeypatch.setenv("CIFAR10_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(gr.Error, match="CIFAR-10 not found"):
-        studio.start_run("original", *form_values())
+        studio.start_run(None, "original", *form_values(), OWNER)
 
 
 def test_start_queues_and_stop_dequeues(studio, monkeypatch):
     monkeypatch.setattr(studio.queue, "_launch", lambda run_id: None)  # keep it waiting: this test trains nothing
     studio.queue._closed.set()
-    run_id = studio.start_run("original", *form_values())
+    run_id = studio.start_run(None, "original", *form_values(), OWNER)
     assert runs.RUN_ID.match(run_id) and run_id.startswith("run-")
     assert "position 1 in the queue" in studio.progress(run_id)
     assert studio.list_runs().loc[0, "status"] == "queued"
-    assert "taken off the queue" in studio.stop_run(run_id)
+    with pytest.raises(gr.Error, match="belongs to whoever started it"):
+        studio.stop_run(None, run_id, "another-browsers-key")
+    assert "taken off the queue" in studio.stop_run(None, run_id, OWNER)
     assert studio.list_runs().loc[0, "status"] == "stopped"
 
 
 @pytest.mark.parametrize("run_id", ["../etc", "RUN", "a/b", "", "x" * 65])
 def test_run_ids_are_checked(studio, run_id):
-    for handler in (studio.stop_run, studio.resume_run, studio.run_metrics):
+    for handler in (lambda r: studio.stop_run(None, r, OWNER), lambda r: studio.resume_run(None, r, OWNER), studio.run_metrics):
         with pytest.raises(gr.Error):
             handler(run_id)
 

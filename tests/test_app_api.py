@@ -5,7 +5,7 @@ import time
 import pytest
 from PIL import Image
 
-from test_app import ODD_UPLOADS, TINY_RUN, form_values, odd_upload, tiny_weights  # noqa: F401  (fixture)
+from test_app import TINY_RUN, UNUSABLE, form_values, odd_upload, tiny_weights  # noqa: F401  (fixture)
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -53,13 +53,65 @@ def test_explain_returns_two_pictures(client):
 
 
 @pytest.mark.parametrize("kind", ["cmyk", "16-bit", "animated-gif", "text", "bomb", "truncated"])
-def test_odd_uploads_get_a_sentence(client, tmp_path, kind):
-    try:
-        result = client.predict(handle_file(odd_upload(kind, tmp_path)), api_name="/predict")
-    except gradio_client.exceptions.AppError as error:
-        assert str(error).startswith("cannot use this image: ") and "exception" not in str(error)
+def test_odd_uploads_get_a_label_or_a_sentence(client, tmp_path, kind):
+    upload = handle_file(odd_upload(kind, tmp_path))
+    if kind in UNUSABLE:
+        with pytest.raises(gradio_client.exceptions.AppError) as error:
+            client.predict(upload, api_name="/predict")
+        assert str(error.value).startswith("cannot use this image: ") and "exception" not in str(error.value)
     else:
-        assert result["label"] and kind in ODD_UPLOADS
+        assert client.predict(upload, api_name="/predict")["label"]
+
+
+def test_a_started_run_shows_step_rows_then_a_probe_over_the_api(server, client):
+    started = time.monotonic()
+    run_id = client.predict("original", *form_values(**{**TINY_RUN, "epochs": 40}), api_name="/start_run")
+    kinds = set()
+    while "probe" not in kinds:
+        assert time.monotonic() - started < 120, f"no probe row yet, only {kinds}"
+        metrics = client.predict(run_id, api_name="/run_metrics")
+        kinds = {row[metrics["headers"].index("kind")] for row in metrics["data"]}
+        time.sleep(0.5)
+    assert "step" in kinds and "probe_acc" in metrics["headers"]
+    assert "is stopping" in client.predict(run_id, api_name="/stop_run")
+    _wait_until_settled(client, run_id)
+
+
+def test_only_the_client_that_started_a_run_or_the_operator_may_stop_or_resume_it(server, client, monkeypatch):
+    run_id = client.predict("original", *form_values(**{**TINY_RUN, "epochs": 40}), api_name="/start_run")
+    stranger = Client(server[0], verbose=False)
+    for endpoint in ("/stop_run", "/resume_run"):
+        with pytest.raises(gradio_client.exceptions.AppError, match="belongs to whoever started it"):
+            stranger.predict(run_id, api_name=endpoint)
+    assert _row(stranger, run_id)["status"] in ("queued", "running")  # watching is for everyone
+    monkeypatch.setenv("STUDIO_OPERATOR_SECRET", "the-operators-secret")  # read by the server at each request
+    with pytest.raises(gradio_client.exceptions.AppError, match="belongs to whoever started it"):
+        Client(server[0], verbose=False, headers={"x-studio-operator": "a-guess"}).predict(run_id, api_name="/stop_run")
+    _wait_for_steps(client, run_id)
+    operator = Client(server[0], verbose=False, headers={"x-studio-operator": "the-operators-secret"})
+    assert "is stopping" in operator.predict(run_id, api_name="/stop_run")
+    _wait_until_settled(client, run_id)
+    assert "queued to resume" in client.predict(run_id, api_name="/resume_run")  # its owner may
+    _wait_for_steps(client, run_id, more_than=len(client.predict(run_id, api_name="/run_metrics")["data"]))
+    assert "is stopping" in client.predict(run_id, api_name="/stop_run")
+    _wait_until_settled(client, run_id)
+    log = (server[1].root / run_id / app.jobs.LOG).read_bytes()
+    assert log and b"\r" not in log and b"step " in log  # plain lines, one per record: no progress-bar redraws
+
+
+def _wait_for_steps(client, run_id, more_than: int = 0, timeout: float = 180) -> None:
+    """Until the run trains (status running, more metric rows than ``more_than``)."""
+    deadline = time.monotonic() + timeout
+    while _row(client, run_id)["status"] != "running" or len(client.predict(run_id, api_name="/run_metrics")["data"]) <= more_than:
+        assert time.monotonic() < deadline, "the run did not start training"
+        time.sleep(0.5)
+
+
+def _wait_until_settled(client, run_id, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while (row := _row(client, run_id))["status"] not in ("stopped", "finished"):
+        assert time.monotonic() < deadline, f"the run did not stop: {row}"
+        time.sleep(0.5)
 
 
 def test_train_watch_stop_over_the_api(client):

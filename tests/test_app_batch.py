@@ -1,4 +1,4 @@
-"""The Predict tab's batch mode (issue 7): several images or .zip archives -> a table and a CSV.
+"""The Predict tab's batch mode: several images or .zip archives -> a table and a CSV.
 
 resnet.batch itself (zip members read in memory, junk skipped, zip bombs capped) is tested in
 test_batch.py; these tests cover what the app adds: names, the table, the CSV, the per-request cap.

@@ -40,15 +40,23 @@ def test_upload_shows_the_predicted_label(page, server):  # noqa: F811
     sync_api.expect(page.locator("[data-testid=label-output-value]").first).to_contain_text(top)
 
 
-def test_a_started_run_gains_points_on_the_plot(page):
+def test_a_started_run_gains_points_on_the_train_tab_while_it_runs(page):
     page.get_by_role("tab", name="Train").click()
-    page.get_by_label(re.compile(r"^Epochs")).fill("6")
+    page.get_by_label(re.compile(r"^Epochs")).fill("20")
     page.get_by_role("button", name="Advanced").click()
     page.get_by_label(re.compile(r"^Test images scored per epoch")).fill("50")
     page.get_by_role("button", name="Start training").click()
     sync_api.expect(page.get_by_label("Run", exact=True)).to_have_value(re.compile(r"^run-\d{8}-\d{6}-[0-9a-f]{8}$"))
+    points = page.locator("#live-accuracy .scatterlayer .point")
+    sync_api.expect(points.first).to_be_attached(timeout=180_000)
+    first = points.count()
+    page.wait_for_function(f"document.querySelectorAll('#live-accuracy .scatterlayer .point').length > {first}", timeout=180_000)
+    sync_api.expect(page.get_by_text(re.compile(r"\*\*running\*\*|running ·"))).to_be_attached()  # still training
+    page.get_by_role("button", name="Stop").click()
+    sync_api.expect(page.get_by_text(re.compile("is stopping|taken off the queue"))).to_be_attached()
+
+
+def test_the_runs_tab_still_compares_runs(page):
     page.get_by_role("tab", name="Runs").click()
     points = page.locator("#accuracy-plot .scatterlayer .point")
     sync_api.expect(points.first).to_be_attached(timeout=180_000)
-    first = points.count()
-    page.wait_for_function(f"document.querySelectorAll('#accuracy-plot .scatterlayer .point').length > {first}", timeout=180_000)

@@ -2,6 +2,7 @@
 
 import io
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,11 +105,12 @@ def test_out_is_required(capsys):
 
 
 @pytest.mark.parametrize("flags, named", [(["--lr", "0.1"], "--lr"), (["--batch-size", "8"], "--batch-size"),
-                                          (["--out", "x"], "out"), (["--data-dir", "x"], "data-dir")])
-def test_resume_refuses_other_flags(capsys, tmp_path, flags, named):
+                                          (["--out", "x"], "--out"), (["--preset", "fast"], "--preset"),
+                                          (["--lr", "0.1", "--data-dir", "d", "--seed", "3"], "--lr, --seed")])
+def test_resume_refuses_flags_that_change_the_run_naming_exactly_those(capsys, tmp_path, flags, named):
     code, _, err = run_cli(capsys, "train", "--resume", tmp_path, *flags)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "--resume takes only --epochs" in err and named in err
+    assert "it takes only --epochs, --device, --data-dir" in err and err.strip().endswith(f"(got {named})")
 
 
 def test_resume_of_a_folder_without_a_run(capsys, tmp_path):
@@ -134,6 +136,28 @@ def test_train_then_resume_with_more_epochs(capsys, tiny_data, tmp_path):
 
     code, _, err = run_cli(capsys, "train", "--resume", run, "--epochs", "1")
     assert code == 2 and "may only be raised" in err
+
+
+def test_a_two_step_run_that_blows_up_ends_diverged_and_publishes_nothing(capsys, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--out", run, *fast(tiny_data), "--limit-train", "16", "--optimizer", "sgd",
+                             "--lr", "1e4")
+    assert code == 3, err
+    assert runs.read_status(run)["status"] == "diverged" and "diverged" in out and "finished" not in out
+    assert not (run / runs.WEIGHTS).exists() and not (run / runs.CARD).exists() and not (run / runs.CHECKPOINT).exists()
+    assert not runs.list_runs(tmp_path)[0]["has_weights"]
+
+
+@pytest.mark.slow
+def test_resume_takes_a_moved_data_folder_and_a_device(capsys, tiny_data, tmp_path):
+    run, moved = tmp_path / "run", tmp_path / "moved"
+    code, _, err = run_cli(capsys, "train", "--preset", "original", "--out", run, *fast(tiny_data))
+    assert code == 0, err
+    shutil.copytree(tiny_data, moved)
+    code, out, err = run_cli(capsys, "train", "--resume", run, "--epochs", "2", "--data-dir", moved, "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((run / runs.CONFIG).read_text())["data_dir"] == str(moved)
+    assert [r["epoch"] for r in runs.read_metrics(run) if r["kind"] == "epoch"] == [1, 2]
 
 
 def test_divergence_exits_3_with_a_message_and_no_traceback(capsys, tiny_data, tmp_path):

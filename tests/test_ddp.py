@@ -26,12 +26,16 @@ def free_port() -> int:
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")
-def test_torchrun_two_processes_finish_and_only_rank_0_writes(tiny_data, tmp_path):
+@pytest.mark.parametrize("device", [
+    "cpu",  # gloo
+    pytest.param("cuda", marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs two CUDA GPUs")),
+])
+def test_torchrun_two_processes_finish_and_only_rank_0_writes(tiny_data, tmp_path, device):
     run = tmp_path / "run"
     command = [str(TORCHRUN), "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
                "-m", "resnet", "train", "--preset", "original", "--out", str(run), "--data-dir", str(tiny_data),
                "--limit-train", "32", "--limit-test", "16", "--batch-size", "16", "--epochs", "2",
-               "--precision", "fp32", "--device", "cpu", "--log-every", "1"]
+               "--precision", "fp32", "--device", device, "--log-every", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -56,6 +60,8 @@ def _worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> Non
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     import resnet.train as train
+    from resnet.config import make_config
+    from resnet.constants import PUBLISHED_MEAN, PUBLISHED_STD
 
     seen = []
     original_build = train.build_model
@@ -66,7 +72,7 @@ def _worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> Non
         def record(module, inputs):
             if module.training:
                 # Image i is filled with the value i, so its first pixel, un-normalized, names it.
-                x = inputs[0][:, 0, 0, 0] * train.PUBLISHED_STD[0] + train.PUBLISHED_MEAN[0]
+                x = inputs[0][:, 0, 0, 0] * PUBLISHED_STD[0] + PUBLISHED_MEAN[0]
                 seen.append(torch.round(x * 255).long().tolist())
 
         model.register_forward_pre_hook(record)
@@ -76,7 +82,7 @@ def _worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> Non
     count = 32
     images = torch.arange(count, dtype=torch.uint8).view(count, 1, 1, 1).expand(count, 3, 32, 32).contiguous()
     data = train.Dataset(images, torch.arange(count) % 10, images[:8], torch.arange(8))
-    config = train.make_config("original", batch_size=16, epochs=2, augment="none", precision="fp32", device="cpu",
+    config = make_config("original", batch_size=16, epochs=2, augment="none", precision="fp32", device="cpu",
                                log_every=1, eval_batch_size=8)
     outcome = train.Trainer(config, run_dir, data=data).run()
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"outcome": outcome["status"], "batches": seen}))

@@ -10,12 +10,15 @@ import pytest
 from conftest import write_cifar_format
 
 from resnet import jobs, runs
-from resnet.cli import TRAIN_FLAGS, build_parser
+from resnet import config
+from resnet.cli import build_parser
+from resnet.config import ConfigError, make_config
 from resnet.data import DataMissingError
-from resnet.train import ConfigError, make_config
 
 # A run the tiny data set finishes in seconds on one CPU thread.
 TINY = dict(epochs=1, batch_size=64, limit_test=50, log_every=1, dropout=0.0)
+OWNER = jobs.Actor(key="the-owners-key")
+OPERATOR = jobs.Actor(operator=True)
 
 
 @pytest.fixture
@@ -47,8 +50,8 @@ def status_of(queue, run_id):
 def test_cli_args_parse_back_to_the_same_config():
     overrides = dict(optimizer="rmsprop", lr=0.003, blocks=(2, 2, 2, 2), epochs=3, limit_train=2000, label_smoothing=0.1,
                      nesterov=False, seed=None)
-    args = build_parser().parse_args(["train", "--out", "x", *jobs.cli_args("fast", overrides)])
-    parsed = make_config(args.preset, **{name: getattr(args, name) for name in TRAIN_FLAGS})
+    args = build_parser().parse_args(["train", "--out", "x", *config.cli_args("fast", overrides)])
+    parsed = make_config(args.preset, **{name: getattr(args, name) for name in config.CLI_SETTINGS})
     assert parsed == make_config("fast", **overrides)
     assert jobs.cli_command("fast", {"lr": 0.1}) == "python -m resnet train --out runs/my-run --preset fast --lr 0.1"
 
@@ -106,14 +109,18 @@ def write_run(run_dir, status="running", message="", epochs=4, rows=()):
 
 
 def test_progress_in_numbers_and_words(tmp_path):
-    rows = [{"kind": "step", "epoch": 1, "step": 50, "train_loss": 2.0, "train_acc": 0.2, "images_per_s": 900.0, "elapsed_s": 4.0},
+    rows = [{"kind": "step", "epoch": 1, "step": 50, "total_steps": 312, "train_loss": 2.0, "train_acc": 0.2,
+             "images_per_s": 900.0, "elapsed_s": 4.0},
+            {"kind": "probe", "epoch": 1, "step": 50, "probe_acc": 0.33, "probe_images": 500, "probe_split": "test"},
             {"kind": "epoch", "epoch": 1, "step": 78, "train_loss": 1.9, "train_acc": 0.3, "test_acc": 0.41,
              "images_per_s": 1000.0, "elapsed_s": 60.0}]
     write_run(tmp_path / "run-p", rows=rows)
     progress = jobs.progress(tmp_path / "run-p")
     assert progress["seconds_left"] == pytest.approx(180) and progress["test_acc"] == 0.41
     assert "epoch 1/4, step 78" in progress["text"] and "1,000 images/s" in progress["text"]
-    assert "about 3m 00s left" in progress["text"] and "test accuracy 41.0%" in progress["text"]
+    assert "about 3m 00s left" in progress["text"] and "test accuracy 41.0% (epoch 1)" in progress["text"]
+    assert "step 78/312" in progress["text"] and "1m 00s elapsed" in progress["text"]
+    assert "probe accuracy 33.0% (500 test images)" in progress["text"] and progress["probe_acc"] == 0.33
 
 
 def test_a_diverged_run_says_so(tmp_path):
@@ -124,13 +131,15 @@ def test_a_diverged_run_says_so(tmp_path):
 
 def test_the_queue_waits_for_a_run_started_elsewhere(queue):
     write_run(queue.root / "run-cli")  # status running with this (live) pid, as the CLI leaves it
-    run_id = queue.start("original", **TINY)
+    run_id = queue.start("original", owner=OWNER.key, **TINY)
     time.sleep(3 * jobs.POLL_S)
     assert queue.active() is None and queue.position(run_id) == 1 and status_of(queue, run_id) == "queued"
-    assert "taken off the queue" in queue.stop(run_id)
+    assert "taken off the queue" in queue.stop(run_id, OWNER)
     assert status_of(queue, run_id) == "stopped" and queue.waiting() == []
+    with pytest.raises(jobs.OwnerError, match="belongs to whoever started it"):
+        queue.stop("run-cli", OWNER)  # a run started outside the queue has no owner a visitor could be
     with pytest.raises(runs.RunError, match="not running or queued on this server"):
-        queue.stop("run-cli")  # never signals a process it did not start
+        queue.stop("run-cli", OPERATOR)  # never signals a process it did not start
 
 
 def test_a_full_queue_refuses(queue):
@@ -155,15 +164,19 @@ def test_runs_train_one_at_a_time_to_the_end(queue):
 
 @pytest.mark.slow
 def test_stop_checkpoints_and_resume_finishes(queue, monkeypatch):
-    run_id = queue.start("original", **{**TINY, "epochs": 6})
+    run_id = queue.start("original", owner=OWNER.key, **{**TINY, "epochs": 6})
     wait_for(lambda: runs.read_metrics(queue.root / run_id), what="the first step")
     monkeypatch.setattr(jobs, "POLL_S", 3.0)  # a wide window between the child's exit and the watcher noticing it
-    assert "is stopping" in queue.stop(run_id)
+    with pytest.raises(jobs.OwnerError):
+        queue.stop(run_id, jobs.Actor(key="someone-else"))
+    assert "is stopping" in queue.stop(run_id, OWNER)
     wait_for(lambda: status_of(queue, run_id) == "stopped" and queue.active() is None, what="the stop")
     assert (queue.root / run_id / runs.CHECKPOINT).is_file()
-    assert "queued to resume" in queue.resume(run_id)  # inside that window
+    with pytest.raises(jobs.OwnerError):
+        queue.resume(run_id, jobs.Actor())
+    assert "queued to resume" in queue.resume(run_id, OWNER)  # inside that window
     with pytest.raises(runs.RunError, match="is queued; only stopped"):
-        queue.resume(run_id)
+        queue.resume(run_id, OWNER)
     seen = []
     wait_for(lambda: seen.append(status_of(queue, run_id)) or seen[-1] == "finished", timeout=300,
              what="the resumed run to finish")
@@ -195,15 +208,29 @@ def test_queued_runs_survive_a_server_restart(tmp_path, data_env):
         after.close()
 
 
+def test_owner_keys_are_kept_as_digests_and_the_operator_needs_the_secret(queue, monkeypatch):
+    run_id = queue.start("original", owner=OWNER.key, **TINY)
+    request = json.loads((queue.root / run_id / jobs.REQUEST).read_text())
+    assert request["owner"] == jobs.owner_digest(OWNER.key) and OWNER.key not in json.dumps(request)
+    monkeypatch.delenv("STUDIO_OPERATOR_SECRET", raising=False)
+    assert not jobs.is_operator("") and not jobs.is_operator(None) and not jobs.is_operator("anything")  # off by default
+    monkeypatch.setenv("STUDIO_OPERATOR_SECRET", "s3cret")
+    assert jobs.is_operator("s3cret") and not jobs.is_operator("s3cre") and not jobs.is_operator(None)
+    for stranger in (jobs.Actor(), jobs.Actor(key="guess"), jobs.Actor(key=jobs.owner_digest(OWNER.key))):
+        with pytest.raises(jobs.OwnerError, match="you can watch it"):
+            queue.stop(run_id, stranger)
+    assert "taken off the queue" in queue.stop(run_id, OPERATOR)
+
+
 def test_resume_refuses_what_cannot_resume(queue):
     write_run(queue.root / "run-f", "finished")
     with pytest.raises(runs.RunError, match="only stopped, interrupted or failed"):
-        queue.resume("run-f")
+        queue.resume("run-f", OPERATOR)
     write_run(queue.root / "run-s", "stopped")
     with pytest.raises(runs.RunError, match="no checkpoint"):
-        queue.resume("run-s")
+        queue.resume("run-s", OPERATOR)
     with pytest.raises(runs.RunError, match="no run"):
-        queue.resume("run-none")
+        queue.resume("run-none", OPERATOR)
     with pytest.raises(runs.RunError, match="invalid run id"):
-        queue.resume("../x")
+        queue.resume("../x", OPERATOR)
     assert sorted(os.listdir(queue.root)) == ["run-f", "run-s"]

@@ -1,5 +1,7 @@
 """Figures from metric rows and cards: traces, values and placeholders."""
 
+import pytest
+
 from resnet import plots
 from resnet.constants import CLASSES
 
@@ -35,3 +37,60 @@ def test_per_class_and_confusion():
     confusion = [[10 if i == j else 1 for j in range(10)] for i in range(10)]
     heat = plots.confusion_figure(confusion)
     assert heat.data[0].z[0][0] == 10 / 19 and list(heat.data[0].y) == list(CLASSES)
+
+
+# ---- the live figure of one run ---------------------------------------------------------------------
+LIVE = [
+    {"kind": "step", "epoch": 1, "step": 5, "images": 320, "total_steps": 20, "train_loss": 2.3, "train_acc": 0.1},
+    {"kind": "step", "epoch": 1, "step": 10, "images": 640, "total_steps": 20, "train_loss": 2.1, "train_acc": 0.3},
+    {"kind": "probe", "epoch": 1, "step": 10, "images": 640, "probe_acc": 0.25, "probe_loss": 2.0, "probe_images": 500,
+     "probe_split": "val"},
+    {"kind": "epoch", "epoch": 1, "step": 10, "images": 640, "train_loss": 2.2, "train_acc": 0.2, "test_loss": 1.9,
+     "test_acc": 0.3, "val_acc": 0.28, "val_loss": 1.95},
+]
+REFERENCE = [{"kind": "probe", "step": 10, "images": 640, "probe_acc": 0.4, "probe_loss": 1.7},
+             {"kind": "epoch", "step": 20, "images": 1280, "test_acc": 0.5, "test_loss": 1.5}]
+
+
+def traces(figure) -> dict:
+    return {trace.name: trace for trace in figure.data}
+
+
+def test_live_figure_draws_steps_smoothed_probes_and_epochs_against_images_seen():
+    figure = plots.live_figure(LIVE, "acc", total_images=1280)
+    shown = traces(figure)
+    assert list(shown["train (each log step)"].x) == [0.32, 0.64] and list(shown["train (each log step)"].y) == [0.1, 0.3]
+    assert list(shown["train (smoothed)"].y) == pytest.approx([0.1, 0.6 * 0.1 + 0.4 * 0.3])
+    assert list(shown["probe (500 val images)"].y) == [0.25] and list(shown["test (each epoch)"].y) == [0.3]
+    assert list(shown["val (each epoch)"].y) == [0.28]
+    assert tuple(figure.layout.xaxis.range) == pytest.approx((0, 1.28 * 1.03))  # the whole run, never cut off
+    assert figure.layout.xaxis.title.text == "training images seen (thousands)"
+    loss = traces(plots.live_figure(LIVE, "loss"))
+    assert list(loss["probe (500 val images)"].y) == [2.0] and list(loss["test (each epoch)"].y) == [1.9]
+
+
+def test_live_figure_references_are_faint_and_behind():
+    figure = plots.live_figure(LIVE[:1], "acc", total_images=1280, references={"quick preset": REFERENCE})
+    names = [trace.name for trace in figure.data]
+    assert names[:2] == ["quick preset (probe)", "quick preset (test)"]  # drawn first, under the run
+    assert figure.data[0].line.color == "#b0b0b0" and list(figure.data[1].x) == [1.28]
+
+
+def test_live_figure_with_one_point_none_and_a_diverged_run():
+    one = plots.live_figure(LIVE[:1], "acc")
+    assert list(traces(one)["train (each log step)"].x) == [0.32] and one.layout.xaxis.range[1] > 0.32
+    none = plots.live_figure([], "acc")
+    assert not none.data and "waiting for the first logged step" in none.layout.annotations[0].text
+    diverged = plots.live_figure(LIVE[:2], "loss", status="diverged")
+    assert "diverged" in diverged.layout.title.text
+    assert "diverged" in plots.live_figure([], "loss", status="diverged").layout.annotations[0].text
+
+
+def test_smoothing_starts_at_the_first_value():
+    assert plots.smoothed([]) == [] and plots.smoothed([2.0]) == [2.0]
+    assert plots.smoothed([1.0, 0.0], keep=0.5) == [1.0, 0.5]
+
+
+def test_epoch_curves_keep_their_last_point_inside_the_axis():
+    figure = plots.curves_figure({"run-a": ROWS}, "acc")
+    assert figure.layout.xaxis.range[1] > 2

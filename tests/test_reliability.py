@@ -1,4 +1,4 @@
-"""Issue 6: bad input of every kind, through the real HTTP API, gets a prediction or one clear sentence,
+"""Bad input of every kind, through the real HTTP API, gets a prediction or one clear sentence,
 and the next request is served; nothing a client sends reads or writes outside the runs folder.
 
 Handler-level versions of many of these live in test_app.py (odd uploads, settings), test_images.py,

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from resnet import CLASSES, build_model, count_parameters, load_model
 from resnet.weights import DEFAULT_WEIGHTS, card_path
 
-if not DEFAULT_WEIGHTS.is_file():  # until the first shipped weights are committed (issue 5)
+if not DEFAULT_WEIGHTS.is_file():  # a checkout without the shipped weights (they are large files)
     pytest.skip(f"{DEFAULT_WEIGHTS.name} is not committed yet", allow_module_level=True)
 CARD = json.loads(card_path(DEFAULT_WEIGHTS).read_text())
 

@@ -9,7 +9,7 @@ import pytest
 
 from resnet import runs, study
 from resnet.cli import main
-from resnet.train import ConfigError
+from resnet.config import ConfigError
 
 # 64 training images, batch 32: two steps an epoch. Adam at lr 1e37 turns the loss non-finite on
 # its second step, which stands in for the published grid's diverging learning rates.

@@ -4,17 +4,24 @@ import copy
 import json
 import math
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import resnet.data as data_module
+import resnet.train as train_module
 from resnet import runs
-from resnet.data import load_split
+from resnet.config import ConfigError, make_config, parse_resolution
+from resnet.data import load_split, normalize
+from resnet.explain import grad_cam
 from resnet.model import build_model
-from resnet.train import (ConfigError, Trainer, build_optimizer, default_channels_last, describe_device, lr_at,
-                          make_config, resume_config, train_step)
+from resnet.train import (Trainer, build_optimizer, default_channels_last, describe_device, lr_at, resize, resolution_at,
+                          resume_config, train_step)
 from resnet.weights import load_weights
 
 STEP_KEYS = {"kind", "epoch", "step", "train_loss", "train_acc", "lr", "images_per_s", "elapsed_s"}
@@ -105,7 +112,8 @@ def assert_same_result(run_dir, straight_run):
 
 
 @pytest.mark.parametrize("stop_after, position", [
-    (3, {"epoch": 2, "step_in_epoch": 1}),  # asked after epoch 1's last step: stops in the middle of epoch 2
+    (3, {"epoch": 2, "step_in_epoch": 0}),  # asked after epoch 1's last step: stops at the boundary, once it is scored
+    (4, {"epoch": 2, "step_in_epoch": 2}),  # asked in the middle of epoch 2: stops one step later
     (2, {"epoch": 1, "step_in_epoch": 3}),  # asked before epoch 1's last step: stops at the epoch boundary
 ])
 def test_stop_then_resume_equals_an_uninterrupted_run(tiny_data, tmp_path, straight_run, stop_after, position):
@@ -280,5 +288,221 @@ def test_learning_rate_schedules():
 
 
 def test_a_seed_too_large_for_the_generators_is_refused_before_training(tiny_data):
-    with pytest.raises(ConfigError, match="seed must be below 2\\*\\*32"):
+    with pytest.raises(ConfigError, match=r"seed must be in \[0, 4294967296\)"):
         small_config(tiny_data, seed=2**40)
+
+
+# ---- broken models are never called finished ----------------------------------------------------
+def test_one_exploding_step_diverges_at_once(tiny_data, tmp_path, monkeypatch):
+    real_step = train_module.train_step
+
+    def huge_loss(*args, **kwargs):
+        loss, correct = real_step(*args, **kwargs)
+        return loss * 0 + 10 * math.log(10) + 1, correct  # finite, but ten times chance and more
+
+    monkeypatch.setattr(train_module, "train_step", huge_loss)
+    outcome = Trainer(small_config(tiny_data, epochs=1, log_every=50), tmp_path).run()
+    assert outcome["status"] == "diverged" and "exceeded 23.0" in outcome["message"]
+    assert not (tmp_path / runs.WEIGHTS).exists() and not (tmp_path / runs.CHECKPOINT).exists()
+
+
+def test_a_non_finite_evaluation_ends_the_run_diverged_without_weights(tiny_data, tmp_path, monkeypatch):
+    real_evaluate = Trainer._evaluate
+
+    def nan_loss(self, *args, **kwargs):
+        return {**real_evaluate(self, *args, **kwargs), "test_loss": float("nan")}
+
+    monkeypatch.setattr(Trainer, "_evaluate", nan_loss)
+    outcome = Trainer(small_config(tiny_data, epochs=1), tmp_path).run()
+    assert outcome["status"] == "diverged" and "test loss is nan" in outcome["message"]
+    assert runs.read_status(tmp_path)["status"] == "diverged"
+    assert not (tmp_path / runs.WEIGHTS).exists() and not (tmp_path / runs.CARD).exists()
+    assert not [r for r in runs.read_metrics(tmp_path) if r["kind"] == "epoch"]  # the broken epoch is not drawn
+
+
+def test_non_finite_weights_end_the_run_diverged(tiny_data, tmp_path, monkeypatch):
+    real_step = train_module.train_step
+
+    def poison(model, *args, **kwargs):
+        result = real_step(model, *args, **kwargs)
+        with torch.no_grad():
+            model.bn1.running_var.fill_(float("inf"))  # a buffer: the training loss stays finite
+        return result
+
+    monkeypatch.setattr(train_module, "train_step", poison)
+    outcome = Trainer(small_config(tiny_data, epochs=1), tmp_path).run()
+    assert outcome["status"] == "diverged"
+    assert "non-finite" in outcome["message"] or "nan" in outcome["message"]
+    assert not (tmp_path / runs.WEIGHTS).exists()
+
+
+# ---- resolution schedule, probe, init -----------------------------------------------------------
+def test_the_resolution_schedule_is_a_pure_function_of_the_step():
+    phases = parse_resolution("16:0.5,24:0.75")
+    assert [resolution_at(phases, step, 8) for step in range(8)] == [16, 16, 16, 16, 24, 24, 32, 32]
+    assert resolution_at(parse_resolution(""), 0, 8) == 32
+    x = torch.randn(2, 3, 32, 32)
+    assert resize(x, 16).shape == (2, 3, 16, 16) and resize(x, 32) is x
+    assert torch.allclose(resize(torch.ones(1, 3, 32, 32), 24), torch.ones(1, 3, 24, 24))
+
+
+@pytest.mark.parametrize("text, words", [
+    ("12:0.5", "12 px is not one of 8, 16, 24"), ("16:1.5", "fraction of the steps in (0, 1)"),
+    ("16", "is not SIZE:UNTIL"), ("16:0.6,24:0.5", "increasing order"), ("a:b", "is not SIZE:UNTIL"), ("32:0.5", "32 px is not one of"),
+])
+def test_bad_resolution_schedules_are_refused_by_name(text, words):
+    with pytest.raises(ConfigError, match="resolution") as caught:
+        make_config("original", resolution=text)
+    assert words in str(caught.value)
+
+
+def test_low_resolution_steps_train_the_same_weights_that_load_at_32_px(tiny_data, tmp_path):
+    config = small_config(tiny_data, resolution="16:0.5", epochs=2)
+    assert Trainer(config, tmp_path).run()["status"] == "finished"
+    sizes = [r["resolution"] for r in runs.read_metrics(tmp_path) if r["kind"] == "step"]
+    assert sizes == [16, 16, 16, 32, 32, 32]
+    model, card = load_weights(tmp_path / runs.WEIGHTS)
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10) and card["training"]["resolution"] == "16:0.5"
+
+
+@pytest.fixture(scope="module")
+def scheduled_run(tiny_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("scheduled")
+    config = small_config(tiny_data, resolution="16:0.34,24:0.67", **RESUME_SETTINGS)
+    assert Trainer(config, run_dir).run()["status"] == "finished"
+    return run_dir
+
+
+def test_a_run_resumed_in_the_middle_of_its_resolution_schedule_continues_exactly(tiny_data, tmp_path, scheduled_run):
+    config = small_config(tiny_data, resolution="16:0.34,24:0.67", **RESUME_SETTINGS)
+    event = threading.Event()
+    Trainer(config, tmp_path, callbacks=[stop_at_step(event, 2)], stop_event=event).run()  # stops after step 3, 16 -> 24 px
+    assert Trainer(resume_config(tmp_path), tmp_path).run(resume=True)["status"] == "finished"
+    assert_same_result(tmp_path, scheduled_run)
+    assert [r["resolution"] for r in runs.read_metrics(tmp_path) if r["kind"] == "step"] == [16, 16, 16, 24, 24, 32]
+
+
+@pytest.mark.parametrize("every_s, probed_steps", [(1e-9, [1, 2, 3, 4, 5, 6]), (1e9, [])])
+def test_probe_rows_score_a_fixed_held_out_subset_at_log_steps(tiny_data, tmp_path, every_s, probed_steps):
+    config = small_config(tiny_data, probe_size=10, probe_every_s=every_s, val_size=40)
+    Trainer(config, tmp_path).run()
+    probes = [r for r in runs.read_metrics(tmp_path) if r["kind"] == "probe"]
+    assert [r["step"] for r in probes] == probed_steps  # at a log step once probe_every_s has passed since the last
+    assert all(r["probe_images"] == 10 and r["probe_split"] == "val" and 0 <= r["probe_acc"] <= 1 for r in probes)
+    assert all(r["images"] == r["step"] * 8 and math.isfinite(r["probe_loss"]) for r in probes)
+
+
+def test_the_probe_uses_the_test_set_without_a_validation_split(tiny_data, tmp_path):
+    Trainer(small_config(tiny_data, probe_size=5, probe_every_s=1e-9, epochs=1), tmp_path).run()
+    probe = next(r for r in runs.read_metrics(tmp_path) if r["kind"] == "probe")
+    assert probe["probe_split"] == "test" and probe["probe_images"] == 5
+
+
+def test_whitening_changes_the_first_convolution_and_nothing_else(tiny_data):
+    images, _ = load_split(tiny_data, train=True)
+    config = small_config(tiny_data, whiten_stem=True)
+    torch.manual_seed(0)
+    plain = build_model()
+    model = copy.deepcopy(plain)
+    train_module.initialize(model, config, images)
+    x = normalize(images[:200], config.mean, config.std)
+    patches = torch.nn.functional.unfold(x, 3).transpose(1, 2).reshape(-1, 27)
+    responses = patches @ model.conv1.weight[:27].reshape(27, 27).T
+    covariance = torch.cov(responses.T)
+    assert torch.allclose(covariance.diag(), torch.ones(27), atol=0.35)  # whitened: unit variance along each filter
+    assert torch.equal(model.conv1.weight[54:], plain.conv1.weight[54:])  # the 10 filters left keep their random init
+    assert torch.equal(model.conv1.weight[27:54], -model.conv1.weight[:27])
+    others = {k: v for k, v in model.state_dict().items() if k != "conv1.weight"}
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in others.items())
+
+
+def test_bias_parameters_get_their_own_learning_rate(tiny_data, tmp_path, monkeypatch):
+    config = small_config(tiny_data, optimizer="sgd", lr=0.1, bias_lr_scale=4.0, epochs=1)
+    seen = []
+    real_step = train_module.train_step
+
+    def record(model, optimizer, *args, **kwargs):
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        return real_step(model, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", record)
+    Trainer(config, tmp_path).run()
+    assert seen and all(bias == pytest.approx(4 * weights) for weights, bias in seen)
+
+
+# ---- what a GPU needs, checked on the CPU --------------------------------------------------------
+def test_normalization_constants_are_built_once_per_device():
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    normalize(images, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    before = data_module._constants.cache_info()
+    normalize(images, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])  # lists hash as the tuples they are turned into
+    assert data_module._constants.cache_info().hits == before.hits + 1
+
+
+def test_resume_loads_the_checkpoint_on_the_cpu(tiny_data, tmp_path, monkeypatch):
+    event = threading.Event()
+    Trainer(small_config(tiny_data, optimizer="adam"), tmp_path, callbacks=[stop_at_step(event, 1)], stop_event=event).run()
+    places = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: places.append(k.get("map_location")) or real_load(*a, **k))
+    Trainer(resume_config(tmp_path), tmp_path).run(resume=True)
+    assert places == ["cpu"]  # Adam's step counters stay on the host; load_state_dict moves the moments
+
+
+def test_the_grad_scaler_is_on_for_fp16_only_and_resumes(tiny_data, tmp_path):
+    event = threading.Event()
+    config = small_config(tiny_data, precision="fp16", channels_last=False)
+    Trainer(config, tmp_path, callbacks=[stop_at_step(event, 1)], stop_event=event).run()
+    checkpoint = torch.load(tmp_path / runs.CHECKPOINT, weights_only=True)
+    assert "scaler" in checkpoint and checkpoint["scaler"]["scale"] > 0
+    assert Trainer(resume_config(tmp_path), tmp_path).run(resume=True)["status"] in ("finished", "diverged")
+    event.clear()
+    Trainer(small_config(tiny_data), tmp_path / "fp32", callbacks=[stop_at_step(event, 1)], stop_event=event).run()
+    assert "scaler" not in torch.load(tmp_path / "fp32" / runs.CHECKPOINT, weights_only=True)
+
+
+def test_step_seeds_differ_for_every_rank_beyond_64():
+    config = make_config("original")
+    seeds = {train_module._step_seed(config, 1, 0, rank) for rank in range(1024)}
+    seeds |= {train_module._step_seed(config, 1, 1, rank) for rank in range(1024)}
+    assert len(seeds) == 2048 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_ranks_agree_only_at_log_steps_and_epoch_ends(tiny_data, tmp_path, monkeypatch):
+    reduced = []
+    real_reduce = Trainer._reduce
+    monkeypatch.setattr(Trainer, "_reduce", lambda self, values: reduced.append(len(values)) or real_reduce(self, values))
+    Trainer(small_config(tiny_data, log_every=2, epochs=1), tmp_path).run()
+    # 3 steps with log_every 2: one check at step 2 and one at the epoch's end (step 3), then the epoch sums and
+    # the broken-model and stop flags: never one a step.
+    assert reduced == [5, 5, 3, 2]
+
+
+def test_grad_cam_sends_the_image_to_the_models_device_and_returns_the_map_on_the_cpu(monkeypatch):
+    """A model on another device (here a stand-in that records where its input lives) gets the image there."""
+    model = build_model().eval()
+    seen = []
+    real_features = model.features
+    monkeypatch.setattr(model, "features", lambda x: seen.append(x.device) or real_features(x))
+    moved = []
+    real_to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: moved.append(a[0] if a else k.get("device")) or real_to(self, *a, **k))
+    cam, _ = grad_cam(model, torch.zeros(3, 32, 32, dtype=torch.uint8), (0.5,) * 3, (0.25,) * 3)
+    assert moved and moved[0] == next(model.parameters()).device and cam.device.type == "cpu" and cam.shape == (32, 32)
+
+
+def test_wrapper_prefixes_are_stripped_in_any_order(tmp_path):
+    state = build_model().state_dict()
+    for prefix in ("module.", "_orig_mod.", "_orig_mod.module.", "module._orig_mod."):
+        path = tmp_path / "wrapped.pt"
+        torch.save({prefix + k: v for k, v in state.items()}, path)
+        model, _ = load_weights(path)
+        assert torch.equal(model.conv1.weight, state["conv1.weight"]), prefix
+
+
+def test_the_gpu_check_refuses_a_machine_without_cuda(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: bench/gpu_check.py is for running, not refusing")
+    done = subprocess.run([sys.executable, "bench/gpu_check.py"], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr

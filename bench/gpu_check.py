@@ -1,0 +1,114 @@
+"""The GPU check: what only a CUDA GPU can show about the trainer, in one run of under five minutes.
+
+1. The hot loop has no hidden host syncs: 30 steps of ``Trainer.train_one`` (the trainer's own step:
+   augmentation, lr, resolution, forward, backward, optimizer) under
+   ``torch.cuda.set_sync_debug_mode("error")``, which raises on any synchronizing call.
+2. bf16 and fp16 (with its GradScaler) both learn: a short run of each on 10,000 images, scored on a
+   validation split carved from the training set.
+3. Grad-CAM of the shipped weights on the GPU.
+4. Training images/s at batch 512, with ``cudnn.benchmark`` on (the trainer's choice) and off,
+   side by side.
+5. ``bench_train.py --time-to-94`` with the ``fast`` preset (skipped with ``--quick``).
+
+It writes one JSON file of results with the GPU's name:
+
+    python bench/gpu_check.py --data-dir ../shared/data/cifar10 --json bench/results/gpu_check.json
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing the package
+from bench_train import our_steps, race, time_to_94  # noqa: E402
+
+from resnet.config import make_config  # noqa: E402
+from resnet.data import load_split  # noqa: E402
+from resnet.explain import grad_cam  # noqa: E402
+from resnet.train import Trainer, describe_device  # noqa: E402
+from resnet.weights import DEFAULT_WEIGHTS, load_weights  # noqa: E402
+
+
+def no_hidden_syncs(data_dir, device, steps: int = 30) -> dict:
+    """Run the trainer's step under the sync debugger; a synchronizing call raises instead of passing silently."""
+    config = make_config("fast", data_dir=data_dir, device=str(device), limit_train=512 * (steps + 1), limit_test=500,
+                         log_every=10_000)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(config, run_dir)
+        parts, _ = trainer.build()
+        order, flips = trainer.epoch_order(1)
+        trainer.train_one(parts, order, flips, 1, 0)  # the first step allocates and autotunes: not the loop's steady state
+        torch.cuda.synchronize(device)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for step in range(1, steps + 1):
+                trainer.train_one(parts, order, flips, 1, step)
+            error = None
+        except RuntimeError as caught:
+            error = str(caught).splitlines()[0]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return {"steps": steps, "passed": error is None, "error": error}
+
+
+def learns(data_dir, device, precision: str) -> dict:
+    config = make_config("quick", data_dir=data_dir, device=str(device), precision=precision, limit_train=10_000, val_size=5_000,
+                         epochs=3, limit_test=1_000, log_every=50)
+    with tempfile.TemporaryDirectory() as run_dir:
+        started = time.perf_counter()
+        outcome = Trainer(config, run_dir).run()
+        rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    return {"precision": precision, "status": outcome["status"], "val_acc": [round(r["val_acc"], 4) for r in epochs],
+            "learned": outcome["status"] == "finished" and epochs[-1]["val_acc"] > 0.4, "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def grad_cam_on_gpu(device) -> dict:
+    model, card = load_weights(DEFAULT_WEIGHTS)
+    model = model.to(device)
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    cam, target = grad_cam(model, image, card["mean"], card["std"])
+    return {"passed": cam.device.type == "cpu" and cam.shape == (32, 32) and bool(torch.isfinite(cam).all()), "class": target}
+
+
+def speed(data_dir, device, steps: int) -> dict:
+    args = argparse.Namespace(warmup=5, steps=steps, rounds=2)
+    result = {}
+    for benchmark in (True, False):
+        torch.backends.cudnn.benchmark = benchmark
+        result[f"cudnn_benchmark_{'on' if benchmark else 'off'}"] = race(
+            {"ours": our_steps(device, data_dir, "auto", (1, 1, 1, 1), 512)}, args, device)["ours"]
+    torch.backends.cudnn.benchmark = True
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
+    parser.add_argument("--json", metavar="OUT", default="bench/results/gpu_check.json")
+    parser.add_argument("--quick", action="store_true", help="leave out --time-to-94 (the longest part)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: the GPU check needs a CUDA GPU; this machine has none", file=sys.stderr)
+        return 2
+    load_split(args.data_dir, train=False)  # a missing data set fails here, with its message, before any work
+    device = torch.device("cuda")
+    report = {"device": describe_device(device), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "no_hidden_syncs": no_hidden_syncs(args.data_dir, device),
+              "learns": [learns(args.data_dir, device, precision) for precision in ("bf16", "fp16")],
+              "grad_cam": grad_cam_on_gpu(device), "images_per_s_batch_512": speed(args.data_dir, device, 50)}
+    if not args.quick:
+        report["time_to_94"] = time_to_94(argparse.Namespace(data_dir=args.data_dir, precision="auto"), device)
+    print(json.dumps(report, indent=1))
+    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    passed = report["no_hidden_syncs"]["passed"] and all(r["learned"] for r in report["learns"]) and report["grad_cam"]["passed"]
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

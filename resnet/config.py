@@ -1,0 +1,267 @@
+"""Every training setting, declared once: type, default, bounds, help, whether the form shows it,
+whether a resume may change it. The CLI flags, the Train form, the run queue's child command and
+validation are all derived from these declarations (``SETTINGS``), and the presets are overrides.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .constants import IMAGE_SIZE, MEAN, PUBLISHED_MEAN, PUBLISHED_STD, STD
+from .data import AUGMENTATIONS
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
+SCHEDULES = ("constant", "onecycle", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+WEIGHTS_DTYPES = ("float32", "float16", "bfloat16")
+SEED_LIMIT = 2**32  # torch.Generator seeds, and numpy's for the tests' data
+# Training sizes a resolution schedule may use: the network downsamples by 8, so each gives a whole
+# feature map (1, 2, 3 or 4 pixels square) that the global average pool reduces exactly.
+RESOLUTIONS = tuple(range(8, IMAGE_SIZE + 1, 8))
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def setting(default, help: str, *, choices=None, minimum=None, maximum=None, above=None, below=None, form=None,
+            advanced: bool = False, resume: bool = False, cli: bool = True):
+    """A TrainConfig field with what every consumer needs to know about it.
+
+    ``minimum``/``maximum`` are inclusive bounds, ``above``/``below`` exclusive ones. ``form`` is the
+    Train tab's label (None: not on the form; ``advanced`` puts it in the Advanced accordion).
+    ``resume``: a resumed run may be given a new value (it does not change the run's math).
+    """
+    meta = dict(help=help, choices=choices, minimum=minimum, maximum=maximum, above=above, below=below, form=form,
+                advanced=advanced, resume=resume, cli=cli)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    # The network
+    blocks: tuple = setting((1, 1, 1, 1), "blocks per stage, e.g. 1,1,1,1 (published) or 2,2,2,2", form="Blocks per stage")
+    dropout: float = setting(0.1, "dropout after every residual add", minimum=0, below=1, form="Dropout")
+    whiten_stem: bool = setting(False, "initialise the first convolution from the training images' 3x3 patch covariance "
+                                "(its whitening directions, as airbench does), so the first steps see decorrelated inputs")
+    # The optimizer
+    optimizer: str = setting("adam", "optimizer", choices=OPTIMIZERS, form="Optimizer")
+    lr: float = setting(0.01, "(peak) learning rate", above=0, form="Learning rate")
+    momentum: float = setting(0.9, "momentum (SGD, RMSprop)", minimum=0, below=1, form="Momentum (SGD, RMSprop)", advanced=True)
+    weight_decay: float = setting(0.0, "L2 weight decay on conv and linear weights", minimum=0, form="Weight decay",
+                                  advanced=True)
+    nesterov: bool = setting(False, "Nesterov momentum (SGD)")
+    bias_lr_scale: float = setting(1.0, "learning-rate multiplier of BatchNorm parameters and biases", above=0)
+    batch_size: int = setting(64, "images per step (global under DDP)", minimum=1, form="Batch size")
+    epochs: int = setting(200, "passes over the training images (may be raised on resume)", minimum=1, form="Epochs",
+                          resume=True)
+    schedule: str = setting("constant", "learning-rate schedule", choices=SCHEDULES, form="Learning-rate schedule", advanced=True)
+    warmup: float = setting(0.0, "fraction of all steps spent warming up linearly from zero", minimum=0, below=1)
+    label_smoothing: float = setting(0.0, "label smoothing of the loss", minimum=0, below=1, form="Label smoothing", advanced=True)
+    ema: float = setting(0.0, "per-step decay of a weight average (0 = off)", minimum=0, below=1)
+    # The data
+    augment: str = setting("original", "random crop padding: standard (4 px), original (the published crop) or none",
+                           choices=AUGMENTATIONS)
+    alternate_flip: bool = setting(False, "flip each image on every other epoch instead of at random")
+    resolution: str = setting("", "training resolution schedule: SIZE:UNTIL pairs, e.g. 16:0.5,24:0.75 trains at 16 px "
+                              "for the first half of the steps, 24 px to three quarters, 32 px after ('' = 32 px throughout)",
+                              form="Resolution schedule")
+    mean: tuple = setting(PUBLISHED_MEAN, "per-channel mean of the inputs", cli=False)
+    std: tuple = setting(PUBLISHED_STD, "per-channel std of the inputs", cli=False)
+    limit_train: int = setting(0, "train on the first N images only (0 = all)", minimum=0, form="Training images")
+    limit_test: int = setting(0, "evaluate on the first N test images only (0 = all)", minimum=0,
+                              form="Test images scored per epoch", advanced=True)
+    val_size: int = setting(0, "carve N seeded validation images from the training set", minimum=0)
+    # Watching the run
+    log_every: int = setting(50, "write a step record every N steps", minimum=1)
+    probe_size: int = setting(0, "score N held-out images (validation if any, else test) in eval mode during training "
+                              "(0 = off)", minimum=0)
+    probe_every_s: float = setting(30.0, "seconds between probe scores", above=0)
+    eval_batch_size: int = setting(500, "images per evaluation forward pass", minimum=1, cli=False)
+    # Where and how it runs
+    seed: int = setting(0, "seed of the initialisation and every random draw", minimum=0, below=SEED_LIMIT, form="Seed",
+                        advanced=True)
+    device: str = setting("auto", "auto, cpu, cuda, cuda:1, mps", resume=True)
+    precision: str = setting("auto", "autocast precision (auto: bf16 where the hardware has it)", choices=PRECISIONS)
+    channels_last: bool | None = setting(None, "channels_last memory layout (default: on for CPUs and autocast)")
+    compile: bool = setting(False, "torch.compile the model")
+    data_dir: str | None = setting(None, "folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)",
+                                   resume=True)
+    weights_dtype: str = setting("float32", "dtype of the published weights file", choices=WEIGHTS_DTYPES)
+
+
+SETTINGS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+FORM_SETTINGS = tuple(name for name, f in SETTINGS.items() if f.metadata["form"])
+CLI_SETTINGS = tuple(name for name, f in SETTINGS.items() if f.metadata["cli"])
+RESUME_SETTINGS = tuple(name for name, f in SETTINGS.items() if f.metadata["resume"])
+# How big a run is, as opposed to how it learns: changing the preset keeps these as the form has them.
+SIZE_SETTINGS = ("epochs", "limit_train", "limit_test", "seed")
+
+PRESETS = {
+    # Learns within minutes on a CPU (the Train tab's default): see QUICK_RUN and the README's "Quick runs".
+    "quick": dict(
+        dropout=0.0,
+        optimizer="sgd",
+        lr=0.2,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        batch_size=64,
+        schedule="onecycle",
+        warmup=0.2,
+        label_smoothing=0.2,
+        augment="standard",
+        resolution="16:0.5,24:0.75",
+        mean=MEAN,
+        std=STD,
+    ),
+    # The published recipe exactly: Adam 0.01, batch 64, 200 epochs, constant lr, its crop.
+    "original": {},
+    # Our time-to-accuracy recipe (README "Shipped weights"); `python -m resnet ablation` measures what each part buys.
+    "fast": dict(
+        dropout=0.0,
+        optimizer="sgd",
+        lr=0.4,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        batch_size=512,
+        epochs=30,
+        schedule="onecycle",
+        warmup=0.15,
+        label_smoothing=0.2,
+        augment="standard",
+        alternate_flip=True,
+        mean=MEAN,
+        std=STD,
+    ),
+}
+
+
+# The Train tab's default run: a recipe that learns within minutes on a 2-core CPU, its size, and the
+# watching every run started from the page gets (step rows a few seconds apart, a probe every ~30 s).
+QUICK_RUN = {
+    "preset": "quick",
+    "size": {"epochs": 1, "limit_train": 10_000, "limit_test": 1_000},
+    "watch": {"log_every": 5, "probe_size": 500, "probe_every_s": 30.0},
+}
+
+
+def kind(name: str):
+    """The Python type a setting holds: bool, int, float, str or tuple (None allowed where declared)."""
+    declared = SETTINGS[name].type
+    return next(t for t in (bool, int, float, str, tuple) if declared is t or t in getattr(declared, "__args__", ()))
+
+
+def make_config(preset: str = "fast", **overrides) -> TrainConfig:
+    """A preset's config with explicit overrides applied (None means: keep the preset's)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    unknown = set(overrides) - set(SETTINGS)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    config = TrainConfig(**values)
+    validate(config)
+    return config
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    config = TrainConfig(**{k: v for k, v in values.items() if k in SETTINGS})
+    config.blocks, config.mean, config.std = tuple(config.blocks), tuple(config.mean), tuple(config.std)
+    validate(config)
+    return config
+
+
+def _number(name, value, whole: bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):  # before int(): int(nan) and int(inf) raise ValueError/OverflowError
+        raise ConfigError(f"{name} must be finite, got {value!r}")
+    if whole and int(value) != value:
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    return value
+
+
+def _check_bounds(name: str, value, meta: dict) -> None:
+    low, high, above, below = meta["minimum"], meta["maximum"], meta["above"], meta["below"]
+    if low is not None and below is not None:
+        if not low <= value < below:
+            raise ConfigError(f"{name} must be in [{low}, {below}), got {value}")
+    elif low is not None and value < low:
+        raise ConfigError(f"{name} must be at least {low}, got {value}")
+    if above is not None and not value > above:
+        raise ConfigError(f"{name} must be positive, got {value}" if above == 0 else f"{name} must be above {above}, got {value}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name} must be at most {high}, got {value}")
+
+
+def parse_resolution(text: str) -> list:
+    """``"16:0.5,24:0.75"`` -> [(16, 0.5), (24, 0.75)]: train at 16 px until half of the steps are done,
+    at 24 px until three quarters, at 32 px after. ``""`` is 32 px throughout."""
+    if not isinstance(text, str):
+        raise ConfigError(f"resolution must be text such as 16:0.5,24:0.75, got {text!r}")
+    phases = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        size, _, until = part.partition(":")
+        try:
+            phases.append((int(size), float(until)))
+        except ValueError:
+            raise ConfigError(f"resolution: {part!r} is not SIZE:UNTIL, e.g. 16:0.5 (16 px for the first half)") from None
+    for size, until in phases:
+        if size not in RESOLUTIONS[:-1]:
+            raise ConfigError(f"resolution: {size} px is not one of {', '.join(map(str, RESOLUTIONS[:-1]))} "
+                              f"(training ends at {IMAGE_SIZE} px)")
+        if not 0 < until < 1:
+            raise ConfigError(f"resolution: {size}:{until} must end at a fraction of the steps in (0, 1)")
+    ends = [until for _, until in phases]
+    if ends != sorted(set(ends)):
+        raise ConfigError(f"resolution: the phases must end in increasing order, got {text!r}")
+    return phases
+
+
+def validate(c: TrainConfig) -> None:
+    """Raise ConfigError with one clear sentence for the first invalid setting."""
+    for name, f in SETTINGS.items():
+        value, meta = getattr(c, name), f.metadata
+        if meta["choices"] is not None:
+            if value not in meta["choices"]:
+                raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(meta['choices'])}")
+        elif kind(name) in (int, float):
+            _check_bounds(name, _number(name, value, kind(name) is int), meta)
+    blocks = tuple(c.blocks)
+    if len(blocks) != 4 or not all(isinstance(b, int) and 1 <= b <= 8 for b in blocks):
+        raise ConfigError(f"blocks must be four whole numbers from 1 to 8, got {list(blocks)}")
+    parse_resolution(c.resolution)
+
+
+def cli_args(preset: str, overrides: dict) -> list:
+    """The `python -m resnet train` flags for a preset plus the overrides that change it (None = keep the preset's)."""
+    args = ["--preset", preset]
+    base = TrainConfig(**PRESETS.get(preset, {}))
+    for name, value in overrides.items():
+        if value is None or value == getattr(base, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if kind(name) is bool:
+            args.append(flag if value else "--no-" + flag[2:])
+        elif kind(name) is tuple:
+            args += [flag, ",".join(str(int(b)) for b in value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def from_form(name: str, value):
+    """A form or raw-API value as the setting's type: 2.0 -> 2 for whole numbers, "1,1,1,1" -> (1, 1, 1, 1).
+    Anything else comes back as it came, for ``validate`` to refuse by name (None keeps the preset's)."""
+    if kind(name) is int and isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if kind(name) is tuple and value is not None:
+        try:
+            return tuple(int(b) for b in str(value).split(","))
+        except ValueError:
+            raise ConfigError(f"{name} must be four whole numbers from 1 to 8, like 1,1,1,1; got {str(value)[:40]!r}") from None
+    if kind(name) is str and isinstance(value, str):
+        return value.strip()
+    return value

@@ -1,0 +1,327 @@
+"""A plain HTTP API (/api/v1) beside the Gradio UI, on the same process and port.
+
+Programs pay Gradio's protocol on every ``gradio_client`` call (upload, queue join, event stream);
+these routes answer one multipart POST with JSON. ``create_app`` builds a FastAPI app with them and
+mounts the Gradio Blocks at ``/`` with ``gr.mount_gradio_app``; ``serve`` runs it with uvicorn.
+
+Why not ``demo.launch()`` plus routes on its app (``launch(app_kwargs=...)`` or ``demo.app``): with
+SSR on, which Hugging Face Spaces turns on, launch() puts a Node proxy on the public port that hands
+Python only Gradio's own prefixes (``PYTHON_ROUTE_PREFIXES`` in gradio/templates/node/build/
+proxy_routes.js: /gradio_api, /config, ...), so /api/v1 would never reach these routes on a Space.
+Mounting is Gradio's documented way to share a FastAPI app; it takes the same options as launch()
+(max_file_size, allowed_paths, theme, footer_links), and the UI renders client-side (ssr_mode=False).
+
+Refusals are HTTP statuses with FastAPI's ``{"detail": ...}`` JSON: 400 an unusable image (the
+app's checks: resnet.images.prepare), 404 an unknown model, 413 too many bytes or images, 422 a
+missing or malformed field, 503 busy. Predictions run in worker threads, at most STUDIO_API_WORKERS
+at once; up to STUDIO_API_QUEUE more wait at most STUDIO_API_WAIT_S for a turn, and the rest get
+503 at once, so a burst costs the Gradio UI and a training run only those workers' CPU.
+"""
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import gradio as gr
+import uvicorn
+from fastapi import APIRouter, FastAPI, File, HTTPException, Query, Request, Response, UploadFile
+from fastapi.routing import APIRoute
+from gradio.http_server import INITIAL_PORT_VALUE, LOCALHOST_NAME  # $GRADIO_SERVER_PORT and _NAME, read as launch() reads them
+from pydantic import BaseModel, Field
+
+from . import batch
+from . import predict as models
+from .evaluate import predict_logits
+from .images import MAX_BYTES, ImageError, prepare
+from .runs import RunError
+from .weights import WeightsError
+
+PREFIX = "/api/v1"
+WORKERS = int(os.environ.get("STUDIO_API_WORKERS", 1))  # one forward pass already uses every core torch is given
+QUEUE = int(os.environ.get("STUDIO_API_QUEUE", 32))
+WAIT_S = float(os.environ.get("STUDIO_API_WAIT_S", 2.0))
+MULTIPART_SLACK = 64 * 1024  # boundary and part headers around a file of the largest allowed size
+MODEL_QUERY = Query(models.SHIPPED, description="`shipped`, or `run:<id>` for a finished run's weights")
+LOGITS_QUERY = Query(False, description="also return the raw logits")
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one batch request may hold: the app's settings, passed in so they have one home (app.py)."""
+
+    batch_images: int  # images, counting every zip member
+    batch_pixels: int  # pixels decoded over all its images
+    batch_bytes: int  # bytes of the whole request body
+
+
+class ModelInfo(BaseModel):
+    id: str = Field(description="`shipped` or `run:<id>`")
+    test_acc: float | None = Field(None, description="test accuracy from the model's card, 0..1")
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="the most probable class")
+    probability: float
+    probabilities: dict[str, float] = Field(description="every class, best first")
+    logits: dict[str, float] | None = Field(None, description="raw logits by class, with ?logits=true")
+
+
+class PredictResult(Prediction):
+    model: ModelInfo
+
+
+class BatchRow(Prediction):
+    file: str = Field(description="the uploaded file's name, or archive.zip:member")
+
+
+class Problem(BaseModel):
+    file: str
+    reason: str
+
+
+class BatchResult(BaseModel):
+    model: ModelInfo
+    predictions: list[BatchRow]
+    problems: list[Problem] = Field(description="files and zip members that could not be used, and why")
+
+
+class Health(BaseModel):
+    status: str = "ok"
+    model: ModelInfo = Field(description="the model a request without `model` uses")
+    ready: bool = Field(description="whether that model loads")
+    reason: str | None = Field(None, description="why it does not")
+
+
+class Refusal(BaseModel):
+    detail: str
+
+
+REFUSALS = {status: {"model": Refusal, "description": text} for status, text in (
+    (400, "the upload is not a usable image"), (404, "unknown model"), (413, "too many bytes or images"),
+    (503, "too many requests at once; retry shortly"))}
+
+
+def capped_route(limit: int) -> type[APIRoute]:
+    """An APIRoute that refuses a body over ``limit`` bytes with 413 before parsing it: by Content-Length when
+    sent, else as it streams in (a chunked upload). FastAPI's own max_body_size answers in plain text, not JSON."""
+
+    def too_large() -> HTTPException:
+        return HTTPException(413, f"the request body is larger than this server's {limit / 2**20:.1f} MB limit")
+
+    class CappedRoute(APIRoute):
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+
+            async def capped(request: Request) -> Response:
+                declared = request.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise too_large()
+                received = 0
+
+                async def receive():
+                    nonlocal received
+                    message = await request.receive()
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        raise too_large()
+                    return message
+
+                return await handler(Request(request.scope, receive))
+
+            return capped
+
+    return CappedRoute
+
+
+class Gate:
+    """At most ``workers`` predictions at once, each in a worker thread of its own pool (never behind the
+    threads other routes share); ``waiting`` more wait at most ``wait_s`` for a turn, the rest get 503 at once."""
+
+    def __init__(self, workers: int = WORKERS, waiting: int = QUEUE, wait_s: float = WAIT_S):
+        self.turns, self.threads = anyio.Semaphore(workers), anyio.CapacityLimiter(workers)
+        self.max_waiting, self.wait_s = waiting, wait_s
+
+    async def run(self, function, *args):
+        if self.turns.value == 0 and self.turns.statistics().tasks_waiting >= self.max_waiting:
+            raise busy(f"the server is busy: {self.max_waiting} requests are already waiting; retry shortly")
+        try:
+            with anyio.fail_after(self.wait_s):
+                await self.turns.acquire()
+        except TimeoutError:
+            raise busy(f"the server is busy: no prediction slot freed up within {self.wait_s:g} s; retry shortly") from None
+        try:
+            return await anyio.to_thread.run_sync(function, *args, limiter=self.threads)
+        finally:
+            self.turns.release()
+
+
+def busy(reason: str) -> HTTPException:
+    return HTTPException(503, reason, headers={"Retry-After": "1"})
+
+
+def load(choice: str, root):
+    """(model, card) for a picker value, with the app's rules (resnet.predict); 404 when there is none."""
+    try:
+        return models.load_choice(choice, root)
+    except (WeightsError, RunError) as error:
+        raise HTTPException(404, str(error)) from None
+
+
+def decode(data: bytes):
+    """uint8 [3, 32, 32] from an upload, with the app's byte and pixel caps; 400 with the reason otherwise."""
+    try:
+        return prepare(data)
+    except ImageError as error:
+        raise HTTPException(400, f"cannot use this image: {error}") from None
+    except Exception as error:  # Pillow's plug-ins raise many kinds; an odd file still gets a sentence, not a 500
+        raise HTTPException(400, f"cannot use this image: {type(error).__name__}: {error}"[:300]) from None
+
+
+def prediction(model, card: dict, image, with_logits: bool) -> dict:
+    # The one place probabilities come from: a calibrated function in resnet.predict replaces this call.
+    probabilities = models.class_probabilities(model, card, image)
+    label = max(probabilities, key=probabilities.get)
+    row = {"label": label, "probability": probabilities[label], "probabilities": probabilities}
+    if with_logits:
+        logits = predict_logits(model, image[None], card["mean"], card["std"])[0]
+        row["logits"] = dict(zip(card["classes"], logits.tolist()))
+    return row
+
+
+def model_info(choice: str, card: dict) -> dict:
+    accuracy = card.get("test_acc")
+    return {"id": choice, "test_acc": accuracy if isinstance(accuracy, (int, float)) else None}
+
+
+def predict_one(root, data: bytes, choice: str, with_logits: bool) -> dict:
+    model, card = load(choice, root)
+    return {**prediction(model, card, decode(data), with_logits), "model": model_info(choice, card)}
+
+
+def predict_many(root, limits: Limits, uploads: list, choice: str, with_logits: bool) -> dict:
+    """Rows for several images and/or zip archives, with resnet.batch's caps; each upload is written to a
+    temporary file named by its position (the client's name is only shown, never used as a path)."""
+    model, card = load(choice, root)
+    rows, problems = [], []
+    pixels = limits.batch_pixels
+    with tempfile.TemporaryDirectory(prefix="studio-api-") as folder, batch.Sources(max_total_pixels=pixels) as sources:
+        for index, (name, handle) in enumerate(uploads):
+            path = Path(folder) / (f"{index}.zip" if name.lower().endswith(".zip") else str(index))
+            handle.seek(0)
+            with open(path, "wb") as out:
+                shutil.copyfileobj(handle, out)
+            add_named(sources, path, name)
+        if len(sources.items) > limits.batch_images:
+            raise HTTPException(413, f"{len(sources.items)} images in this request; this server predicts at most "
+                                     f"{limits.batch_images} at a time")
+        problems.extend({"file": name, "reason": reason} for name, reason in sources.problems)
+        for source in sources.items:
+            try:
+                image = sources.prepare(source)
+            except Exception as error:  # as decode(): one odd file or member is a row of problems, never a 500
+                problems.append({"file": source.name, "reason": str(error) or type(error).__name__})
+                continue
+            rows.append({"file": source.name, **prediction(model, card, image, with_logits)})
+    if not rows:
+        reasons = "; ".join(f"{p['file']}: {p['reason']}" for p in problems[:3]) or "no images in the upload"
+        raise HTTPException(400, f"none of the files could be used ({reasons})"[:500])
+    return {"model": model_info(choice, card), "predictions": rows, "problems": problems}
+
+
+def add_named(sources: batch.Sources, path: Path, name: str) -> None:
+    """Add one upload, naming its images after the client's file name rather than the temporary path."""
+    items, problems = len(sources.items), len(sources.problems)
+    sources.add(path)
+    shown = batch._printable(name)[:200]
+    sources.items[items:] = [dataclasses.replace(s, name=shown + s.name[len(str(path)):]) for s in sources.items[items:]]
+    sources.problems[problems:] = [(shown + item[len(str(path)):], reason) for item, reason in sources.problems[problems:]]
+
+
+async def read_capped(file: UploadFile, limit: int) -> bytes:
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"the file is larger than the {limit / 2**20:.0f} MB limit")
+    return data
+
+
+def build_api(root, limits: Limits, gate: Gate | None = None) -> APIRouter:
+    """The /api/v1 routes over a runs folder (for `run:<id>` models)."""
+    gate = gate or Gate()
+    router = APIRouter(prefix=PREFIX, tags=["predict"])
+
+    async def predict(file: UploadFile = File(description="one image, any format Pillow reads"),
+                      model: str = MODEL_QUERY, logits: bool = LOGITS_QUERY) -> PredictResult:
+        """Classify one image: the top class, every class's probability, and the model's id and test accuracy."""
+        data = await read_capped(file, MAX_BYTES)
+        return await gate.run(predict_one, root, data, model, logits)
+
+    async def predict_batch(files: list[UploadFile] = File(description="images and/or .zip archives of images"),
+                            model: str = MODEL_QUERY, logits: bool = LOGITS_QUERY) -> BatchResult:
+        """Classify several images or the images of zip archives, one row each, with the app's caps."""
+        uploads = [(file.filename or f"file-{index}", file.file) for index, file in enumerate(files)]
+        return await gate.run(predict_many, root, limits, uploads, model, logits)
+
+    async def health() -> Health:
+        """Liveness, and whether the default model loads."""
+        try:
+            _, card = await anyio.to_thread.run_sync(load, models.SHIPPED, root)
+        except HTTPException as error:
+            return Health(model=ModelInfo(id=models.SHIPPED), ready=False, reason=error.detail)
+        return Health(model=ModelInfo(**model_info(models.SHIPPED, card)), ready=True)
+
+    common = {"response_model_exclude_none": True, "responses": REFUSALS}
+    router.add_api_route("/predict", predict, methods=["POST"], route_class_override=capped_route(MAX_BYTES + MULTIPART_SLACK),
+                         **common)
+    router.add_api_route("/predict_batch", predict_batch, methods=["POST"],
+                         route_class_override=capped_route(limits.batch_bytes + MULTIPART_SLACK), **common)
+    router.add_api_route("/health", health, methods=["GET"], response_model_exclude_none=True)
+    return router
+
+
+def create_app(demo: gr.Blocks, root, limits: Limits, gate: Gate | None = None, **launch_options) -> FastAPI:
+    """The API routes, then the Gradio UI mounted at / with the app's launch() options (see the module's docstring)."""
+    app = FastAPI(title="CIFAR-10 ResNet studio API", version="1",
+                  description="Predict with the studio's models over plain HTTP; the Gradio UI is served at /.")
+    app.include_router(build_api(root, limits, gate))
+    return gr.mount_gradio_app(app, demo, path="/", ssr_mode=False, **launch_options)
+
+
+@dataclasses.dataclass
+class Running:
+    server: uvicorn.Server
+    thread: threading.Thread
+    url: str
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def start(app: FastAPI, host: str, port: int) -> Running:
+    """Serve ``app`` from a daemon thread, as launch() serves Gradio: the main thread keeps its signal
+    handlers (app.py's SIGTERM handler stops a training child first). Port 0 takes a free one."""
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="http-server", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise OSError(f"cannot serve on {host}:{port}: is the port in use?")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return Running(server, thread, f"http://{host}:{port}/")
+
+
+def serve(demo: gr.Blocks, root, limits: Limits, **launch_options) -> None:
+    """``python app.py``: the UI and the API on $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT until the process is stopped."""
+    app = create_app(demo, root, limits, server_name=LOCALHOST_NAME, server_port=INITIAL_PORT_VALUE, **launch_options)
+    running = start(app, LOCALHOST_NAME, INITIAL_PORT_VALUE)
+    print(f"* Running on local URL:  {running.url} (HTTP API: {running.url}docs)", flush=True)
+    try:
+        running.thread.join()
+    except KeyboardInterrupt:
+        running.close()

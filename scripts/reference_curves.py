@@ -1,0 +1,80 @@
+"""Write results/reference-curves.json: the faint curves the Train tab draws behind a visitor's run.
+
+Trains the Train tab's default run (``resnet.config.QUICK_RUN``: the quick preset on its budget, with
+its step rows and probe) and the published recipe on the same budget, and adds the shipped model's
+per-epoch curve from its card. Nothing is recomputed when the page loads: the app reads this file.
+
+    python scripts/reference_curves.py --data-dir ../shared/data/cifar10
+"""
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from anywhere without installing the package
+
+from resnet import runs  # noqa: E402
+from resnet.config import QUICK_RUN, make_config  # noqa: E402
+from resnet.train import Trainer, describe_device, training_images  # noqa: E402
+from resnet.weights import DEFAULT_WEIGHTS, card_path  # noqa: E402
+
+KEPT = ("kind", "epoch", "step", "images", "train_loss", "train_acc", "probe_acc", "probe_loss", "probe_images", "probe_split",
+        "test_loss", "test_acc", "elapsed_s")
+# (name shown in the legend, preset) trained on the quick run's budget
+TRAINED = (("quick preset", "quick"), ("published recipe", "original"))
+
+
+def trimmed(rows: list) -> list:
+    return [{key: row[key] for key in KEPT if key in row} for row in rows]
+
+
+def train_reference(preset: str, data_dir) -> dict:
+    config = make_config(preset, data_dir=data_dir, **QUICK_RUN["size"], **QUICK_RUN["watch"])
+    with tempfile.TemporaryDirectory() as run_dir:
+        outcome = Trainer(config, run_dir, command=f"scripts/reference_curves.py ({preset})").run()
+        rows = runs.read_metrics(run_dir)
+    return {"preset": preset, "status": outcome["status"], "final_test_acc": outcome.get("test_acc"),
+            "test_images": outcome.get("count"), "settings": {**QUICK_RUN["size"], **QUICK_RUN["watch"]}, "rows": trimmed(rows)}
+
+
+def shipped_reference() -> dict | None:
+    """The shipped model's per-epoch curve, against images seen (its card has no step rows)."""
+    try:
+        card = json.loads(card_path(DEFAULT_WEIGHTS).read_text())
+    except (OSError, ValueError):
+        return None
+    per_epoch = training_images(make_config(**{k: v for k, v in card["training"].items() if k in ("limit_train", "val_size")}))
+    rows = [{"kind": "epoch", **row, "images": row["epoch"] * per_epoch} for row in card.get("curve", [])]
+    return {"preset": "fast (shipped weights)", "final_test_acc": card.get("test_acc"), "rows": trimmed(rows)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
+    parser.add_argument("--out", default=str(REPO / "results" / "reference-curves.json"))
+    args = parser.parse_args(argv)
+    references = {}
+    for name, preset in TRAINED:
+        started = time.perf_counter()
+        references[name] = {**train_reference(preset, args.data_dir), "wall_s": round(time.perf_counter() - started, 1)}
+        print(f"{name}: {references[name]['status']}, test accuracy {references[name]['final_test_acc']:.2%} "
+              f"on {references[name]['test_images']} test images, {references[name]['wall_s']} s", flush=True)
+    shipped = shipped_reference()
+    if shipped:
+        references["shipped model"] = shipped
+    report = {"command": shlex.join(["python", "scripts/reference_curves.py", *(argv if argv is not None else sys.argv[1:])]),
+              "device": describe_device(torch.device("cpu")), "date": time.strftime("%Y-%m-%d"), "references": references}
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Training settings are declared once (resnet.config); the CLI, the form, the child command and validation follow."""
+
+import dataclasses
+
+import pytest
+
+from resnet import config
+from resnet.cli import build_parser
+from resnet.config import ConfigError, TrainConfig, make_config, setting
+
+gr = pytest.importorskip("gradio")
+import app  # noqa: E402
+
+
+def train_help() -> str:
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices["train"].format_help()
+
+
+def test_every_cli_setting_is_a_flag_with_its_declared_help_and_choices():
+    text = " ".join(train_help().split())
+    for name in config.CLI_SETTINGS:
+        assert "--" + name.replace("_", "-") in text, name
+        assert " ".join(config.SETTINGS[name].metadata["help"].split()) in text, name
+    assert "{adam,sgd,rmsprop,adagrad}" in text and "--mean" not in text  # normalization comes with a preset
+
+
+def test_every_form_setting_builds_a_field_with_the_preset_value():
+    quick = make_config("quick")
+    for name in config.FORM_SETTINGS:
+        field = app.setting_field(name, app._form_value(name, getattr(quick, name)), {})
+        assert field.label.startswith(config.SETTINGS[name].metadata["form"]), name
+
+
+def test_cli_args_and_the_parser_agree_on_every_setting():
+    overrides = dict(optimizer="rmsprop", lr=0.003, blocks=(2, 2, 2, 2), nesterov=False, resolution="16:0.5", probe_size=10,
+                     whiten_stem=True, channels_last=False, data_dir="somewhere")
+    args = build_parser().parse_args(["train", "--out", "x", *config.cli_args("fast", overrides)])
+    assert config.make_config(args.preset, **{n: getattr(args, n) for n in config.CLI_SETTINGS}) == make_config("fast", **overrides)
+
+
+def test_only_declared_settings_may_change_on_resume():
+    assert config.RESUME_SETTINGS == ("epochs", "device", "data_dir")
+
+
+def test_a_new_setting_is_one_declaration(monkeypatch):
+    """Declaring a setting (here a hypothetical mixup alpha) puts it in the CLI, the form, the child command and
+    validation, with nothing else to edit."""
+
+    @dataclasses.dataclass
+    class Extended(TrainConfig):
+        mixup: float = setting(0.0, "mixup alpha (0 = off)", minimum=0, form="Mixup alpha", advanced=True)
+
+    settings = {f.name: f for f in dataclasses.fields(Extended)}
+    monkeypatch.setattr(config, "TrainConfig", Extended)
+    monkeypatch.setattr(config, "SETTINGS", settings)
+    monkeypatch.setattr(config, "CLI_SETTINGS", (*config.CLI_SETTINGS, "mixup"))
+    monkeypatch.setattr(config, "FORM_SETTINGS", (*config.FORM_SETTINGS, "mixup"))
+
+    assert "--mixup MIXUP" in train_help() and "mixup alpha (0 = off)" in train_help()
+    field = app.setting_field("mixup", 0.0, {})
+    assert isinstance(field, gr.Number) and field.label == "Mixup alpha"
+    values = [app._form_value(n, getattr(make_config("original"), n)) for n in config.FORM_SETTINGS[:-1]] + [0.2]
+    overrides = app.Studio.settings(*values)  # the form's values, as a start from the Train tab sends them
+    assert overrides["mixup"] == 0.2
+    assert "--mixup 0.2" in app.jobs.cli_command("original", overrides)  # the child process's command line
+    assert make_config("original", mixup=0.2).mixup == 0.2
+    with pytest.raises(ConfigError, match="mixup must be at least 0"):
+        make_config("original", mixup=-1.0)

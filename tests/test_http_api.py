@@ -1,0 +1,307 @@
+"""The plain HTTP API (resnet.http_api) through a real server: httpx requests, the Gradio UI beside it."""
+
+import io
+import json
+import threading
+import time
+import zipfile
+
+import httpx
+import pytest
+import torch
+from fastapi import FastAPI
+from PIL import Image
+
+from test_app import ODD_UPLOADS, UNUSABLE, finished_run, odd_upload, tiny_card, tiny_weights  # noqa: F401  (fixture)
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+import app  # noqa: E402
+from resnet import http_api, runs  # noqa: E402
+from resnet import predict as models  # noqa: E402
+from resnet.constants import CLASSES  # noqa: E402
+from resnet.images import MAX_BYTES, prepare  # noqa: E402
+from resnet.model import build_model  # noqa: E402
+from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights  # noqa: E402
+
+pytestmark = pytest.mark.slow
+BATCH_IMAGES, BATCH_MP = 4, 0.01  # small caps, set through the app's own settings
+
+
+@pytest.fixture(scope="module")
+def run_weights(tmp_path_factory, tiny_data):
+    """Weights unlike the shipped ones, so a prediction shows which model made it."""
+    torch.manual_seed(1)
+    model = build_model().eval()
+    return save_weights(model, tmp_path_factory.mktemp("run-weights") / "run.safetensors", tiny_card(model, tiny_data))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_data, run_weights):
+    """(url, runs folder): the studio as app.py serves it, the shipped weights, a finished run and one still training."""
+    root = tmp_path_factory.mktemp("runs")
+    finished_run(root, "run-a", run_weights)
+    runs.run_path(root, "run-busy").mkdir()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STUDIO_WEIGHTS", str(DEFAULT_WEIGHTS))
+        env.setenv("CIFAR10_DIR", str(tiny_data))
+        env.setenv("RUNS_DIR", str(root))
+        env.setenv("STUDIO_MAX_BATCH_IMAGES", str(BATCH_IMAGES))
+        env.setenv("STUDIO_MAX_BATCH_MP", str(BATCH_MP))
+        studio = app.Studio()
+        limits = http_api.Limits(app.max_batch_images(), app.max_batch_pixels(), app.MAX_UPLOAD_BYTES)
+        served = http_api.create_app(app.build_demo(studio), studio.root, limits, **app.launch_options())
+        running = http_api.start(served, "127.0.0.1", 0)
+        yield running.url, root
+        running.close()
+        studio.queue.close()
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    with httpx.Client(base_url=server[0] + "api/v1", timeout=120) as client:
+        yield client
+
+
+def png(name="cat-0.png") -> bytes:
+    return (app.EXAMPLES / name).read_bytes()
+
+
+def image_bytes(size, color=(200, 30, 30), kind="PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, kind)
+    return buffer.getvalue()
+
+
+def make_zip(members: dict) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def refused(response, status: int, *words) -> str:
+    """The refusal is ``status`` with a JSON sentence naming the reason, never a stack trace."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    detail = response.json()["detail"]
+    text = json.dumps(detail)
+    assert "Traceback" not in text and "Exception" not in text
+    for word in words:
+        assert word in text
+    return detail
+
+
+def expected(weights, image_file: bytes) -> dict:
+    model, card = load_weights(weights)
+    return models.class_probabilities(model, card, prepare(image_file))
+
+
+# ---- good requests ---------------------------------------------------------------------------------
+def test_health_names_the_loaded_model(api):
+    health = api.get("/health").json()
+    card = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    assert health == {"status": "ok", "ready": True, "model": {"id": "shipped", "test_acc": card["test_acc"]}}
+
+
+def test_predict_returns_the_apps_probabilities_and_the_model(api):
+    index = json.loads((app.EXAMPLES / "index.json").read_text())["images"]
+    right = 0
+    for entry in index:
+        body = api.post("/predict", files={"file": (entry["file"], png(entry["file"]))}).json()
+        probabilities = expected(DEFAULT_WEIGHTS, png(entry["file"]))
+        assert body["probabilities"] == pytest.approx(probabilities, abs=1e-6)
+        assert list(body["probabilities"]) == sorted(probabilities, key=probabilities.get, reverse=True)
+        assert body["label"] == max(probabilities, key=probabilities.get) and body["probability"] == max(probabilities.values())
+        assert body["model"]["id"] == "shipped" and "logits" not in body
+        right += body["label"] == entry["label"]
+    assert right >= 0.8 * len(index)  # the shipped model scores 93.8% on the test set these come from
+
+
+def test_logits_when_asked(api):
+    body = api.post("/predict", files={"file": ("cat.png", png())}, params={"logits": "true"}).json()
+    assert list(body["logits"]) == list(CLASSES)
+    logits = torch.tensor(list(body["logits"].values()))
+    temperature = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text()).get("temperature") or 1.0  # 1: uncalibrated
+    assert (logits / temperature).softmax(0).tolist() == pytest.approx([body["probabilities"][c] for c in CLASSES], abs=1e-6)
+
+
+def test_a_finished_run_by_id(api, run_weights):
+    body = api.post("/predict", files={"file": ("cat.png", png())}, params={"model": "run:run-a"}).json()
+    card = json.loads(run_weights.with_suffix(".json").read_text())
+    assert body["model"] == {"id": "run:run-a", "test_acc": card["test_acc"]}
+    assert body["probabilities"] == pytest.approx(expected(run_weights, png()), abs=1e-6)
+    assert body["probabilities"] != pytest.approx(expected(DEFAULT_WEIGHTS, png()), abs=1e-3)
+
+
+@pytest.mark.parametrize("kind", ODD_UPLOADS)
+def test_odd_uploads_predict_or_say_why(api, tmp_path, kind):
+    with open(odd_upload(kind, tmp_path), "rb") as handle:
+        response = api.post("/predict", files={"file": (kind, handle.read())})
+    if kind == "too-large":
+        refused(response, 413, f"the file is larger than the {MAX_BYTES >> 20} MB limit")
+    elif kind in UNUSABLE:
+        assert refused(response, 400).startswith("cannot use this image: ")
+    else:
+        assert response.status_code == 200 and response.json()["label"] in CLASSES
+    assert api.post("/predict", files={"file": ("cat.png", png())}).status_code == 200  # the next request is served
+
+
+# ---- refusals --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("choice, words", [("nope", "unknown model"), ("/etc/passwd", "unknown model"),
+                                           ("run:../../etc", "invalid run id"), ("run:no-such-run", "no finished weights"),
+                                           ("run:run-busy", "no finished weights"), ("uploaded", "unknown model")])
+def test_unknown_models_are_404(api, choice, words):
+    refused(api.post("/predict", files={"file": ("cat.png", png())}, params={"model": choice}), 404, words)
+    refused(api.post("/predict_batch", files={"files": ("cat.png", png())}, params={"model": choice}), 404, words)
+
+
+def test_missing_or_malformed_fields_are_422(api):
+    for response in (api.post("/predict"), api.post("/predict", files={"image": ("cat.png", png())}),
+                     api.post("/predict_batch", data={"x": "1"})):
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["type"] == "missing"
+    response = api.post("/predict", files={"file": ("cat.png", png())}, params={"logits": "maybe"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "logits"]
+
+
+def multipart_stream(size: int):
+    yield b'--xx\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+    for _ in range(size // 2**16):
+        yield b"\0" * 2**16
+    yield b"\r\n--xx--\r\n"
+
+
+def test_bodies_over_the_byte_cap_are_413_before_they_are_read(api):
+    big = MAX_BYTES + http_api.MULTIPART_SLACK + 1
+    refused(api.post("/predict", files={"file": ("big.png", b"\0" * big)}), 413, "request body is larger")  # by Content-Length
+    chunked = api.post("/predict", content=multipart_stream(big), headers={"content-type": "multipart/form-data; boundary=xx"})
+    assert chunked.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in chunked.request.headers
+    refused(chunked, 413, "request body is larger")  # counted as it streams in
+
+
+# ---- batches ---------------------------------------------------------------------------------------
+def test_a_zip_and_a_file_give_one_row_per_image(api):
+    archive = make_zip({"a.png": png("cat-0.png"), "sub/b.png": png("ship-1.png"), "notes.txt": b"skipped: not an image name",
+                        "../../evil.png": b"not an image", "__MACOSX/._a.png": b"resource fork"})
+    response = api.post("/predict_batch", files=[("files", ("photos.zip", archive)), ("files", ("dog.png", png("dog-12.png")))],
+                        params={"logits": "true"})
+    body = response.json()
+    assert response.status_code == 200 and body["model"]["id"] == "shipped"
+    rows = {row["file"]: row for row in body["predictions"]}
+    assert list(rows) == ["photos.zip:a.png", "photos.zip:sub/b.png", "dog.png"]
+    assert rows["dog.png"]["probabilities"] == pytest.approx(expected(DEFAULT_WEIGHTS, png("dog-12.png")), abs=1e-6)
+    assert all(list(row["logits"]) == list(CLASSES) for row in rows.values())
+    assert [p["file"] for p in body["problems"]] == ["photos.zip:../../evil.png"]
+
+
+def test_batch_caps_are_the_apps(api):
+    images = {f"{i}.png": png() for i in range(BATCH_IMAGES + 1)}
+    refused(api.post("/predict_batch", files={"files": ("many.zip", make_zip(images))}), 413,
+            f"{BATCH_IMAGES + 1} images in this request", f"at most {BATCH_IMAGES}")
+    side = int((BATCH_MP * 1e6 / 2.5) ** 0.5)  # two of these fit in the decoding budget, a third does not
+    files = [("files", (f"{i}.png", image_bytes((side, side)))) for i in range(3)]
+    body = api.post("/predict_batch", files=files).json()
+    assert [row["file"] for row in body["predictions"]] == ["0.png", "1.png"]
+    assert body["problems"] == [{"file": "2.png", "reason": "this request has used up its decoding budget; "
+                                                            "send the rest in another request"}]
+    refused(api.post("/predict_batch", files={"files": ("x.zip", make_zip({"a.png": b"no"}))}), 400, "none of the files")
+
+
+# ---- the Gradio UI on the same port ------------------------------------------------------------------
+def test_the_ui_keeps_serving_while_the_api_is_hammered(server, api):
+    url, _ = server
+    statuses, done, lock = [], [], threading.Lock()
+
+    def hammer():
+        with httpx.Client(base_url=url + "api/v1", timeout=120) as client:
+            for _ in range(20):
+                status = client.post("/predict", files={"file": ("cat.png", png())}).status_code
+                with lock:
+                    statuses.append(status)
+                    done.append(time.monotonic())
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    ui = Client(url, verbose=False)
+    began = time.monotonic()
+    labels = [ui.predict(handle_file(str(app.EXAMPLES / "cat-0.png")), api_name="/predict")["label"] for _ in range(3)]
+    ended = time.monotonic()
+    for thread in threads:
+        thread.join()
+    assert labels == ["cat"] * 3
+    assert any(began <= t <= ended for t in done), "the API answered nothing while the UI was in use"
+    assert set(statuses) <= {200, 503} and statuses.count(200) > 0
+    assert api.get("/health").json()["ready"]
+
+
+def test_openapi_schema_and_docs(server):
+    url, _ = server
+    schema = httpx.get(url + "openapi.json").json()
+    assert {"/api/v1/predict", "/api/v1/predict_batch", "/api/v1/health"} <= set(schema["paths"])
+    assert "413" in schema["paths"]["/api/v1/predict"]["post"]["responses"]
+    assert httpx.get(url + "docs").status_code == 200
+    assert httpx.get(url + "gradio_api/info").status_code == 200  # Gradio's own routes still answer
+
+
+# ---- saturation ------------------------------------------------------------------------------------
+@pytest.fixture
+def small_server(server, monkeypatch):
+    """The routes alone with one prediction slot, one waiting place and a 0.3 s wait; a 2 kB batch cap;
+    the model load blocks until ``release`` is set, so a request can hold the slot as long as a test needs."""
+    gate = http_api.Gate(workers=1, waiting=1, wait_s=0.3)
+    release, load = threading.Event(), http_api.load
+
+    def slow_load(choice, root):
+        release.wait(60)
+        return load(choice, root)
+
+    monkeypatch.setattr(http_api, "load", slow_load)
+    small = FastAPI()
+    small.include_router(http_api.build_api(server[1], http_api.Limits(BATCH_IMAGES, int(BATCH_MP * 1e6), 2048), gate))
+    running = http_api.start(small, "127.0.0.1", 0)
+    yield running.url + "api/v1", gate, release
+    release.set()
+    running.close()
+
+
+def wait_for(condition, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_saturated_requests_wait_briefly_then_get_503(small_server):
+    url, gate, release = small_server
+    answers = {}
+
+    def call(name):
+        answers[name] = httpx.post(url + "/predict", files={"file": ("cat.png", png())}, timeout=60)
+
+    holder = threading.Thread(target=call, args=("holder",))
+    holder.start()
+    wait_for(lambda: gate.turns.value == 0)
+    waiter = threading.Thread(target=call, args=("waiter",))
+    began = time.monotonic()
+    waiter.start()
+    wait_for(lambda: gate.turns.statistics().tasks_waiting == 1)
+    refused(httpx.post(url + "/predict", files={"file": ("cat.png", png())}), 503, "already waiting")
+    waiter.join()
+    assert time.monotonic() - began >= 0.3
+    refused(answers["waiter"], 503, "within 0.3 s")
+    assert answers["waiter"].headers["retry-after"] == "1"
+    release.set()
+    holder.join()
+    assert answers["holder"].status_code == 200 and answers["holder"].json()["label"] == "cat"
+
+
+def test_the_batch_byte_cap_is_the_one_passed_in(small_server):
+    url, _, release = small_server
+    release.set()
+    assert httpx.post(url + "/predict_batch", files={"files": ("cat.png", png())}).status_code == 200
+    big = 2048 + http_api.MULTIPART_SLACK
+    refused(httpx.post(url + "/predict_batch", files={"files": ("a.png", b"\0" * big)}), 413, "request body is larger")
