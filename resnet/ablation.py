@@ -4,7 +4,7 @@ Every variant changes one thing of the preset (the first variant is the preset i
 is the published recipe at the same budget, for scale), trains on the same images for the same
 epochs and is scored by its final validation accuracy in eval mode; the test set is never looked
 at. Each variant is a run folder named after it. Rerunning skips finished variants and resumes
-interrupted ones, and a fresh checkout continues from the committed results file, as the study does.
+interrupted ones, and a fresh checkout continues from the committed results file (resnet.experiments).
 """
 
 import dataclasses
@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from .plots import COLORS, LAYOUT, empty_figure
-from .study import (DONE, has_folder, measured, open_folder, recorded_runs, run_status, train_in_turn,
-                    write_json_results)
 from .config import PRESETS, ConfigError, make_config
+from .experiments import Budget, Experiment, Options
+from .plots import COLORS, LAYOUT, empty_figure
 
 BASELINE = "fast"
 PUBLISHED_RECIPE = "published-recipe"
@@ -34,22 +33,51 @@ VARIANTS = {
 
 
 @dataclass(frozen=True)
-class Budget:
-    """What every variant gets: the same images and epochs (the recipe's own batch and schedule)."""
-
-    train_size: int = 10_000  # the study's budget: the first images of the training set left after the validation split
-    val_size: int = 5_000  # a seeded split of the training set; the only thing variants are scored on
-    epochs: int = 5
-    test_size: int = 1_000  # the Trainer scores these test images each epoch; the ablation never reads them
-    seed: int = 0
+class Variant:
+    run_id: str
+    change: dict | None
 
 
-def config_for(name: str, budget: Budget, variants: dict = VARIANTS, data_dir=None):
-    sizes = dict(epochs=budget.epochs, val_size=budget.val_size, limit_train=budget.train_size,
-                 limit_test=budget.test_size, seed=budget.seed, data_dir=str(data_dir) if data_dir else None)
-    if variants[name] is None:
-        return make_config("original", **sizes)
-    return make_config("fast", **sizes, **variants[name])
+@dataclass(frozen=True)
+class Ablation(Experiment):
+    """Every one of ``variants``, in order, under the study's budget with each recipe's own batch and schedule."""
+
+    variants: dict = dataclasses.field(default_factory=lambda: VARIANTS)
+
+    name = "ablation"
+    budget = Budget()
+    defaults = Options(out="ablation-runs", results="results/ablation.json")
+    notes = {"score": "validation accuracy at the final epoch, eval mode; the test set is never used"}
+
+    def plan(self, root, budget: Budget, recorded: dict) -> tuple:
+        return [Variant(name, change) for name, change in self.variants.items()], None
+
+    def config_for(self, variant: Variant, budget: Budget, data_dir=None):
+        if variant.change is None:
+            return make_config("original", **budget.settings(data_dir))
+        # The budget leaves the batch to the recipe (None), so a variant that changes it (small-batch) is heard.
+        return make_config("fast", **{**budget.settings(data_dir), **variant.change})
+
+    def row(self, variant: Variant, run: dict, budget: Budget) -> dict:
+        """Its change, outcome, final validation score, speed and curve."""
+        speeds = run.pop("images_per_s")
+        return {
+            "run_id": variant.run_id,
+            "change": variant.change,
+            **run,
+            "train_images_per_s": sum(speeds) / len(speeds) if speeds else None,
+            "config": dataclasses.asdict(self.config_for(variant, budget)),
+        }
+
+    def chosen(self, only):
+        """``only``: variant names (all, where it is empty)."""
+        unknown = set(only or ()) - set(self.variants)
+        if unknown:
+            raise ConfigError(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(self.variants)}")
+        return lambda run_id: not only or run_id in only
+
+
+ABLATION = Ablation()
 
 
 def describe(change) -> str:
@@ -57,48 +85,6 @@ def describe(change) -> str:
         return "the published recipe: Adam 0.01, batch 64, constant lr, dropout 0.1, its crop and normalization"
     return ", ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in change.items()) \
         or "none: the fast preset"
-
-
-def variant_result(root, name: str, budget: Budget, variants: dict = VARIANTS, recorded=None) -> dict:
-    """The variant's row of ablation.json: its change, outcome, final validation score, speed and curve."""
-    if not has_folder(root, name) and name in (recorded or {}):
-        return recorded[name]
-    run = measured(root, name)
-    speeds = run.pop("images_per_s")
-    return {
-        "run_id": name,
-        "change": variants[name],
-        **run,
-        "train_images_per_s": sum(speeds) / len(speeds) if speeds else None,
-        "config": dataclasses.asdict(config_for(name, budget, variants)),
-    }
-
-
-def collect(root, budget: Budget, variants: dict = VARIANTS, recorded=None) -> dict:
-    return {
-        "budget": {**dataclasses.asdict(budget), "score": "validation accuracy at the final epoch, eval mode; "
-                                                           "the test set is never used"},
-        "runs": [variant_result(root, name, budget, variants, recorded) for name in variants],
-    }
-
-
-def run_ablation(root, budget: Budget = Budget(), variants: dict = VARIANTS, data_dir=None, results_path=None, only=(),
-                 stop_event=None, watch=None) -> dict:
-    """Train every variant not done yet (or only those named in ``only``), then return (and write) the results."""
-    unknown = set(only) - set(variants)
-    if unknown:
-        raise ConfigError(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(variants)}")
-    recorded = recorded_runs(results_path, budget)
-    root = open_folder(root, budget)
-
-    def next_run():
-        todo = (name for name in variants if (not only or name in only) and run_status(root, name, recorded) not in DONE)
-        name = next(todo, None)
-        return (name, config_for(name, budget, variants, data_dir)) if name else None
-
-    return train_in_turn(root, budget, next_run, lambda: collect(root, budget, variants, recorded),
-                         lambda results: write_json_results(results, results_path), stop_event, watch,
-                         command=f"python -m resnet ablation --out {root}")
 
 
 def table(results: dict) -> list:

@@ -119,8 +119,9 @@ def _predict_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
 
 
-def _budget_options(p, budget, out: str, results: str) -> None:
+def _budget_options(p, experiment) -> None:
     """What the study and the ablation share: where the data, run folders and results go, and the budget."""
+    budget, out, results = experiment.budget, experiment.defaults.out, experiment.defaults.results
     p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
     p.add_argument("--out", default=out, help=f"folder of its run folders, bound to one budget (default: {out})")
     p.add_argument("--results", default=results,
@@ -134,22 +135,21 @@ def _budget_options(p, budget, out: str, results: str) -> None:
 
 
 def _study_parser(sub) -> None:
-    budget = study.Budget()
     p = sub.add_parser("study", help="rerun the published optimizer, dropout and size comparisons",
                        description=study.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _budget_options(p, budget, "study-runs", "results/study.json")
-    p.add_argument("--batch-size", type=_positive_int, default=budget.batch_size)
+    _budget_options(p, study.STUDY)
+    p.add_argument("--batch-size", type=_positive_int, default=study.STUDY.budget.batch_size)
     p.add_argument("--only", default="", metavar="PREFIX", help="train only the runs whose id starts with PREFIX, e.g. adam-")
     p.add_argument("--dry-run", action="store_true", help="print the plan and what is done; train nothing")
 
 
 def _ablation_parser(sub) -> None:
-    budget = ablation.Budget()
+    variants = ablation.ABLATION.variants
     p = sub.add_parser("ablation", help="remove-one ablation of the fast preset on a validation split",
                        description=ablation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _budget_options(p, budget, "ablation-runs", "results/ablation.json")
-    p.add_argument("--only", nargs="+", choices=list(ablation.VARIANTS), metavar="VARIANT",
-                   help=f"train only these variants ({', '.join(ablation.VARIANTS)})")
+    _budget_options(p, ablation.ABLATION)
+    p.add_argument("--only", nargs="+", choices=list(variants), metavar="VARIANT",
+                   help=f"train only these variants ({', '.join(variants)})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,13 +335,15 @@ def _prediction_line(name: str, probabilities, classes, args) -> str:
 
 
 def cmd_study(args) -> int:
-    budget = study.Budget(train_size=args.train_size, val_size=args.val_size, epochs=args.epochs, batch_size=args.batch_size,
-                          seed=args.seed)
+    budget = dataclasses.replace(study.STUDY.budget, train_size=args.train_size, val_size=args.val_size, epochs=args.epochs,
+                                 batch_size=args.batch_size, seed=args.seed)
     if args.dry_run:
         _print_plan(args.out, args.results, budget)
         return 0
     stop = _stop_on_signals()
-    results = study.run_study(args.out, budget, study.PUBLISHED, args.data_dir, args.results, args.only, stop, _watch_run)
+    options = dataclasses.replace(study.STUDY.defaults, out=args.out, results=args.results, data_dir=args.data_dir,
+                                  only=args.only, stop_event=stop, watch=_watch_run)
+    results = study.STUDY.run(budget, options)
     for row in results["runs"]:
         print(_study_line(row))
     print(f"results: {args.results} (figures beside it)")
@@ -351,10 +353,12 @@ def cmd_study(args) -> int:
 
 
 def cmd_ablation(args) -> int:
-    budget = ablation.Budget(train_size=args.train_size, val_size=args.val_size, epochs=args.epochs, seed=args.seed)
+    budget = dataclasses.replace(ablation.ABLATION.budget, train_size=args.train_size, val_size=args.val_size, epochs=args.epochs,
+                                 seed=args.seed)
     stop = _stop_on_signals()
-    results = ablation.run_ablation(args.out, budget, ablation.VARIANTS, args.data_dir, args.results, args.only or (),
-                                    stop, _watch_run)
+    options = dataclasses.replace(ablation.ABLATION.defaults, out=args.out, results=args.results, data_dir=args.data_dir,
+                                  only=args.only, stop_event=stop, watch=_watch_run)
+    results = ablation.ABLATION.run(budget, options)
     for row in ablation.table(results):
         print(f"{row['variant']:<20} {row['val accuracy']:<11} {row['vs fast']:<12} {row['train images/s']}")
     print(f"results: {args.results}")
@@ -388,12 +392,12 @@ def _watch_run(run_id, trainer, resume):
 
 
 def _print_plan(root, results_path, budget) -> None:
-    study.check_budget(root, budget)
-    recorded = study.recorded_runs(results_path, budget)
-    planned, waiting = study.plan(root, budget, study.PUBLISHED, recorded)
-    print(f"budget: {json.dumps(dataclasses.asdict(budget))}")
+    study.STUDY.check_folder(root, budget)
+    recorded = study.STUDY.recorded_runs(results_path, budget)
+    planned, waiting = study.STUDY.plan(root, budget, recorded)
+    print(f"budget: {json.dumps(budget.fields())}")
     for run in planned:
-        print(f"  {run.run_id:<28} {','.join(run.phases):<20} {study.run_status(root, run.run_id, recorded)}")
+        print(f"  {run.run_id:<28} {','.join(run.phases):<20} {study.STUDY.status(root, run.run_id, recorded)}")
     print(f"{len(planned)} runs planned" + (f"; later phases not planned yet: {waiting}" if waiting else ""))
 
 

@@ -7,46 +7,25 @@ Three phases, each chosen by validation accuracy at the final epoch (the test se
 2. dropout: 0.0 .. 0.5 with the best optimizer and lr of phase 1;
 3. size: blocks 1-1-1-1, 2-2-2-2 and 3-3-3-3 with the best dropout of phase 2.
 
-Every run is an ordinary run folder under the study folder, named by its settings, so a setting
-that two phases share (phase 1's winner is phase 2's dropout 0.1 run) is trained once. Rerunning
-skips finished and diverged runs and resumes stopped or interrupted ones from their checkpoint.
-Run folders hold checkpoints and stay on the machine that trained them; the results file is what
-gets committed, so a fresh checkout continues the study from the finished and diverged runs that
-file records (under the same budget) without training them again.
+Every run is a run folder under the study folder, named by its settings, so a setting that two
+phases share (phase 1's winner is phase 2's dropout 0.1 run) is trained once. Rerunning skips done
+runs and resumes stopped ones, and a fresh checkout continues from the committed results file
+(resnet.experiments: one runner for the study and the ablation).
 """
 
-import contextlib
 import dataclasses
 import functools
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from . import runs
+from .config import OPTIMIZERS, make_config
+from .experiments import DONE, Budget, Experiment, Options
 from .model import BLOCK_CHOICES, build_model, count_parameters
 from .plots import COLORS, LAYOUT, empty_figure
-from .config import OPTIMIZERS, ConfigError, make_config
-from .train import Trainer, load_data, resolve_device
-from .weights import atomic_write_json
 
-DONE = ("finished", "diverged")
-BUDGET_FILE = "budget.json"
-CURVE_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What every run gets: the same images, epochs, batch and constant learning rate."""
-
-    train_size: int = 10_000  # the first images of the training set left after the validation split
-    val_size: int = 5_000  # a seeded split of the training set; the only thing the study chooses by
-    epochs: int = 5
-    batch_size: int = 128
-    test_size: int = 1_000  # the Trainer scores these test images each epoch; the study never reads them
-    seed: int = 0
+PHASES = ("optimizers", "dropout", "size")
 
 
 @dataclass(frozen=True)
@@ -83,100 +62,6 @@ def _tag(number: float) -> str:
     return f"{number:g}".replace(".", "p").replace("+", "")
 
 
-def config_for(planned: Planned, budget: Budget, data_dir=None):
-    # The published recipe (constant lr, its crop and normalization) at the study's budget.
-    # Momentum is SGD's 0.9; RMSprop takes it too in our trainer, so it gets torch's default 0 there.
-    return make_config(
-        "original", optimizer=planned.optimizer, lr=planned.lr, momentum=0.9 if planned.optimizer == "sgd" else 0.0,
-        dropout=planned.dropout, blocks=tuple(planned.blocks), batch_size=budget.batch_size, epochs=budget.epochs,
-        val_size=budget.val_size, limit_train=budget.train_size, limit_test=budget.test_size, seed=budget.seed,
-        data_dir=str(data_dir) if data_dir else None,
-    )
-
-
-# ---- reading what the study folder holds ----------------------------------------------------
-
-def has_folder(root, run_id: str) -> bool:
-    return (Path(root) / run_id / runs.CONFIG).is_file()
-
-
-def run_status(root, run_id: str, recorded=None) -> str:
-    """The run folder's status; else the status a results file recorded (``recorded``); else ``pending``."""
-    if has_folder(root, run_id):
-        return runs.read_status(Path(root) / run_id)["status"]
-    row = (recorded or {}).get(run_id)
-    return row["status"] if row else "pending"
-
-
-def recorded_runs(results_path, budget) -> dict:
-    """The finished and diverged rows of an earlier results file, by run id (empty where there is none).
-
-    A results file written under another budget raises ConfigError rather than being mixed with,
-    or overwritten by, runs trained under this one.
-    """
-    path = Path(results_path) if results_path else None
-    if path is None or not path.is_file():
-        return {}
-    try:
-        stored = json.loads(path.read_text())
-        changed, rows = budget_changes(stored["budget"], budget), stored["runs"]
-        done = {row["run_id"]: row for row in rows if row["status"] in DONE}
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
-        raise ConfigError(f"{path} is not a results file (a budget and a list of runs); pass another --results") from None
-    if changed:
-        raise ConfigError(f"{path} holds results of another budget ({changed}); use the same options or another --results")
-    return done
-
-
-def measured(root, run_id: str) -> dict:
-    """What a run folder measured: status, per-epoch curve, final validation score, speeds, wall time, device."""
-    run_dir = Path(root) / run_id
-    status = run_status(root, run_id)
-    # Keyed by epoch: a run killed between writing an epoch's record and its checkpoint repeats that epoch.
-    by_epoch = {r["epoch"]: r for r in runs.read_metrics(run_dir) if r["kind"] == "epoch"}
-    curve = [{key: record.get(key) for key in CURVE_KEYS} for _, record in sorted(by_epoch.items())]
-    final = by_epoch[max(by_epoch)] if status == "finished" and by_epoch else {}
-    return {
-        "status": status,
-        "curve": curve,
-        "final_val_acc": final.get("val_acc"),
-        "final_val_loss": final.get("val_loss"),
-        "images_per_s": [r["images_per_s"] for r in by_epoch.values() if r.get("images_per_s")],
-        "elapsed_s": final.get("elapsed_s"),
-        "timed_on": runs.trained_on(run_dir),
-    }
-
-
-def run_result(root, planned: Planned, budget: Budget, recorded=None) -> dict:
-    """The run's row of study.json: settings, outcome, final validation score, cost and curve.
-
-    A run with no folder here but a row in ``recorded`` keeps that row (it was measured elsewhere).
-    """
-    if not has_folder(root, planned.run_id) and planned.run_id in (recorded or {}):
-        return {**recorded[planned.run_id], "phases": list(planned.phases)}
-    run = measured(root, planned.run_id)
-    images_per_epoch = budget.train_size // budget.batch_size * budget.batch_size
-    speeds = run["images_per_s"]
-    return {
-        "run_id": planned.run_id,
-        "phases": list(planned.phases),
-        "optimizer": planned.optimizer,
-        "lr": planned.lr,
-        "dropout": planned.dropout,
-        "blocks": list(planned.blocks),
-        "status": run["status"],
-        "diverged": run["status"] == "diverged",
-        "epochs_done": len(run["curve"]),
-        "final_val_acc": run["final_val_acc"],
-        "final_val_loss": run["final_val_loss"],
-        "train_s_per_epoch": sum(images_per_epoch / s for s in speeds) / len(speeds) if speeds else None,
-        "timed_on": run["timed_on"],
-        "params": _parameters(planned.blocks),
-        "curve": run["curve"],
-        "config": dataclasses.asdict(config_for(planned, budget)),
-    }
-
-
 @functools.lru_cache(maxsize=None)
 def _parameters(blocks: tuple) -> int:
     return count_parameters(build_model(blocks))
@@ -193,164 +78,6 @@ def phase_choice(members: list) -> dict | None:
     if not members or any(r["status"] not in DONE for r in members):
         return None
     return best(members)
-
-
-# ---- the plan -------------------------------------------------------------------------------
-
-def plan(root, budget: Budget, design: Design = PUBLISHED, recorded=None) -> tuple:
-    """(runs known so far, in order; why later phases are not planned yet, or None).
-
-    Phases 2 and 3 exist only once the phase before them is done, since they build on its winner.
-    """
-    planned = {}
-
-    def add(phase, optimizer, lr, dropout, blocks):
-        run = Planned(optimizer, lr, dropout, tuple(blocks), (phase,))
-        earlier = planned.get(run.run_id)
-        planned[run.run_id] = run if earlier is None else dataclasses.replace(earlier, phases=earlier.phases + (phase,))
-
-    def phase_winner(phase):
-        members = [run_result(root, p, budget, recorded) for p in planned.values() if phase in p.phases]
-        winner = phase_choice(members)
-        if winner is None and any(r["status"] not in DONE for r in members):
-            return None, f"the {phase} phase is not done yet"
-        return winner, None if winner else f"every run of the {phase} phase diverged"
-
-    for optimizer in design.optimizers:
-        for lr in design.lrs:
-            add("optimizers", optimizer, lr, design.dropout, design.blocks)
-        for lr, smaller in design.fallbacks:
-            if run_status(root, Planned(optimizer, lr, design.dropout, design.blocks, ()).run_id, recorded) == "diverged":
-                add("optimizers", optimizer, smaller, design.dropout, design.blocks)
-    winner, waiting = phase_winner("optimizers")
-    if winner is None:
-        return list(planned.values()), f"{waiting}: the dropout and size phases build on its best optimizer and lr"
-    for dropout in design.dropouts:
-        add("dropout", winner["optimizer"], winner["lr"], dropout, design.blocks)
-    winner, waiting = phase_winner("dropout")
-    if winner is None:
-        return list(planned.values()), f"{waiting}: the size phase builds on its best dropout"
-    for blocks in design.sizes:
-        add("size", winner["optimizer"], winner["lr"], winner["dropout"], blocks)
-    return list(planned.values()), None
-
-
-def collect(root, budget: Budget, design: Design = PUBLISHED, recorded=None) -> dict:
-    """Everything study.json holds, read from the study folder (and ``recorded`` rows it lacks)."""
-    planned, waiting = plan(root, budget, design, recorded)
-    results = [run_result(root, p, budget, recorded) for p in planned]
-    return {
-        "budget": {
-            **dataclasses.asdict(budget),
-            "schedule": "constant lr, the published recipe otherwise (its crop, normalization, Adam/RMSprop/Adagrad defaults)",
-            "score": "validation accuracy at the final epoch; the test set is never used to choose",
-            "train_s_per_epoch": "training time only, validation excluded",
-        },
-        "design": dataclasses.asdict(design),
-        "choices": {phase: _choice_id(results, phase) for phase in ("optimizers", "dropout", "size")},
-        "waiting": waiting,
-        "runs": results,
-    }
-
-
-def _choice_id(results: list, phase: str) -> str | None:
-    choice = phase_choice([r for r in results if phase in r["phases"]])
-    return choice["run_id"] if choice else None
-
-
-# ---- running it -----------------------------------------------------------------------------
-
-def budget_changes(stored: dict, budget) -> str:
-    """What differs between a budget read back and ``budget`` ('epochs 3 -> 5, ...'); '' where nothing does."""
-    return ", ".join(f"{k} {stored.get(k)} -> {v}" for k, v in dataclasses.asdict(budget).items() if stored.get(k) != v)
-
-
-def check_budget(root, budget) -> None:
-    """A study folder holds one budget: comparing runs trained under different ones would mislead."""
-    path = Path(root) / BUDGET_FILE
-    if not path.is_file():
-        return
-    try:
-        changed = budget_changes(json.loads(path.read_text()), budget)
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        raise ConfigError(f"{path} is not a budget file; use another --out") from None
-    if changed:
-        raise ConfigError(f"{root} holds runs of another budget ({changed}); use the same options or another --out")
-
-
-def open_folder(root, budget) -> Path:
-    """The study folder, created if need be and bound to ``budget`` (refused if it holds another)."""
-    root = Path(root)
-    check_budget(root, budget)
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / BUDGET_FILE, dataclasses.asdict(budget))
-    return root
-
-
-def load_study_data(config, budget: Budget):
-    """The images every run shares: the split and the subset depend only on the budget's sizes and seed."""
-    data = load_data(config, resolve_device(config.device))
-    if len(data.train_x) < budget.train_size:
-        raise ConfigError(f"only {len(data.train_x)} training images remain after the {budget.val_size}-image validation split; "
-                          f"lower --train-size or --val-size")
-    return data
-
-
-def train_run(root, run_id: str, config, data, stop_event=None, watch=None, command: str = "") -> None:
-    """Train one run folder of a study-like folder on shared in-memory data, resuming it if it stopped.
-
-    ``watch(run_id, trainer, resume)`` may return a context manager wrapped around the run (the
-    CLI's progress bar).
-    """
-    run_dir = Path(root) / run_id
-    status = runs.read_status(run_dir)
-    if status["status"] == "running":
-        raise runs.RunError(f"{run_id} is being trained by process {status.get('pid')}; wait for it or stop it first")
-    resume = status["status"] in runs.RESUMABLE and (run_dir / runs.CHECKPOINT).is_file()
-    trainer = Trainer(config, run_dir, stop_event=stop_event, data=data, command=command)
-    with watch(run_id, trainer, resume) if watch else contextlib.nullcontext():
-        trainer.run(resume=resume)
-
-
-def train_in_turn(root, budget, next_run, results, write, stop_event=None, watch=None, command: str = "") -> dict:
-    """The loop of the study and the ablation: train ``next_run()`` (a run id and its config; None when
-    none is left) until none is left or a stop is asked, writing ``results()`` after every run.
-
-    The images are loaded once, for the first run that needs them. ``watch`` is train_run's. A stop
-    (``stop_event``) leaves the current run resumable and ends the loop.
-    """
-    data = None
-    while (todo := next_run()) is not None:
-        run_id, config = todo
-        if data is None:
-            data = load_study_data(config, budget)
-        train_run(root, run_id, config, data, stop_event, watch, command)
-        write(results())
-        if stop_event is not None and stop_event.is_set():
-            break
-    final = results()
-    write(final)
-    return final
-
-
-def run_study(root, budget: Budget, design: Design = PUBLISHED, data_dir=None, results_path=None, only: str = "",
-              stop_event=None, watch=None) -> dict:
-    """Train every planned run not done yet, one after another, then return (and write) the results.
-
-    The plan is made again after every run: a finished phase decides what the next one trains.
-    """
-    recorded = recorded_runs(results_path, budget)
-    root = open_folder(root, budget)
-
-    def next_run():
-        planned, _ = plan(root, budget, design, recorded)
-        todo = (p for p in planned if p.run_id.startswith(only) and run_status(root, p.run_id, recorded) not in DONE)
-        first = next(todo, None)
-        return (first.run_id, config_for(first, budget, data_dir)) if first else None
-
-    return train_in_turn(root, budget, next_run, lambda: collect(root, budget, design, recorded),
-                         lambda results: write_results(results, results_path), stop_event, watch,
-                         command=f"python -m resnet study --out {root}")
 
 
 # ---- figures --------------------------------------------------------------------------------
@@ -452,18 +179,95 @@ def size_figure(results: dict) -> go.Figure:
 FIGURES = {"heatmap": heatmap_figure, "curves": curves_figure, "dropout": dropout_figure, "size": size_figure}
 
 
-def write_json_results(results: dict, path) -> None:
-    """The results file (nothing when ``path`` is None), its folder created if need be."""
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, results)
+# ---- the study as an experiment ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Study(Experiment):
+    """The three phases of ``design`` under the study's budget."""
+
+    design: Design = PUBLISHED
+
+    name = "study"
+    budget = Budget(batch_size=128)
+    defaults = Options(out="study-runs", results="results/study.json")
+    notes = {
+        "schedule": "constant lr, the published recipe otherwise (its crop, normalization, Adam/RMSprop/Adagrad defaults)",
+        "score": "validation accuracy at the final epoch; the test set is never used to choose",
+        "train_s_per_epoch": "training time only, validation excluded",
+    }
+    pages = FIGURES
+
+    def plan(self, root, budget: Budget, recorded: dict) -> tuple:
+        """Phases 2 and 3 are planned only once the phase before them is done, since they build on its winner."""
+        design, planned = self.design, {}
+
+        def add(phase, optimizer, lr, dropout, blocks):
+            run = Planned(optimizer, lr, dropout, tuple(blocks), (phase,))
+            earlier = planned.get(run.run_id)
+            planned[run.run_id] = run if earlier is None else dataclasses.replace(earlier, phases=earlier.phases + (phase,))
+
+        def phase_winner(phase):
+            members = [self.result(root, p, budget, recorded) for p in planned.values() if phase in p.phases]
+            winner = phase_choice(members)
+            if winner is None and any(r["status"] not in DONE for r in members):
+                return None, f"the {phase} phase is not done yet"
+            return winner, None if winner else f"every run of the {phase} phase diverged"
+
+        for optimizer in design.optimizers:
+            for lr in design.lrs:
+                add("optimizers", optimizer, lr, design.dropout, design.blocks)
+            for lr, smaller in design.fallbacks:
+                if self.status(root, Planned(optimizer, lr, design.dropout, design.blocks, ()).run_id, recorded) == "diverged":
+                    add("optimizers", optimizer, smaller, design.dropout, design.blocks)
+        winner, waiting = phase_winner("optimizers")
+        if winner is None:
+            return list(planned.values()), f"{waiting}: the dropout and size phases build on its best optimizer and lr"
+        for dropout in design.dropouts:
+            add("dropout", winner["optimizer"], winner["lr"], dropout, design.blocks)
+        winner, waiting = phase_winner("dropout")
+        if winner is None:
+            return list(planned.values()), f"{waiting}: the size phase builds on its best dropout"
+        for blocks in design.sizes:
+            add("size", winner["optimizer"], winner["lr"], winner["dropout"], blocks)
+        return list(planned.values()), None
+
+    def config_for(self, planned: Planned, budget: Budget, data_dir=None):
+        # The published recipe (constant lr, its crop and normalization) at the study's budget.
+        # Momentum is SGD's 0.9; RMSprop takes it too in our trainer, so it gets torch's default 0 there.
+        return make_config("original", optimizer=planned.optimizer, lr=planned.lr,
+                           momentum=0.9 if planned.optimizer == "sgd" else 0.0, dropout=planned.dropout,
+                           blocks=tuple(planned.blocks), **budget.settings(data_dir))
+
+    def row(self, planned: Planned, run: dict, budget: Budget) -> dict:
+        """Settings, outcome, final validation score, cost and curve."""
+        images_per_epoch = budget.train_size // budget.batch_size * budget.batch_size
+        speeds = run["images_per_s"]
+        return {
+            "run_id": planned.run_id,
+            "phases": list(planned.phases),
+            "optimizer": planned.optimizer,
+            "lr": planned.lr,
+            "dropout": planned.dropout,
+            "blocks": list(planned.blocks),
+            "status": run["status"],
+            "diverged": run["status"] == "diverged",
+            "epochs_done": len(run["curve"]),
+            "final_val_acc": run["final_val_acc"],
+            "final_val_loss": run["final_val_loss"],
+            "train_s_per_epoch": sum(images_per_epoch / s for s in speeds) / len(speeds) if speeds else None,
+            "timed_on": run["timed_on"],
+            "params": _parameters(planned.blocks),
+            "curve": run["curve"],
+            "config": dataclasses.asdict(self.config_for(planned, budget)),
+        }
+
+    def from_plan(self, planned: Planned) -> dict:
+        return {"phases": list(planned.phases)}  # a later phase can take up a run recorded by an earlier one
+
+    def summary(self, rows: list, waiting) -> dict:
+        choices = {phase: phase_choice([r for r in rows if phase in r["phases"]]) for phase in PHASES}
+        return {"design": dataclasses.asdict(self.design), "choices": {p: c and c["run_id"] for p, c in choices.items()},
+                "waiting": waiting}
 
 
-def write_results(results: dict, path) -> None:
-    """study.json, and beside it one HTML page per figure (study-heatmap.html, ...)."""
-    if path is None:
-        return
-    path = Path(path)
-    write_json_results(results, path)
-    for name, make in FIGURES.items():
-        make(results).write_html(path.with_name(f"{path.stem}-{name}.html"), include_plotlyjs="cdn")
+STUDY = Study()

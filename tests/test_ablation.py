@@ -10,11 +10,13 @@ import pytest
 from resnet import ablation, runs
 from resnet.cli import main
 from resnet.config import ConfigError
+from resnet.experiments import Budget, Options
 
 # 64 training images: the fast preset's batch of 512 does not fit, so the tiny variants use 32.
-BUDGET = ablation.Budget(train_size=64, val_size=64, epochs=1, test_size=20)
+BUDGET = Budget(train_size=64, val_size=64, epochs=1, test_size=20)
 TINY = {"fast": {"batch_size": 32}, "no-label-smoothing": {"batch_size": 32, "label_smoothing": 0.0},
         "published-recipe": None}
+TINY_ABLATION = ablation.Ablation(variants=TINY)
 
 
 def recorder(log, stop_at=None, stop=None):
@@ -28,9 +30,13 @@ def recorder(log, stop_at=None, stop=None):
 
 
 def test_every_variant_changes_only_what_it_names():
-    fast = dataclasses.asdict(ablation.config_for("fast", ablation.Budget()))
-    for name, change in ablation.VARIANTS.items():
-        config = dataclasses.asdict(ablation.config_for(name, ablation.Budget()))
+    experiment = ablation.ABLATION
+    variants, waiting = experiment.plan(None, experiment.budget, {})
+    assert [v.run_id for v in variants] == list(ablation.VARIANTS) and waiting is None
+    fast = dataclasses.asdict(experiment.config_for(variants[0], experiment.budget))
+    for variant in variants:
+        name, change = variant.run_id, variant.change
+        config = dataclasses.asdict(experiment.config_for(variant, experiment.budget))
         changed = {key for key in fast if config[key] != fast[key]}
         if change is None:  # the published recipe differs in many settings, but not in the budget
             assert {"optimizer", "batch_size", "schedule"} <= changed
@@ -43,15 +49,14 @@ def test_every_variant_changes_only_what_it_names():
 def test_ablation_stops_resumes_skips_and_continues_from_its_results(tiny_data, tmp_path):
     root, results_path = tmp_path / "ablation-runs", tmp_path / "results" / "ablation.json"
     stop, first = threading.Event(), []
-    ablation.run_ablation(root, BUDGET, TINY, tiny_data, results_path, stop_event=stop,
-                          watch=recorder(first, "no-label-smoothing", stop))
+    TINY_ABLATION.run(BUDGET, Options(root, results_path, tiny_data, stop_event=stop, watch=recorder(first, "no-label-smoothing", stop)))
     assert first == [("fast", False), ("no-label-smoothing", False)]
     assert runs.read_status(root / "no-label-smoothing")["status"] == "stopped"
     written = {r["run_id"]: r for r in json.loads(results_path.read_text())["runs"]}
     assert written["fast"]["status"] == "finished" and written["published-recipe"]["status"] == "pending"
 
     second = []
-    results = ablation.run_ablation(root, BUDGET, TINY, tiny_data, results_path, watch=recorder(second))
+    results = TINY_ABLATION.run(BUDGET, Options(root, results_path, tiny_data, watch=recorder(second)))
     assert second == [("no-label-smoothing", True), ("published-recipe", False)]
     by_id = {r["run_id"]: r for r in results["runs"]}
     assert all(r["status"] == "finished" and 0 <= r["final_val_acc"] <= 1 and r["train_images_per_s"] > 0
@@ -70,19 +75,24 @@ def test_ablation_stops_resumes_skips_and_continues_from_its_results(tiny_data, 
 
     # A fresh checkout: no run folders, the committed results file; nothing is trained again.
     third = []
-    again = ablation.run_ablation(tmp_path / "fresh-checkout", BUDGET, TINY, tiny_data, results_path, watch=recorder(third))
+    again = TINY_ABLATION.run(BUDGET, Options(tmp_path / "fresh-checkout", results_path, tiny_data, watch=recorder(third)))
     assert third == [] and json.loads(json.dumps(again)) == json.loads(json.dumps(results))
 
 
 def test_unknown_variants_and_other_budgets_are_refused(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="unknown variant"):
-        ablation.run_ablation(tmp_path / "a", BUDGET, TINY, tiny_data, only=("no-such-variant",))
+        TINY_ABLATION.run(BUDGET, Options(tmp_path / "a", data_dir=tiny_data, only=("no-such-variant",)))
     results_path = tmp_path / "ablation.json"
     content = json.dumps({"budget": {**dataclasses.asdict(BUDGET), "epochs": 3}, "runs": []})
     results_path.write_text(content)
     with pytest.raises(ConfigError, match="epochs 3 -> 1"):
-        ablation.run_ablation(tmp_path / "a", BUDGET, TINY, tiny_data, results_path)
+        TINY_ABLATION.run(BUDGET, Options(tmp_path / "a", results_path, tiny_data))
     assert results_path.read_text() == content and not (tmp_path / "a").exists()
+    study_results = json.dumps({"experiment": "study", "budget": BUDGET.fields(), "runs": []})
+    results_path.write_text(study_results)
+    with pytest.raises(ConfigError, match="holds results of the study, not the ablation;"):
+        TINY_ABLATION.run(BUDGET, Options(tmp_path / "a", results_path, tiny_data))
+    assert results_path.read_text() == study_results and not (tmp_path / "a").exists()
 
 
 def test_the_figure_and_table_of_an_empty_ablation():
@@ -92,7 +102,7 @@ def test_the_figure_and_table_of_an_empty_ablation():
 
 @pytest.mark.slow
 def test_cli_ablation_trains_the_chosen_variants(tiny_data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(ablation, "VARIANTS", TINY)
+    monkeypatch.setattr(ablation, "ABLATION", TINY_ABLATION)
     root, results_path = tmp_path / "runs", tmp_path / "ablation.json"
     code = main(["ablation", "--data-dir", str(tiny_data), "--out", str(root), "--results", str(results_path),
                  "--train-size", "64", "--val-size", "64", "--epochs", "1", "--seed", "3", "--only", "fast"])

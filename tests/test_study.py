@@ -7,15 +7,17 @@ import threading
 
 import pytest
 
-from resnet import runs, study
+from resnet import experiments, runs, study
 from resnet.cli import main
 from resnet.config import ConfigError
+from resnet.experiments import Budget, Options
 
 # 64 training images, batch 32: two steps an epoch. Adam at lr 1e37 turns the loss non-finite on
 # its second step, which stands in for the published grid's diverging learning rates.
-BUDGET = study.Budget(train_size=64, val_size=64, epochs=1, batch_size=32, test_size=20)
+BUDGET = Budget(train_size=64, val_size=64, epochs=1, batch_size=32, test_size=20)
 DESIGN = study.Design(optimizers=("adam", "sgd"), lrs=(1e37, 0.01), fallbacks=((1e37, 0.001),),
                       dropouts=(0.0, 0.1), sizes=((1, 1, 1, 1), (1, 1, 1, 2)))
+TINY_STUDY = study.Study(design=DESIGN)
 
 
 def recorder(log, stop_before=None, stop=None):
@@ -35,23 +37,23 @@ def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
     root, results_path = tmp_path / "study-runs", tmp_path / "results" / "study.json"
     stop, first = threading.Event(), []
     interrupted = "sgd-lr0p01-drop0p1-b1111"
-    study.run_study(root, BUDGET, DESIGN, tiny_data, results_path, stop_event=stop, watch=recorder(first, interrupted, stop))
+    TINY_STUDY.run(BUDGET, Options(root, results_path, tiny_data, stop_event=stop, watch=recorder(first, interrupted, stop)))
     # Adam diverged at 1e37, so its fallback lr comes next, before SGD's runs.
     assert [run_id for run_id, _ in first] == ["adam-lr1e37-drop0p1-b1111", "adam-lr0p01-drop0p1-b1111",
                                                "adam-lr0p001-drop0p1-b1111", "sgd-lr1e37-drop0p1-b1111", interrupted]
     assert runs.read_status(root / interrupted)["status"] == "stopped"
     written = json.loads(results_path.read_text())
     assert {r["run_id"]: r["status"] for r in written["runs"]}["adam-lr1e37-drop0p1-b1111"] == "diverged"
-    assert written["waiting"].startswith("the optimizers phase is not done yet")
+    assert written["waiting"].startswith("the optimizers phase is not done yet") and written["experiment"] == "study"
 
     second = []
-    results = study.run_study(root, BUDGET, DESIGN, tiny_data, results_path, watch=recorder(second))
+    results = TINY_STUDY.run(BUDGET, Options(root, results_path, tiny_data, watch=recorder(second)))
     assert second[0] == (interrupted, True)
     assert not {run_id for run_id, _ in first[:-1]} & {run_id for run_id, _ in second}
     by_id = {r["run_id"]: r for r in results["runs"]}
     # Both optimizers diverged at 1e37, so each got the fallback lr; the winner's settings recur in later phases.
     assert {"adam-lr0p001-drop0p1-b1111", "sgd-lr0p001-drop0p1-b1111"} <= set(by_id)
-    assert all(r["status"] in study.DONE for r in results["runs"]) and results["waiting"] is None
+    assert all(r["status"] in experiments.DONE for r in results["runs"]) and results["waiting"] is None
     winner = by_id[results["choices"]["optimizers"]]
     assert winner["final_val_acc"] == max(r["final_val_acc"] for r in results["runs"] if "optimizers" in r["phases"]
                                           and r["final_val_acc"] is not None)
@@ -65,7 +67,7 @@ def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
     assert json.loads(results_path.read_text()) == json.loads(json.dumps(results))
 
     third = []
-    study.run_study(root, BUDGET, DESIGN, tiny_data, results_path, watch=recorder(third))
+    TINY_STUDY.run(BUDGET, Options(root, results_path, tiny_data, watch=recorder(third)))
     assert third == []
 
     # A fresh checkout has the committed results file but no run folders: nothing is trained again,
@@ -75,7 +77,7 @@ def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
     redo["status"] = "stopped"
     results_path.write_text(json.dumps(written))
     fourth = []
-    again = study.run_study(tmp_path / "fresh-checkout", BUDGET, DESIGN, tiny_data, results_path, watch=recorder(fourth))
+    again = TINY_STUDY.run(BUDGET, Options(tmp_path / "fresh-checkout", results_path, tiny_data, watch=recorder(fourth)))
     assert fourth == [(interrupted, False)]
     unchanged = [r for r in json.loads(json.dumps(results["runs"])) if r["run_id"] != interrupted]
     assert [r for r in json.loads(json.dumps(again["runs"])) if r["run_id"] != interrupted] == unchanged
@@ -91,7 +93,7 @@ def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
 
 
 def test_plan_waits_for_the_optimizer_phase(tmp_path):
-    planned, waiting = study.plan(tmp_path, study.Budget())
+    planned, waiting = study.STUDY.plan(tmp_path, study.STUDY.budget, {})
     assert len(planned) == 12 and {p.phases for p in planned} == {("optimizers",)}
     assert {p.lr for p in planned} == {0.5, 0.1, 0.01}
     assert "not done yet" in waiting
@@ -100,9 +102,9 @@ def test_plan_waits_for_the_optimizer_phase(tmp_path):
 def test_a_study_folder_keeps_its_budget(tiny_data, tmp_path, capsys):
     root = tmp_path / "study-runs"
     root.mkdir()
-    (root / study.BUDGET_FILE).write_text(json.dumps({**dataclasses.asdict(BUDGET), "epochs": 3}))
+    (root / experiments.BUDGET_FILE).write_text(json.dumps({**dataclasses.asdict(BUDGET), "epochs": 3}))
     with pytest.raises(ConfigError, match="epochs 3 -> 1"):
-        study.check_budget(root, BUDGET)
+        TINY_STUDY.check_folder(root, BUDGET)
     code = main(["study", "--data-dir", str(tiny_data), "--out", str(root), "--train-size", "64", "--val-size", "64",
                  "--epochs", "1", "--batch-size", "32", "--dry-run"])
     error = capsys.readouterr().err
@@ -123,25 +125,26 @@ def test_the_committed_results_continue_the_study(tmp_path, capsys):
     assert main(["study", "--out", str(tmp_path / "s"), "--results", "results/study.json", "--dry-run"]) == 0
     lines = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
     for row in committed["runs"]:
-        assert lines[row["run_id"]] == (row["status"] if row["status"] in study.DONE else "pending")
+        assert lines[row["run_id"]] == (row["status"] if row["status"] in experiments.DONE else "pending")
 
 
 @pytest.mark.parametrize("content, message", [
     ("{not json", "not a results file"),
     ('{"budget": [], "runs": []}', "not a results file"),
     (json.dumps({"budget": {**dataclasses.asdict(BUDGET), "epochs": 3}, "runs": []}), "another budget .*epochs 3 -> 1"),
+    (json.dumps({"experiment": "ablation", "budget": BUDGET.fields(), "runs": []}), "results of the ablation, not the study;"),
 ])
 def test_a_results_file_of_another_kind_is_refused_and_kept(tiny_data, tmp_path, content, message):
     results_path = tmp_path / "study.json"
     results_path.write_text(content)
     with pytest.raises(ConfigError, match=message):
-        study.run_study(tmp_path / "runs", BUDGET, DESIGN, tiny_data, results_path)
+        TINY_STUDY.run(BUDGET, Options(tmp_path / "runs", results_path, tiny_data))
     assert results_path.read_text() == content
 
 
 @pytest.mark.slow
 def test_cli_study_trains_only_the_chosen_runs(tiny_data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(study, "PUBLISHED", DESIGN)
+    monkeypatch.setattr(study, "STUDY", TINY_STUDY)
     root, results_path = tmp_path / "runs", tmp_path / "study.json"
     code = main(["study", "--data-dir", str(tiny_data), "--out", str(root), "--results", str(results_path), "--train-size", "64",
                  "--val-size", "64", "--epochs", "1", "--batch-size", "32", "--only", "sgd-lr0p01"])

@@ -1,0 +1,254 @@
+"""Experiments: a plan of runs trained one after another under one budget, then a results file and its figures.
+
+An experiment (the optimizer study, the remove-one ablation) is a subclass of Experiment that declares
+what it compares: its plan, each run's config and results row. This module owns the rest. Every run is
+an ordinary run folder under the experiment's folder, named by its run id. Rerunning skips finished and
+diverged runs and resumes stopped or interrupted ones from their checkpoint. Run folders hold
+checkpoints and stay on the machine that trained them; the results file is what gets committed, so a
+fresh checkout continues from the finished and diverged runs that file records (under the same budget)
+without training them again.
+"""
+
+import contextlib
+import dataclasses
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import runs
+from .config import ConfigError
+from .train import Trainer, load_data, resolve_device
+from .weights import atomic_write_json
+
+DONE = ("finished", "diverged")
+BUDGET_FILE = "budget.json"
+CURVE_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every run of an experiment gets: the same images, epochs and seed (and batch, where it fixes one)."""
+
+    train_size: int = 10_000  # the first images of the training set left after the validation split
+    val_size: int = 5_000  # a seeded split of the training set; the only thing runs are scored on
+    epochs: int = 5
+    batch_size: int | None = None  # None: each run keeps its recipe's batch (the ablation compares recipes)
+    test_size: int = 1_000  # the Trainer scores these test images each epoch; no experiment reads them
+    seed: int = 0
+
+    def fields(self) -> dict:
+        """The budget as budget.json and the results file hold it (a batch left to the recipes is left out)."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+    def settings(self, data_dir=None) -> dict:
+        """The make_config settings that hold a run to this budget."""
+        return dict(epochs=self.epochs, val_size=self.val_size, limit_train=self.train_size, limit_test=self.test_size,
+                    seed=self.seed, batch_size=self.batch_size, data_dir=str(data_dir) if data_dir else None)
+
+    def changes(self, stored: dict) -> str:
+        """What differs between a budget read back and this one ('epochs 3 -> 5, ...'); '' where nothing does."""
+        return ", ".join(f"{k} {stored.get(k)} -> {v}" for k, v in dataclasses.asdict(self).items() if stored.get(k) != v)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Where an experiment's run folders and results go, and what to train of it this time."""
+
+    out: str | Path  # the folder of its run folders, bound to one budget
+    results: str | Path | None = None  # read to skip what it records as done; rewritten after every run
+    data_dir: str | Path | None = None
+    only: object = None  # the CLI's --only, as the experiment's `chosen` reads it; empty: every run
+    stop_event: threading.Event | None = None  # once set, the current run stops resumable and no other starts
+    watch: Callable | None = None  # (run_id, trainer, resume) -> a context manager around the run (the CLI's progress bar)
+
+
+class Experiment:
+    """The runner every experiment shares: plan, run folders, results file, pages.
+
+    A subclass declares ``name`` (its command and the kind its files record), ``budget`` and ``defaults`` (the
+    CLI's), ``notes`` (what its score and numbers mean, written beside the budget), ``plan``,
+    ``config_for`` and ``row``; optionally ``pages``, ``summary``, ``from_plan`` and ``chosen``.
+    """
+
+    name: str
+    budget: Budget
+    defaults: Options
+    notes: dict
+    pages: dict = {}  # name -> (results -> figure), each written beside the results file as <stem>-<name>.html
+
+    def plan(self, root, budget: Budget, recorded: dict) -> tuple:
+        """(the runs known so far, in order, each with a ``run_id``; why later ones are not planned yet, or None)."""
+        raise NotImplementedError
+
+    def config_for(self, planned, budget: Budget, data_dir=None):
+        raise NotImplementedError
+
+    def row(self, planned, run: dict, budget: Budget) -> dict:
+        """The run's row of the results file, from what its folder measured (``measured``)."""
+        raise NotImplementedError
+
+    def summary(self, rows: list, waiting) -> dict:
+        """What the results file holds beside the budget and the rows."""
+        return {}
+
+    def from_plan(self, planned) -> dict:
+        """What a row says from the plan rather than from training: a recorded row is brought up to date with it."""
+        return {}
+
+    def chosen(self, only) -> Callable[[str], bool]:
+        """Which run ids ``only`` asks to train: by default those starting with it (all, where it is empty)."""
+        return lambda run_id: run_id.startswith(only or "")
+
+    # ---- what the folder and the results file hold ---------------------------------------------
+
+    def status(self, root, run_id: str, recorded=None) -> str:
+        """The run folder's status; else the status the results file recorded; else ``pending``."""
+        if has_folder(root, run_id):
+            return runs.read_status(Path(root) / run_id)["status"]
+        row = (recorded or {}).get(run_id)
+        return row["status"] if row else "pending"
+
+    def result(self, root, planned, budget: Budget, recorded: dict) -> dict:
+        """The run's row: from its folder; else the row the results file recorded (it was trained elsewhere)."""
+        if not has_folder(root, planned.run_id) and planned.run_id in recorded:
+            return {**recorded[planned.run_id], **self.from_plan(planned)}
+        return self.row(planned, measured(root, planned.run_id), budget)
+
+    def collect(self, root, budget: Budget, recorded: dict) -> dict:
+        """Everything the results file holds, read from the run folders (and the recorded rows they lack)."""
+        planned, waiting = self.plan(root, budget, recorded)
+        rows = [self.result(root, p, budget, recorded) for p in planned]
+        return {"experiment": self.name, "budget": {**budget.fields(), **self.notes}, **self.summary(rows, waiting), "runs": rows}
+
+    def recorded_runs(self, results_path, budget: Budget) -> dict:
+        """The finished and diverged rows of an earlier results file, by run id (empty where there is none).
+
+        A results file of another experiment or budget raises ConfigError rather than being mixed
+        with, or overwritten by, runs trained under this one.
+        """
+        path = Path(results_path) if results_path else None
+        if path is None or not path.is_file():
+            return {}
+        try:
+            stored = json.loads(path.read_text())
+            refusal, rows = self._refusal(stored.get("experiment"), stored["budget"], budget), stored["runs"]
+            done = {row["run_id"]: row for row in rows if row["status"] in DONE}
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            raise ConfigError(f"{path} is not a results file (a budget and a list of runs); pass another --results") from None
+        if refusal:
+            raise ConfigError(f"{path} holds results of {refusal}; use the same options or another --results")
+        return done
+
+    def check_folder(self, root, budget: Budget) -> None:
+        """An experiment's folder holds one experiment under one budget: comparing across either would mislead."""
+        path = Path(root) / BUDGET_FILE
+        if not path.is_file():
+            return
+        try:
+            stored = json.loads(path.read_text())
+            refusal = self._refusal(stored.get("experiment"), stored, budget)
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            raise ConfigError(f"{path} is not a budget file; use another --out") from None
+        if refusal:
+            raise ConfigError(f"{root} holds runs of {refusal}; use the same options or another --out")
+
+    def _refusal(self, kind, stored_budget: dict, budget: Budget) -> str:
+        # Files written before they recorded their experiment are taken to be of the one reading them.
+        if kind not in (None, self.name):
+            return f"the {kind}, not the {self.name}"
+        changed = budget.changes(stored_budget)
+        return f"another budget ({changed})" if changed else ""
+
+    def open_folder(self, root, budget: Budget) -> Path:
+        """The experiment's folder, created if need be and bound to ``budget`` (refused if it holds another)."""
+        root = Path(root)
+        self.check_folder(root, budget)
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(root / BUDGET_FILE, {"experiment": self.name, **budget.fields()})
+        return root
+
+    def write_results(self, results: dict, path) -> None:
+        """The results file and its pages beside it (nothing when ``path`` is None), its folder created if need be."""
+        if path is None:
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, results)
+        for name, make in self.pages.items():
+            make(results).write_html(path.with_name(f"{path.stem}-{name}.html"), include_plotlyjs="cdn")
+
+    # ---- running it ----------------------------------------------------------------------------
+
+    def run(self, budget: Budget, options: Options) -> dict:
+        """Train every planned run not done yet (of those ``options.only`` chooses), one after another; return
+        the results, written after every run.
+
+        The plan is made again after every run: a finished run can decide what is planned next (the
+        study's phases). The images are loaded once, for the first run that needs them.
+        """
+        chosen = self.chosen(options.only)
+        recorded = self.recorded_runs(options.results, budget)
+        root = self.open_folder(options.out, budget)
+        command = f"python -m resnet {self.name} --out {root}"
+        data = None
+        while (todo := self._next_run(root, budget, recorded, chosen)) is not None:
+            config = self.config_for(todo, budget, options.data_dir)
+            if data is None:
+                data = load_shared_data(config, budget)
+            train_run(root, todo.run_id, config, data, options.stop_event, options.watch, command)
+            self.write_results(self.collect(root, budget, recorded), options.results)
+            if options.stop_event is not None and options.stop_event.is_set():
+                break
+        final = self.collect(root, budget, recorded)
+        self.write_results(final, options.results)
+        return final
+
+    def _next_run(self, root, budget: Budget, recorded: dict, chosen):
+        planned, _ = self.plan(root, budget, recorded)
+        return next((p for p in planned if chosen(p.run_id) and self.status(root, p.run_id, recorded) not in DONE), None)
+
+
+def has_folder(root, run_id: str) -> bool:
+    return (Path(root) / run_id / runs.CONFIG).is_file()
+
+
+def measured(root, run_id: str) -> dict:
+    """What a run folder measured: status, per-epoch curve, final validation score, speeds, wall time, device."""
+    run_dir = Path(root) / run_id
+    status = runs.read_status(run_dir)["status"] if has_folder(root, run_id) else "pending"
+    # Keyed by epoch: a run killed between writing an epoch's record and its checkpoint repeats that epoch.
+    by_epoch = {r["epoch"]: r for r in runs.read_metrics(run_dir) if r["kind"] == "epoch"}
+    curve = [{key: record.get(key) for key in CURVE_KEYS} for _, record in sorted(by_epoch.items())]
+    final = by_epoch[max(by_epoch)] if status == "finished" and by_epoch else {}
+    return {
+        "status": status,
+        "curve": curve,
+        "final_val_acc": final.get("val_acc"),
+        "final_val_loss": final.get("val_loss"),
+        "images_per_s": [r["images_per_s"] for r in by_epoch.values() if r.get("images_per_s")],
+        "elapsed_s": final.get("elapsed_s"),
+        "timed_on": runs.trained_on(run_dir),
+    }
+
+
+def load_shared_data(config, budget: Budget):
+    """The images every run shares: the split and the subset depend only on the budget's sizes and seed."""
+    data = load_data(config, resolve_device(config.device))
+    if len(data.train_x) < budget.train_size:
+        raise ConfigError(f"only {len(data.train_x)} training images remain after the {budget.val_size}-image validation split; "
+                          f"lower --train-size or --val-size")
+    return data
+
+
+def train_run(root, run_id: str, config, data, stop_event=None, watch=None, command: str = "") -> None:
+    """Train one run folder on the shared in-memory data, resuming it if it stopped."""
+    run_dir = Path(root) / run_id
+    status = runs.read_status(run_dir)
+    if status["status"] == "running":
+        raise runs.RunError(f"{run_id} is being trained by process {status.get('pid')}; wait for it or stop it first")
+    resume = status["status"] in runs.RESUMABLE and (run_dir / runs.CHECKPOINT).is_file()
+    trainer = Trainer(config, run_dir, stop_event=stop_event, data=data, command=command)
+    with watch(run_id, trainer, resume) if watch else contextlib.nullcontext():
+        trainer.run(resume=resume)
