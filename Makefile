@@ -4,7 +4,7 @@ VENV := .venv
 # The data set beside the checkout (as in CI), else ./data (the app then says how to get it).
 export CIFAR10_DIR ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data/cifar10),data)
 
-.PHONY: app test
+.PHONY: app test lint
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,3 +20,6 @@ app: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	$(VENV)/bin/python -m pytest -q
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .

@@ -12,7 +12,6 @@ import csv
 import dataclasses
 import functools
 import json
-import os
 import shutil
 import secrets
 import signal
@@ -23,26 +22,24 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from resnet import ablation, batch, http_api, jobs, plots
-from resnet import study as study_figures
+from resnet import ablation, batch, config, http_api, jobs, limits, plots, robustness_plots, stress
 from resnet import predict as models
+from resnet import study as study_figures
+from resnet.config import QUICK_RUN, from_form, make_config
 from resnet.constants import TEST_IMAGES, TRAIN_IMAGES
-from resnet.data import DataMissingError
+from resnet.errors import USER_ERRORS
 from resnet.explain import enlarge, grad_cam, overlay
-from resnet.images import MAX_BYTES, ImageError, prepare
+from resnet.images import ImageError, prepare
 from resnet.model import BLOCK_CHOICES
-from resnet import config
-from resnet.config import QUICK_RUN, ConfigError, from_form, make_config
 from resnet.runs import CARD, METRICS, STATUS, WEIGHTS, RunError, read_metrics, read_status, run_path
-from resnet.weights import WeightsError, card_path
+from resnet.weights import card_path
 
 HERE = Path(__file__).resolve().parent
 SCRATCH = Path(tempfile.gettempdir()) / "cifar-resnet-studio"  # CSVs and run-file copies on their way to a visitor
 SCRATCH_MAX_AGE_S = 3600
-MAX_UPLOAD_BYTES = max(MAX_BYTES, models.MAX_UPLOAD_WEIGHTS_BYTES)  # Gradio has one cap for all uploads; images keep theirs
 EXAMPLES, MISTAKES = HERE / "assets" / "examples", HERE / "assets" / "mistakes"
 STUDY, ABLATION = HERE / "results" / "study.json", HERE / "results" / "ablation.json"
-USER_ERRORS = (ImageError, WeightsError, RunError, ConfigError, DataMissingError)
+ROBUSTNESS = HERE / "results" / "robustness.json"
 TABLE_COLUMNS = ["run_id", "status", "optimizer", "lr", "dropout", "batch_size", "blocks", "epochs",
                  "best_test_acc", "final_test_acc", "elapsed_s", "message"]
 REFERENCES = HERE / "results" / "reference-curves.json"
@@ -58,16 +55,6 @@ REFERENCE_NOTE = ("Grey lines are committed reference runs on the quick-run budg
                   "the quick preset and the published recipe. The probe is a fixed set of held-out images scored in eval "
                   "mode between steps; the test score comes at each epoch's end.")
 BATCH_NOTE_PROBLEMS = 20  # unreadable files named in the batch note; the rest are counted
-
-
-def max_batch_images() -> int:
-    """Images one /predict_batch request may hold (files plus zip members), from $STUDIO_MAX_BATCH_IMAGES."""
-    return int(os.environ.get("STUDIO_MAX_BATCH_IMAGES", 500))
-
-
-def max_batch_pixels() -> int:
-    """Pixels one /predict_batch request may decode in all, from $STUDIO_MAX_BATCH_MP (megapixels)."""
-    return int(float(os.environ.get("STUDIO_MAX_BATCH_MP", 500)) * 1e6)
 
 
 @contextlib.contextmanager
@@ -87,7 +74,7 @@ def undecoded_upload(payload):
         return None
     if payload.url and payload.url.startswith("data:"):
         # Decode no more than one byte past the cap: enough for resnet.images to refuse it by size.
-        encoded = payload.url.partition(",")[2][: (MAX_BYTES // 3 + 1) * 4]
+        encoded = payload.url.partition(",")[2][: (limits.current().upload_bytes // 3 + 1) * 4]
         try:
             return base64.b64decode(encoded)
         except binascii.Error:
@@ -165,7 +152,7 @@ class Studio:
 
         One row per readable image: name, top class, its probability, one column per class. The
         same byte and pixel caps as single uploads apply to each image and zip member, and a request
-        holds at most max_batch_images() images.
+        holds at most the server's batch_images limit.
         """
         paths = [Path(path) for path in files or []]
         if not paths:
@@ -174,11 +161,11 @@ class Studio:
         model.card = card  # what resnet.batch normalizes with (the same card the cache pairs with this model)
         classes = list(card["classes"])
         problems, rows = [], []
-        with batch.Sources(max_total_pixels=max_batch_pixels()) as sources:
+        with batch.Sources(max_total_pixels=limits.current().batch_pixels) as sources:
             for path in paths:
                 _add_upload(sources, path)
             problems.extend(sources.problems)
-            limit = max_batch_images()
+            limit = limits.current().batch_images
             if len(sources.items) > limit:
                 raise gr.Error(f"{len(sources.items)} images in this request; this server predicts at most {limit} at a time",
                                print_exception=False)
@@ -186,7 +173,7 @@ class Studio:
                 writer = csv.writer(handle)
                 writer.writerow(batch.csv_header(classes))
                 for source, logits in batch.predict_sources(model, sources, on_error=lambda *p: problems.append(p)):
-                    probabilities = logits.softmax(0)
+                    probabilities = models.calibrated(logits, card)
                     writer.writerow(batch.csv_row(source.name, probabilities, classes))
                     top = int(probabilities.argmax())
                     rows.append([source.name, classes[top], round(float(probabilities[top]), 6),
@@ -211,9 +198,22 @@ class Studio:
         cam, _ = grad_cam(model, tensor, card["mean"], card["std"])
         return enlarge(tensor), overlay(tensor, cam)
 
-    @staticmethod
-    def confidence_note(label) -> str:
-        return models.confidence_note(label) if isinstance(label, dict) else ""
+    def confidence_note(self, label, choice: str = models.SHIPPED, upload_key: str | None = None) -> str:
+        """The warning in words, at the threshold the model's card chose from its calibrated curve."""
+        if not isinstance(label, dict):
+            return ""
+        try:
+            _, card = self.model(choice, upload_key)
+        except gr.Error:
+            card = None
+        return models.confidence_note(label, card)
+
+    def stress(self, image, corruption: str, severity, choice: str = models.SHIPPED, upload_key: str | None = None):
+        """(the corrupted 32 x 32 image enlarged, top classes of the clean image, top classes of the corrupted one)."""
+        model, card = self.model(choice, upload_key)
+        with user_errors():
+            stressed, clean, hit = stress.stress_predict(model, card, read_image(image), corruption, severity)
+        return enlarge(stressed), clean, hit
 
     def model_choices(self, upload_key: str | None = None) -> list:
         return models.model_choices(self.root) + ([("Uploaded weights", models.UPLOADED)] if upload_key else [])
@@ -485,7 +485,7 @@ def predict_tab(studio: Studio) -> None:
             with gr.Row():
                 seen = gr.Image(label="What the network saw (32 x 32)", interactive=False, height=256, format="png")
                 heat = gr.Image(label="Where it looked (Grad-CAM, top class)", interactive=False, height=256, format="png")
-    with gr.Accordion(f"Many images at once (up to {max_batch_images()} per request)", open=False):
+    with gr.Accordion(f"Many images at once (up to {limits.current().batch_images} per request)", open=False):
         with gr.Row():
             batch_files = batch_input(label="Images or .zip archives", file_types=["image", ".zip"])
             with gr.Column():
@@ -493,12 +493,23 @@ def predict_tab(studio: Studio) -> None:
                 batch_csv = gr.File(label="Predictions (CSV)", interactive=False)
         batch_note = gr.Markdown()
         batch_table = gr.Dataframe(label="Predictions", interactive=False, max_height=400)
+    with gr.Accordion("Stress this image: how the top classes move under a corruption", open=False):
+        with gr.Row():
+            corruption = gr.Dropdown(stress.choices(), value=stress.choices()[0][1], label="Corruption",
+                                     allow_custom_value=True)  # an unknown name reaches resnet.stress's own refusal
+            severity = gr.Slider(stress.SEVERITIES[0], stress.SEVERITIES[-1], value=3, step=1, label="Severity")
+            stress_button = gr.Button("Stress it")
+        with gr.Row():
+            stressed = gr.Image(label="Stressed (32 x 32)", interactive=False, height=256, format="png")
+            clean_top, stressed_top = gr.Label(num_top_classes=3, label="Clean"), gr.Label(num_top_classes=3, label="Stressed")
 
     model_inputs = [image, picker, upload_key]
     predicted = image.change(studio.predict, model_inputs, label, api_name="predict", concurrency_id="predict", concurrency_limit=4)
     predicted.success(studio.explain, model_inputs, [seen, heat], api_name="explain", concurrency_id="predict")
-    predicted.success(studio.confidence_note, label, note, api_visibility="private")
+    predicted.success(studio.confidence_note, [label, picker, upload_key], note, api_visibility="private")
     picker.change(studio.model_info, [picker, upload_key], about_model, api_visibility="private")
+    stress_button.click(studio.stress, [image, corruption, severity, picker, upload_key], [stressed, clean_top, stressed_top],
+                        api_name="stress", concurrency_id="predict")
     batch_button.click(studio.predict_batch, [batch_files, picker, upload_key], [batch_table, batch_csv, batch_note],
                        api_name="predict_batch", concurrency_id="predict_batch", concurrency_limit=1)
     weights_file.upload(studio.upload_weights, weights_file, [upload_key, picker, about_model], api_visibility="private")
@@ -530,7 +541,7 @@ def train_tab(studio: Studio):
         data_note = gr.Markdown(f"⚠️ **Training is unavailable on this host.** {missing}")
         fetch = gr.Button("Download CIFAR-10 (about 170 MB)")
         fetch.click(studio.download_data, None, [data_note, fetch], api_visibility="private")
-    caps = jobs.server_caps()
+    caps = {name: getattr(limits.current(), name) for name in jobs.TRAINING_CAPS}
     defaults = make_config(QUICK_RUN["preset"], **QUICK_RUN["size"])
     preset = gr.Radio(list(config.PRESETS), value=QUICK_RUN["preset"], label="Preset",
                       info="; ".join(f"{name}: {PRESET_NOTES[name]}" for name in config.PRESETS))
@@ -625,6 +636,13 @@ def card_tab() -> None:
     with gr.Row():
         gr.Plot(plots.curves_figure({"shipped": card.get("curve", [])}, "acc"))
         gr.Plot(plots.curves_figure({"shipped": card.get("curve", [])}, "loss"))
+    gr.Markdown("### Calibration")
+    gr.Markdown(robustness_plots.calibration_text(card))
+    gr.Plot(robustness_plots.reliability_figure(card))
+    results = _read_json(ROBUSTNESS)
+    gr.Markdown("### Robustness to corruptions")
+    gr.Markdown(robustness_plots.robustness_text(results))
+    gr.Plot(robustness_plots.robustness_figure(results))
     study = _read_json(STUDY)
     gr.Markdown("### Optimizer study")
     if study:
@@ -702,7 +720,7 @@ def launch_options() -> dict:
     Only the folders whose files the app itself hands out may be served; run files go out as copies.
     """
     roots = [EXAMPLES, MISTAKES]
-    return {"max_file_size": MAX_UPLOAD_BYTES, "allowed_paths": [str(p) for p in roots], "theme": gr.themes.Soft(),
+    return {"max_file_size": limits.current().request_bytes, "allowed_paths": [str(p) for p in roots], "theme": gr.themes.Soft(),
             "footer_links": ["api", "gradio"]}
 
 
@@ -718,8 +736,11 @@ def stop_on_sigterm(studio: Studio) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        limits.current()  # a host's STUDIO_* variables, checked before anything starts
+    except limits.LimitError as error:
+        raise SystemExit(f"error: {error}") from None
     studio = Studio()
     stop_on_sigterm(studio)
     # The UI and the HTTP API (/api/v1, /docs) on one port: resnet.http_api says why it mounts Gradio rather than launch().
-    limits = http_api.Limits(max_batch_images(), max_batch_pixels(), MAX_UPLOAD_BYTES)
-    http_api.serve(build_demo(studio), studio.root, limits, **launch_options())
+    http_api.serve(build_demo(studio), studio.root, **launch_options())

@@ -5,7 +5,6 @@ repository root:  python -m assets.make_examples [--data-dir ../shared/data/cifa
 """
 
 import argparse
-import json
 from pathlib import Path
 
 from PIL import Image

@@ -66,8 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="OUT", help="also write the results here")
     args = parser.parse_args(argv)
     studio = app.Studio()
-    limits = http_api.Limits(app.max_batch_images(), app.max_batch_pixels(), app.MAX_UPLOAD_BYTES)
-    running = http_api.start(http_api.create_app(app.build_demo(studio), studio.root, limits, **app.launch_options()),
+    running = http_api.start(http_api.create_app(app.build_demo(studio), studio.root, **app.launch_options()),
                              "127.0.0.1", 0)
     floor_demo = trivial_demo()
     _, floor_url, _ = floor_demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True)

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from .evaluate import metrics_from_logits, predict_logits
-from .images import MAX_BYTES, MAX_PIXELS, ImageError, TooManyPixels, open_image, prepare
+from . import limits
+from .images import ImageError, TooManyPixels, open_image, prepare
 
 BATCH_SIZE = 256
 MAX_ZIP_MEMBERS = 100_000
@@ -93,28 +94,29 @@ class Sources:
                 continue
             if member.flag_bits & 0x1:
                 self.problems.append((name, "the member is encrypted"))
-            elif member.file_size > MAX_BYTES:
-                size, limit = member.file_size / 2**20, MAX_BYTES / 2**20
+            elif member.file_size > limits.current().upload_bytes:
+                size, limit = member.file_size / 2**20, limits.current().upload_bytes / 2**20
                 self.problems.append((name, f"{size:.1f} MB uncompressed; the limit is {limit:.0f} MB"))
             else:
                 self.items.append(Source(name, path, member, label))
 
     def prepare(self, source: Source) -> torch.Tensor:
         """uint8 [3, 32, 32]; raises one of READ_ERRORS with the reason."""
+        max_bytes, max_pixels = limits.current().upload_bytes, limits.current().pixels
         if source.member is None:
             data = source.path
         else:  # the header's size may lie (a zip bomb): read at most one byte past the cap
             with self._archives[source.path].open(source.member) as handle:
-                data = handle.read(MAX_BYTES + 1)
-            if len(data) > MAX_BYTES:
-                raise ImageError(f"the member inflates past the {MAX_BYTES / 2**20:.0f} MB limit")
+                data = handle.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise ImageError(f"the member inflates past the {max_bytes / 2**20:.0f} MB limit")
         if self._pixels_left is None:
             return prepare(data)
-        budget = min(MAX_PIXELS, self._pixels_left)
+        budget = min(max_pixels, self._pixels_left)
         try:
             image = open_image(data, max_pixels=budget)  # checks the header's size before decoding
         except TooManyPixels:
-            if budget == MAX_PIXELS:
+            if budget == max_pixels:
                 raise
             raise ImageError("this request has used up its decoding budget; send the rest in another request") from None
         self._pixels_left -= image.width * image.height

@@ -22,7 +22,7 @@ THRESHOLD_RULE = (
 
 
 def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Logits divided by the temperature, in float64 so that small temperatures do not overflow the softmax."""
+    """Logits divided by the temperature, in float64: the NLLs the search compares differ by less than float32 resolves."""
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"the temperature must be a positive number, not {temperature!r}")
     return logits.double() / temperature

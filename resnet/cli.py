@@ -14,17 +14,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import ablation, batch, export, runs, study
-from .data import DataMissingError, download, load_split
-from .evaluate import evaluate
-from .images import ImageError
-from . import config
+from . import ablation, batch, config, export, runs, study
+from . import predict as models
 from .config import SEED_LIMIT, ConfigError
+from .data import download, load_split
+from .errors import USER_ERRORS
+from .evaluate import evaluate
 from .train import Trainer, resume_config
-from .weights import DEFAULT_WEIGHTS, WeightsError, load_model
+from .weights import DEFAULT_WEIGHTS, load_model
 
-EXPECTED_ERRORS = (ConfigError, DataMissingError, runs.RunError, WeightsError, ImageError, batch.FolderError, FileNotFoundError,
-                   export.ExportError)
+EXPECTED_ERRORS = (*USER_ERRORS, FileNotFoundError)  # and a path on this machine that is not there
 
 
 def _finite_float(text: str) -> float:
@@ -302,7 +301,7 @@ def cmd_predict(args) -> int:
             if writer:
                 writer.writerow(batch.csv_header(classes))
             for source, logits in batch.predict_sources(model, sources, args.batch_size, on_error=report, progress=bar):
-                probabilities = logits.softmax(0)
+                probabilities = models.calibrated(logits, model.card)
                 predicted += 1
                 if writer:
                     writer.writerow(batch.csv_row(source.name, probabilities, classes))

@@ -19,7 +19,7 @@ def grad_cam(model, image: torch.Tensor, mean, std, target: int | None = None):
 
     The image goes to the model's device (a GPU Space's model) and the map comes back for drawing."""
     model.eval()
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # a model without parameters works on the CPU
     x = normalize(image[None].to(device), mean, std)
     with torch.no_grad():  # the gradient is needed from the last stage on, not through the trunk
         features = model.features(x)

@@ -14,12 +14,12 @@ needs the ``onnx`` and ``onnxscript`` packages at export time only; running the 
 import argparse
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import predict as models
 from .constants import IMAGE_SIZE
 from .weights import DEFAULT_WEIGHTS, load_weights
 
@@ -46,16 +46,6 @@ class Exported(nn.Module):
         # the first call under torch.export would cache fake ones that later eager calls then compute with.
         logits = self.model((images.float() / 255.0 - self.mean) / self.std)
         return logits, (logits / self.temperature).softmax(1)
-
-
-def temperature_of(card: dict) -> float | None:
-    """The card's calibration temperature, None when it has none."""
-    value = card.get("temperature")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ExportError(f"the card's temperature must be a positive number, not {value!r}")
-    return float(value)
 
 
 def metadata(card: dict, temperature: float | None, source: str) -> dict:
@@ -89,7 +79,7 @@ def export_onnx(weights_path, out_path, dynamic_batch: bool = False) -> Path:
     """Write ``weights_path`` (our .safetensors with its card, a run's, or a published .pt) as ONNX to ``out_path``."""
     require_exporter()
     model, card = load_weights(weights_path)
-    temperature = temperature_of(card)
+    temperature = models.card_temperature(card)
     wrapped = Exported(model, card, temperature or 1.0).eval()
     example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
     shapes = {INPUT: {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None

@@ -19,7 +19,6 @@ at once; up to STUDIO_API_QUEUE more wait at most STUDIO_API_WAIT_S for a turn, 
 """
 
 import dataclasses
-import os
 import shutil
 import tempfile
 import threading
@@ -34,29 +33,17 @@ from fastapi.routing import APIRoute
 from gradio.http_server import INITIAL_PORT_VALUE, LOCALHOST_NAME  # $GRADIO_SERVER_PORT and _NAME, read as launch() reads them
 from pydantic import BaseModel, Field
 
-from . import batch
+from . import batch, limits
 from . import predict as models
 from .evaluate import predict_logits
-from .images import MAX_BYTES, ImageError, prepare
+from .images import ImageError, prepare
 from .runs import RunError
 from .weights import WeightsError
 
 PREFIX = "/api/v1"
-WORKERS = int(os.environ.get("STUDIO_API_WORKERS", 1))  # one forward pass already uses every core torch is given
-QUEUE = int(os.environ.get("STUDIO_API_QUEUE", 32))
-WAIT_S = float(os.environ.get("STUDIO_API_WAIT_S", 2.0))
 MULTIPART_SLACK = 64 * 1024  # boundary and part headers around a file of the largest allowed size
 MODEL_QUERY = Query(models.SHIPPED, description="`shipped`, or `run:<id>` for a finished run's weights")
 LOGITS_QUERY = Query(False, description="also return the raw logits")
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """What one batch request may hold: the app's settings, passed in so they have one home (app.py)."""
-
-    batch_images: int  # images, counting every zip member
-    batch_pixels: int  # pixels decoded over all its images
-    batch_bytes: int  # bytes of the whole request body
 
 
 class ModelInfo(BaseModel):
@@ -142,7 +129,7 @@ class Gate:
     """At most ``workers`` predictions at once, each in a worker thread of its own pool (never behind the
     threads other routes share); ``waiting`` more wait at most ``wait_s`` for a turn, the rest get 503 at once."""
 
-    def __init__(self, workers: int = WORKERS, waiting: int = QUEUE, wait_s: float = WAIT_S):
+    def __init__(self, workers: int, waiting: int, wait_s: float):
         self.turns, self.threads = anyio.Semaphore(workers), anyio.CapacityLimiter(workers)
         self.max_waiting, self.wait_s = waiting, wait_s
 
@@ -203,12 +190,12 @@ def predict_one(root, data: bytes, choice: str, with_logits: bool) -> dict:
     return {**prediction(model, card, decode(data), with_logits), "model": model_info(choice, card)}
 
 
-def predict_many(root, limits: Limits, uploads: list, choice: str, with_logits: bool) -> dict:
+def predict_many(root, allowed: limits.ServerLimits, uploads: list, choice: str, with_logits: bool) -> dict:
     """Rows for several images and/or zip archives, with resnet.batch's caps; each upload is written to a
     temporary file named by its position (the client's name is only shown, never used as a path)."""
     model, card = load(choice, root)
     rows, problems = [], []
-    pixels = limits.batch_pixels
+    pixels = allowed.batch_pixels
     with tempfile.TemporaryDirectory(prefix="studio-api-") as folder, batch.Sources(max_total_pixels=pixels) as sources:
         for index, (name, handle) in enumerate(uploads):
             path = Path(folder) / (f"{index}.zip" if name.lower().endswith(".zip") else str(index))
@@ -216,9 +203,9 @@ def predict_many(root, limits: Limits, uploads: list, choice: str, with_logits: 
             with open(path, "wb") as out:
                 shutil.copyfileobj(handle, out)
             add_named(sources, path, name)
-        if len(sources.items) > limits.batch_images:
+        if len(sources.items) > allowed.batch_images:
             raise HTTPException(413, f"{len(sources.items)} images in this request; this server predicts at most "
-                                     f"{limits.batch_images} at a time")
+                                     f"{allowed.batch_images} at a time")
         problems.extend({"file": name, "reason": reason} for name, reason in sources.problems)
         for source in sources.items:
             try:
@@ -249,22 +236,23 @@ async def read_capped(file: UploadFile, limit: int) -> bytes:
     return data
 
 
-def build_api(root, limits: Limits, gate: Gate | None = None) -> APIRouter:
-    """The /api/v1 routes over a runs folder (for `run:<id>` models)."""
-    gate = gate or Gate()
+def build_api(root, allowed: limits.ServerLimits | None = None, gate: Gate | None = None) -> APIRouter:
+    """The /api/v1 routes over a runs folder (for `run:<id>` models), within this server's limits."""
+    allowed = allowed or limits.current()
+    gate = gate or Gate(allowed.api_workers, allowed.api_queue, allowed.api_wait_s)
     router = APIRouter(prefix=PREFIX, tags=["predict"])
 
     async def predict(file: UploadFile = File(description="one image, any format Pillow reads"),
                       model: str = MODEL_QUERY, logits: bool = LOGITS_QUERY) -> PredictResult:
         """Classify one image: the top class, every class's probability, and the model's id and test accuracy."""
-        data = await read_capped(file, MAX_BYTES)
+        data = await read_capped(file, allowed.upload_bytes)
         return await gate.run(predict_one, root, data, model, logits)
 
     async def predict_batch(files: list[UploadFile] = File(description="images and/or .zip archives of images"),
                             model: str = MODEL_QUERY, logits: bool = LOGITS_QUERY) -> BatchResult:
         """Classify several images or the images of zip archives, one row each, with the app's caps."""
         uploads = [(file.filename or f"file-{index}", file.file) for index, file in enumerate(files)]
-        return await gate.run(predict_many, root, limits, uploads, model, logits)
+        return await gate.run(predict_many, root, allowed, uploads, model, logits)
 
     async def health() -> Health:
         """Liveness, and whether the default model loads."""
@@ -275,19 +263,20 @@ def build_api(root, limits: Limits, gate: Gate | None = None) -> APIRouter:
         return Health(model=ModelInfo(**model_info(models.SHIPPED, card)), ready=True)
 
     common = {"response_model_exclude_none": True, "responses": REFUSALS}
-    router.add_api_route("/predict", predict, methods=["POST"], route_class_override=capped_route(MAX_BYTES + MULTIPART_SLACK),
+    router.add_api_route("/predict", predict, methods=["POST"], route_class_override=capped_route(allowed.upload_bytes + MULTIPART_SLACK),
                          **common)
     router.add_api_route("/predict_batch", predict_batch, methods=["POST"],
-                         route_class_override=capped_route(limits.batch_bytes + MULTIPART_SLACK), **common)
+                         route_class_override=capped_route(allowed.request_bytes + MULTIPART_SLACK), **common)
     router.add_api_route("/health", health, methods=["GET"], response_model_exclude_none=True)
     return router
 
 
-def create_app(demo: gr.Blocks, root, limits: Limits, gate: Gate | None = None, **launch_options) -> FastAPI:
+def create_app(demo: gr.Blocks, root, allowed: limits.ServerLimits | None = None, gate: Gate | None = None,
+               **launch_options) -> FastAPI:
     """The API routes, then the Gradio UI mounted at / with the app's launch() options (see the module's docstring)."""
     app = FastAPI(title="CIFAR-10 ResNet studio API", version="1",
                   description="Predict with the studio's models over plain HTTP; the Gradio UI is served at /.")
-    app.include_router(build_api(root, limits, gate))
+    app.include_router(build_api(root, allowed, gate))
     return gr.mount_gradio_app(app, demo, path="/", ssr_mode=False, **launch_options)
 
 
@@ -316,9 +305,9 @@ def start(app: FastAPI, host: str, port: int) -> Running:
     return Running(server, thread, f"http://{host}:{port}/")
 
 
-def serve(demo: gr.Blocks, root, limits: Limits, **launch_options) -> None:
+def serve(demo: gr.Blocks, root, **launch_options) -> None:
     """``python app.py``: the UI and the API on $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT until the process is stopped."""
-    app = create_app(demo, root, limits, server_name=LOCALHOST_NAME, server_port=INITIAL_PORT_VALUE, **launch_options)
+    app = create_app(demo, root, server_name=LOCALHOST_NAME, server_port=INITIAL_PORT_VALUE, **launch_options)
     running = start(app, LOCALHOST_NAME, INITIAL_PORT_VALUE)
     print(f"* Running on local URL:  {running.url} (HTTP API: {running.url}docs)", flush=True)
     try:

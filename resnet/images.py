@@ -6,17 +6,14 @@ pictures were made: whole objects, roughly centred, no distortion).
 """
 
 import io
-import os
 import warnings
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import limits
 from .constants import IMAGE_SIZE
-
-MAX_PIXELS = int(os.environ.get("STUDIO_MAX_PIXELS", 40_000_000))
-MAX_BYTES = int(float(os.environ.get("STUDIO_MAX_UPLOAD_MB", 20)) * 1024 * 1024)
 
 
 class ImageError(ValueError):
@@ -27,8 +24,11 @@ class TooManyPixels(ImageError):
     """The header announces more pixels than the cap allows; nothing was decoded."""
 
 
-def open_image(source, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Image.Image:
-    """Open a path, bytes or PIL image safely: size and pixel caps are checked before decoding."""
+def open_image(source, max_pixels: int | None = None, max_bytes: int | None = None) -> Image.Image:
+    """Open a path, bytes or PIL image safely: size and pixel caps (this server's, unless given) are checked
+    before decoding."""
+    max_pixels = limits.current().pixels if max_pixels is None else max_pixels
+    max_bytes = limits.current().upload_bytes if max_bytes is None else max_bytes
     if isinstance(source, Image.Image):
         image = source
     else:
@@ -95,7 +95,7 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def prepare(source, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> torch.Tensor:
+def prepare(source, max_pixels: int | None = None, max_bytes: int | None = None) -> torch.Tensor:
     """Anything image-like -> uint8 [3, 32, 32]; ImageError with the reason otherwise."""
     image = open_image(source, max_pixels, max_bytes)
     try:

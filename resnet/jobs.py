@@ -21,26 +21,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import runs
+from . import limits, runs
 from .config import ConfigError, TrainConfig, cli_args, make_config
 from .data import BATCHES_FOLDER, TEST_FILES, TRAIN_FILES, DataMissingError, download, load_split, resolve_data_dir
 from .train import resume_config, training_images
 from .weights import atomic_write_json
 
+TRAINING_CAPS = ("epochs", "batch_size")  # the training settings a server caps (resnet.limits), shown on the form
+BROWSER_SECRET = ".browser-secret"  # in the runs folder, beside the runs
 REQUEST = "request.json"  # what a queued run will be started with; the CLI ignores the file
 LOG = "train.log"  # the child's stdout and stderr
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.5
 EXIT_GRACE_S = 10  # how long a resume waits for a stopped run's process to exit
-
-
-def server_caps() -> dict:
-    """Limits a public host puts on requests, from the environment."""
-    return {
-        "epochs": int(os.environ.get("STUDIO_MAX_EPOCHS", 200)),
-        "batch_size": int(os.environ.get("STUDIO_MAX_BATCH", 1024)),
-        "queue": int(os.environ.get("STUDIO_MAX_QUEUE", 4)),
-    }
 
 
 def new_run_id() -> str:
@@ -50,10 +43,10 @@ def new_run_id() -> str:
 def check_settings(preset: str, overrides: dict) -> TrainConfig:
     """The validated config (ConfigError with one clear sentence otherwise), server caps included."""
     config = make_config(preset, **overrides)
-    caps = server_caps()
-    for name in ("epochs", "batch_size"):
-        if getattr(config, name) > caps[name]:
-            raise ConfigError(f"{name} {getattr(config, name)} is above this server's limit of {caps[name]}")
+    for name in TRAINING_CAPS:
+        cap = getattr(limits.current(), name)
+        if getattr(config, name) > cap:
+            raise ConfigError(f"{name} {getattr(config, name)} is above this server's limit of {cap}")
     # Checked here, not only in the trainer, so a request that can never train leaves no run folder behind.
     images = training_images(config)
     if config.batch_size > images:
@@ -88,7 +81,7 @@ def is_operator(presented: str | None, secret: str | None = None) -> bool:
 def browser_secret(root) -> str:
     """The key that encrypts what browsers store for this server, kept in the runs folder so that a
     restarted server still reads it (a new one at each start would strand every browser's runs)."""
-    path = Path(root) / ".browser-secret"
+    path = Path(root) / BROWSER_SECRET
     try:
         return path.read_text().strip()
     except OSError:
@@ -152,7 +145,7 @@ class RunQueue:
     def __init__(self, root=None, max_queue: int | None = None):
         self.root = Path(root or runs.runs_dir()).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.max_queue = server_caps()["queue"] if max_queue is None else max_queue
+        self.max_queue = limits.current().queue if max_queue is None else max_queue
         self._lock = threading.Lock()
         self._waiting = []  # run ids, oldest first
         self._child = None  # (run_id, Popen)
@@ -181,13 +174,13 @@ class RunQueue:
         run_dir = runs.run_path(self.root, run_id)
         if not run_dir.is_dir():
             raise runs.RunError(f"no run {run_id!r}")
-        check_owner(run_dir, actor)
         status = runs.read_status(run_dir)["status"]
         if status not in runs.RESUMABLE:
             raise runs.RunError(f"{run_id} is {status}; only stopped, interrupted or failed runs can be resumed")
+        check_owner(run_dir, actor)
         config = resume_config(run_dir, epochs)  # RunError/ConfigError if there is nothing to resume
-        if config.epochs > server_caps()["epochs"]:
-            raise ConfigError(f"epochs {config.epochs} is above this server's limit of {server_caps()['epochs']}")
+        if config.epochs > limits.current().epochs:
+            raise ConfigError(f"epochs {config.epochs} is above this server's limit of {limits.current().epochs}")
         args = ["--resume", str(run_dir)] + (["--epochs", str(epochs)] if epochs is not None else [])
         with self._lock:
             if self.active() == run_id:  # it has written its final status and is exiting: a moment, not a refusal

@@ -1,21 +1,22 @@
-"""Which weights to predict with, loaded once each, and the top classes for one image."""
+"""Which weights to predict with, loaded once each, and the top classes for one image (calibrated when the card says how)."""
 
 import hashlib
+import math
 import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from . import runs
+import torch
+
+from . import limits, runs
+from .calibration import calibrated_probabilities
 from .evaluate import predict_logits
 from .weights import DEFAULT_WEIGHTS, MAX_WEIGHTS_BYTES, WeightsError, load_weights
 
-# A public server may accept less than any weights file could be ($STUDIO_MAX_WEIGHTS_MB).
-MAX_UPLOAD_WEIGHTS_BYTES = min(MAX_WEIGHTS_BYTES, int(float(os.environ.get("STUDIO_MAX_WEIGHTS_MB", MAX_WEIGHTS_BYTES >> 20)) * 2**20))
-
 SHIPPED = "shipped"
 UPLOADED = "uploaded"
-LOW_CONFIDENCE = 0.5  # below this top probability the picture may show none of the classes
+LOW_CONFIDENCE = 0.5  # the threshold for a card that chose none: below it the picture may show none of the classes
 _CACHE_SIZE = 4
 _cache = OrderedDict()  # key -> (model, card), shared by every visitor
 _cache_lock = threading.Lock()
@@ -63,7 +64,8 @@ def load_choice(choice: str, root=None):
     path = weights_path(choice, root)
     if not path.is_file():
         if choice == SHIPPED:
-            raise WeightsError("the shipped weights are not here yet (a training run is making them); pick a run or upload weights")
+            raise WeightsError("the shipped weights are not here yet (a training run is making them); "
+                               "pick a run or upload weights")
         raise WeightsError(f"{choice.removeprefix('run:')} has no finished weights yet")
     stat = path.stat()
     return _cached((str(path), stat.st_mtime_ns, stat.st_size), lambda: load_weights(path))
@@ -71,8 +73,9 @@ def load_choice(choice: str, root=None):
 
 def load_upload(data: bytes):
     """(key, model, card) for uploaded weights; the key (a hash) finds them again later."""
-    if len(data) > MAX_UPLOAD_WEIGHTS_BYTES:
-        raise WeightsError(f"the file is larger than this server's {MAX_UPLOAD_WEIGHTS_BYTES / 2**20:g} MB limit for weights")
+    cap = min(MAX_WEIGHTS_BYTES, limits.current().weights_bytes)  # a public server may accept less than weights could be
+    if len(data) > cap:
+        raise WeightsError(f"the file is larger than this server's {cap / 2**20:g} MB limit for weights")
     key = "upload:" + hashlib.sha256(data).hexdigest()
     model, card = _cached(key, lambda: load_weights(data))
     return key, model, card
@@ -86,21 +89,79 @@ def uploaded(key: str):
     raise WeightsError("the uploaded weights are no longer loaded; upload them again")
 
 
+def card_temperature(card: dict) -> float | None:
+    """The card's calibration temperature, or None for a card without one (uploaded or published .pt weights)."""
+    value = card.get("temperature")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise WeightsError(f"card field 'temperature' must be a positive number, not {str(value)[:40]!r}")
+    return float(value)
+
+
+def calibrated(logits: torch.Tensor, card: dict) -> torch.Tensor:
+    """Probabilities along the last axis: softmax(logits / T) with the card's temperature, plain softmax without one."""
+    return calibrated_probabilities(logits, card_temperature(card) or 1.0)
+
+
+def class_logits(model, card: dict, image) -> torch.Tensor:
+    """uint8 [3, 32, 32] -> the raw logits [num_classes], before any calibration."""
+    return predict_logits(model, image[None], card["mean"], card["std"])[0]
+
+
 def class_probabilities(model, card: dict, image) -> dict:
-    """uint8 [3, 32, 32] -> {class name: probability}, every class, best first."""
-    probs = predict_logits(model, image[None], card["mean"], card["std"]).softmax(1)[0].tolist()
+    """uint8 [3, 32, 32] -> {class name: probability}, every class, best first; calibrated when the card has a temperature."""
+    probs = calibrated(class_logits(model, card, image), card).tolist()
     return dict(sorted(zip(card["classes"], probs), key=lambda item: -item[1]))
 
 
-def confidence_note(probabilities: dict) -> str:
-    """A warning in words when the best class is a weak guess."""
+def low_confidence_threshold(card: dict | None) -> float:
+    """The card's chosen threshold (its ``low_confidence.threshold``), else the LOW_CONFIDENCE default."""
+    threshold = ((card or {}).get("low_confidence") or {}).get("threshold")
+    return float(threshold) if isinstance(threshold, (int, float)) and 0 <= threshold <= 1 else LOW_CONFIDENCE
+
+
+def confidence_note(probabilities: dict, card: dict | None = None) -> str:
+    """A warning in words when the best class is a weak guess, at the card's threshold.
+
+    With ``card`` the note also says whether the percentage is calibrated: only a calibrated one can be
+    read as how often such a guess is right.
+    """
     if not probabilities:
         return ""
     name, top = max(probabilities.items(), key=lambda item: item[1])
-    if top < LOW_CONFIDENCE:
-        return (f"Low confidence: the best guess, {name}, has only {top:.0%}. "
+    if card is None:
+        kind = ""
+    elif card.get("temperature") is not None:
+        kind = "; calibrated on CIFAR-10 test images, where guesses this sure are right roughly that often"
+    else:
+        kind = "; uncalibrated: this model's confidence was not checked on held-out images"
+    if top < low_confidence_threshold(card):
+        return (f"Low confidence: the best guess, {name}, has only {top:.0%}{kind}. "
                 f"This may be none of the {len(probabilities)} classes it knows.")
-    return f"Best guess: {name} ({top:.0%})."
+    return f"Best guess: {name} ({top:.0%}{kind})."
+
+
+def describe_calibration(card: dict) -> str:
+    """Calibrated (T, ECE before and after on held-out images) or uncalibrated, in one phrase."""
+    try:
+        temperature = card_temperature(card)
+    except WeightsError as error:
+        return f"uncalibrated ({error})"
+    ece = card.get("ece")
+    if temperature is None:
+        raw = ""
+        if isinstance(ece, (int, float)):
+            raw = f"; calibration error (ECE) {ece:.3f}: its stated confidence is off by {ece:.1%} on average"
+        return f"uncalibrated (no temperature in its card){raw}"
+    block = card.get("calibration") or {}
+    before, after = (block.get(key) or {} for key in ("before", "after"))
+    text = f"calibrated (T={temperature:.3f}"
+    if isinstance(before.get("ece"), (int, float)) and isinstance(after.get("ece"), (int, float)):
+        text += f"; ECE {before['ece']:.3f} before, {after['ece']:.3f} after"
+        if block.get("evaluated_on"):
+            text += f", on {block['evaluated_on']}"
+    return text + ")"
 
 
 def describe_card(card: dict) -> str:
@@ -108,12 +169,12 @@ def describe_card(card: dict) -> str:
     parts = [f"blocks {card.get('blocks')}"]
     if isinstance(card.get("test_acc"), (int, float)):
         parts.append(f"test accuracy {card['test_acc']:.2%}")
-    if isinstance(card.get("ece"), (int, float)):
-        parts.append(f"calibration error (ECE) {card['ece']:.3f}: its stated confidence is off by {card['ece']:.1%} on average")
+    parts.append(describe_calibration(card))
     low = card.get("low_confidence")
     numbers = ("threshold", "share_below", "accuracy_below", "accuracy_above")
     if isinstance(low, dict) and all(isinstance(low.get(key), (int, float)) for key in numbers):
-        parts.append(f"below {low['threshold']:.0%} confidence ({low['share_below']:.1%} of test images) it is right "
+        images = low.get("measured_on") or "test images"
+        parts.append(f"below {low['threshold']:.0%} confidence ({low['share_below']:.1%} of {images}) it is right "
                      f"{low['accuracy_below']:.0%} of the time, above it {low['accuracy_above']:.0%}")
     if card.get("source"):
         parts.append(card["source"])

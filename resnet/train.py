@@ -28,6 +28,7 @@ from . import runs
 from .config import ConfigError, TrainConfig, config_from_dict, parse_resolution, validate
 from .constants import IMAGE_SIZE, TRAIN_IMAGES
 from .data import augment, load_split, normalize, split_validation
+from .calibration import fit_run_temperature
 from .evaluate import autocast, evaluate, exact_fp32
 from .model import build_model, count_parameters
 from .weights import atomic_write_bytes, atomic_write_json, make_card, save_weights
@@ -629,6 +630,10 @@ class Trainer:
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
         )
+        if self.data.val_x is not None:  # held out from training: the temperature and the warning threshold come from it
+            with exact_fp32():
+                card.update(fit_run_temperature(scored, self.data.val_x, self.data.val_y, config.mean, config.std,
+                                                config.eval_batch_size, channels_last=self.channels_last))
         save_weights(scored, self.run_dir / runs.WEIGHTS, card, dtype=getattr(torch, config.weights_dtype))
         message = f"finished: test accuracy {final['test_acc']:.2%} after {config.epochs} epochs"
         self._status("finished", message)

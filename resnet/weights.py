@@ -21,7 +21,7 @@ from .model import ResNet, build_model
 
 MAX_WEIGHTS_BYTES = 128 * 1024 * 1024  # the largest size offered, [3,3,3,3], is 70 MB in fp32
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "cifar10-resnet.safetensors"
-EMBEDDED_CARD_KEYS = ("blocks", "dropout", "num_classes", "classes", "mean", "std", "input_size")
+EMBEDDED_CARD_KEYS = ("blocks", "dropout", "num_classes", "classes", "mean", "std", "input_size", "temperature")
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 
 

@@ -17,8 +17,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resnet import runs  # noqa: E402
-from resnet.jobs import cli_command  # noqa: E402
+from resnet.calibration import confidence_split  # noqa: E402
 from resnet.config import PRESETS, make_config  # noqa: E402
+from resnet.jobs import cli_command  # noqa: E402
 from resnet.data import load_split  # noqa: E402
 from resnet.evaluate import metrics_from_logits, predict_logits  # noqa: E402
 from resnet.predict import LOW_CONFIDENCE  # noqa: E402
@@ -30,19 +31,6 @@ def stored_as(model, dtype):
     copy = type(model)(model.blocks, model.dropout, model.num_classes)
     copy.load_state_dict({k: v.to(dtype).to(v.dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()})
     return copy.eval()
-
-
-def confidence_split(logits, labels) -> dict:
-    """How right the model is below and above the app's low-confidence threshold, on the test set."""
-    confidence, predicted = logits.softmax(1).max(1)
-    correct = predicted == labels
-    low = confidence < LOW_CONFIDENCE
-    return {
-        "threshold": LOW_CONFIDENCE,
-        "share_below": low.float().mean().item(),
-        "accuracy_below": correct[low].float().mean().item() if low.any() else None,
-        "accuracy_above": correct[~low].float().mean().item() if (~low).any() else None,
-    }
 
 
 def reproduce_command(training: dict, out: str) -> str:
@@ -90,7 +78,7 @@ def main() -> int:
         + ("fp16 storage predicts all test images exactly as fp32" if same else "fp16 storage changed predictions"),
         source_run=args.run_dir.name,
         reproduce=reproduce_command(card["training"], f"runs/{args.run_dir.name}"),
-        low_confidence=confidence_split(logits, labels),
+        low_confidence=confidence_split(logits.softmax(1), labels, LOW_CONFIDENCE),
     )
     card.pop("storage_dtype", None)
     out = DEFAULT_WEIGHTS.parent / f"{args.name}.safetensors"

@@ -1,12 +1,19 @@
 """Shared fixtures: tiny CIFAR-10-format data sets, so no test needs the real 178 MB download."""
 
+import dataclasses
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from resnet.data import BATCHES_FOLDER, TEST_FILES, TRAIN_FILES
+import torch
+
+from resnet import limits
+from resnet.data import BATCHES_FOLDER, TEST_FILES, TRAIN_FILES, load_split
+from resnet.evaluate import evaluate
+from resnet.model import build_model
+from resnet.weights import make_card, save_weights
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_DATA = REPO.parent / "shared" / "data" / "cifar10"
@@ -45,3 +52,74 @@ def real_data() -> Path:
     if not (REAL_DATA / BATCHES_FOLDER / "test_batch").is_file():
         pytest.skip("the real CIFAR-10 test batch is not at ../shared/data/cifar10")
     return REAL_DATA
+
+
+@pytest.fixture(autouse=True)
+def default_limits(monkeypatch):
+    """Every test starts from the default server limits, whatever this shell's STUDIO_* variables say."""
+    monkeypatch.setattr(limits, "_current", limits.ServerLimits.defaults())
+
+
+@pytest.fixture
+def server_limits(monkeypatch):
+    """``server_limits(batch_images=2)``: this process's limits for one test, the rest at their defaults."""
+
+    def set_limits(**changes) -> limits.ServerLimits:
+        chosen = dataclasses.replace(limits.ServerLimits.defaults(), **changes)
+        monkeypatch.setattr(limits, "_current", chosen)
+        return chosen
+
+    return set_limits
+
+
+# ---- the studio over tiny weights, tiny data and an empty runs folder ---------------------------------------
+def tiny_card(model, data_dir) -> dict:
+    """A card like a finished run's, with the evaluation fields the pages draw."""
+    images, labels = load_split(data_dir, train=False)
+    result = evaluate(model, images, labels, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    curve = [{"epoch": 1, "train_loss": 2.3, "train_acc": 0.1, "test_loss": result["test_loss"], "test_acc": result["test_acc"]}]
+    return make_card(model, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), test_acc=result["test_acc"], ece=result["ece"],
+                     per_class_acc=result["per_class_acc"], confusion=result["confusion"], test_images=result["count"], curve=curve)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory, tiny_data):
+    """A randomly initialised model saved the way the shipped weights are: .safetensors + .json card."""
+    torch.manual_seed(0)
+    model = build_model().eval()
+    return save_weights(model, tmp_path_factory.mktemp("weights") / "tiny.safetensors", tiny_card(model, tiny_data))
+
+
+@pytest.fixture
+def studio_env(monkeypatch, tmp_path, tiny_data, tiny_weights):
+    """The app's environment: tiny weights as the shipped model, tiny data, an empty runs folder."""
+    monkeypatch.setenv("STUDIO_WEIGHTS", str(tiny_weights))
+    monkeypatch.setenv("CIFAR10_DIR", str(tiny_data))
+    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def studio(studio_env):
+    import app  # the studio itself: only the tests that use it import gradio
+
+    studio = app.Studio()
+    yield studio
+    studio.queue.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_data, tiny_weights):
+    """(url, studio): the app on a free port, over tiny weights, tiny data and an empty runs folder."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STUDIO_WEIGHTS", str(tiny_weights))
+        env.setenv("CIFAR10_DIR", str(tiny_data))
+        env.setenv("RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
+        import app
+
+        studio = app.Studio()
+        demo = app.build_demo(studio)
+        _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options())
+        yield url, studio
+        demo.close()
+        studio.queue.close()

@@ -12,49 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet import ablation, runs
+from conftest import tiny_card
+
+from resnet import ablation, limits, runs
 from resnet.constants import CLASSES
-from resnet.data import load_split
-from resnet.evaluate import evaluate, predict_logits
-from resnet.images import MAX_BYTES, ImageError, prepare
+from resnet.evaluate import predict_logits
+from resnet.images import ImageError, prepare
 from resnet.model import build_model
-from resnet.weights import make_card, save_weights
+from resnet.weights import save_weights
 
 gr = pytest.importorskip("gradio")
 import app  # noqa: E402
-
-
-def tiny_card(model, data_dir) -> dict:
-    """A card like a finished run's, with the evaluation fields the pages draw."""
-    images, labels = load_split(data_dir, train=False)
-    result = evaluate(model, images, labels, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    curve = [{"epoch": 1, "train_loss": 2.3, "train_acc": 0.1, "test_loss": result["test_loss"], "test_acc": result["test_acc"]}]
-    return make_card(model, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), test_acc=result["test_acc"], ece=result["ece"],
-                     per_class_acc=result["per_class_acc"], confusion=result["confusion"], test_images=result["count"], curve=curve)
-
-
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory, tiny_data):
-    """A randomly initialised model saved the way the shipped weights are: .safetensors + .json card."""
-    torch.manual_seed(0)
-    model = build_model().eval()
-    return save_weights(model, tmp_path_factory.mktemp("weights") / "tiny.safetensors", tiny_card(model, tiny_data))
-
-
-@pytest.fixture
-def studio_env(monkeypatch, tmp_path, tiny_data, tiny_weights):
-    """The app's environment: tiny weights as the shipped model, tiny data, an empty runs folder."""
-    monkeypatch.setenv("STUDIO_WEIGHTS", str(tiny_weights))
-    monkeypatch.setenv("CIFAR10_DIR", str(tiny_data))
-    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
-    return tmp_path / "runs"
-
-
-@pytest.fixture
-def studio(studio_env):
-    studio = app.Studio()
-    yield studio
-    studio.queue.close()
 
 
 def example(name="cat-0.png"):
@@ -90,11 +58,12 @@ def test_explain_shows_the_input_and_the_map_enlarged(studio):
     assert (seen[::8, ::8] == original).all()  # what the network saw is the 32 x 32 image itself
 
 
-def test_confidence_note_warns_when_unsure():
+def test_confidence_note_warns_when_unsure_and_says_the_tiny_model_is_uncalibrated(studio):
     unsure = {name: 0.3 if name == "cat" else 0.7 / 9 for name in CLASSES}
-    assert "none of the 10 classes" in app.Studio.confidence_note(unsure)
-    assert "cat" in app.Studio.confidence_note({"cat": 0.9, "dog": 0.05})
-    assert app.Studio.confidence_note(None) == ""
+    assert "none of the 10 classes" in studio.confidence_note(unsure)
+    sure = studio.confidence_note({"cat": 0.9, "dog": 0.05})
+    assert sure.startswith("Best guess: cat (90%") and "uncalibrated" in sure  # the tiny card has no temperature
+    assert studio.confidence_note(None) == ""
 
 
 def odd_upload(kind: str, folder) -> str:
@@ -133,7 +102,7 @@ def odd_upload(kind: str, folder) -> str:
     elif kind == "text":
         path.write_text("this is not a picture, only named like one")
     elif kind == "too-large":
-        path.write_bytes(b"\xff\xd8" + b"\0" * (MAX_BYTES + 10))
+        path.write_bytes(b"\xff\xd8" + b"\0" * (limits.current().upload_bytes + 10))
     return str(path)
 
 
@@ -198,8 +167,8 @@ def test_uploads_reach_our_decoder_undecoded():
     assert app.image_input().preprocess is app.undecoded_upload
 
 
-def test_an_oversized_or_garbled_paste_is_a_message(studio, monkeypatch):
-    monkeypatch.setattr(app, "MAX_BYTES", 1000)
+def test_an_oversized_or_garbled_paste_is_a_message(studio, server_limits):
+    server_limits(upload_bytes=1000)
     data_model = gr.Image().data_model
     oversized = app.undecoded_upload(data_model(url="data:image/png;base64," + base64.b64encode(b"\x89PNG" * 400).decode()))
     assert len(oversized) == 1002  # cut past the cap, at a whole base64 quantum: refused by size, not by padding
@@ -365,12 +334,13 @@ def test_examples_are_three_per_class_with_true_labels():
 def test_demo_exposes_exactly_the_documented_api(studio):
     demo = app.build_demo(studio)
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
-    assert public == {"predict", "predict_batch", "explain", "start_run", "stop_run", "resume_run", "list_runs", "run_metrics"}
+    assert public == {"predict", "predict_batch", "explain", "stress", "start_run", "stop_run", "resume_run", "list_runs",
+                      "run_metrics"}
 
 
 def test_launch_options_cap_uploads_and_serve_only_our_folders(studio):
     options = app.launch_options()
-    assert options["max_file_size"] == max(MAX_BYTES, app.models.MAX_UPLOAD_WEIGHTS_BYTES)  # weights may exceed an image
+    assert options["max_file_size"] == max(limits.current().upload_bytes, limits.current().weights_bytes)  # weights may exceed an image
     assert sorted(options["allowed_paths"]) == sorted(str(p) for p in (app.EXAMPLES, app.MISTAKES))
     assert not any(studio.root.resolve().is_relative_to(Path(p).resolve()) for p in options["allowed_paths"])
 
@@ -417,8 +387,8 @@ def test_model_card_tab_reads_the_committed_card(monkeypatch, tmp_path, tiny_wei
     assert "`python -m resnet train --out runs/weights-fast --preset fast`" in text
     assert "same 20000 images for 5 epochs" in text and "one seed of a short budget" in text
     plots = [block for block in demo.blocks.values() if isinstance(block, gr.Plot)]
-    # per class, confusion, two curves; the study's four; the ablation's bars
-    assert len(plots) == 4 + 4 * app.STUDY.is_file() + 1
+    # per class, confusion, two curves; the study's four; the ablation's bars; reliability diagram, robustness heatmap
+    assert len(plots) == 4 + 4 * app.STUDY.is_file() + 1 + 2
     table = next(block for block in demo.blocks.values() if isinstance(block, gr.Dataframe)).value
     assert table["data"] == [["fast", "none: the fast preset", "80.00%", "", "200"],
                              ["no-label-smoothing", "label_smoothing=0", "79.00%", "-1.00 pts", "201"],

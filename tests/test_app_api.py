@@ -5,7 +5,7 @@ import time
 import pytest
 from PIL import Image
 
-from test_app import TINY_RUN, UNUSABLE, form_values, odd_upload, tiny_weights  # noqa: F401  (fixture)
+from test_app import TINY_RUN, UNUSABLE, form_values, odd_upload
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -14,21 +14,6 @@ import app  # noqa: E402
 from resnet.data import load_split  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_data, tiny_weights):  # noqa: F811
-    """(url, studio): the app on a free port, over tiny weights, tiny data and an empty runs folder."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("STUDIO_WEIGHTS", str(tiny_weights))
-        env.setenv("CIFAR10_DIR", str(tiny_data))
-        env.setenv("RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
-        studio = app.Studio()
-        demo = app.build_demo(studio)
-        _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options())
-        yield url, studio
-        demo.close()
-        studio.queue.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from resnet import batch
 from resnet.constants import CLASSES
-from test_app import example, studio, studio_env, tiny_weights  # noqa: F401  (fixtures)
+from test_app import example
 
 gr = pytest.importorskip("gradio")
 import app  # noqa: E402
@@ -49,7 +49,7 @@ def uploads(tmp_path):
     return [str(folder / "cat-0.png"), str(folder / "ship-1.png"), archive]
 
 
-def test_a_table_and_a_csv_of_every_readable_image(studio, uploads):  # noqa: F811
+def test_a_table_and_a_csv_of_every_readable_image(studio, uploads):
     table, csv_path, note = studio.predict_batch(uploads)
     assert list(table.columns) == HEADER
     assert list(table["path"]) == ["cat-0.png", "ship-1.png", "set.zip:pets/dog-12.png"]  # never the server's folders
@@ -68,15 +68,15 @@ def test_a_table_and_a_csv_of_every_readable_image(studio, uploads):  # noqa: F8
     assert note.startswith("3 images predicted; 1 could not be used") and "set.zip:broken.png" in note
 
 
-def test_the_per_request_cap_counts_zip_members(studio, uploads, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("STUDIO_MAX_BATCH_IMAGES", "2")
+def test_the_per_request_cap_counts_zip_members(studio, uploads, server_limits):
+    server_limits(batch_images=2)
     with pytest.raises(gr.Error, match="4 images in this request; this server predicts at most 2 at a time"):
         studio.predict_batch(uploads)  # 2 files + 2 image-named members
     assert len(studio.predict_batch(uploads[:2])[0]) == 2
 
 
-def test_pixel_and_byte_caps_apply_to_each_image(studio, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(batch, "MAX_BYTES", 200_000)  # zip members are checked by their header and while inflating
+def test_pixel_and_byte_caps_apply_to_each_image(studio, tmp_path, server_limits):
+    server_limits(upload_bytes=200_000)  # zip members are checked by their header and while inflating
     huge = io.BytesIO()
     Image.new("L", (8000, 6000)).save(huge, "PNG")  # 48 MP in a small file: over the 40 MP cap
     big = Image.effect_noise((512, 512), 60).convert("RGB")
@@ -89,8 +89,8 @@ def test_pixel_and_byte_caps_apply_to_each_image(studio, tmp_path, monkeypatch):
     assert "caps.zip:noise.png" in note and "MB" in note and "caps.zip:huge.png" in note and "MP" in note
 
 
-def test_a_request_decodes_at_most_its_pixel_budget(studio, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("STUDIO_MAX_BATCH_MP", "2.5")  # room for two 1 MP images, not three
+def test_a_request_decodes_at_most_its_pixel_budget(studio, tmp_path, server_limits):
+    server_limits(batch_pixels=2_500_000)  # room for two 1 MP images, not three
     members = {}
     for name in ("a.png", "b.png", "c.png"):
         picture = io.BytesIO()
@@ -106,12 +106,12 @@ def test_a_request_decodes_at_most_its_pixel_budget(studio, tmp_path, monkeypatc
     (None, "upload images or a .zip archive first"),
     ([], "upload images or a .zip archive first"),
 ])
-def test_nothing_uploaded_is_a_message(studio, files, words):  # noqa: F811
+def test_nothing_uploaded_is_a_message(studio, files, words):
     with pytest.raises(gr.Error, match=words):
         studio.predict_batch(files)
 
 
-def test_nothing_readable_is_one_message(studio, tmp_path):  # noqa: F811
+def test_nothing_readable_is_one_message(studio, tmp_path):
     (tmp_path / "a.jpg").write_text("text named like a picture")
     (tmp_path / "b.zip").write_bytes(b"PK not really a zip")
     empty = make_zip(tmp_path / "empty.zip", {"readme.txt": b"no pictures here"})
@@ -122,7 +122,7 @@ def test_nothing_readable_is_one_message(studio, tmp_path):  # noqa: F811
         studio.predict_batch([empty])
 
 
-def test_names_from_the_archive_cannot_inject_markdown_or_paths(studio, tmp_path):  # noqa: F811
+def test_names_from_the_archive_cannot_inject_markdown_or_paths(studio, tmp_path):
     archive = make_zip(tmp_path / "odd.zip", {"../../etc/<b>x</b>`y`.png": b"not an image", "ok.png": png_bytes()})
     table, _, note = studio.predict_batch([archive])
     assert list(table["path"]) == ["odd.zip:ok.png"]
@@ -141,7 +141,7 @@ def test_batch_input_hands_over_paths_without_temporary_copies():
 @pytest.mark.slow
 def test_predict_batch_over_the_api(studio_env, uploads):
     gradio_client = pytest.importorskip("gradio_client")
-    studio = app.Studio()  # noqa: F811
+    studio = app.Studio()
     demo = app.build_demo(studio)
     try:
         _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options())

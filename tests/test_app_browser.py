@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from test_app_api import server  # noqa: F401  (fixture)
-from test_app import tiny_weights  # noqa: F401  (fixture)
 
 import app
 
@@ -22,7 +20,7 @@ ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-net
 
 
 @pytest.fixture(scope="module")
-def page(server):  # noqa: F811
+def page(server):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM if CHROMIUM.is_file() else shutil.which("chromium")),
                                              args=ARGS, headless=True)
@@ -33,7 +31,7 @@ def page(server):  # noqa: F811
         browser.close()
 
 
-def test_upload_shows_the_predicted_label(page, server):  # noqa: F811
+def test_upload_shows_the_predicted_label(page, server):
     expected = server[1].predict(str(app.EXAMPLES / "frog-4.png"))
     top = next(iter(expected))
     page.locator("input[type=file]").first.set_input_files(str(app.EXAMPLES / "frog-4.png"))

@@ -81,7 +81,7 @@ def test_files_folders_and_zips_are_predicted_in_batches(weights, test_images, t
     assert not list(tmp_path.parent.glob("escape.png")) and not list(tmp_path.glob("**/escape.png"))
 
 
-def test_zip_caps_are_reasons_not_crashes(test_images, tmp_path, monkeypatch):
+def test_zip_caps_are_reasons_not_crashes(test_images, tmp_path, monkeypatch, server_limits):
     images, _ = test_images
     small, large = tmp_path / "small.zip", tmp_path / "large.zip"
     picture = png_bytes(images[0])
@@ -91,7 +91,7 @@ def test_zip_caps_are_reasons_not_crashes(test_images, tmp_path, monkeypatch):
     with zipfile.ZipFile(large, "w") as zipped:
         for index in range(3):
             zipped.writestr(f"{index}.png", png_bytes(images[index]))
-    monkeypatch.setattr(batch, "MAX_BYTES", len(picture))
+    server_limits(upload_bytes=len(picture))
     monkeypatch.setattr(batch, "MAX_ZIP_MEMBERS", 2)
     with batch.Sources([small, large]) as sources:
         assert [s.name for s in sources.items] == [f"{small}:ok.png"]

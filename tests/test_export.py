@@ -18,7 +18,7 @@ from resnet.data import load_split  # noqa: E402
 from resnet.evaluate import predict_logits  # noqa: E402
 from resnet.images import prepare  # noqa: E402
 from resnet.model import build_model  # noqa: E402
-from resnet.weights import DEFAULT_WEIGHTS, load_weights, make_card, save_weights  # noqa: E402
+from resnet.weights import DEFAULT_WEIGHTS, WeightsError, load_weights, make_card, save_weights  # noqa: E402
 
 REPO = DEFAULT_WEIGHTS.parent.parent
 EXAMPLE = REPO / "assets" / "examples" / "cat-0.png"
@@ -102,7 +102,7 @@ def test_a_calibrated_card_puts_its_temperature_in_the_graph(tmp_path):
     assert not torch.allclose(probabilities, logits.softmax(1), atol=1e-3)
     card = json.loads(path.with_suffix(".json").read_text())
     (tmp_path / "calibrated.json").write_text(json.dumps({**card, "temperature": -1}))
-    with pytest.raises(export.ExportError, match="temperature must be a positive number"):
+    with pytest.raises(WeightsError, match="'temperature' must be a positive number"):
         export.export_onnx(path, tmp_path / "bad.onnx")
 
 

@@ -1,5 +1,6 @@
 """The plain HTTP API (resnet.http_api) through a real server: httpx requests, the Gradio UI beside it."""
 
+import dataclasses
 import io
 import json
 import threading
@@ -12,16 +13,17 @@ import torch
 from fastapi import FastAPI
 from PIL import Image
 
-from test_app import ODD_UPLOADS, UNUSABLE, finished_run, odd_upload, tiny_card, tiny_weights  # noqa: F401  (fixture)
+from conftest import tiny_card
+from test_app import ODD_UPLOADS, UNUSABLE, finished_run, odd_upload
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 import app  # noqa: E402
-from resnet import http_api, runs  # noqa: E402
+from resnet import http_api, limits, runs  # noqa: E402
 from resnet import predict as models  # noqa: E402
 from resnet.constants import CLASSES  # noqa: E402
-from resnet.images import MAX_BYTES, prepare  # noqa: E402
+from resnet.images import prepare  # noqa: E402
 from resnet.model import build_model  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights  # noqa: E402
 
@@ -47,11 +49,10 @@ def server(tmp_path_factory, tiny_data, run_weights):
         env.setenv("STUDIO_WEIGHTS", str(DEFAULT_WEIGHTS))
         env.setenv("CIFAR10_DIR", str(tiny_data))
         env.setenv("RUNS_DIR", str(root))
-        env.setenv("STUDIO_MAX_BATCH_IMAGES", str(BATCH_IMAGES))
-        env.setenv("STUDIO_MAX_BATCH_MP", str(BATCH_MP))
+        allowed = dataclasses.replace(limits.ServerLimits.defaults(), batch_images=BATCH_IMAGES, batch_pixels=int(BATCH_MP * 1e6))
+        env.setattr(limits, "_current", allowed)
         studio = app.Studio()
-        limits = http_api.Limits(app.max_batch_images(), app.max_batch_pixels(), app.MAX_UPLOAD_BYTES)
-        served = http_api.create_app(app.build_demo(studio), studio.root, limits, **app.launch_options())
+        served = http_api.create_app(app.build_demo(studio), studio.root, allowed, **app.launch_options())
         running = http_api.start(served, "127.0.0.1", 0)
         yield running.url, root
         running.close()
@@ -141,7 +142,7 @@ def test_odd_uploads_predict_or_say_why(api, tmp_path, kind):
     with open(odd_upload(kind, tmp_path), "rb") as handle:
         response = api.post("/predict", files={"file": (kind, handle.read())})
     if kind == "too-large":
-        refused(response, 413, f"the file is larger than the {MAX_BYTES >> 20} MB limit")
+        refused(response, 413, f"the file is larger than the {limits.current().upload_bytes >> 20} MB limit")
     elif kind in UNUSABLE:
         assert refused(response, 400).startswith("cannot use this image: ")
     else:
@@ -175,7 +176,7 @@ def multipart_stream(size: int):
 
 
 def test_bodies_over_the_byte_cap_are_413_before_they_are_read(api):
-    big = MAX_BYTES + http_api.MULTIPART_SLACK + 1
+    big = limits.current().upload_bytes + http_api.MULTIPART_SLACK + 1
     refused(api.post("/predict", files={"file": ("big.png", b"\0" * big)}), 413, "request body is larger")  # by Content-Length
     chunked = api.post("/predict", content=multipart_stream(big), headers={"content-type": "multipart/form-data; boundary=xx"})
     assert chunked.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in chunked.request.headers
@@ -248,9 +249,10 @@ def test_openapi_schema_and_docs(server):
 
 
 # ---- saturation ------------------------------------------------------------------------------------
+SMALL_BYTES = 4096  # room for the example PNG (2.5 kB), not for much more
 @pytest.fixture
 def small_server(server, monkeypatch):
-    """The routes alone with one prediction slot, one waiting place and a 0.3 s wait; a 2 kB batch cap;
+    """The routes alone with one prediction slot, one waiting place and a 0.3 s wait; 4 kB byte caps;
     the model load blocks until ``release`` is set, so a request can hold the slot as long as a test needs."""
     gate = http_api.Gate(workers=1, waiting=1, wait_s=0.3)
     release, load = threading.Event(), http_api.load
@@ -261,7 +263,9 @@ def small_server(server, monkeypatch):
 
     monkeypatch.setattr(http_api, "load", slow_load)
     small = FastAPI()
-    small.include_router(http_api.build_api(server[1], http_api.Limits(BATCH_IMAGES, int(BATCH_MP * 1e6), 2048), gate))
+    allowed = dataclasses.replace(limits.ServerLimits.defaults(), batch_images=BATCH_IMAGES, batch_pixels=int(BATCH_MP * 1e6),
+                                  upload_bytes=SMALL_BYTES, weights_bytes=SMALL_BYTES)
+    small.include_router(http_api.build_api(server[1], allowed, gate))
     running = http_api.start(small, "127.0.0.1", 0)
     yield running.url + "api/v1", gate, release
     release.set()
@@ -303,5 +307,5 @@ def test_the_batch_byte_cap_is_the_one_passed_in(small_server):
     url, _, release = small_server
     release.set()
     assert httpx.post(url + "/predict_batch", files={"files": ("cat.png", png())}).status_code == 200
-    big = 2048 + http_api.MULTIPART_SLACK
+    big = SMALL_BYTES + http_api.MULTIPART_SLACK
     refused(httpx.post(url + "/predict_batch", files={"files": ("a.png", b"\0" * big)}), 413, "request body is larger")

@@ -56,9 +56,8 @@ def test_cli_args_parse_back_to_the_same_config():
     assert jobs.cli_command("fast", {"lr": 0.1}) == "python -m resnet train --out runs/my-run --preset fast --lr 0.1"
 
 
-def test_server_caps_come_from_the_environment(monkeypatch):
-    monkeypatch.setenv("STUDIO_MAX_EPOCHS", "5")
-    monkeypatch.setenv("STUDIO_MAX_BATCH", "128")
+def test_server_caps_apply_to_the_training_settings(server_limits):
+    server_limits(epochs=5, batch_size=128)
     jobs.check_settings("original", {"epochs": 5, "batch_size": 128})
     with pytest.raises(ConfigError, match="epochs 6 is above this server's limit of 5"):
         jobs.check_settings("original", {"epochs": 6})

@@ -1,0 +1,100 @@
+"""What this server allows a visitor: every limit, declared once, read from the environment once.
+
+A public host lowers them for a busy Space (``STUDIO_MAX_EPOCHS=20 python app.py``). Everything that
+enforces one (the upload checks, batch prediction, the run queue, the HTTP API) asks ``current()``,
+which reads the environment on first use and keeps that one object; a test swaps the object, not
+the places that read it. The README's list of variables is checked against ``LIMITS``.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+
+
+class LimitError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Limit:
+    env: str  # the variable that sets it
+    default: float  # in the variable's unit
+    help: str
+    unit: int = 1  # stored value = variable's value x unit (megabytes -> bytes, megapixels -> pixels)
+    whole: bool = True
+
+
+LIMITS = {
+    "epochs": Limit("STUDIO_MAX_EPOCHS", 200, "epochs of a run started from the studio"),
+    "batch_size": Limit("STUDIO_MAX_BATCH", 1024, "batch size of such a run"),
+    "queue": Limit("STUDIO_MAX_QUEUE", 4, "runs waiting for the trainer"),
+    "upload_bytes": Limit("STUDIO_MAX_UPLOAD_MB", 20, "megabytes of one image (an upload, a zip member)", unit=2**20),
+    "pixels": Limit("STUDIO_MAX_PIXELS", 40_000_000, "pixels of one image, checked before it is decoded"),
+    "batch_images": Limit("STUDIO_MAX_BATCH_IMAGES", 500, "images in one batch request, zip members counted"),
+    "batch_pixels": Limit("STUDIO_MAX_BATCH_MP", 500, "megapixels decoded over one batch request", unit=10**6),
+    "weights_bytes": Limit("STUDIO_MAX_WEIGHTS_MB", 128, "megabytes of uploaded weights", unit=2**20),
+    "api_workers": Limit("STUDIO_API_WORKERS", 1, "HTTP API predictions computed at once"),
+    "api_queue": Limit("STUDIO_API_QUEUE", 32, "HTTP API predictions that may wait for a worker"),
+    "api_wait_s": Limit("STUDIO_API_WAIT_S", 2.0, "seconds an HTTP API prediction waits for a worker before a 503",
+                        whole=False),
+}
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    epochs: int
+    batch_size: int
+    queue: int
+    upload_bytes: int
+    pixels: int
+    batch_images: int
+    batch_pixels: int
+    weights_bytes: int
+    api_workers: int
+    api_queue: int
+    api_wait_s: float
+
+    @property
+    def request_bytes(self) -> int:
+        """The largest body one upload request may send: an image's cap or a weights file's, whichever is
+        larger (Gradio has one cap for every upload; each kind is then held to its own)."""
+        return max(self.upload_bytes, self.weights_bytes)
+
+    @classmethod
+    def defaults(cls) -> "ServerLimits":
+        return cls(**{name: _stored(limit, limit.default) for name, limit in LIMITS.items()})
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> "ServerLimits":
+        """The limits a host set (the defaults elsewhere); a value that is not a positive number is refused by name."""
+        values = {}
+        for name, limit in LIMITS.items():
+            text = environ.get(limit.env)
+            if text is None or not text.strip():
+                values[name] = _stored(limit, limit.default)
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                raise LimitError(f"{limit.env}={text!r} is not a number ({limit.help})") from None
+            if not math.isfinite(value) or value <= 0 or (limit.whole and limit.unit == 1 and not value.is_integer()):
+                kind = "a positive whole number" if limit.whole and limit.unit == 1 else "a positive number"
+                raise LimitError(f"{limit.env}={text!r} must be {kind} ({limit.help})")
+            values[name] = _stored(limit, value)
+        return cls(**values)
+
+
+def _stored(limit: Limit, value: float):
+    stored = value * limit.unit
+    return int(stored) if limit.whole else float(stored)
+
+
+_current: ServerLimits | None = None
+
+
+def current() -> ServerLimits:
+    """This process's limits, read from the environment the first time they are asked for."""
+    global _current
+    if _current is None:
+        _current = ServerLimits.from_env()
+    return _current
