@@ -30,7 +30,7 @@ from resnet import http_api  # noqa: E402
 from resnet import predict as models  # noqa: E402
 
 IMAGE = app.EXAMPLES / "cat-0.png"  # a CIFAR-10 test image: a 32 x 32 PNG
-GOAL = {"p50_ms": 30, "p99_ms": 80}  # issue 18's target for the HTTP path on an idle machine
+GOAL = {"p50_ms": 30, "p99_ms": 80}  # the HTTP path's target on an idle machine
 
 
 def http_round_trips(client: httpx.Client, data: bytes, calls: int) -> list:

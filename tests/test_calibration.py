@@ -1,4 +1,4 @@
-"""Temperature scaling, ECE, the low-confidence threshold, and calibrated predictions (issue 13)."""
+"""Temperature scaling, ECE, the low-confidence threshold, and calibrated predictions."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""scripts/robustness.py end to end on tiny data, its corruptions, its committed results, and their figures (issue 13)."""
+"""scripts/robustness.py end to end on tiny data, its corruptions, its committed results, and their figures."""
 
 import importlib.util
 import json

@@ -1,4 +1,4 @@
-"""Stress this image: lean corruptions of one uint8 image, their refusals, and the one-call prediction (issue 13)."""
+"""Stress this image: lean corruptions of one uint8 image, their refusals, and the one-call prediction."""
 
 import colorsys
 import subprocess
@@ -32,7 +32,7 @@ def change(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().mean().item()
 
 
-def test_the_registry_offers_what_the_issue_asks():
+def test_the_registry_offers_noise_blur_jpeg_light_pixels_flip_and_shift():
     assert {"gaussian_noise", "gaussian_blur", "jpeg_compression", "brightness", "contrast", "pixelate",
             "horizontal_flip", "shift"} <= set(CORRUPTIONS)
     assert [name for _, name in stress.choices()] == list(CORRUPTIONS)
