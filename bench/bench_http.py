@@ -12,7 +12,6 @@ machine's load hits all of them.
 """
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -22,7 +21,7 @@ import httpx
 from gradio_client import Client
 
 from bench_predict import framework_floor, percentile, trivial_demo
-from machine import machine
+from machine import machine, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import app  # noqa: E402
@@ -90,10 +89,7 @@ def main(argv=None) -> int:
               **{name: summary(seconds) for name, seconds in times.items()}}
     result["gradio_over_http_p50"] = round(result["gradio"]["p50_ms"] / result["http"]["p50_ms"], 1)
     result["goal_met"] = all(result["http"][key] <= limit for key, limit in GOAL.items())
-    print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.json)
     return 0
 
 

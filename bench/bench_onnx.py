@@ -9,7 +9,6 @@ The calls are split into --rounds taken in turns, so a change in the machine's l
 """
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from machine import machine
+from machine import machine, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from resnet.evaluate import predict_logits  # noqa: E402
@@ -71,10 +70,7 @@ def main(argv=None) -> int:
               "onnxruntime_version": ort.__version__, "export_s": round(export_s, 1),
               **{name: summary(seconds) for name, seconds in times.items()}}
     result["pytorch_over_onnxruntime_p50"] = round(result["pytorch_eager"]["p50_ms"] / result["onnxruntime"]["p50_ms"], 2)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.json)
     return 0
 
 

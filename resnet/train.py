@@ -468,6 +468,7 @@ class Trainer:
                                 or (len(window) >= DIVERGENCE_WINDOW and sum(window) / len(window) > DIVERGENCE_LOSS))
                 loss_sum, correct_total, seen, stopped, diverged_ranks = self._reduce(
                     [since_log.loss, since_log.correct, since_log.seen, float(asked), float(diverged)])
+                seen = max(seen, 1)
                 if log_step and not diverged_ranks:
                     self._emit({
                         "kind": "step", "epoch": epoch, "step": done, "total_steps": self.total_steps,
@@ -515,13 +516,12 @@ class Trainer:
         return values[:-1], float(values[-1])
 
     def _reduce(self, values: list) -> list:
-        """Sums over every rank (each value as this rank has it when not distributed)."""
+        """Sums over every rank, in one all-reduce (the values themselves when not distributed)."""
         if not self.distributed:
-            return [*values[:2], max(values[2], 1), *values[3:]] if len(values) > 2 else values
+            return values
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
-        summed = tensor.tolist()
-        return [*summed[:2], max(summed[2], 1), *summed[3:]] if len(summed) > 2 else summed
+        return tensor.tolist()
 
     def _scored_model(self, model, ema):
         return ema.module if ema is not None else model
@@ -543,6 +543,7 @@ class Trainer:
 
     def _epoch_record(self, model, ema, epoch, sums: Sums, train_time, lr, elapsed) -> dict:
         loss_sum, correct, seen = self._reduce([sums.loss, sums.correct, sums.seen])
+        seen = max(seen, 1)
         record = {
             "kind": "epoch", "epoch": epoch, "step": epoch * self.steps_per_epoch,
             "images": epoch * self.steps_per_epoch * self.config.batch_size,
