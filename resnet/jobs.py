@@ -55,7 +55,11 @@ def check_settings(preset: str, overrides: dict) -> TrainConfig:
 
 
 class OwnerError(runs.RunError):
-    pass
+    """Someone other than a run's owner (or the operator) asked to stop or resume it."""
+
+
+class QueueFullError(runs.RunError):
+    """The server already holds as many waiting runs as it allows: nothing is wrong with the request itself."""
 
 
 @dataclass(frozen=True)
@@ -242,7 +246,7 @@ class RunQueue:
     # ---- the worker ---------------------------------------------------------------------------
     def _check_room(self) -> None:
         if len(self._waiting) >= self.max_queue:
-            raise ConfigError(f"the queue is full ({self.max_queue} runs waiting); try again when one has started")
+            raise QueueFullError(f"the queue is full ({self.max_queue} runs waiting); try again when one has started")
 
     def _recover(self) -> None:
         """Queued runs left by an earlier server start again, oldest request first."""

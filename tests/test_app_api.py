@@ -65,9 +65,8 @@ def test_a_started_run_shows_step_rows_then_a_probe_over_the_api(server, client)
 def test_only_the_client_that_started_a_run_or_the_operator_may_stop_or_resume_it(server, client, monkeypatch):
     run_id = client.predict("original", *form_values(**{**TINY_RUN, "epochs": 40}), api_name="/start_run")
     stranger = Client(server[0], verbose=False)
-    for endpoint in ("/stop_run", "/resume_run"):
-        with pytest.raises(gradio_client.exceptions.AppError, match="belongs to whoever started it"):
-            stranger.predict(run_id, api_name=endpoint)
+    with pytest.raises(gradio_client.exceptions.AppError, match="belongs to whoever started it"):
+        stranger.predict(run_id, api_name="/stop_run")
     assert _row(stranger, run_id)["status"] in ("queued", "running")  # watching is for everyone
     monkeypatch.setenv("STUDIO_OPERATOR_SECRET", "the-operators-secret")  # read by the server at each request
     with pytest.raises(gradio_client.exceptions.AppError, match="belongs to whoever started it"):
@@ -76,6 +75,8 @@ def test_only_the_client_that_started_a_run_or_the_operator_may_stop_or_resume_i
     operator = Client(server[0], verbose=False, headers={"x-studio-operator": "the-operators-secret"})
     assert "is stopping" in operator.predict(run_id, api_name="/stop_run")
     _wait_until_settled(client, run_id)
+    with pytest.raises(gradio_client.exceptions.AppError, match="belongs to whoever started it"):
+        stranger.predict(run_id, api_name="/resume_run")  # stopped, so resumable: but not by a stranger
     assert "queued to resume" in client.predict(run_id, api_name="/resume_run")  # its owner may
     _wait_for_steps(client, run_id, more_than=len(client.predict(run_id, api_name="/run_metrics")["data"]))
     assert "is stopping" in client.predict(run_id, api_name="/stop_run")

@@ -145,7 +145,7 @@ def test_a_full_queue_refuses(queue):
     write_run(queue.root / "run-cli")  # holds the queue
     queue.start("original", **TINY)
     queue.start("original", **TINY)
-    with pytest.raises(ConfigError, match="the queue is full"):
+    with pytest.raises(jobs.QueueFullError, match="the queue is full"):
         queue.start("original", **TINY)
 
 
