@@ -72,6 +72,9 @@ class TrainConfig:
     limit_test: int = setting(0, "evaluate on the first N test images only (0 = all)", minimum=0,
                               form="Test images scored per epoch", advanced=True)
     val_size: int = setting(0, "carve N seeded validation images from the training set", minimum=0)
+    score_test: bool = setting(True, "score the test set at each epoch and at the end; when off, only the validation "
+                               "split is scored (val_size must be set), for runs that choose a recipe: the test set is "
+                               "then never scored")
     # Watching the run
     log_every: int = setting(50, "write a step record every N steps", minimum=1)
     probe_size: int = setting(0, "score N held-out images (validation if any, else test) in eval mode during training "
@@ -235,6 +238,8 @@ def validate(c: TrainConfig) -> None:
     if len(blocks) != 4 or not all(isinstance(b, int) and 1 <= b <= 8 for b in blocks):
         raise ConfigError(f"blocks must be four whole numbers from 1 to 8, got {list(blocks)}")
     parse_resolution(c.resolution)
+    if not c.score_test and not c.val_size:
+        raise ConfigError("score_test off needs a validation split to score instead: give val_size (--val-size N)")
 
 
 def cli_args(preset: str, overrides: dict) -> list:

@@ -552,8 +552,9 @@ class Trainer:
         }
         if self.writes:
             scored = self._scored_model(model, ema)
-            test = self._evaluate(scored, self.data.test_x, self.data.test_y)
-            record.update(test_loss=test["test_loss"], test_acc=test["test_acc"])
+            if self.config.score_test:
+                test = self._evaluate(scored, self.data.test_x, self.data.test_y)
+                record.update(test_loss=test["test_loss"], test_acc=test["test_acc"])
             if self.data.val_x is not None:
                 val = self._evaluate(scored, self.data.val_x, self.data.val_y)
                 record.update(val_loss=val["test_loss"], val_acc=val["test_acc"])
@@ -600,12 +601,14 @@ class Trainer:
         if not self.writes:
             return {"status": "finished", "message": f"finished (rank {self.rank}; rank 0 scores the model and writes the files)"}
         scored = self._scored_model(model, ema)
+        split, images, labels = (("test", self.data.test_x, self.data.test_y) if config.score_test
+                                 else ("val", self.data.val_x, self.data.val_y))
         with exact_fp32():
-            final = self._evaluate(scored, self.data.test_x, self.data.test_y, exact=True)
-            tta = evaluate(scored, self.data.test_x, self.data.test_y, config.mean, config.std, config.eval_batch_size, tta=True,
+            final = self._evaluate(scored, images, labels, exact=True)
+            tta = evaluate(scored, images, labels, config.mean, config.std, config.eval_batch_size, tta=True,
                            channels_last=self.channels_last)
         if not math.isfinite(final["test_loss"]):
-            return self._diverged(f"at the end: its final test loss is {final['test_loss']}")
+            return self._diverged(f"at the end: its final {split} loss is {final['test_loss']}")
         curve = [
             {k: r[k] for k in ("epoch", "images", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
                                "elapsed_s") if k in r}
@@ -614,11 +617,12 @@ class Trainer:
         card = make_card(
             scored, config.mean, config.std,
             parameters=count_parameters(scored),
-            test_acc=final["test_acc"], test_loss=final["test_loss"], tta_test_acc=tta["test_acc"],
-            per_class_acc=final["per_class_acc"], confusion=final["confusion"], ece=final["ece"],
-            test_images=final["count"],
-            measured="fp32 (TF32 off), eval mode, final epoch, no test-time augmentation "
-                     "(tta_test_acc: mean of image and mirror logits)",
+            **{f"{split}_acc": final["test_acc"], f"{split}_loss": final["test_loss"], f"tta_{split}_acc": tta["test_acc"],
+               f"{split}_images": final["count"]},
+            per_class_acc=final["per_class_acc"], confusion=final["confusion"], ece=final["ece"], scored_on=split,
+            measured=f"on the {'test set' if split == 'test' else 'validation split (the test set was never scored)'}: "
+                     f"fp32 (TF32 off), eval mode, final epoch, no test-time augmentation (tta_{split}_acc: mean of image and "
+                     "mirror logits)",
             training=dataclasses.asdict(config),
             curve=curve,
             provenance={
@@ -636,7 +640,7 @@ class Trainer:
                 card.update(fit_run_temperature(scored, self.data.val_x, self.data.val_y, config.mean, config.std,
                                                 config.eval_batch_size, channels_last=self.channels_last))
         save_weights(scored, self.run_dir / runs.WEIGHTS, card, dtype=getattr(torch, config.weights_dtype))
-        message = f"finished: test accuracy {final['test_acc']:.2%} after {config.epochs} epochs"
+        message = f"finished: {'test' if split == 'test' else 'validation'} accuracy {final['test_acc']:.2%} after {config.epochs} epochs"
         self._status("finished", message)
         return {"status": "finished", "message": message, **final}
 

@@ -507,3 +507,20 @@ def test_the_gpu_check_refuses_a_machine_without_cuda(capsys):
     done = subprocess.run([sys.executable, "bench/gpu_check.py"], cwd=Path(__file__).resolve().parent.parent,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr
+
+
+def test_a_recipe_selection_run_never_scores_the_test_set(tiny_data, tmp_path, monkeypatch):
+    scored = []
+    real_evaluate = Trainer._evaluate
+    monkeypatch.setattr(Trainer, "_evaluate", lambda self, model, images, labels, **k: scored.append(len(images)) or
+                        real_evaluate(self, model, images, labels, **k))
+    config = small_config(tiny_data, score_test=False, val_size=40, limit_test=16, epochs=1)
+    assert Trainer(config, tmp_path).run()["status"] == "finished"
+    assert scored and set(scored) == {40}  # the validation split only, never the 16 test images
+    epoch = next(r for r in runs.read_metrics(tmp_path) if r["kind"] == "epoch")
+    assert "val_acc" in epoch and "test_acc" not in epoch
+    _, card = load_weights(tmp_path / runs.WEIGHTS)
+    assert card["scored_on"] == "val" and "val_acc" in card and "test_acc" not in card and card["val_images"] == 40
+    assert "the test set was never scored" in card["measured"]
+    with pytest.raises(ConfigError, match="score_test off needs a validation split"):
+        small_config(tiny_data, score_test=False)
