@@ -25,7 +25,7 @@ import pandas as pd
 from resnet import ablation, batch, config, http_api, jobs, limits, plots, robustness_plots, stress
 from resnet import predict as models
 from resnet import study as study_figures
-from resnet.config import QUICK_RUN, from_form, make_config
+from resnet.config import QUICK_RUN, from_form, make_config, to_form
 from resnet.constants import TEST_IMAGES, TRAIN_IMAGES
 from resnet.errors import USER_ERRORS
 from resnet.explain import enlarge, grad_cam, overlay
@@ -254,7 +254,7 @@ class Studio:
         """The form's recipe settings as the preset has them; the run's size stays as the form has it."""
         with user_errors():
             settings = make_config(preset)
-        return [_form_value(name, getattr(settings, name)) for name in recipe_fields()]
+        return [to_form(name, getattr(settings, name)) for name in recipe_fields()]
 
     @staticmethod
     def download_data():
@@ -305,9 +305,9 @@ class Studio:
         stamp = json.dumps(_stamp(run_dir))
         if stamp == seen:
             return gr.skip(), gr.skip(), seen
-        rows, state = read_metrics(run_dir), jobs.progress(run_dir)
+        rows, state = read_metrics(run_dir), read_status(run_dir)["status"]
         total = _total_images(rows)
-        status = "" if state["status"] in ("running", "finished") else state["status"]
+        status = "" if state in ("running", "finished") else state
         references = reference_curves()
         return (plots.live_figure(rows, "acc", total, references, status), plots.live_figure(rows, "loss", total, references, status),
                 stamp)
@@ -428,11 +428,6 @@ def recipe_fields() -> list:
     return [name for name in config.FORM_SETTINGS if name not in config.SIZE_SETTINGS]
 
 
-def _form_value(name: str, value):
-    """A config value as its form field shows it (blocks as "1,1,1,1")."""
-    return ",".join(map(str, value)) if isinstance(value, tuple) else value
-
-
 def reference_curves() -> dict:
     """Faint curves to compare a run with, from the committed results/reference-curves.json (read once)."""
     return {name: entry["rows"] for name, entry in (_reference_file() or {}).get("references", {}).items()}
@@ -523,7 +518,7 @@ def setting_field(name: str, value, caps: dict):
     label = meta["form"] + (f" (at most {caps[name]})" if name in caps else "") + FIELD_NOTES.get(name, "")
     kind = config.kind(name)
     if name == "blocks":
-        return gr.Dropdown([(str(list(b)), _form_value(name, b)) for b in BLOCK_CHOICES], value=_form_value(name, value),
+        return gr.Dropdown([(str(list(b)), to_form(name, b)) for b in BLOCK_CHOICES], value=to_form(name, value),
                            label=label)
     if meta["choices"]:
         return gr.Dropdown([(CHOICE_LABELS.get(c, c), c) for c in meta["choices"]], value=value, label=label)
@@ -554,7 +549,7 @@ def train_tab(studio: Studio):
             for name in names:
                 fields[name] = setting_field(name, getattr(defaults, name), caps)
     form = [fields[name] for name in config.FORM_SETTINGS]
-    command = gr.Textbox(studio.command(QUICK_RUN["preset"], *[_form_value(n, getattr(defaults, n)) for n in config.FORM_SETTINGS]),
+    command = gr.Textbox(studio.command(QUICK_RUN["preset"], *[to_form(n, getattr(defaults, n)) for n in config.FORM_SETTINGS]),
                          label="The same run from a terminal", buttons=["copy"], interactive=False)
     with gr.Row():
         start = gr.Button("Start training", variant="primary")

@@ -252,11 +252,14 @@ def cli_args(preset: str, overrides: dict) -> list:
         flag = "--" + name.replace("_", "-")
         if kind(name) is bool:
             args.append(flag if value else "--no-" + flag[2:])
-        elif kind(name) is tuple:
-            args += [flag, ",".join(str(int(b)) for b in value)]
         else:
-            args += [flag, str(value)]
+            args += [flag, str(to_form(name, value))]
     return args
+
+
+def to_form(name: str, value):
+    """A setting's value as a form field or a flag writes it (blocks as "1,1,1,1"); ``from_form`` reads it back."""
+    return ",".join(str(int(b)) for b in value) if kind(name) is tuple and not isinstance(value, str) else value
 
 
 def from_form(name: str, value):

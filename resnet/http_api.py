@@ -35,7 +35,6 @@ from pydantic import BaseModel, Field
 
 from . import batch, limits
 from . import predict as models
-from .evaluate import predict_logits
 from .images import ImageError, prepare
 from .runs import RunError
 from .weights import WeightsError
@@ -170,12 +169,12 @@ def decode(data: bytes):
 
 
 def prediction(model, card: dict, image, with_logits: bool) -> dict:
-    # The one place probabilities come from: a calibrated function in resnet.predict replaces this call.
-    probabilities = models.class_probabilities(model, card, image)
-    label = max(probabilities, key=probabilities.get)
+    """One forward pass: the raw logits, and the calibrated probabilities resnet.predict makes of them."""
+    logits = models.class_logits(model, card, image)
+    probabilities = models.ranked(models.calibrated(logits, card), card)
+    label = next(iter(probabilities))
     row = {"label": label, "probability": probabilities[label], "probabilities": probabilities}
     if with_logits:
-        logits = predict_logits(model, image[None], card["mean"], card["std"])[0]
         row["logits"] = dict(zip(card["classes"], logits.tolist()))
     return row
 

@@ -111,8 +111,12 @@ def class_logits(model, card: dict, image) -> torch.Tensor:
 
 def class_probabilities(model, card: dict, image) -> dict:
     """uint8 [3, 32, 32] -> {class name: probability}, every class, best first; calibrated when the card has a temperature."""
-    probs = calibrated(class_logits(model, card, image), card).tolist()
-    return dict(sorted(zip(card["classes"], probs), key=lambda item: -item[1]))
+    return ranked(calibrated(class_logits(model, card, image), card), card)
+
+
+def ranked(probabilities: torch.Tensor, card: dict) -> dict:
+    """[num_classes] probabilities -> {class name: probability}, best first."""
+    return dict(sorted(zip(card["classes"], probabilities.tolist()), key=lambda item: -item[1]))
 
 
 def low_confidence_threshold(card: dict | None) -> float:

@@ -222,7 +222,7 @@ def test_bad_weights_uploads_are_refused_in_words(studio, data, capsys):
 
 # ---- Train ---------------------------------------------------------------------------------------
 # The Train form as it opens with the published recipe, in FORM_SETTINGS order.
-FORM = {name: app._form_value(name, getattr(app.make_config("original", epochs=2, limit_train=2000, limit_test=1000), name))
+FORM = {name: app.to_form(name, getattr(app.make_config("original", epochs=2, limit_train=2000, limit_test=1000), name))
         for name in app.config.FORM_SETTINGS}
 OWNER = "a-browsers-key"
 

@@ -29,7 +29,7 @@ def test_every_cli_setting_is_a_flag_with_its_declared_help_and_choices():
 def test_every_form_setting_builds_a_field_with_the_preset_value():
     quick = make_config("quick")
     for name in config.FORM_SETTINGS:
-        field = app.setting_field(name, app._form_value(name, getattr(quick, name)), {})
+        field = app.setting_field(name, app.to_form(name, getattr(quick, name)), {})
         assert field.label.startswith(config.SETTINGS[name].metadata["form"]), name
 
 
@@ -61,7 +61,7 @@ def test_a_new_setting_is_one_declaration(monkeypatch):
     assert "--mixup MIXUP" in train_help() and "mixup alpha (0 = off)" in train_help()
     field = app.setting_field("mixup", 0.0, {})
     assert isinstance(field, gr.Number) and field.label == "Mixup alpha"
-    values = [app._form_value(n, getattr(make_config("original"), n)) for n in config.FORM_SETTINGS[:-1]] + [0.2]
+    values = [app.to_form(n, getattr(make_config("original"), n)) for n in config.FORM_SETTINGS[:-1]] + [0.2]
     overrides = app.Studio.settings(*values)  # the form's values, as a start from the Train tab sends them
     assert overrides["mixup"] == 0.2
     assert "--mixup 0.2" in app.jobs.cli_command("original", overrides)  # the child process's command line
