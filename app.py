@@ -1,48 +1,34 @@
 """cifar-resnet-studio: predict, train, watch and compare CIFAR-10 ResNets. Also the Space's app_file.
 
-A thin Gradio Blocks UI: the image, model, training and plotting logic lives in the resnet
-package (images, predict, explain, jobs, plots), tested on its own. ``python app.py`` serves it
-on $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT.
+A thin Gradio Blocks UI: layout and wiring, each handler one call into the resnet package (catalog,
+classifier, batch, jobs, plots, model_card, showcase, downloads), which is tested on its own.
+``python app.py`` serves it on $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT.
 """
 
-import base64
-import binascii
 import contextlib
-import csv
-import dataclasses
-import functools
 import json
-import shutil
 import secrets
 import signal
-import tempfile
-import time
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from resnet import ablation, batch, config, http_api, jobs, limits, plots, robustness_plots, stress
-from resnet import predict as models
-from resnet import study as study_figures
+from resnet import ablation, batch, catalog, config, downloads, http_api, jobs, limits, model_card, plots, robustness_plots, \
+    runs, showcase, stress, study
+from resnet.classifier import Classifier
 from resnet.config import QUICK_RUN, from_form, make_config, to_form
 from resnet.constants import TEST_IMAGES, TRAIN_IMAGES
 from resnet.errors import USER_ERRORS
-from resnet.explain import enlarge, grad_cam, overlay
+from resnet.explain import enlarge, overlay
 from resnet.images import ImageError, prepare
 from resnet.model import BLOCK_CHOICES
-from resnet.runs import CARD, METRICS, STATUS, WEIGHTS, RunError, read_metrics, read_status, run_path
-from resnet.weights import card_path
+from resnet.runs import CARD, RunError, read_metrics, read_status, run_path
+from resnet.ui_inputs import batch_input, form_field, image_input
+from resnet.weights import WeightsError
 
-HERE = Path(__file__).resolve().parent
-SCRATCH = Path(tempfile.gettempdir()) / "cifar-resnet-studio"  # CSVs and run-file copies on their way to a visitor
-SCRATCH_MAX_AGE_S = 3600
-EXAMPLES, MISTAKES = HERE / "assets" / "examples", HERE / "assets" / "mistakes"
-STUDY, ABLATION = HERE / "results" / "study.json", HERE / "results" / "ablation.json"
-ROBUSTNESS = HERE / "results" / "robustness.json"
 TABLE_COLUMNS = ["run_id", "status", "optimizer", "lr", "dropout", "batch_size", "blocks", "epochs",
                  "best_test_acc", "final_test_acc", "elapsed_s", "message"]
-REFERENCES = HERE / "results" / "reference-curves.json"
 OPERATOR_HEADER = "x-studio-operator"  # carries $STUDIO_OPERATOR_SECRET; a header, so it never lands in a URL or a log line
 CHOICE_LABELS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
 RESOLUTION_CHOICES = [("32 px throughout", ""), ("16 px, 24 px, then 32 px (quarters: 2, 1, 1)", "16:0.5,24:0.75"),
@@ -66,55 +52,6 @@ def user_errors():
         raise gr.Error(str(error), print_exception=False) from None
 
 
-def undecoded_upload(payload):
-    """gr.Image's preprocess, minus its decoding: the handler gets the uploaded file's path (or the
-    bytes of an inline pasted image) and resnet.images.prepare reads it with its byte and pixel caps,
-    where Gradio's own PIL decode has none and fails with a stack trace."""
-    if payload is None:
-        return None
-    if payload.url and payload.url.startswith("data:"):
-        # Decode no more than one byte past the cap: enough for resnet.images to refuse it by size.
-        encoded = payload.url.partition(",")[2][: (limits.current().upload_bytes // 3 + 1) * 4]
-        try:
-            return base64.b64decode(encoded)
-        except binascii.Error:
-            raise gr.Error("cannot use this image: the pasted data is not valid base64", print_exception=False) from None
-    return payload.path
-
-
-def image_input(**kwargs) -> gr.Image:
-    # Set on the instance: subclassing gr.Image would make Gradio write an app.pyi stub beside this file.
-    image = gr.Image(type="filepath", **kwargs)
-    image.preprocess = undecoded_upload
-    return image
-
-
-def uploaded_paths(payload) -> list:
-    """gr.File's preprocess for many files, minus its per-file temporary file: the uploaded paths
-    (Gradio has already checked that each one is in its upload cache)."""
-    if payload is None:
-        return []
-    items = getattr(payload, "root", payload)
-    return [item.path for item in (items if isinstance(items, list) else [items])]
-
-
-def batch_input(**kwargs) -> gr.File:
-    files = gr.File(file_count="multiple", type="filepath", **kwargs)
-    files.preprocess = uploaded_paths
-    return files
-
-
-def raw_value(payload):
-    """A training field's value exactly as sent: Gradio's bounds check and rounding would turn a string,
-    NaN or infinity from the raw API into an anonymous exception; resnet.train.validate names the field."""
-    return payload
-
-
-def form_field(component):
-    component.preprocess = raw_value
-    return component
-
-
 def read_image(source):
     """uint8 [3, 32, 32] from an upload; any decoder failure becomes a clear message."""
     if source is None:
@@ -135,19 +72,18 @@ class Studio:
         self.root = self.queue.root
 
     # ---- Predict --------------------------------------------------------------------------------
-    def model(self, choice: str, upload_key: str | None):
+    def model(self, choice: str, upload_key: str | None) -> Classifier:
         with user_errors():
-            if choice == models.UPLOADED:
-                return models.uploaded(upload_key)
-            return models.load_choice(choice, self.root)
+            if choice == catalog.UPLOADED:
+                return catalog.uploaded(upload_key)
+            return catalog.load_choice(choice, self.root)
 
-    def predict(self, image, choice: str = models.SHIPPED, upload_key: str | None = None) -> dict:
+    def predict(self, image, choice: str = catalog.SHIPPED, upload_key: str | None = None) -> dict:
         if image is None:  # the image was cleared (a change event too): nothing to say
             return gr.skip()
-        model, card = self.model(choice, upload_key)
-        return models.class_probabilities(model, card, read_image(image))
+        return self.model(choice, upload_key).predict(read_image(image))
 
-    def predict_batch(self, files, choice: str = models.SHIPPED, upload_key: str | None = None):
+    def predict_batch(self, files, choice: str = catalog.SHIPPED, upload_key: str | None = None):
         """(table, CSV file, note) for several images and/or .zip archives, with resnet.batch.
 
         One row per readable image: name, top class, its probability, one column per class. The
@@ -157,27 +93,18 @@ class Studio:
         paths = [Path(path) for path in files or []]
         if not paths:
             raise gr.Error("upload images or a .zip archive first", print_exception=False)
-        model, card = self.model(choice, upload_key)
-        model.card = card  # what resnet.batch normalizes with (the same card the cache pairs with this model)
-        classes = list(card["classes"])
-        problems, rows = [], []
+        classifier = self.model(choice, upload_key)
+        problems = []
         with batch.Sources(max_total_pixels=limits.current().batch_pixels) as sources:
             for path in paths:
-                _add_upload(sources, path)
+                sources.add(path, shown_as=path.name)  # the visitor's file name, not Gradio's cache folder
             problems.extend(sources.problems)
             limit = limits.current().batch_images
             if len(sources.items) > limit:
                 raise gr.Error(f"{len(sources.items)} images in this request; this server predicts at most {limit} at a time",
                                print_exception=False)
-            with open(_fresh_file("predictions.csv"), "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(batch.csv_header(classes))
-                for source, logits in batch.predict_sources(model, sources, on_error=lambda *p: problems.append(p)):
-                    probabilities = models.calibrated(logits, card)
-                    writer.writerow(batch.csv_row(source.name, probabilities, classes))
-                    top = int(probabilities.argmax())
-                    rows.append([source.name, classes[top], round(float(probabilities[top]), 6),
-                                 *(round(p, 6) for p in probabilities.tolist())])
+            with open(downloads.fresh_file("predictions.csv"), "w", newline="") as handle:
+                rows = batch.write_csv(handle, classifier, sources, on_error=lambda *p: problems.append(p))
         if not rows:
             reasons = "; ".join(f"{name}: {reason}" for name, reason in problems[:3]) or "no images in the upload"
             raise gr.Error(f"none of the files could be used ({reasons})"[:500], print_exception=False)
@@ -187,56 +114,55 @@ class Studio:
                                for name, reason in problems[:BATCH_NOTE_PROBLEMS])
             more = f"\n- ... and {len(problems) - BATCH_NOTE_PROBLEMS} more" if len(problems) > BATCH_NOTE_PROBLEMS else ""
             note += f"; {len(problems)} could not be used:\n{listed}{more}"
-        return pd.DataFrame(rows, columns=batch.csv_header(classes)), handle.name, note
+        return pd.DataFrame(rows, columns=batch.csv_header(classifier.classes)), handle.name, note
 
-    def explain(self, image, choice: str = models.SHIPPED, upload_key: str | None = None):
+    def explain(self, image, choice: str = catalog.SHIPPED, upload_key: str | None = None):
         """(the 32 x 32 input enlarged, the Grad-CAM overlay for the top class)."""
         if image is None:
             return gr.skip(), gr.skip()
-        model, card = self.model(choice, upload_key)
         tensor = read_image(image)
-        cam, _ = grad_cam(model, tensor, card["mean"], card["std"])
+        cam, _ = self.model(choice, upload_key).explain(tensor)
         return enlarge(tensor), overlay(tensor, cam)
 
-    def confidence_note(self, label, choice: str = models.SHIPPED, upload_key: str | None = None) -> str:
+    def confidence_note(self, label, choice: str = catalog.SHIPPED, upload_key: str | None = None) -> str:
         """The warning in words, at the threshold the model's card chose from its calibrated curve."""
         if not isinstance(label, dict):
             return ""
         try:
-            _, card = self.model(choice, upload_key)
+            card = self.model(choice, upload_key).card
         except gr.Error:
             card = None
-        return models.confidence_note(label, card)
+        return model_card.confidence_note(label, card)
 
-    def stress(self, image, corruption: str, severity, choice: str = models.SHIPPED, upload_key: str | None = None):
+    def stress(self, image, corruption: str, severity, choice: str = catalog.SHIPPED, upload_key: str | None = None):
         """(the corrupted 32 x 32 image enlarged, top classes of the clean image, top classes of the corrupted one)."""
-        model, card = self.model(choice, upload_key)
+        classifier = self.model(choice, upload_key)
         with user_errors():
-            stressed, clean, hit = stress.stress_predict(model, card, read_image(image), corruption, severity)
+            stressed, clean, hit = stress.stress_predict(classifier, read_image(image), corruption, severity)
         return enlarge(stressed), clean, hit
 
     def model_choices(self, upload_key: str | None = None) -> list:
-        return models.model_choices(self.root) + ([("Uploaded weights", models.UPLOADED)] if upload_key else [])
+        return catalog.model_choices(self.root) + ([("Uploaded weights", catalog.UPLOADED)] if upload_key else [])
 
     def refresh_models(self, choice: str, upload_key: str | None):
         choices = self.model_choices(upload_key)
-        keep = choice if choice in [value for _, value in choices] else models.SHIPPED
+        keep = choice if choice in [value for _, value in choices] else catalog.SHIPPED
         return gr.Dropdown(choices=choices, value=keep)
 
     def model_info(self, choice: str, upload_key: str | None) -> str:
         try:
-            _, card = self.model(choice, upload_key)
+            card = self.model(choice, upload_key).card
         except gr.Error as error:
             return f"⚠️ {error.message}"
-        return models.describe_card(card)
+        return model_card.describe_card(card)
 
     def upload_weights(self, data: bytes | None):
         """Load uploaded weights (ours or a published .pt); returns (key, picker, description)."""
         if not data:
             raise gr.Error("choose a weights file first", print_exception=False)
         with user_errors():
-            key, _, card = models.load_upload(data)
-        return key, gr.Dropdown(choices=self.model_choices(key), value=models.UPLOADED), models.describe_card(card)
+            key, classifier = catalog.load_upload(data)
+        return key, gr.Dropdown(choices=self.model_choices(key), value=catalog.UPLOADED), model_card.describe_card(classifier.card)
 
     # ---- Train ----------------------------------------------------------------------------------
     @staticmethod
@@ -302,13 +228,13 @@ class Studio:
         if run_dir is None or not run_dir.is_dir():
             empty = plots.empty_figure("start a run: its curves appear here within seconds")
             return (empty, empty, "") if seen else (gr.skip(), gr.skip(), seen)
-        stamp = json.dumps(_stamp(run_dir))
+        stamp = json.dumps(runs.stamp(run_dir))
         if stamp == seen:
             return gr.skip(), gr.skip(), seen
         rows, state = read_metrics(run_dir), read_status(run_dir)["status"]
-        total = _total_images(rows)
+        total = runs.total_images(rows)
         status = "" if state in ("running", "finished") else state
-        references = reference_curves()
+        references = showcase.reference_curves()
         return (plots.live_figure(rows, "acc", total, references, status), plots.live_figure(rows, "loss", total, references, status),
                 stamp)
 
@@ -336,7 +262,7 @@ class Studio:
     def watch(self, run_ids: list | None, seen: str):
         """The timer's poll: redraw the figures only when a chosen run's files changed."""
         with user_errors():
-            stamp = json.dumps([_stamp(run_path(self.root, run_id)) for run_id in run_ids or []])
+            stamp = json.dumps([runs.stamp(run_path(self.root, run_id)) for run_id in run_ids or []])
         if stamp == seen:
             return gr.skip(), gr.skip(), seen
         return *self.compare(run_ids), stamp
@@ -347,60 +273,16 @@ class Studio:
             return plots.empty_figure("choose a finished run"), plots.empty_figure("choose a finished run"), None
         with user_errors():
             run_dir = run_path(self.root, run_id)
-        card = _read_json(run_dir / CARD)
+        card = showcase.read_json(run_dir / CARD)
         if not card or "confusion" not in card:
             status = read_status(run_dir)
             message = f"{run_id} is {status['status']}: no model card yet"
             return plots.empty_figure(message), plots.empty_figure(message), None
-        return plots.confusion_figure(card["confusion"], card["classes"]), plots.per_class_figure(card["per_class_acc"], card["classes"]), _downloadable(run_dir)
-
-
-def _add_upload(sources: batch.Sources, path: Path) -> None:
-    """Add one uploaded file, naming its images after the file (Gradio's cache folder is nobody's business)."""
-    items, problems = len(sources.items), len(sources.problems)
-    sources.add(path)
-    rename = lambda name: path.name + name[len(str(path)):] if name.startswith(str(path)) else name  # noqa: E731
-    sources.items[items:] = [dataclasses.replace(s, name=rename(s.name)) for s in sources.items[items:]]
-    sources.problems[problems:] = [(rename(name), reason) for name, reason in sources.problems[problems:]]
+        return plots.confusion_figure(card["confusion"], card["classes"]), plots.per_class_figure(card["per_class_acc"], card["classes"]), downloads.run_files(run_dir)
 
 
 def _markdown_safe(text: str) -> str:
     return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in str(text))[:200]
-
-
-def _fresh_folder() -> Path:
-    """A new folder for files handed to a visitor. Gradio copies them into its own cache (pruned by
-    delete_cache), so folders older than an hour are deleted here: a long-lived Space's disk stays flat."""
-    SCRATCH.mkdir(parents=True, exist_ok=True)
-    for old in SCRATCH.iterdir():
-        with contextlib.suppress(OSError):
-            if time.time() - old.stat().st_mtime > SCRATCH_MAX_AGE_S:
-                shutil.rmtree(old)
-    return Path(tempfile.mkdtemp(dir=SCRATCH))
-
-
-def _fresh_file(name: str) -> Path:
-    return _fresh_folder() / name
-
-
-def _downloadable(run_dir: Path) -> list:
-    """Copies of a run's weights and card, named after the run, in a fresh folder: the runs folder
-    itself is never served, so its checkpoints and logs stay private."""
-    folder = _fresh_folder()
-    files = []
-    for name, suffix in ((WEIGHTS, ".safetensors"), (CARD, ".json")):
-        if (run_dir / name).is_file():
-            files.append(str(shutil.copy(run_dir / name, folder / f"{run_dir.name}{suffix}")))
-    return files
-
-
-def _stamp(run_dir: Path) -> list:
-    stamps = []
-    for name in (METRICS, STATUS):
-        with contextlib.suppress(OSError):
-            stat = (run_dir / name).stat()
-            stamps.append([name, stat.st_mtime_ns, stat.st_size])
-    return stamps
 
 
 def _owner_key(stored: str | None):
@@ -417,45 +299,9 @@ def _actor(owner: str | None, request: gr.Request | None) -> jobs.Actor:
     return jobs.Actor(key=key, operator=jobs.is_operator(headers.get(OPERATOR_HEADER)))
 
 
-def _total_images(rows: list) -> int | None:
-    """Training images the whole run will see, from its latest step row."""
-    step = next((r for r in reversed(rows) if r.get("kind") == "step" and r.get("total_steps") and r.get("step")), None)
-    return step["total_steps"] * step["images"] // step["step"] if step else None
-
-
 def recipe_fields() -> list:
     """The form fields a preset fills in: all but the run's size."""
     return [name for name in config.FORM_SETTINGS if name not in config.SIZE_SETTINGS]
-
-
-def reference_curves() -> dict:
-    """Faint curves to compare a run with, from the committed results/reference-curves.json (read once)."""
-    return {name: entry["rows"] for name, entry in (_reference_file() or {}).get("references", {}).items()}
-
-
-@functools.lru_cache(maxsize=1)
-def _reference_file():
-    return _read_json(REFERENCES)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def example_gallery() -> tuple:
-    """(paths, captions) of the committed CIFAR-10 test images."""
-    index = _read_json(EXAMPLES / "index.json") or {"images": []}
-    entries = [e for e in index["images"] if (EXAMPLES / e["file"]).is_file()]
-    return [str(EXAMPLES / e["file"]) for e in entries], [f"{e['label']} (test #{e['test_index']})" for e in entries]
-
-
-def mistakes_gallery() -> list:
-    index = _read_json(MISTAKES / "index.json") or {"mistakes": []}
-    return [(str(MISTAKES / e["file"]), f"true {e['true']}, predicted {e['predicted']} ({e['confidence']:.0%})")
-            for e in index["mistakes"] if (MISTAKES / e["file"]).is_file()]
 
 
 # ---- layout ---------------------------------------------------------------------------------------
@@ -464,13 +310,13 @@ def predict_tab(studio: Studio) -> None:
     with gr.Row():
         with gr.Column():
             image = image_input(label="Any image", sources=["upload", "clipboard", "webcam"], height=320)
-            paths, captions = example_gallery()
+            paths, captions = showcase.example_gallery()
             if paths:
                 gr.Examples(examples=paths, inputs=image, example_labels=captions, label="CIFAR-10 test images (true class)",
                             examples_per_page=30)
             with gr.Accordion("Model", open=False):
-                picker = gr.Dropdown(choices=studio.model_choices(), value=models.SHIPPED, label="Predict with",
-                                     allow_custom_value=True)  # values are checked by resnet.predict.weights_path
+                picker = gr.Dropdown(choices=studio.model_choices(), value=catalog.SHIPPED, label="Predict with",
+                                     allow_custom_value=True)  # values are checked by resnet.catalog.weights_path
                 weights_file = gr.File(label="Or upload weights (.safetensors with our card, or a published project1_model.pt)",
                                        file_types=[".safetensors", ".pt", ".pth"], type="binary")
             about_model = gr.Markdown()
@@ -527,7 +373,10 @@ def setting_field(name: str, value, caps: dict):
                            info="or your own: 16:0.5,24:0.75 is 16 px for the first half of the steps, 24 px to three quarters")
     if kind is float and meta["minimum"] is not None and meta["below"] is not None:
         return form_field(gr.Slider(meta["minimum"], meta["below"] - 0.05, value, step=0.05, label=label))
-    return form_field(gr.Number(value, label=label, precision=0 if kind is int else None, minimum=meta["minimum"]))
+    # Only bounds resnet.config enforces, inclusive ones: a whole number below n is at most n - 1 (the seed).
+    high = meta["below"] - 1 if kind is int and meta["below"] is not None else meta["maximum"]
+    return form_field(gr.Number(value, label=label, precision=0 if kind is int else None, minimum=meta["minimum"],
+                                maximum=high))
 
 
 def train_tab(studio: Studio):
@@ -604,24 +453,15 @@ def runs_tab(studio: Studio):
 
 def card_tab() -> None:
     """The shipped model from committed files only: nothing is recomputed when the page loads."""
-    card = _read_json(card_path(models.shipped_weights()))
-    if not card:
+    if not catalog.shipped_weights().is_file():
         gr.Markdown("The shipped weights are not here yet: a training run is making them.")
         return
-    training, provenance = card.get("training") or {}, card.get("provenance") or {}
-    lines = [f"### Shipped model\n{models.describe_card(card)}; measured on {card.get('test_images', '?')} test images "
-             f"({card.get('measured', 'no details')})."]
-    if isinstance(card.get("tta_test_acc"), (int, float)):
-        lines.append(f"With flip test-time augmentation: {card['tta_test_acc']:.2%}.")
-    if training:
-        hours = provenance.get("elapsed_s", 0) / 3600
-        lines.append(f"Trained with {training.get('optimizer')} lr {training.get('lr')}, batch {training.get('batch_size')}, "
-                     f"{training.get('epochs')} epochs, {hours:.1f} h on {provenance.get('device', 'an unrecorded device')}.")
-    if card.get("storage_choice"):
-        lines.append(f"Stored as {card['storage_choice']}.")
-    if card.get("reproduce"):
-        lines.append(f"Reproduce: `{card['reproduce']}`")
-    gr.Markdown("\n\n".join(lines))
+    try:
+        card = catalog.load_choice(catalog.SHIPPED).card
+    except WeightsError as error:
+        gr.Markdown(f"The shipped weights cannot be described: {error}")
+        return
+    gr.Markdown(model_card.shipped_summary(card))
     if "confusion" not in card:
         gr.Markdown("This card has no evaluation (confusion matrix, per-class accuracy).")
         return
@@ -634,14 +474,14 @@ def card_tab() -> None:
     gr.Markdown("### Calibration")
     gr.Markdown(robustness_plots.calibration_text(card))
     gr.Plot(robustness_plots.reliability_figure(card))
-    results = _read_json(ROBUSTNESS)
+    results = showcase.read_json(showcase.ROBUSTNESS)
     gr.Markdown("### Robustness to corruptions")
     gr.Markdown(robustness_plots.robustness_text(results))
     gr.Plot(robustness_plots.robustness_figure(results))
-    study = _read_json(STUDY)
+    results = showcase.read_json(showcase.STUDY)
     gr.Markdown("### Optimizer study")
-    if study:
-        figures = [make_figure(study) for make_figure in study_figures.FIGURES.values()]
+    if results:
+        figures = [make_figure(results) for make_figure in study.FIGURES.values()]
         for pair in (figures[:2], figures[2:]):
             with gr.Row():
                 for figure in pair:
@@ -649,23 +489,18 @@ def card_tab() -> None:
     else:
         gr.Markdown("The optimizer study has not run yet (results/study.json is absent).")
     ablation_section()
-    mistakes = mistakes_gallery()
+    mistakes = showcase.mistakes_gallery()
     if mistakes:
         gr.Gallery(mistakes, label="Its most confident mistakes on the test set", columns=6, height="auto")
 
 
 def ablation_section() -> None:
     gr.Markdown("### What each part of the training recipe buys")
-    results = _read_json(ABLATION)
+    results = showcase.read_json(showcase.ABLATION)
     if not isinstance(results, dict) or not results.get("runs"):
         gr.Markdown("The remove-one ablation has not run yet (results/ablation.json is absent): `python -m resnet ablation`.")
         return
-    budget = results.get("budget") or {}
-    gr.Markdown(f"Each variant changes one thing of the `fast` preset and trains on the same {budget.get('train_size')} "
-                f"images for {budget.get('epochs')} epochs; the score is final validation accuracy on "
-                f"{budget.get('val_size')} images carved from the training set (the test set is never used). "
-                "It is one seed of a short budget: differences of a few points are noise, and images/s depend on "
-                "what else the machine was running (the README reads the table).")
+    gr.Markdown(ablation.note(results))
     gr.Dataframe(pd.DataFrame(ablation.table(results)), interactive=False, wrap=True)
     gr.Plot(ablation.figure(results))
 
@@ -714,8 +549,7 @@ def launch_options() -> dict:
 
     Only the folders whose files the app itself hands out may be served; run files go out as copies.
     """
-    roots = [EXAMPLES, MISTAKES]
-    return {"max_file_size": limits.current().request_bytes, "allowed_paths": [str(p) for p in roots], "theme": gr.themes.Soft(),
+    return {"max_file_size": limits.current().request_bytes, "allowed_paths": [str(p) for p in showcase.SERVED], "theme": gr.themes.Soft(),
             "footer_links": ["api", "gradio"]}
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from PIL import Image
 
 from resnet.data import load_split
-from resnet.evaluate import predict_logits
 from resnet.weights import DEFAULT_WEIGHTS, atomic_write_json, load_weights
 
 COUNT = 12
@@ -23,22 +22,22 @@ def main() -> None:
     parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
     parser.add_argument("--count", type=int, default=COUNT)
     args = parser.parse_args()
-    model, card = load_weights(args.weights)
+    classifier = load_weights(args.weights)
     images, labels = load_split(args.data_dir, train=False)
-    probs = predict_logits(model, images, card["mean"], card["std"]).softmax(1)
+    probs = classifier.probabilities(classifier.logits(images))
     confidence, predicted = probs.max(1)
     wrong = (predicted != labels).nonzero().flatten()
     worst = wrong[confidence[wrong].argsort(descending=True)][: args.count].tolist()
     OUT.mkdir(exist_ok=True)
     for old in OUT.glob("*.png"):
         old.unlink()
-    classes, entries = card["classes"], []
+    classes, entries = classifier.classes, []
     for index in worst:
         file = f"test-{index}.png"
         Image.fromarray(images[index].permute(1, 2, 0).numpy()).save(OUT / file, optimize=True)
         entries.append({"file": file, "test_index": index, "true": classes[labels[index]],
                         "predicted": classes[predicted[index]], "confidence": round(confidence[index].item(), 4)})
-    atomic_write_json(OUT / "index.json", {"weights": Path(args.weights).name, "test_acc": card.get("test_acc"), "mistakes": entries})
+    atomic_write_json(OUT / "index.json", {"weights": Path(args.weights).name, "test_acc": classifier.card.get("test_acc"), "mistakes": entries})
     print(f"wrote {len(entries)} mistakes to {OUT}")
 
 

@@ -18,8 +18,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing the package
-from resnet import batch, build_model, load_model  # noqa: E402
-from resnet.evaluate import predict_logits  # noqa: E402
+from resnet import Classifier, batch, build_model, load_weights  # noqa: E402
 from resnet.images import prepare  # noqa: E402
 from resnet.weights import make_card  # noqa: E402
 
@@ -30,14 +29,14 @@ def write_images(folder: Path, n: int, side: int) -> None:
         Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"{index:06d}.png")
 
 
-def batched(model, folder: Path, batch_size: int) -> int:
+def batched(classifier, folder: Path, batch_size: int) -> int:
     with batch.Sources([folder]) as sources:
-        return sum(1 for _ in batch.predict_sources(model, sources, batch_size))
+        return sum(1 for _ in batch.predict_sources(classifier, sources, batch_size))
 
 
-def one_at_a_time(model, folder: Path) -> int:
+def one_at_a_time(classifier, folder: Path) -> int:
     for path in sorted(folder.iterdir()):
-        predict_logits(model, prepare(path)[None], model.card["mean"], model.card["std"])
+        classifier.logits(prepare(path))
     return len(list(folder.iterdir()))
 
 
@@ -55,10 +54,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=batch.BATCH_SIZE)
     args = parser.parse_args()
     if args.weights:
-        model = load_model(args.weights)
+        model = load_weights(args.weights)
     else:
-        model = build_model().eval()  # speed does not depend on the weights' values
-        model.card = make_card(model)
+        net = build_model().eval()  # speed does not depend on the weights' values
+        model = Classifier(net, make_card(net))
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         write_images(folder, args.n, args.side)

@@ -26,7 +26,7 @@ from machine import machine, report
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import app  # noqa: E402
 from resnet import http_api  # noqa: E402
-from resnet import predict as models  # noqa: E402
+from resnet import catalog  # noqa: E402
 
 IMAGE = app.EXAMPLES / "cat-0.png"  # a CIFAR-10 test image: a 32 x 32 PNG
 GOAL = {"p50_ms": 30, "p99_ms": 80}  # the HTTP path's target on an idle machine
@@ -47,8 +47,8 @@ def direct_calls(data: bytes, calls: int) -> list:
     seconds = []
     for _ in range(calls):
         start = time.perf_counter()
-        model, card = http_api.load(models.SHIPPED, None)
-        http_api.prediction(model, card, http_api.decode(data), with_logits=False)
+        classifier = http_api.load(catalog.SHIPPED, None)
+        http_api.prediction(classifier, http_api.decode(data), with_logits=False)
         seconds.append(time.perf_counter() - start)
     return seconds
 

@@ -21,7 +21,6 @@ import torch
 from machine import machine, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from resnet.evaluate import predict_logits  # noqa: E402
 from resnet.export import INPUT, export_onnx  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, load_weights  # noqa: E402
 
@@ -49,7 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", metavar="OUT", help="also write the results here")
     args = parser.parse_args(argv)
-    model, card = load_weights(args.weights)
+    classifier = load_weights(args.weights)
     image = torch.randint(0, 256, (1, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
@@ -57,7 +56,7 @@ def main(argv=None) -> int:
         export_s = time.perf_counter() - start
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     pixels = image.numpy()
-    sides = {"pytorch_eager": lambda: predict_logits(model, image, card["mean"], card["std"]),
+    sides = {"pytorch_eager": lambda: classifier.logits(image),
              "onnxruntime": lambda: session.run(None, {INPUT: pixels})}
     times = {name: [] for name in sides}
     for function in sides.values():

@@ -251,9 +251,9 @@ def time_to_94(args, device) -> dict:
         outcome = trainer.run()
         final_fp32 = None
         if reached:
-            model, _ = load_weights(Path(run_dir) / runs.CHECKPOINT)
+            net = load_weights(Path(run_dir) / runs.CHECKPOINT).net.to(device)  # a checkpoint has no card: the config's normalization
             with exact_fp32():
-                final_fp32 = evaluate(model.to(device), trainer.data.test_x, trainer.data.test_y, config.mean, config.std)["test_acc"]
+                final_fp32 = evaluate(net, trainer.data.test_x, trainer.data.test_y, config.mean, config.std)["acc"]
     return {"device": describe_device(device), "preset": "fast", "reached_94": bool(reached), **reached,
             "judged_in": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[trainer.amp_dtype],
             "test_acc_fp32": final_fp32, "final_status": outcome["status"], "final_test_acc": outcome.get("test_acc"),

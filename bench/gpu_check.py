@@ -29,7 +29,6 @@ from bench_train import our_steps, race, time_to_94  # noqa: E402
 
 from resnet.config import make_config  # noqa: E402
 from resnet.data import load_split  # noqa: E402
-from resnet.explain import grad_cam  # noqa: E402
 from resnet.train import Trainer, describe_device  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, load_weights  # noqa: E402
 
@@ -69,10 +68,9 @@ def learns(data_dir, device, precision: str) -> dict:
 
 
 def grad_cam_on_gpu(device) -> dict:
-    model, card = load_weights(DEFAULT_WEIGHTS)
-    model = model.to(device)
+    classifier = load_weights(DEFAULT_WEIGHTS).to(device)
     image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    cam, target = grad_cam(model, image, card["mean"], card["std"])
+    cam, target = classifier.explain(image)
     return {"passed": cam.device.type == "cpu" and cam.shape == (32, 32) and bool(torch.isfinite(cam).all()), "class": target}
 
 

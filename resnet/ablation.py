@@ -1,68 +1,82 @@
-"""Remove-one ablation of the ``fast`` preset: what each part of the recipe buys, on a validation split.
+"""Remove-one ablation of the time-to-accuracy recipe: what each part buys, on a validation split.
 
-Every variant changes one thing of the preset (the first variant is the preset itself; the last
-is the published recipe at the same budget, for scale), trains on the same images for the same
-epochs and is scored by its final validation accuracy in eval mode; the test set is never looked
-at. Each variant is a run folder named after it. Rerunning skips finished variants and resumes
-interrupted ones, and a fresh checkout continues from the committed results file (resnet.experiments).
+The recipe is the ``fast`` preset with the changes of RECIPE. Every variant changes one thing of it
+(the first variant is the recipe itself), trains on the same images for the same epochs at the
+budget's resolution schedule, once per seed, and is scored by its final validation accuracy in eval
+mode; the test set is never scored. Each run is a folder named after its variant and seed. Rerunning
+skips finished runs and resumes interrupted ones, and a fresh checkout continues from the committed
+results file (resnet.experiments).
 """
 
 import dataclasses
+import statistics
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from .config import PRESETS, ConfigError, make_config
+from .config import ConfigError, make_config
 from .experiments import Budget, Experiment, Options
 from .plots import COLORS, LAYOUT, empty_figure
 
-BASELINE = "fast"
-PUBLISHED_RECIPE = "published-recipe"
-# What each variant changes in the fast preset; None: the published recipe (the `original` preset) instead.
+BASELINE = "recipe"
+# What the recipe changes in the fast preset: the patch-whitened stem (resnet.train.whiten_stem).
+RECIPE = {"whiten_stem": True}
+# What each variant changes in the recipe.
 VARIANTS = {
     BASELINE: {},
-    "no-onecycle": {"schedule": "constant", "warmup": 0.0},
+    "no-whiten-stem": {"whiten_stem": False},
     "no-label-smoothing": {"label_smoothing": 0.0},
     "no-alternate-flip": {"alternate_flip": False},
-    "small-batch": {"batch_size": 128, "lr": PRESETS["fast"]["lr"] / 4},
+    "no-onecycle": {"schedule": "constant", "warmup": 0.0},
     "no-weight-decay": {"weight_decay": 0.0},
-    "no-nesterov": {"nesterov": False},
     "plus-ema": {"ema": 0.99},
-    PUBLISHED_RECIPE: None,
 }
 
 
 @dataclass(frozen=True)
 class Variant:
     run_id: str
-    change: dict | None
+    name: str
+    change: dict
+    seed: int
+
+
+def run_id(name: str, seed: int) -> str:
+    return f"{name}-seed{seed}"
 
 
 @dataclass(frozen=True)
 class Ablation(Experiment):
-    """Every one of ``variants``, in order, under the study's budget with each recipe's own batch and schedule."""
+    """Every one of ``variants`` under the budget, each recipe with its own batch and schedule: every variant at
+    the first seed, then every variant at the next, so a partial results file compares like with like."""
 
     variants: dict = dataclasses.field(default_factory=lambda: VARIANTS)
 
     name = "ablation"
-    budget = Budget()
+    # All 45,000 training images left beside the validation split, 3.5 epochs at 16 px and the last half epoch
+    # at 32 px: a budget at which the recipe is past its unstable start (unlike 95 steps on 10,000 images),
+    # at about 7 minutes a run on a 2-core CPU.
+    budget = Budget(train_size=45_000, val_size=5_000, epochs=4, seeds=2, resolution="16:0.875")
     defaults = Options(out="ablation-runs", results="results/ablation.json")
-    notes = {"score": "validation accuracy at the final epoch, eval mode; the test set is never used"}
+    notes = {"score": "validation accuracy at the final epoch, eval mode; the test set is never scored",
+             "recipe": "the fast preset with " + ", ".join(f"{k}={v}" for k, v in RECIPE.items())}
 
     def plan(self, root, budget: Budget, recorded: dict) -> tuple:
-        return [Variant(name, change) for name, change in self.variants.items()], None
+        return [Variant(run_id(name, seed), name, change, seed) for seed in budget.run_seeds()
+                for name, change in self.variants.items()], None
 
     def config_for(self, variant: Variant, budget: Budget, data_dir=None):
-        if variant.change is None:
-            return make_config("original", **budget.settings(data_dir))
-        # The budget leaves the batch to the recipe (None), so a variant that changes it (small-batch) is heard.
-        return make_config("fast", **{**budget.settings(data_dir), **variant.change})
+        # The budget leaves the batch to the recipe (None), so a variant that changes it is heard.
+        return make_config("fast", **{**budget.settings(data_dir, variant.seed), **RECIPE, **variant.change,
+                                      "score_test": False})
 
     def row(self, variant: Variant, run: dict, budget: Budget) -> dict:
-        """Its change, outcome, final validation score, speed and curve."""
+        """Its change, seed, outcome, final validation score, speed and curve."""
         speeds = run.pop("images_per_s")
         return {
             "run_id": variant.run_id,
+            "variant": variant.name,
+            "seed": variant.seed,
             "change": variant.change,
             **run,
             "train_images_per_s": sum(speeds) / len(speeds) if speeds else None,
@@ -74,48 +88,75 @@ class Ablation(Experiment):
         unknown = set(only or ()) - set(self.variants)
         if unknown:
             raise ConfigError(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(self.variants)}")
-        return lambda run_id: not only or run_id in only
+        return lambda run: not only or run.rsplit("-seed", 1)[0] in only
 
 
 ABLATION = Ablation()
 
 
-def describe(change) -> str:
-    if change is None:
-        return "the published recipe: Adam 0.01, batch 64, constant lr, dropout 0.1, its crop and normalization"
+def describe(change: dict) -> str:
     return ", ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in change.items()) \
-        or "none: the fast preset"
+        or "none: the recipe"
+
+
+def by_variant(results: dict) -> dict:
+    """variant -> (its change, the final validation accuracies of its finished seeds), in the plan's order."""
+    variants = {}
+    for row in results.get("runs", []):
+        change, scores = variants.setdefault(row["variant"], (row["change"], []))
+        if row["final_val_acc"] is not None:
+            scores.append(row["final_val_acc"])
+    return variants
 
 
 def table(results: dict) -> list:
-    """One row per variant: name, change, final validation accuracy, its difference to the preset, images/s."""
-    rows = results.get("runs", [])
-    baseline = next((r["final_val_acc"] for r in rows if r["run_id"] == BASELINE), None)
-    return [{
-        "variant": r["run_id"],
-        "change": describe(r["change"]),
-        "val accuracy": f"{r['final_val_acc']:.2%}" if r["final_val_acc"] is not None else r["status"],
-        "vs fast": f"{(r['final_val_acc'] - baseline) * 100:+.2f} pts" if r["final_val_acc"] is not None and baseline is not None
-        and r["run_id"] != BASELINE else "",
-        "train images/s": f"{r['train_images_per_s']:.0f}" if r["train_images_per_s"] else "",
-    } for r in rows]
+    """One row per variant: its change, each seed's final validation accuracy, their mean, the mean's difference
+    to the recipe's, and half the seeds' range (the noise a difference has to beat)."""
+    variants = by_variant(results)
+    baseline = statistics.mean(variants[BASELINE][1]) if variants.get(BASELINE, (None, []))[1] else None
+    rows = []
+    for name, (change, scores) in variants.items():
+        mean = statistics.mean(scores) if scores else None
+        rows.append({
+            "variant": name,
+            "change": describe(change),
+            "seeds": " / ".join(f"{s:.2%}" for s in scores) or "not run yet",
+            "mean": f"{mean:.2%}" if mean is not None else "",
+            "vs recipe": f"{(mean - baseline) * 100:+.2f} pts" if mean is not None and baseline is not None
+            and name != BASELINE else "",
+            "± (half range)": f"{(max(scores) - min(scores)) * 50:.2f} pts" if len(scores) > 1 else "",
+        })
+    return rows
 
 
 def figure(results: dict) -> go.Figure:
-    """Final validation accuracy of every finished variant, the preset's as a dashed line."""
-    rows = [r for r in results.get("runs", []) if r["final_val_acc"] is not None]
-    if not rows:
-        return empty_figure("no ablation variant has finished yet")
-    colors = [COLORS[0] if r["run_id"] == BASELINE else COLORS[7] if r["change"] is None else COLORS[1] for r in rows]
-    figure = go.Figure(go.Bar(x=[r["final_val_acc"] for r in rows], y=[r["run_id"] for r in rows], orientation="h",
-                              text=[f"{r['final_val_acc']:.1%}" for r in rows], marker_color=colors), layout=LAYOUT)
-    baseline = next((r["final_val_acc"] for r in rows if r["run_id"] == BASELINE), None)
-    if baseline is not None:
-        figure.add_vline(x=baseline, line_dash="dash", line_color=COLORS[0])
+    """Each variant's mean final validation accuracy as a bar, each seed as a dot, the recipe's mean dashed."""
+    variants = {name: scores for name, (_, scores) in by_variant(results).items() if scores}
+    if not variants:
+        return empty_figure("no ablation run has finished yet")
+    names = list(variants)
+    means = [statistics.mean(variants[n]) for n in names]
+    colors = [COLORS[0] if n == BASELINE else COLORS[1] for n in names]
+    figure = go.Figure(go.Bar(x=means, y=names, orientation="h", text=[f"{m:.1%}" for m in means], marker_color=colors,
+                              name="mean of seeds"), layout=LAYOUT)
+    figure.add_trace(go.Scatter(x=[s for n in names for s in variants[n]], y=[n for n in names for _ in variants[n]],
+                                mode="markers", marker=dict(color="black", size=7), name="each seed"))
+    if BASELINE in variants:
+        figure.add_vline(x=statistics.mean(variants[BASELINE]), line_dash="dash", line_color=COLORS[0])
     budget = results.get("budget", {})
     figure.update_layout(title=f"Remove-one ablation: final validation accuracy ({budget.get('train_size')} images, "
-                               f"{budget.get('epochs')} epochs)", xaxis_title="val accuracy")
-    figure.update_xaxes(tickformat=".0%")
+                               f"{budget.get('epochs')} epochs, {budget.get('seeds', 1)} seeds)", xaxis_title="val accuracy")
+    low = min(s for scores in variants.values() for s in scores)
+    figure.update_xaxes(tickformat=".0%", range=[max(0.0, low - 0.05), None])
     figure.update_yaxes(autorange="reversed")
     return figure
 
+
+def note(results: dict) -> str:
+    """What the table measures, in words, from the budget the results file records."""
+    budget = results.get("budget") or {}
+    return (f"Each variant changes one thing of the recipe ({budget.get('recipe', 'the fast preset')}) and trains on the same "
+            f"{budget.get('train_size'):,} images for {budget.get('epochs')} epochs at resolution schedule "
+            f"{budget.get('resolution') or 'of its recipe'}, with {budget.get('seeds', 1)} seed(s); the score is final "
+            f"validation accuracy on {budget.get('val_size'):,} images carved from the training set (the test set is never "
+            "scored). A difference smaller than the seeds' spread is noise.")

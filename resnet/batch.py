@@ -4,6 +4,8 @@ Zip members are read into memory one at a time and never extracted: a member's n
 shown, never joined to a path, so names like ``../../etc/x.png`` cannot write or read anywhere.
 """
 
+import csv
+import dataclasses
 import lzma
 import zipfile
 import zlib
@@ -13,8 +15,9 @@ from pathlib import Path, PurePosixPath
 import torch
 from PIL import Image
 
-from .evaluate import metrics_from_logits, predict_logits
 from . import limits
+from .classifier import Classifier
+from .evaluate import metrics_from_logits
 from .images import ImageError, TooManyPixels, open_image, prepare
 
 BATCH_SIZE = 256
@@ -61,8 +64,19 @@ class Sources:
         for path in paths:
             self.add(path)
 
-    def add(self, path, label: int | None = None) -> None:
+    def add(self, path, label: int | None = None, shown_as: str | None = None) -> None:
+        """Add the images ``path`` names; ``shown_as`` replaces the path in their names (a server's upload
+        cache folder is nobody's business: a visitor sees the name of the file it sent)."""
         path = Path(path)
+        items, problems = len(self.items), len(self.problems)
+        self._add(path, label)
+        if shown_as is not None:
+            shown = _printable(shown_as)[:200]
+            rename = lambda name: shown + name[len(str(path)):] if name.startswith(str(path)) else name  # noqa: E731
+            self.items[items:] = [dataclasses.replace(s, name=rename(s.name)) for s in self.items[items:]]
+            self.problems[problems:] = [(rename(name), reason) for name, reason in self.problems[problems:]]
+
+    def _add(self, path: Path, label) -> None:
         if path.is_dir():
             for file in sorted(path.rglob("*")):
                 relative = file.relative_to(path).parts
@@ -133,10 +147,11 @@ class Sources:
         self.close()
 
 
-def predict_sources(model, sources: Sources, batch_size: int = BATCH_SIZE, tta: bool = False, on_error=None, progress=None):
-    """Yield (source, logits [C]) for every readable image; ``on_error(name, reason)`` hears of the rest.
+def predict_sources(classifier: Classifier, sources: Sources, batch_size: int = BATCH_SIZE, tta: bool = False,
+                    on_error=None, progress=None):
+    """Yield (source, raw logits [C]) for every readable image; ``on_error(name, reason)`` hears of the rest.
 
-    Images are decoded one by one but go through the model ``batch_size`` at a time.
+    Images are decoded one by one but go through the network ``batch_size`` at a time.
     """
     batch = []
     for source in sources.items:
@@ -148,16 +163,21 @@ def predict_sources(model, sources: Sources, batch_size: int = BATCH_SIZE, tta: 
         if progress is not None:
             progress.update()
         if len(batch) == batch_size:
-            yield from _predict_batch(model, batch, tta)
+            yield from _predict_batch(classifier, batch, tta)
             batch = []
     if batch:
-        yield from _predict_batch(model, batch, tta)
+        yield from _predict_batch(classifier, batch, tta)
 
 
-def _predict_batch(model, batch, tta):
-    images = torch.stack([image for _, image in batch])
-    logits = predict_logits(model, images, model.card["mean"], model.card["std"], batch_size=len(batch), tta=tta)
+def _predict_batch(classifier: Classifier, batch, tta):
+    logits = classifier.logits(torch.stack([image for _, image in batch]), batch_size=len(batch), tta=tta)
     return zip([source for source, _ in batch], logits)
+
+
+def predictions(classifier: Classifier, sources: Sources, batch_size: int = BATCH_SIZE, on_error=None, progress=None):
+    """Yield (source, probabilities [C]) for every readable image, calibrated when the classifier's card says how."""
+    for source, logits in predict_sources(classifier, sources, batch_size, on_error=on_error, progress=progress):
+        yield source, classifier.probabilities(logits)
 
 
 def csv_header(classes) -> list:
@@ -165,8 +185,24 @@ def csv_header(classes) -> list:
 
 
 def csv_row(name: str, probabilities: torch.Tensor, classes) -> list:
+    """One CSV line: the name, the top class, its probability and every class's, as text to 6 decimals."""
     top = int(probabilities.argmax())
     return [name, classes[top], f"{probabilities[top]:.6f}", *(f"{p:.6f}" for p in probabilities.tolist())]
+
+
+def write_csv(handle, classifier: Classifier, sources: Sources, batch_size: int = BATCH_SIZE, on_error=None,
+              progress=None) -> list:
+    """Write the predictions of ``sources`` as CSV (csv_header, then csv_row each) to a text handle, returning
+    the rows as numbers: [name, top class, its probability, *probabilities] (the server's table)."""
+    classes = classifier.classes
+    writer = csv.writer(handle)
+    writer.writerow(csv_header(classes))
+    rows = []
+    for source, probabilities in predictions(classifier, sources, batch_size, on_error, progress):
+        writer.writerow(csv_row(source.name, probabilities, classes))
+        top = int(probabilities.argmax())
+        rows.append([source.name, classes[top], round(float(probabilities[top]), 6), *(round(p, 6) for p in probabilities.tolist())])
+    return rows
 
 
 def image_folder(root, classes) -> Sources:
@@ -188,14 +224,16 @@ def image_folder(root, classes) -> Sources:
     return sources
 
 
-def evaluate_folder(model, sources: Sources, batch_size=BATCH_SIZE, tta=False, on_error=None, progress=None) -> dict:
-    """The test-set metrics (metrics_from_logits) for labelled sources; a class without images scores None."""
-    scored = list(predict_sources(model, sources, batch_size, tta, on_error, progress))
+def evaluate_folder(classifier: Classifier, sources: Sources, batch_size=BATCH_SIZE, tta=False, on_error=None,
+                    progress=None) -> dict:
+    """The metrics (metrics_from_logits) of labelled sources; a class without images scores None."""
+    scored = list(predict_sources(classifier, sources, batch_size, tta, on_error, progress))
+    num_classes = len(classifier.classes)
     if not scored:
         raise FolderError("none of the images could be read")
     labels = torch.tensor([source.label for source, _ in scored])
-    metrics = metrics_from_logits(torch.stack([logits for _, logits in scored]), labels, model.num_classes)
-    counts = torch.bincount(labels, minlength=model.num_classes).tolist()
+    metrics = metrics_from_logits(torch.stack([logits for _, logits in scored]), labels, num_classes)
+    counts = torch.bincount(labels, minlength=num_classes).tolist()
     metrics["per_class_acc"] = [acc if count else None for acc, count in zip(metrics["per_class_acc"], counts)]
     metrics["per_class_count"] = counts
     metrics["unreadable"] = len(sources.items) - len(scored)

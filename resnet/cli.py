@@ -2,7 +2,6 @@
 
 import argparse
 import contextlib
-import csv
 import dataclasses
 import json
 import math
@@ -15,13 +14,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import ablation, batch, config, export, runs, study
-from . import predict as models
 from .config import SEED_LIMIT, ConfigError
 from .data import download, load_split
 from .errors import USER_ERRORS
-from .evaluate import evaluate
 from .train import Trainer, resume_config
-from .weights import DEFAULT_WEIGHTS, load_model
+from .weights import DEFAULT_WEIGHTS, load_weights
 
 EXPECTED_ERRORS = (*USER_ERRORS, FileNotFoundError)  # and a path on this machine that is not there
 
@@ -147,6 +144,8 @@ def _ablation_parser(sub) -> None:
     p = sub.add_parser("ablation", help="remove-one ablation of the fast preset on a validation split",
                        description=ablation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _budget_options(p, ablation.ABLATION)
+    p.add_argument("--seeds", type=_positive_int, default=ablation.ABLATION.budget.seeds,
+                   help="runs per variant, seeded --seed, --seed + 1, ... (default: %(default)s)")
     p.add_argument("--only", nargs="+", choices=list(variants), metavar="VARIANT",
                    help=f"train only these variants ({', '.join(variants)})")
 
@@ -240,24 +239,24 @@ def cmd_train(args, argv) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    model = load_model(args.weights, args.device)
+    classifier = load_weights(args.weights).to(args.device)
     if args.folder:
-        return _evaluate_folder(args, model)
+        return _evaluate_folder(args, classifier)
     images, labels = load_split(args.data_dir, train=False)
     if args.limit_test:
         images, labels = images[: args.limit_test], labels[: args.limit_test]
-    result = evaluate(model, images, labels, model.card["mean"], model.card["std"], tta=args.tta)
-    _print_metrics(result, model.card["classes"], "test", args)
+    result = classifier.evaluate(images, labels, tta=args.tta)
+    _print_metrics(result, classifier.classes, "test", args)
     return 0
 
 
-def _evaluate_folder(args, model) -> int:
+def _evaluate_folder(args, classifier) -> int:
     if args.limit_test or args.data_dir:
         raise ConfigError("--limit-test and --data-dir choose test images; they do not apply to --folder")
-    sources = batch.image_folder(args.folder, model.card["classes"])
+    sources = batch.image_folder(args.folder, classifier.classes)
     with tqdm(total=len(sources.items), unit="img", dynamic_ncols=True) as bar:
-        result = batch.evaluate_folder(model, sources, args.batch_size, args.tta, _report_unreadable, bar)
-    _print_metrics({"folder": args.folder, **result}, model.card["classes"], "folder", args)
+        result = batch.evaluate_folder(classifier, sources, args.batch_size, args.tta, _report_unreadable, bar)
+    _print_metrics({"folder": args.folder, **result}, classifier.classes, "folder", args)
     return 1 if result["unreadable"] else 0
 
 
@@ -269,7 +268,7 @@ def _print_metrics(result: dict, classes, scope: str, args) -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{scope} accuracy {result['test_acc']:.2%}  loss {result['test_loss']:.4f}  ({result['count']} images"
+    print(f"{scope} accuracy {result['acc']:.2%}  loss {result['loss']:.4f}  ({result['count']} images"
           f"{', flip TTA' if args.tta else ''})")
     for name, acc in zip(classes, result["per_class_acc"]):
         print(f"  {name:<11} {'no images' if acc is None else f'{acc:.2%}'}")
@@ -281,8 +280,8 @@ def _print_metrics(result: dict, classes, scope: str, args) -> None:
 
 
 def cmd_predict(args) -> int:
-    model = load_model(args.weights, args.device)
-    classes = model.card["classes"]
+    classifier = load_weights(args.weights).to(args.device)
+    classes = classifier.classes
     unreadable = []
 
     def report(name, reason):
@@ -296,16 +295,13 @@ def cmd_predict(args) -> int:
             report(name, reason)
         predicted = 0
         # A bar for a single image is noise; the text output for one image stays what it always was.
-        with _csv_writer(args.csv) as writer, \
+        with _csv_handle(args.csv) as handle, \
                 tqdm(total=len(sources.items), unit="img", dynamic_ncols=True, disable=len(sources.items) < 2) as bar:
-            if writer:
-                writer.writerow(batch.csv_header(classes))
-            for source, logits in batch.predict_sources(model, sources, args.batch_size, on_error=report, progress=bar):
-                probabilities = models.calibrated(logits, model.card)
-                predicted += 1
-                if writer:
-                    writer.writerow(batch.csv_row(source.name, probabilities, classes))
-                else:
+            if handle:
+                predicted = len(batch.write_csv(handle, classifier, sources, args.batch_size, report, bar))
+            else:
+                for source, probabilities in batch.predictions(classifier, sources, args.batch_size, report, bar):
+                    predicted += 1
                     tqdm.write(_prediction_line(source.name, probabilities, classes, args))
     if args.csv:
         print(f"{predicted} predictions written to {'stdout' if args.csv == '-' else args.csv}"
@@ -314,15 +310,15 @@ def cmd_predict(args) -> int:
 
 
 @contextlib.contextmanager
-def _csv_writer(out):
+def _csv_handle(out):
     if out is None:
         yield None
     elif out == "-":
-        yield csv.writer(sys.stdout)
+        yield sys.stdout
     else:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", newline="") as handle:
-            yield csv.writer(handle)
+            yield handle
 
 
 def _prediction_line(name: str, probabilities, classes, args) -> str:
@@ -353,13 +349,13 @@ def cmd_study(args) -> int:
 
 def cmd_ablation(args) -> int:
     budget = dataclasses.replace(ablation.ABLATION.budget, train_size=args.train_size, val_size=args.val_size, epochs=args.epochs,
-                                 seed=args.seed)
+                                 seed=args.seed, seeds=args.seeds)
     stop = _stop_on_signals()
     options = dataclasses.replace(ablation.ABLATION.defaults, out=args.out, results=args.results, data_dir=args.data_dir,
                                   only=args.only, stop_event=stop, watch=_watch_run)
     results = ablation.ABLATION.run(budget, options)
     for row in ablation.table(results):
-        print(f"{row['variant']:<20} {row['val accuracy']:<11} {row['vs fast']:<12} {row['train images/s']}")
+        print(f"{row['variant']:<20} {row['seeds']:<17} mean {row['mean']:<7} {row['vs recipe']:<12} {row['± (half range)']}")
     print(f"results: {args.results}")
     return 128 + stop.signum if stop.is_set() else 0
 

@@ -55,8 +55,8 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
     confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes**2).view(num_classes, num_classes)
     per_class_total = confusion.sum(1).clamp(min=1)
     return {
-        "test_acc": (predicted == labels).float().mean().item(),
-        "test_loss": F.cross_entropy(logits, labels).item(),
+        "acc": (predicted == labels).float().mean().item(),
+        "loss": F.cross_entropy(logits, labels).item(),
         "per_class_acc": (confusion.diag() / per_class_total).tolist(),
         "confusion": confusion.tolist(),
         "ece": expected_calibration_error(logits.softmax(1), labels),

@@ -36,20 +36,30 @@ class Budget:
     epochs: int = 5
     batch_size: int | None = None  # None: each run keeps its recipe's batch (the ablation compares recipes)
     test_size: int = 1_000  # the Trainer scores these test images each epoch; no experiment reads them
-    seed: int = 0
+    seed: int = 0  # of the validation split, and of each run's first seed
+    seeds: int = 1  # runs per recipe, seeded seed, seed + 1, ...: their spread is the noise a difference must beat
+    resolution: str | None = None  # a resolution schedule every run trains at (None: each recipe's own)
 
     def fields(self) -> dict:
-        """The budget as budget.json and the results file hold it (a batch left to the recipes is left out)."""
+        """The budget as budget.json and the results file hold it (what is left to the recipes is left out)."""
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
 
-    def settings(self, data_dir=None) -> dict:
-        """The make_config settings that hold a run to this budget."""
+    def settings(self, data_dir=None, seed: int | None = None) -> dict:
+        """The make_config settings that hold a run to this budget (``seed``: one of its seeds, else the first)."""
         return dict(epochs=self.epochs, val_size=self.val_size, limit_train=self.train_size, limit_test=self.test_size,
-                    seed=self.seed, batch_size=self.batch_size, data_dir=str(data_dir) if data_dir else None)
+                    seed=self.seed if seed is None else seed, batch_size=self.batch_size, resolution=self.resolution,
+                    data_dir=str(data_dir) if data_dir else None)
+
+    def run_seeds(self) -> range:
+        return range(self.seed, self.seed + self.seeds)
 
     def changes(self, stored: dict) -> str:
-        """What differs between a budget read back and this one ('epochs 3 -> 5, ...'); '' where nothing does."""
-        return ", ".join(f"{k} {stored.get(k)} -> {v}" for k, v in dataclasses.asdict(self).items() if stored.get(k) != v)
+        """What differs between a budget read back and this one ('epochs 3 -> 5, ...'); '' where nothing does.
+
+        A field the stored budget lacks (written before the field existed) had its default."""
+        defaults = {f.name: f.default for f in dataclasses.fields(Budget)}
+        return ", ".join(f"{k} {stored.get(k, defaults[k])} -> {v}" for k, v in dataclasses.asdict(self).items()
+                         if stored.get(k, defaults[k]) != v)
 
 
 @dataclass(frozen=True)
@@ -234,8 +244,9 @@ def measured(root, run_id: str) -> dict:
 
 
 def load_shared_data(config, budget: Budget):
-    """The images every run shares: the split and the subset depend only on the budget's sizes and seed."""
-    data = load_data(config, resolve_device(config.device))
+    """The images every run shares: the split and the subset depend only on the budget's sizes and seed (not on
+    the seed of the run that happens to load them)."""
+    data = load_data(dataclasses.replace(config, seed=budget.seed), resolve_device(config.device))
     if len(data.train_x) < budget.train_size:
         raise ConfigError(f"only {len(data.train_x)} training images remain after the {budget.val_size}-image validation split; "
                           f"lower --train-size or --val-size")

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import predict as models
 from .constants import IMAGE_SIZE
 from .weights import DEFAULT_WEIGHTS, load_weights
 
@@ -78,9 +77,9 @@ def require_exporter() -> None:
 def export_onnx(weights_path, out_path, dynamic_batch: bool = False) -> Path:
     """Write ``weights_path`` (our .safetensors with its card, a run's, or a published .pt) as ONNX to ``out_path``."""
     require_exporter()
-    model, card = load_weights(weights_path)
-    temperature = models.card_temperature(card)
-    wrapped = Exported(model, card, temperature or 1.0).eval()
+    classifier = load_weights(weights_path)
+    temperature, card = classifier.temperature, classifier.card
+    wrapped = Exported(classifier.net, card, temperature or 1.0).eval()
     example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
     shapes = {INPUT: {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
     program = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=[INPUT], output_names=list(OUTPUTS),

@@ -33,15 +33,15 @@ from fastapi.routing import APIRoute
 from gradio.http_server import INITIAL_PORT_VALUE, LOCALHOST_NAME  # $GRADIO_SERVER_PORT and _NAME, read as launch() reads them
 from pydantic import BaseModel, Field
 
-from . import batch, limits
-from . import predict as models
+from . import batch, catalog, limits
+from .classifier import Classifier
 from .images import ImageError, prepare
 from .runs import RunError
 from .weights import WeightsError
 
 PREFIX = "/api/v1"
 MULTIPART_SLACK = 64 * 1024  # boundary and part headers around a file of the largest allowed size
-MODEL_QUERY = Query(models.SHIPPED, description="`shipped`, or `run:<id>` for a finished run's weights")
+MODEL_QUERY = Query(catalog.SHIPPED, description="`shipped`, or `run:<id>` for a finished run's weights")
 LOGITS_QUERY = Query(False, description="also return the raw logits")
 
 
@@ -150,10 +150,10 @@ def busy(reason: str) -> HTTPException:
     return HTTPException(503, reason, headers={"Retry-After": "1"})
 
 
-def load(choice: str, root):
-    """(model, card) for a picker value, with the app's rules (resnet.predict); 404 when there is none."""
+def load(choice: str, root) -> Classifier:
+    """The Classifier of a picker value, with the app's rules (resnet.catalog); 404 when there is none."""
     try:
-        return models.load_choice(choice, root)
+        return catalog.load_choice(choice, root)
     except (WeightsError, RunError) as error:
         raise HTTPException(404, str(error)) from None
 
@@ -168,14 +168,14 @@ def decode(data: bytes):
         raise HTTPException(400, f"cannot use this image: {type(error).__name__}: {error}"[:300]) from None
 
 
-def prediction(model, card: dict, image, with_logits: bool) -> dict:
-    """One forward pass: the raw logits, and the calibrated probabilities resnet.predict makes of them."""
-    logits = models.class_logits(model, card, image)
-    probabilities = models.ranked(models.calibrated(logits, card), card)
+def prediction(classifier: Classifier, image, with_logits: bool) -> dict:
+    """One forward pass: the raw logits, and the calibrated probabilities the classifier makes of them."""
+    logits = classifier.logits(image)
+    probabilities = classifier.ranked(classifier.probabilities(logits))
     label = next(iter(probabilities))
     row = {"label": label, "probability": probabilities[label], "probabilities": probabilities}
     if with_logits:
-        row["logits"] = dict(zip(card["classes"], logits.tolist()))
+        row["logits"] = dict(zip(classifier.classes, logits.tolist()))
     return row
 
 
@@ -185,14 +185,14 @@ def model_info(choice: str, card: dict) -> dict:
 
 
 def predict_one(root, data: bytes, choice: str, with_logits: bool) -> dict:
-    model, card = load(choice, root)
-    return {**prediction(model, card, decode(data), with_logits), "model": model_info(choice, card)}
+    classifier = load(choice, root)
+    return {**prediction(classifier, decode(data), with_logits), "model": model_info(choice, classifier.card)}
 
 
 def predict_many(root, allowed: limits.ServerLimits, uploads: list, choice: str, with_logits: bool) -> dict:
     """Rows for several images and/or zip archives, with resnet.batch's caps; each upload is written to a
     temporary file named by its position (the client's name is only shown, never used as a path)."""
-    model, card = load(choice, root)
+    classifier = load(choice, root)
     rows, problems = [], []
     pixels = allowed.batch_pixels
     with tempfile.TemporaryDirectory(prefix="studio-api-") as folder, batch.Sources(max_total_pixels=pixels) as sources:
@@ -201,7 +201,7 @@ def predict_many(root, allowed: limits.ServerLimits, uploads: list, choice: str,
             handle.seek(0)
             with open(path, "wb") as out:
                 shutil.copyfileobj(handle, out)
-            add_named(sources, path, name)
+            sources.add(path, shown_as=name)
         if len(sources.items) > allowed.batch_images:
             raise HTTPException(413, f"{len(sources.items)} images in this request; this server predicts at most "
                                      f"{allowed.batch_images} at a time")
@@ -212,20 +212,11 @@ def predict_many(root, allowed: limits.ServerLimits, uploads: list, choice: str,
             except Exception as error:  # as decode(): one odd file or member is a row of problems, never a 500
                 problems.append({"file": source.name, "reason": str(error) or type(error).__name__})
                 continue
-            rows.append({"file": source.name, **prediction(model, card, image, with_logits)})
+            rows.append({"file": source.name, **prediction(classifier, image, with_logits)})
     if not rows:
         reasons = "; ".join(f"{p['file']}: {p['reason']}" for p in problems[:3]) or "no images in the upload"
         raise HTTPException(400, f"none of the files could be used ({reasons})"[:500])
-    return {"model": model_info(choice, card), "predictions": rows, "problems": problems}
-
-
-def add_named(sources: batch.Sources, path: Path, name: str) -> None:
-    """Add one upload, naming its images after the client's file name rather than the temporary path."""
-    items, problems = len(sources.items), len(sources.problems)
-    sources.add(path)
-    shown = batch._printable(name)[:200]
-    sources.items[items:] = [dataclasses.replace(s, name=shown + s.name[len(str(path)):]) for s in sources.items[items:]]
-    sources.problems[problems:] = [(shown + item[len(str(path)):], reason) for item, reason in sources.problems[problems:]]
+    return {"model": model_info(choice, classifier.card), "predictions": rows, "problems": problems}
 
 
 async def read_capped(file: UploadFile, limit: int) -> bytes:
@@ -256,10 +247,10 @@ def build_api(root, allowed: limits.ServerLimits | None = None, gate: Gate | Non
     async def health() -> Health:
         """Liveness, and whether the default model loads."""
         try:
-            _, card = await anyio.to_thread.run_sync(load, models.SHIPPED, root)
+            classifier = await anyio.to_thread.run_sync(load, catalog.SHIPPED, root)
         except HTTPException as error:
-            return Health(model=ModelInfo(id=models.SHIPPED), ready=False, reason=error.detail)
-        return Health(model=ModelInfo(**model_info(models.SHIPPED, card)), ready=True)
+            return Health(model=ModelInfo(id=catalog.SHIPPED), ready=False, reason=error.detail)
+        return Health(model=ModelInfo(**model_info(catalog.SHIPPED, classifier.card)), ready=True)
 
     common = {"response_model_exclude_none": True, "responses": REFUSALS}
     router.add_api_route("/predict", predict, methods=["POST"], route_class_override=capped_route(allowed.upload_bytes + MULTIPART_SLACK),

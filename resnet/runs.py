@@ -112,6 +112,25 @@ def read_metrics(run_dir) -> list:
     return rows
 
 
+def stamp(run_dir) -> list:
+    """[name, mtime, size] of the metrics and status files: it changes whenever the run writes a row or a
+    status, so a poller redraws only then."""
+    stamps = []
+    for name in (METRICS, STATUS):
+        try:
+            stat = (Path(run_dir) / name).stat()
+        except OSError:
+            continue
+        stamps.append([name, stat.st_mtime_ns, stat.st_size])
+    return stamps
+
+
+def total_images(rows: list) -> int | None:
+    """Training images the whole run will see, from its latest step row (None before the first)."""
+    step = next((r for r in reversed(rows) if r.get("kind") == "step" and r.get("total_steps") and r.get("step")), None)
+    return step["total_steps"] * step["images"] // step["step"] if step else None
+
+
 def read_config(run_dir) -> dict:
     try:
         config = json.loads((Path(run_dir) / CONFIG).read_text())

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .predict import class_probabilities
 
 SEVERITIES = (1, 2, 3, 4, 5)
 DEFAULT_SEED = 0  # the same noise for the same request: a stressed image can be shown again and compared
@@ -135,10 +134,11 @@ def stress(image: torch.Tensor, corruption: str, severity: int, generator: torch
     return (out.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def stress_predict(model, card: dict, image: torch.Tensor, corruption: str, severity: int) -> tuple:
+def stress_predict(classifier, image: torch.Tensor, corruption: str, severity: int) -> tuple:
     """(stressed image, clean probabilities, stressed probabilities): the Predict tab's stress handler in one call.
 
-    The probabilities are resnet.predict's ({class: probability}, best first, calibrated when the card can).
+    The probabilities are a resnet.classifier.Classifier's ({class: probability}, best first, calibrated when
+    its card can be).
     """
     stressed = stress(image, corruption, severity)
-    return stressed, class_probabilities(model, card, image), class_probabilities(model, card, stressed)
+    return stressed, classifier.predict(image), classifier.predict(stressed)

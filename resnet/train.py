@@ -538,7 +538,7 @@ class Trainer:
         started = time.perf_counter()
         result = self._evaluate(self._scored_model(model, ema), *self.probe)
         self._emit({"kind": "probe", "epoch": epoch, "step": step, "images": step * self.config.batch_size,
-                    "probe_acc": result["test_acc"], "probe_loss": result["test_loss"], "probe_images": result["count"],
+                    "probe_acc": result["acc"], "probe_loss": result["loss"], "probe_images": result["count"],
                     "probe_split": self.probe_split, "probe_s": time.perf_counter() - started})
 
     def _epoch_record(self, model, ema, epoch, sums: Sums, train_time, lr, elapsed) -> dict:
@@ -554,10 +554,10 @@ class Trainer:
             scored = self._scored_model(model, ema)
             if self.config.score_test:
                 test = self._evaluate(scored, self.data.test_x, self.data.test_y)
-                record.update(test_loss=test["test_loss"], test_acc=test["test_acc"])
+                record.update(test_loss=test["loss"], test_acc=test["acc"])
             if self.data.val_x is not None:
                 val = self._evaluate(scored, self.data.val_x, self.data.val_y)
-                record.update(val_loss=val["test_loss"], val_acc=val["test_acc"])
+                record.update(val_loss=val["loss"], val_acc=val["acc"])
         record["elapsed_s"] = elapsed()
         return record
 
@@ -607,8 +607,8 @@ class Trainer:
             final = self._evaluate(scored, images, labels, exact=True)
             tta = evaluate(scored, images, labels, config.mean, config.std, config.eval_batch_size, tta=True,
                            channels_last=self.channels_last)
-        if not math.isfinite(final["test_loss"]):
-            return self._diverged(f"at the end: its final {split} loss is {final['test_loss']}")
+        if not math.isfinite(final["loss"]):
+            return self._diverged(f"at the end: its final {split} loss is {final['loss']}")
         curve = [
             {k: r[k] for k in ("epoch", "images", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
                                "elapsed_s") if k in r}
@@ -617,7 +617,7 @@ class Trainer:
         card = make_card(
             scored, config.mean, config.std,
             parameters=count_parameters(scored),
-            **{f"{split}_acc": final["test_acc"], f"{split}_loss": final["test_loss"], f"tta_{split}_acc": tta["test_acc"],
+            **{f"{split}_acc": final["acc"], f"{split}_loss": final["loss"], f"tta_{split}_acc": tta["acc"],
                f"{split}_images": final["count"]},
             per_class_acc=final["per_class_acc"], confusion=final["confusion"], ece=final["ece"], scored_on=split,
             measured=f"on the {'test set' if split == 'test' else 'validation split (the test set was never scored)'}: "
@@ -640,7 +640,7 @@ class Trainer:
                 card.update(fit_run_temperature(scored, self.data.val_x, self.data.val_y, config.mean, config.std,
                                                 config.eval_batch_size, channels_last=self.channels_last))
         save_weights(scored, self.run_dir / runs.WEIGHTS, card, dtype=getattr(torch, config.weights_dtype))
-        message = f"finished: {'test' if split == 'test' else 'validation'} accuracy {final['test_acc']:.2%} after {config.epochs} epochs"
+        message = f"finished: {'test' if split == 'test' else 'validation'} accuracy {final['acc']:.2%} after {config.epochs} epochs"
         self._status("finished", message)
         return {"status": "finished", "message": message, **final}
 

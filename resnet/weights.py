@@ -6,6 +6,7 @@ go through ``torch.load(weights_only=True)``, which refuses anything but tensors
 
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -17,6 +18,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from .constants import CLASSES, IMAGE_SIZE, MEAN, PUBLISHED_MEAN, PUBLISHED_STD, STD
+from .classifier import Classifier
 from .model import ResNet, build_model
 
 MAX_WEIGHTS_BYTES = 128 * 1024 * 1024  # the largest size offered, [3,3,3,3], is 70 MB in fp32
@@ -82,8 +84,14 @@ def save_weights(model: ResNet, path, card: dict, dtype=torch.float32) -> Path:
     return path
 
 
+def _is_safetensors(data: bytes) -> bool:
+    """8 bytes of little-endian header length, then the JSON header: checked before the pickle test, since a
+    header whose length ends in the byte 0x80 starts as a pickle stream does."""
+    return len(data) > 8 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") <= len(data) - 8
+
+
 def _read_state_dict(data: bytes, name: str) -> dict:
-    if data[:2] == b"PK" or data[:1] == b"\x80":  # zip (torch.save) or a legacy pickle stream
+    if not _is_safetensors(data) and (data[:2] == b"PK" or data[:1] == b"\x80"):  # zip (torch.save) or a legacy pickle
         try:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as error:  # weights_only refusals and corrupt archives alike
@@ -163,11 +171,15 @@ def _validate_card(card: dict, name: str) -> dict:
     classes = card.get("classes")
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         raise WeightsError(f"{name}: card field 'classes' must be a list of names")
+    temperature = card.get("temperature")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or not math.isfinite(temperature) or temperature <= 0):
+        raise WeightsError(f"{name}: card field 'temperature' must be a positive number, not {str(temperature)[:40]!r}")
     return dict(card)
 
 
-def load_weights(source, name: str | None = None, card: dict | None = None):
-    """Return (model in eval mode on CPU, card) from a path or raw bytes.
+def load_weights(source, name: str | None = None, card: dict | None = None) -> Classifier:
+    """The Classifier (network in eval mode on the CPU, and its card) of a path or raw bytes.
 
     The card comes from the argument, else from ``<path>.json`` beside a path, else from the
     essentials embedded in our safetensors header; without any, ``blocks`` is inferred from the
@@ -219,14 +231,4 @@ def load_weights(source, name: str | None = None, card: dict | None = None):
     card.setdefault("classes", list(CLASSES[:num_classes]))
     if len(card["classes"]) != num_classes:
         raise WeightsError(f"{name}: the card names {len(card['classes'])} classes but the weights have {num_classes} outputs")
-    return model.eval(), card
-
-
-def load_model(path, device="cpu") -> ResNet:
-    """The model from a weights file (ours or published-style), in eval mode on ``device``.
-
-    Its card is attached as ``model.card`` (mean/std and class names for preprocessing).
-    """
-    model, card = load_weights(path)
-    model.card = card
-    return model.to(device)
+    return Classifier(model.eval(), card)

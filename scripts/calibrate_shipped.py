@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resnet.calibration import calibration_fields, halves  # noqa: E402
 from resnet.data import load_split  # noqa: E402
-from resnet.evaluate import predict_logits  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, atomic_write_json, card_path, load_weights  # noqa: E402
 
 HALVES = ("the {:,} even-index test images", "the {:,} odd-index test images")
@@ -33,9 +32,10 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", help="the folder containing cifar-10-batches-py/ (default $CIFAR10_DIR, else ./data)")
     args = parser.parse_args(argv)
 
-    model, card = load_weights(args.weights)
+    classifier = load_weights(args.weights)
+    card = classifier.card
     images, labels = load_split(args.data_dir, train=False)
-    logits = predict_logits(model, images, card["mean"], card["std"])
+    logits = classifier.logits(images)
     accuracy = (logits.argmax(1) == labels).float().mean().item()
     recorded = card.get("test_acc") if len(labels) == card.get("test_images") else None
     if isinstance(recorded, (int, float)) and abs(accuracy - recorded) > 1e-4:

@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resnet.constants import IMAGE_SIZE  # noqa: E402
 from resnet.data import load_split  # noqa: E402
-from resnet.evaluate import predict_logits  # noqa: E402
 from resnet.stress import stress  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, atomic_write_json, load_weights  # noqa: E402
 
@@ -177,8 +176,8 @@ def corrupted_batch(images: torch.Tensor, name: str, severity: int, seed: int, p
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
-def accuracy(model, card: dict, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
-    logits = predict_logits(model, images, card["mean"], card["std"], batch_size=batch_size, channels_last=True)
+def accuracy(classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+    logits = classifier.logits(images, batch_size=batch_size, channels_last=True)
     return (logits.argmax(1) == labels).float().mean().item()
 
 
@@ -235,7 +234,7 @@ def main(argv=None) -> int:
     names = get_corruption_names("common")  # the 15 benchmark corruptions, in the paper's order
     assert set(names) == set(CIFAR10C) | set(SHARED), "imagecorruptions names other corruptions than CIFAR-10-C"
 
-    model, card = load_weights(args.weights)
+    classifier = load_weights(args.weights)
     images, labels = load_split(args.data_dir, train=False)
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
@@ -244,7 +243,7 @@ def main(argv=None) -> int:
     frost = _frost_pictures() if args.parameters == "cifar-10-c" else None
     started = time.perf_counter()
     seconds = {"corrupt": 0.0, "predict": 0.0}
-    clean = accuracy(model, card, images, labels, args.batch_size)
+    clean = accuracy(classifier, images, labels, args.batch_size)
     table = {}
     for index, name in enumerate(names):
         table[name] = []
@@ -252,7 +251,7 @@ def main(argv=None) -> int:
             tick = time.perf_counter()
             corrupted = corrupted_batch(images, name, severity, args.seed * 1000 + index * 10 + severity, args.parameters, frost)
             tock = time.perf_counter()
-            table[name].append(accuracy(model, card, corrupted, labels, args.batch_size))
+            table[name].append(accuracy(classifier, corrupted, labels, args.batch_size))
             seconds["corrupt"] += tock - tick
             seconds["predict"] += time.perf_counter() - tock
         print(f"{name}: {' '.join(f'{a:.1%}' for a in table[name])}", file=sys.stderr, flush=True)

@@ -21,8 +21,9 @@ from resnet.calibration import confidence_split  # noqa: E402
 from resnet.config import PRESETS, make_config  # noqa: E402
 from resnet.jobs import cli_command  # noqa: E402
 from resnet.data import load_split  # noqa: E402
-from resnet.evaluate import metrics_from_logits, predict_logits  # noqa: E402
-from resnet.predict import LOW_CONFIDENCE  # noqa: E402
+from resnet.classifier import Classifier  # noqa: E402
+from resnet.evaluate import metrics_from_logits  # noqa: E402
+from resnet.model_card import LOW_CONFIDENCE  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights  # noqa: E402
 
 
@@ -54,25 +55,25 @@ def main() -> int:
 
     if runs.read_status(args.run_dir)["status"] != "finished":
         parser.error(f"{args.run_dir} is not a finished run")
-    model, card = load_weights(args.run_dir / runs.WEIGHTS)
+    trained = load_weights(args.run_dir / runs.WEIGHTS)
+    card = trained.card
     images, labels = load_split(args.data_dir, train=False)
-    mean, std = card["mean"], card["std"]
 
     scored = {}
     for dtype in (torch.float32, torch.float16):
-        candidate = stored_as(model, dtype)
-        logits = predict_logits(candidate, images, mean, std)
-        tta_logits = predict_logits(candidate, images, mean, std, tta=True)
+        candidate = Classifier(stored_as(trained.net, dtype), card)
+        logits = candidate.logits(images)
+        tta_logits = candidate.logits(images, tta=True)
         scored[dtype] = (candidate, logits, metrics_from_logits(logits, labels), metrics_from_logits(tta_logits, labels))
     same = bool((scored[torch.float32][1].argmax(1) == scored[torch.float16][1].argmax(1)).all())
     dtype = torch.float16 if same else torch.float32
     candidate, logits, final, tta = scored[dtype]
 
     card.update(
-        test_acc=final["test_acc"], test_loss=final["test_loss"], tta_test_acc=tta["test_acc"],
+        test_acc=final["acc"], test_loss=final["loss"], tta_test_acc=tta["acc"],
         per_class_acc=final["per_class_acc"], confusion=final["confusion"], ece=final["ece"], test_images=final["count"],
         storage_comparison={
-            str(d).removeprefix("torch."): {"test_acc": s[2]["test_acc"], "test_loss": s[2]["test_loss"]} for d, s in scored.items()
+            str(d).removeprefix("torch."): {"test_acc": s[2]["acc"], "test_loss": s[2]["loss"]} for d, s in scored.items()
         },
         storage_choice=f"{str(dtype).removeprefix('torch.')}: "
         + ("fp16 storage predicts all test images exactly as fp32" if same else "fp16 storage changed predictions"),
@@ -82,8 +83,8 @@ def main() -> int:
     )
     card.pop("storage_dtype", None)
     out = DEFAULT_WEIGHTS.parent / f"{args.name}.safetensors"
-    save_weights(candidate, out, card, dtype=dtype)
-    print(json.dumps({"weights": str(out), "dtype": str(dtype), "test_acc": final["test_acc"], "tta_test_acc": tta["test_acc"],
+    save_weights(candidate.net, out, card, dtype=dtype)
+    print(json.dumps({"weights": str(out), "dtype": str(dtype), "test_acc": final["acc"], "tta_test_acc": tta["acc"],
                       "storage_comparison": card["storage_comparison"]}))
     return 0
 

@@ -77,8 +77,8 @@ def tiny_card(model, data_dir) -> dict:
     """A card like a finished run's, with the evaluation fields the pages draw."""
     images, labels = load_split(data_dir, train=False)
     result = evaluate(model, images, labels, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    curve = [{"epoch": 1, "train_loss": 2.3, "train_acc": 0.1, "test_loss": result["test_loss"], "test_acc": result["test_acc"]}]
-    return make_card(model, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), test_acc=result["test_acc"], ece=result["ece"],
+    curve = [{"epoch": 1, "train_loss": 2.3, "train_acc": 0.1, "test_loss": result["loss"], "test_acc": result["acc"]}]
+    return make_card(model, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), test_acc=result["acc"], ece=result["ece"],
                      per_class_acc=result["per_class_acc"], confusion=result["confusion"], test_images=result["count"], curve=curve)
 
 
@@ -110,11 +110,12 @@ def studio(studio_env):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_data, tiny_weights):
-    """(url, studio): the app on a free port, over tiny weights, tiny data and an empty runs folder."""
+    """(url, studio): the app on a free port, over tiny weights, tiny data and an empty runs folder (``runs`` in a
+    folder of its own, so a test can watch what is next to it)."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("STUDIO_WEIGHTS", str(tiny_weights))
         env.setenv("CIFAR10_DIR", str(tiny_data))
-        env.setenv("RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
+        env.setenv("RUNS_DIR", str(tmp_path_factory.mktemp("area") / "runs"))
         import app
 
         studio = app.Studio()

@@ -6,17 +6,18 @@ import json
 import threading
 
 import pytest
+import torch
 
 from resnet import ablation, runs
 from resnet.cli import main
 from resnet.config import ConfigError
-from resnet.experiments import Budget, Options
+from resnet.experiments import Budget, Options, load_shared_data
 
 # 64 training images: the fast preset's batch of 512 does not fit, so the tiny variants use 32.
-BUDGET = Budget(train_size=64, val_size=64, epochs=1, test_size=20)
-TINY = {"fast": {"batch_size": 32}, "no-label-smoothing": {"batch_size": 32, "label_smoothing": 0.0},
-        "published-recipe": None}
+BUDGET = Budget(train_size=64, val_size=64, epochs=1, test_size=20, seeds=2, resolution="16:0.5")
+TINY = {"recipe": {"batch_size": 32}, "no-label-smoothing": {"batch_size": 32, "label_smoothing": 0.0}}
 TINY_ABLATION = ablation.Ablation(variants=TINY)
+ORDER = ["recipe-seed0", "no-label-smoothing-seed0", "recipe-seed1", "no-label-smoothing-seed1"]
 
 
 def recorder(log, stop_at=None, stop=None):
@@ -29,49 +30,65 @@ def recorder(log, stop_at=None, stop=None):
     return watch
 
 
-def test_every_variant_changes_only_what_it_names():
+def test_every_variant_changes_only_what_it_names_at_every_seed():
     experiment = ablation.ABLATION
     variants, waiting = experiment.plan(None, experiment.budget, {})
-    assert [v.run_id for v in variants] == list(ablation.VARIANTS) and waiting is None
-    fast = dataclasses.asdict(experiment.config_for(variants[0], experiment.budget))
+    seeds = list(experiment.budget.run_seeds())
+    assert len(seeds) >= 2 and waiting is None
+    assert [v.run_id for v in variants] == [ablation.run_id(name, seed) for seed in seeds for name in ablation.VARIANTS]
+    recipe = {seed: dataclasses.asdict(experiment.config_for(variants[i * len(ablation.VARIANTS)], experiment.budget))
+              for i, seed in enumerate(seeds)}
+    for seed, config in recipe.items():
+        assert config["whiten_stem"] and config["seed"] == seed and not config["score_test"]
+        assert config["resolution"] == experiment.budget.resolution and config["limit_train"] == experiment.budget.train_size
     for variant in variants:
-        name, change = variant.run_id, variant.change
         config = dataclasses.asdict(experiment.config_for(variant, experiment.budget))
-        changed = {key for key in fast if config[key] != fast[key]}
-        if change is None:  # the published recipe differs in many settings, but not in the budget
-            assert {"optimizer", "batch_size", "schedule"} <= changed
-            assert not changed & {"epochs", "limit_train", "val_size", "seed"}
-        else:
-            assert changed == set(change), name
+        changed = {key for key in config if config[key] != recipe[variant.seed][key]}
+        assert changed == set(variant.change), variant.run_id
+
+
+def test_every_run_shares_the_budgets_validation_split_whatever_its_seed(tiny_data):
+    first = ablation.Ablation(variants=TINY)
+    planned, _ = first.plan(None, BUDGET, {})
+    later = next(p for p in planned if p.seed == 1)
+    split = load_shared_data(first.config_for(later, BUDGET, tiny_data), BUDGET)
+    reference = load_shared_data(first.config_for(planned[0], BUDGET, tiny_data), BUDGET)
+    assert torch.equal(split.val_x, reference.val_x) and torch.equal(split.train_x, reference.train_x)
 
 
 @pytest.mark.slow
 def test_ablation_stops_resumes_skips_and_continues_from_its_results(tiny_data, tmp_path):
     root, results_path = tmp_path / "ablation-runs", tmp_path / "results" / "ablation.json"
     stop, first = threading.Event(), []
-    TINY_ABLATION.run(BUDGET, Options(root, results_path, tiny_data, stop_event=stop, watch=recorder(first, "no-label-smoothing", stop)))
-    assert first == [("fast", False), ("no-label-smoothing", False)]
-    assert runs.read_status(root / "no-label-smoothing")["status"] == "stopped"
+    TINY_ABLATION.run(BUDGET, Options(root, results_path, tiny_data, stop_event=stop,
+                                      watch=recorder(first, "no-label-smoothing-seed0", stop)))
+    assert first == [("recipe-seed0", False), ("no-label-smoothing-seed0", False)]
+    assert runs.read_status(root / "no-label-smoothing-seed0")["status"] == "stopped"
     written = {r["run_id"]: r for r in json.loads(results_path.read_text())["runs"]}
-    assert written["fast"]["status"] == "finished" and written["published-recipe"]["status"] == "pending"
+    assert written["recipe-seed0"]["status"] == "finished" and written["recipe-seed1"]["status"] == "pending"
 
     second = []
     results = TINY_ABLATION.run(BUDGET, Options(root, results_path, tiny_data, watch=recorder(second)))
-    assert second == [("no-label-smoothing", True), ("published-recipe", False)]
+    assert second == [("no-label-smoothing-seed0", True), ("recipe-seed1", False), ("no-label-smoothing-seed1", False)]
     by_id = {r["run_id"]: r for r in results["runs"]}
+    assert list(by_id) == ORDER
     assert all(r["status"] == "finished" and 0 <= r["final_val_acc"] <= 1 and r["train_images_per_s"] > 0
                for r in results["runs"])
-    assert by_id["published-recipe"]["config"]["optimizer"] == "adam"
-    assert by_id["no-label-smoothing"]["config"]["label_smoothing"] == 0.0
+    assert by_id["no-label-smoothing-seed1"]["config"]["label_smoothing"] == 0.0
+    assert [by_id[i]["config"]["seed"] for i in ORDER] == [0, 0, 1, 1]
+    assert results["budget"]["seeds"] == 2 and results["budget"]["recipe"] == "the fast preset with whiten_stem=True"
 
     rows = {row["variant"]: row for row in ablation.table(results)}
-    assert rows["fast"]["vs fast"] == ""
-    expected = (by_id["no-label-smoothing"]["final_val_acc"] - by_id["fast"]["final_val_acc"]) * 100
-    assert rows["no-label-smoothing"]["vs fast"] == f"{expected:+.2f} pts"
+    scores = {name: [by_id[f"{name}-seed{seed}"]["final_val_acc"] for seed in (0, 1)] for name in TINY}
+    assert rows["recipe"]["vs recipe"] == "" and rows["recipe"]["seeds"] == " / ".join(f"{s:.2%}" for s in scores["recipe"])
+    expected = (sum(scores["no-label-smoothing"]) - sum(scores["recipe"])) / 2 * 100
+    assert rows["no-label-smoothing"]["vs recipe"] == f"{expected:+.2f} pts"
+    spread = (max(scores["recipe"]) - min(scores["recipe"])) * 50
+    assert rows["recipe"]["± (half range)"] == f"{spread:.2f} pts"
     assert rows["no-label-smoothing"]["change"] == "batch_size=32, label_smoothing=0"
-    assert rows["published-recipe"]["change"].startswith("the published recipe")
-    bars = ablation.figure(results).data[0]
-    assert list(bars.y) == list(TINY) and list(bars.x) == [by_id[name]["final_val_acc"] for name in TINY]
+    bars, dots = ablation.figure(results).data
+    assert list(bars.y) == list(TINY) and list(bars.x) == pytest.approx([sum(scores[n]) / 2 for n in TINY])
+    assert sorted(dots.x) == sorted(s for n in TINY for s in scores[n])
 
     # A fresh checkout: no run folders, the committed results file; nothing is trained again.
     third = []
@@ -98,6 +115,9 @@ def test_unknown_variants_and_other_budgets_are_refused(tiny_data, tmp_path):
 def test_the_figure_and_table_of_an_empty_ablation():
     assert ablation.table({}) == []
     assert not ablation.figure({"runs": []}).data
+    pending = {"runs": [{"run_id": "recipe-seed0", "variant": "recipe", "seed": 0, "change": {}, "final_val_acc": None}]}
+    assert ablation.table(pending) == [{"variant": "recipe", "change": "none: the recipe", "seeds": "not run yet", "mean": "",
+                                        "vs recipe": "", "± (half range)": ""}]
 
 
 @pytest.mark.slow
@@ -105,15 +125,15 @@ def test_cli_ablation_trains_the_chosen_variants(tiny_data, tmp_path, monkeypatc
     monkeypatch.setattr(ablation, "ABLATION", TINY_ABLATION)
     root, results_path = tmp_path / "runs", tmp_path / "ablation.json"
     code = main(["ablation", "--data-dir", str(tiny_data), "--out", str(root), "--results", str(results_path),
-                 "--train-size", "64", "--val-size", "64", "--epochs", "1", "--seed", "3", "--only", "fast"])
+                 "--train-size", "64", "--val-size", "64", "--epochs", "1", "--seed", "3", "--seeds", "1", "--only", "recipe"])
     assert code == 0
-    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["fast"]
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["recipe-seed3"]
     results = json.loads(results_path.read_text())
-    assert results["budget"]["seed"] == 3 and json.loads((root / "fast" / "config.json").read_text())["seed"] == 3
+    assert results["budget"]["seed"] == 3 and json.loads((root / "recipe-seed3" / "config.json").read_text())["seed"] == 3
     statuses = {r["run_id"]: r["status"] for r in results["runs"]}
-    assert statuses == {"fast": "finished", "no-label-smoothing": "pending", "published-recipe": "pending"}
+    assert statuses == {"recipe-seed3": "finished", "no-label-smoothing-seed3": "pending"}
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "training fast" and any(line.startswith("fast ") and "%" in line for line in out)
+    assert out[0] == "training recipe-seed3" and any(line.startswith("recipe ") and "%" in line for line in out)
 
 
 def test_cli_ablation_rejects_bad_flags_in_one_line(tmp_path, capsys):

@@ -1,6 +1,5 @@
 """The studio's handler functions, called directly: no server, no browser."""
 
-import base64
 import io
 import json
 import os
@@ -14,10 +13,10 @@ from PIL import Image
 
 from conftest import tiny_card
 
-from resnet import ablation, limits, runs
+from resnet import downloads, limits, model_card, runs, showcase
 from resnet.constants import CLASSES
 from resnet.evaluate import predict_logits
-from resnet.images import ImageError, prepare
+from resnet.images import prepare
 from resnet.model import build_model
 from resnet.weights import save_weights
 
@@ -26,7 +25,7 @@ import app  # noqa: E402
 
 
 def example(name="cat-0.png"):
-    return str(app.EXAMPLES / name)
+    return str(showcase.EXAMPLES / name)
 
 
 def finished_run(root, run_id, weights):
@@ -125,14 +124,14 @@ def test_odd_uploads_predict_or_say_why(studio, tmp_path, kind):
 
 
 def test_files_handed_out_are_cleaned_up_after_an_hour(monkeypatch, tmp_path):
-    monkeypatch.setattr(app, "SCRATCH", tmp_path / "scratch")
-    first = app._fresh_file("predictions.csv")
+    monkeypatch.setattr(downloads, "SCRATCH", tmp_path / "scratch")
+    first = downloads.fresh_file("predictions.csv")
     first.write_text("path,prediction\n")
-    hour_ago = first.parent.stat().st_mtime - app.SCRATCH_MAX_AGE_S - 1
+    hour_ago = first.parent.stat().st_mtime - downloads.SCRATCH_MAX_AGE_S - 1
     os.utime(first.parent, (hour_ago, hour_ago))
-    recent = app._fresh_file("predictions.csv")
+    recent = downloads.fresh_file("predictions.csv")
     recent.write_text("path,prediction\n")
-    second = app._fresh_file("predictions.csv")
+    second = downloads.fresh_file("predictions.csv")
     assert not first.parent.exists() and recent.is_file() and second.parent.is_dir()
     assert second.parent.parent == recent.parent.parent == tmp_path / "scratch"
 
@@ -155,27 +154,6 @@ def test_no_image_and_missing_weights_are_messages(studio, monkeypatch, tmp_path
     with pytest.raises(gr.Error, match="not here yet"):
         studio.predict(example())
     assert "not here yet" in studio.model_info("shipped", None)
-
-
-def test_uploads_reach_our_decoder_undecoded():
-    png = io.BytesIO()
-    Image.new("RGB", (5, 5)).save(png, "PNG")
-    data_model = gr.Image().data_model
-    pasted = data_model(url="data:image/png;base64," + base64.b64encode(png.getvalue()).decode())
-    assert app.undecoded_upload(pasted) == png.getvalue()
-    assert app.undecoded_upload(data_model(path="/tmp/x.png")) == "/tmp/x.png"
-    assert app.image_input().preprocess is app.undecoded_upload
-
-
-def test_an_oversized_or_garbled_paste_is_a_message(studio, server_limits):
-    server_limits(upload_bytes=1000)
-    data_model = gr.Image().data_model
-    oversized = app.undecoded_upload(data_model(url="data:image/png;base64," + base64.b64encode(b"\x89PNG" * 400).decode()))
-    assert len(oversized) == 1002  # cut past the cap, at a whole base64 quantum: refused by size, not by padding
-    with pytest.raises(ImageError, match="the limit is"):
-        prepare(oversized, max_bytes=1000)
-    with pytest.raises(gr.Error, match="not valid base64"):
-        app.undecoded_upload(data_model(url="data:image/png;base64,abc"))
 
 
 def test_picker_offers_finished_runs_and_predicts_with_them(studio, tiny_data, tmp_path):
@@ -324,7 +302,7 @@ def test_details_of_an_unfinished_run_say_so(studio):
 
 # ---- Pages ---------------------------------------------------------------------------------------
 def test_examples_are_three_per_class_with_true_labels():
-    paths, captions = app.example_gallery()
+    paths, captions = showcase.example_gallery()
     assert len(paths) == 3 * len(CLASSES)
     for name in CLASSES:
         assert sum(caption.startswith(name + " ") for caption in captions) == 3
@@ -341,7 +319,7 @@ def test_demo_exposes_exactly_the_documented_api(studio):
 def test_launch_options_cap_uploads_and_serve_only_our_folders(studio):
     options = app.launch_options()
     assert options["max_file_size"] == max(limits.current().upload_bytes, limits.current().weights_bytes)  # weights may exceed an image
-    assert sorted(options["allowed_paths"]) == sorted(str(p) for p in (app.EXAMPLES, app.MISTAKES))
+    assert sorted(options["allowed_paths"]) == sorted(str(p) for p in (showcase.EXAMPLES, showcase.MISTAKES))
     assert not any(studio.root.resolve().is_relative_to(Path(p).resolve()) for p in options["allowed_paths"])
 
 
@@ -356,7 +334,7 @@ def test_run_downloads_are_copies_outside_the_runs_folder(studio, tiny_weights):
 def test_model_description_grounds_the_low_confidence_warning():
     card = {"blocks": [1, 1, 1, 1], "test_acc": 0.93, "ece": 0.02,
             "low_confidence": {"threshold": 0.5, "share_below": 0.031, "accuracy_below": 0.42, "accuracy_above": 0.95}}
-    text = app.models.describe_card(card)
+    text = model_card.describe_card(card)
     assert "test accuracy 93.00%" in text
     assert "below 50% confidence (3.1% of test images) it is right 42% of the time, above it 95%" in text
 
@@ -372,35 +350,38 @@ def test_model_card_tab_reads_the_committed_card(monkeypatch, tmp_path, tiny_wei
                 provenance={"elapsed_s": 7200, "device": "cpu: x86_64"})
     weights.with_suffix(".json").write_text(json.dumps(card))
     monkeypatch.setenv("STUDIO_WEIGHTS", str(weights))
-    ablated = {"budget": {"train_size": 20000, "val_size": 5000, "epochs": 5}, "runs": [
-        {"run_id": "fast", "change": {}, "status": "finished", "final_val_acc": 0.8, "train_images_per_s": 200.0},
-        {"run_id": "no-label-smoothing", "change": {"label_smoothing": 0.0}, "status": "finished",
-         "final_val_acc": 0.79, "train_images_per_s": 201.0},
-        {"run_id": "published-recipe", "change": None, "status": "pending", "final_val_acc": None, "train_images_per_s": None}]}
-    monkeypatch.setattr(app, "ABLATION", tmp_path / "ablation.json")
-    app.ABLATION.write_text(json.dumps(ablated))
+    ablated = {"budget": {"train_size": 20000, "val_size": 5000, "epochs": 5, "seeds": 2, "resolution": "16:0.875",
+                          "recipe": "the fast preset with whiten_stem=True"}, "runs": [
+        {"run_id": "recipe-seed0", "variant": "recipe", "seed": 0, "change": {}, "status": "finished", "final_val_acc": 0.8},
+        {"run_id": "no-label-smoothing-seed0", "variant": "no-label-smoothing", "seed": 0,
+         "change": {"label_smoothing": 0.0}, "status": "finished", "final_val_acc": 0.79},
+        {"run_id": "recipe-seed1", "variant": "recipe", "seed": 1, "change": {}, "status": "finished", "final_val_acc": 0.81},
+        {"run_id": "no-label-smoothing-seed1", "variant": "no-label-smoothing", "seed": 1,
+         "change": {"label_smoothing": 0.0}, "status": "pending", "final_val_acc": None}]}
+    monkeypatch.setattr(showcase, "ABLATION", tmp_path / "ablation.json")
+    showcase.ABLATION.write_text(json.dumps(ablated))
     with gr.Blocks() as demo:
         app.card_tab()
     text = "\n".join(block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown))
     assert f"test accuracy {card['test_acc']:.2%}" in text and "flip test-time augmentation: 12.34%" in text
     assert "sgd lr 0.4, batch 512, 30 epochs, 2.0 h on cpu: x86_64" in text and "Stored as float16" in text
     assert "`python -m resnet train --out runs/weights-fast --preset fast`" in text
-    assert "same 20000 images for 5 epochs" in text and "one seed of a short budget" in text
+    assert "same 20,000 images for 5 epochs at resolution schedule 16:0.875, with 2 seed(s)" in text
+    assert "(the fast preset with whiten_stem=True)" in text and "smaller than the seeds' spread is noise" in text
     plots = [block for block in demo.blocks.values() if isinstance(block, gr.Plot)]
     # per class, confusion, two curves; the study's four; the ablation's bars; reliability diagram, robustness heatmap
-    assert len(plots) == 4 + 4 * app.STUDY.is_file() + 1 + 2
+    assert len(plots) == 4 + 4 * showcase.STUDY.is_file() + 1 + 2
     table = next(block for block in demo.blocks.values() if isinstance(block, gr.Dataframe)).value
-    assert table["data"] == [["fast", "none: the fast preset", "80.00%", "", "200"],
-                             ["no-label-smoothing", "label_smoothing=0", "79.00%", "-1.00 pts", "201"],
-                             ["published-recipe", ablation.describe(None), "pending", "", ""]]
+    assert table["data"] == [["recipe", "none: the recipe", "80.00% / 81.00%", "80.50%", "", "0.50 pts"],
+                             ["no-label-smoothing", "label_smoothing=0", "79.00%", "79.00%", "-1.50 pts", ""]]
 
 
 @pytest.mark.parametrize("content", [None, "{broken", '{"runs": []}', "[1, 2]"])
 def test_model_card_tab_without_ablation_results_says_so(monkeypatch, tmp_path, tiny_weights, content):
     monkeypatch.setenv("STUDIO_WEIGHTS", str(tiny_weights))
-    monkeypatch.setattr(app, "ABLATION", tmp_path / "ablation.json")
+    monkeypatch.setattr(showcase, "ABLATION", tmp_path / "ablation.json")
     if content is not None:
-        app.ABLATION.write_text(content)
+        showcase.ABLATION.write_text(content)
     with gr.Blocks() as demo:
         app.card_tab()
     text = "\n".join(block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown))

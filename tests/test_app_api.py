@@ -11,6 +11,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 import app  # noqa: E402
+from resnet import showcase  # noqa: E402
 from resnet.data import load_split  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ def test_predict_returns_the_label_only(client, real_data, tmp_path):
 
 
 def test_explain_returns_two_pictures(client):
-    seen, heat = client.predict(handle_file(str(app.EXAMPLES / "ship-1.png")), api_name="/explain")
+    seen, heat = client.predict(handle_file(str(showcase.EXAMPLES / "ship-1.png")), api_name="/explain")
     assert Image.open(seen).size == Image.open(heat).size == (256, 256)
 
 

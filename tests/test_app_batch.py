@@ -130,14 +130,6 @@ def test_names_from_the_archive_cannot_inject_markdown_or_paths(studio, tmp_path
     assert not (tmp_path.parent.parent / "etc").exists()
 
 
-def test_batch_input_hands_over_paths_without_temporary_copies():
-    data_model = gr.File(file_count="multiple").data_model
-    payload = data_model([{"path": "/tmp/gradio/a/x.png"}, {"path": "/tmp/gradio/b/y.zip"}])
-    assert app.uploaded_paths(payload) == ["/tmp/gradio/a/x.png", "/tmp/gradio/b/y.zip"]
-    assert app.uploaded_paths(None) == []
-    assert app.batch_input().preprocess is app.uploaded_paths
-
-
 @pytest.mark.slow
 def test_predict_batch_over_the_api(studio_env, uploads):
     gradio_client = pytest.importorskip("gradio_client")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 
-import app
+from resnet import showcase
 
 CHROMIUM = Path("/usr/bin/chromium")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -32,9 +32,9 @@ def page(server):
 
 
 def test_upload_shows_the_predicted_label(page, server):
-    expected = server[1].predict(str(app.EXAMPLES / "frog-4.png"))
+    expected = server[1].predict(str(showcase.EXAMPLES / "frog-4.png"))
     top = next(iter(expected))
-    page.locator("input[type=file]").first.set_input_files(str(app.EXAMPLES / "frog-4.png"))
+    page.locator("input[type=file]").first.set_input_files(str(showcase.EXAMPLES / "frog-4.png"))
     sync_api.expect(page.locator("[data-testid=label-output-value]").first).to_contain_text(top)
 
 

@@ -9,11 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet import batch, build_model, load_model, save_weights
+from resnet import batch, build_model, load_weights, save_weights
 from resnet.cli import main
 from resnet.constants import CLASSES
 from resnet.data import load_split
-from resnet.evaluate import evaluate, predict_logits
 from resnet.weights import make_card
 
 
@@ -36,8 +35,8 @@ def png_bytes(image: torch.Tensor) -> bytes:
 
 
 def probabilities_one_at_a_time(weights_path, image: torch.Tensor) -> torch.Tensor:
-    model = load_model(weights_path)
-    return predict_logits(model, image[None], model.card["mean"], model.card["std"]).softmax(1)[0]
+    classifier = load_weights(weights_path)
+    return classifier.probabilities(classifier.logits(image))
 
 
 def test_files_folders_and_zips_are_predicted_in_batches(weights, test_images, tmp_path, capsys):
@@ -105,7 +104,7 @@ def test_single_image_keeps_its_top_k_output_and_published_weights_work(weights,
     picture = tmp_path / "cat.png"
     picture.write_bytes(png_bytes(images[0]))
     published = tmp_path / "project1_model.pt"
-    torch.save(load_model(weights).state_dict(), published)  # a plain state_dict, as the published project saved it
+    torch.save(load_weights(weights).net.state_dict(), published)  # a plain state_dict, as the published project saved it
     for path in (weights, published):
         assert main(["predict", "--weights", str(path), str(picture), "--top", "2", "--json"]) == 0
         lines = capsys.readouterr().out.strip().splitlines()
@@ -127,10 +126,9 @@ def test_evaluate_folder_matches_the_tensor_evaluation(weights, test_images, tmp
     write_image_folder(tmp_path / "set", images, labels)
     assert main(["evaluate", "--weights", str(weights), "--folder", str(tmp_path / "set"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    model = load_model(weights)
-    reference = evaluate(model, images, labels, model.card["mean"], model.card["std"])  # PNG round trip is lossless
+    reference = load_weights(weights).evaluate(images, labels)  # PNG round trip is lossless
     assert result["confusion"] == reference["confusion"] and result["count"] == len(labels)
-    assert result["test_acc"] == pytest.approx(reference["test_acc"])
+    assert result["acc"] == pytest.approx(reference["acc"])
     assert result["per_class_acc"][3] is None and result["per_class_count"][3] == 0
     assert result["unreadable"] == 0
 

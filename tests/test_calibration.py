@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet import calibration, evaluate
-from resnet import predict as models
+from resnet import calibration, evaluate, model_card
 from resnet.calibration import (calibrated_probabilities, calibration_fields, choose_threshold, expected_calibration_error,
                                 fit_run_temperature, fit_temperature, halves, nll, reliability)
+from resnet.classifier import Classifier
 from resnet.constants import CLASSES
 from resnet.data import load_split
 from resnet.model import build_model
-from resnet.weights import DEFAULT_WEIGHTS, WeightsError, card_path, load_weights, make_card
+from resnet.weights import DEFAULT_WEIGHTS, WeightsError, card_path, load_weights, make_card, save_weights
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,51 +108,60 @@ def uncalibrated_card(model, **fields):
     return make_card(model, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), **fields)
 
 
-def test_class_probabilities_are_calibrated_only_when_the_card_has_a_temperature():
+def test_probabilities_are_calibrated_only_when_the_card_has_a_temperature():
     torch.manual_seed(0)
     model = build_model().eval()
     image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    plain = uncalibrated_card(model)
-    logits = models.class_logits(model, plain, image)
-    raw = models.class_probabilities(model, plain, image)
+    plain = Classifier(model, uncalibrated_card(model))
+    logits = plain.logits(image)
+    raw = plain.predict(image)
+    assert plain.temperature is None
     assert list(raw) == [CLASSES[i] for i in logits.argsort(descending=True)]
     assert [raw[c] for c in CLASSES] == pytest.approx(logits.softmax(0).tolist(), abs=1e-6)
-    sharp = models.class_probabilities(model, {**plain, "temperature": 0.25}, image)
+    sharp = Classifier(model, {**plain.card, "temperature": 0.25}).predict(image)
     assert sum(sharp.values()) == pytest.approx(1.0, abs=1e-5)
     assert list(sharp)[0] == list(raw)[0]
     assert [sharp[c] for c in CLASSES] == pytest.approx((logits / 0.25).softmax(0).tolist(), abs=1e-6)
     assert max(sharp.values()) > max(raw.values())
-    with pytest.raises(WeightsError, match="temperature"):
-        models.class_probabilities(model, {**plain, "temperature": -1}, image)
+
+
+@pytest.mark.parametrize("temperature", [-1, 0, "hot", float("nan"), True])
+def test_weights_whose_card_has_a_bad_temperature_are_refused_when_loaded(tmp_path, temperature):
+    torch.manual_seed(0)
+    model = build_model().eval()
+    path = save_weights(model, tmp_path / "w.safetensors", uncalibrated_card(model))
+    card = json.loads(card_path(path).read_text())
+    card_path(path).write_text(json.dumps({**card, "temperature": temperature}))
+    with pytest.raises(WeightsError, match="card field 'temperature' must be a positive number"):
+        load_weights(path)
 
 
 def test_the_note_uses_the_card_threshold_and_says_whether_it_is_calibrated():
     probabilities = {"cat": 0.7, "dog": 0.3}
-    assert models.confidence_note(probabilities).startswith("Best guess: cat (70%")  # the default 0.5 threshold
+    assert model_card.confidence_note(probabilities).startswith("Best guess: cat (70%")  # the default 0.5 threshold
     strict = {"low_confidence": {"threshold": 0.8}}
-    assert models.confidence_note(probabilities, strict).startswith("Low confidence")
-    assert "uncalibrated" in models.confidence_note(probabilities, strict)
+    assert model_card.confidence_note(probabilities, strict).startswith("Low confidence")
+    assert "uncalibrated" in model_card.confidence_note(probabilities, strict)
     calibrated = {**strict, "temperature": 0.6}
-    assert "uncalibrated" not in models.confidence_note(probabilities, calibrated)
-    assert "calibrated on CIFAR-10 test images" in models.confidence_note(probabilities, calibrated)
-    assert models.low_confidence_threshold({"low_confidence": {"threshold": "high"}}) == models.LOW_CONFIDENCE
+    assert "uncalibrated" not in model_card.confidence_note(probabilities, calibrated)
+    assert "calibrated on CIFAR-10 test images" in model_card.confidence_note(probabilities, calibrated)
+    assert model_card.low_confidence_threshold({"low_confidence": {"threshold": "high"}}) == model_card.LOW_CONFIDENCE
 
 
 def test_cards_without_a_temperature_are_described_as_uncalibrated(tmp_path):
     torch.manual_seed(0)
     model = build_model().eval()
     torch.save(model.state_dict(), tmp_path / "project1_model.pt")  # a published-style .pt: no card at all
-    _, card = load_weights(tmp_path / "project1_model.pt")
-    assert "uncalibrated (no temperature in its card)" in models.describe_card(card)
-    text = models.describe_card(uncalibrated_card(model, ece=0.17))
+    card = load_weights(tmp_path / "project1_model.pt").card
+    assert "uncalibrated (no temperature in its card)" in model_card.describe_card(card)
+    text = model_card.describe_card(uncalibrated_card(model, ece=0.17))
     assert "uncalibrated (no temperature in its card); calibration error (ECE) 0.170" in text
-    assert "uncalibrated (card field 'temperature' must be a positive number" in models.describe_card({"temperature": "hot"})
 
 
 def test_a_calibrated_card_is_described_with_its_temperature_and_ece():
     card = {"blocks": [1, 1, 1, 1], "ece": 0.169, "temperature": 0.578,
             "calibration": {"before": {"ece": 0.177}, "after": {"ece": 0.011}, "evaluated_on": "the 5,000 odd-index test images"}}
-    assert "calibrated (T=0.578; ECE 0.177 before, 0.011 after, on the 5,000 odd-index test images)" in models.describe_card(card)
+    assert "calibrated (T=0.578; ECE 0.177 before, 0.011 after, on the 5,000 odd-index test images)" in model_card.describe_card(card)
 
 
 def test_a_run_is_calibrated_on_its_validation_split(tiny_data):
@@ -168,7 +177,7 @@ def test_a_run_is_calibrated_on_its_validation_split(tiny_data):
     assert block["after"]["nll"] <= block["before"]["nll"] + 0.5  # fitted on the other half: no worse by much
     json.dumps(fields)  # the card is JSON
     card = {**uncalibrated_card(model), **fields}
-    assert "calibrated (T=" in models.describe_card(card)
+    assert "calibrated (T=" in model_card.describe_card(card)
     with pytest.raises(ValueError, match="at least 2"):
         fit_run_temperature(model, images[:1], labels[:1], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -199,7 +208,7 @@ def test_the_shipped_card_is_calibrated_on_held_out_test_images():
     assert block["after"]["nll"] < block["before"]["nll"] and block["after"]["acc"] == block["before"]["acc"]
     assert low["calibrated"] and low["measured_on"] == block["evaluated_on"] and 0 < low["threshold"] < 1
     assert sum(block["reliability"]["after"]["count"]) == 5_000
-    assert "calibrated (T=" in models.describe_card(SHIPPED)
+    assert "calibrated (T=" in model_card.describe_card(SHIPPED)
 
 
 @pytest.mark.slow

@@ -179,7 +179,7 @@ def test_evaluate_json_last_line(capsys, tiny_data, weights):
     code, out, _ = run_cli(capsys, "evaluate", "--weights", weights, "--data-dir", tiny_data, "--limit-test", "20", "--json")
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
-    assert isinstance(result, dict) and 0 <= result["test_acc"] <= 1 and result["test_loss"] > 0
+    assert isinstance(result, dict) and 0 <= result["acc"] <= 1 and result["loss"] > 0
     assert len(result["per_class_acc"]) == 10
     assert len(result["confusion"]) == 10 and all(len(row) == 10 for row in result["confusion"])
     assert sum(map(sum, result["confusion"])) == result["count"] == 20

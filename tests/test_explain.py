@@ -12,7 +12,7 @@ from torch import nn
 from resnet.explain import DISPLAY_SCALE, enlarge, grad_cam, heat_colors, overlay
 from resnet.images import prepare
 from resnet.model import build_model
-from resnet.predict import shipped_weights
+from resnet.catalog import shipped_weights
 from resnet.weights import load_weights
 
 QUADRANTS = {0: (0, 0), 1: (0, 1), 2: (1, 0), 3: (1, 1)}  # index -> (row, column) half
@@ -60,7 +60,8 @@ def test_trained_model_looks_at_the_pasted_object():
     """Every shipped example (chosen by test index, not by result) pasted into each quadrant of a grey
     picture; the map of its true class must peak in that quadrant in at least 3 of 4 cases (chance:
     1 in 4). The shipped weights did so in 95 of 120 when they were committed."""
-    model, card = load_weights(shipped_weights())
+    loaded = load_weights(shipped_weights())
+    model, card = loaded.net, loaded.card
     hits = total = 0
     for path in sorted(EXAMPLES.glob("*.png")):
         label = card["classes"].index(path.stem.rsplit("-", 1)[0])

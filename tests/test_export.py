@@ -39,7 +39,8 @@ def run(session, images: torch.Tensor):
 def test_shipped_graph_matches_pytorch_on_real_test_images(shipped, real_data):
     images, _ = load_split(real_data, train=False)
     images = images[:1000]
-    model, card = load_weights(DEFAULT_WEIGHTS)
+    loaded = load_weights(DEFAULT_WEIGHTS)
+    model, card = loaded.net, loaded.card
     expected = predict_logits(model, images, card["mean"], card["std"])  # eval mode, fp32
     logits, probabilities = run(shipped[0], images)
     assert (logits.argmax(1) == expected.argmax(1)).float().mean().item() >= 0.999
@@ -123,7 +124,8 @@ def test_the_onnxruntime_example_runs(shipped):
     """scripts/onnx_predict.py, the README's example: onnxruntime, numpy and Pillow only."""
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "onnx_predict.py"), str(shipped[1]), str(EXAMPLE)],
                             capture_output=True, text=True, timeout=120, check=True)
-    model, card = load_weights(DEFAULT_WEIGHTS)
+    loaded = load_weights(DEFAULT_WEIGHTS)
+    model, card = loaded.net, loaded.card
     logits = predict_logits(model, prepare(str(EXAMPLE))[None], card["mean"], card["std"])
     probabilities = (logits / (card.get("temperature") or 1.0)).softmax(1)[0]
     assert result.stdout.strip() == f"{card['classes'][int(probabilities.argmax())]} {float(probabilities.max()):.1%}"

@@ -20,8 +20,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 import app  # noqa: E402
-from resnet import http_api, limits, runs  # noqa: E402
-from resnet import predict as models  # noqa: E402
+from resnet import http_api, limits, runs, showcase  # noqa: E402
 from resnet.constants import CLASSES  # noqa: E402
 from resnet.images import prepare  # noqa: E402
 from resnet.model import build_model  # noqa: E402
@@ -66,7 +65,7 @@ def api(server):
 
 
 def png(name="cat-0.png") -> bytes:
-    return (app.EXAMPLES / name).read_bytes()
+    return (showcase.EXAMPLES / name).read_bytes()
 
 
 def image_bytes(size, color=(200, 30, 30), kind="PNG") -> bytes:
@@ -96,8 +95,7 @@ def refused(response, status: int, *words) -> str:
 
 
 def expected(weights, image_file: bytes) -> dict:
-    model, card = load_weights(weights)
-    return models.class_probabilities(model, card, prepare(image_file))
+    return load_weights(weights).predict(prepare(image_file))
 
 
 # ---- good requests ---------------------------------------------------------------------------------
@@ -108,7 +106,7 @@ def test_health_names_the_loaded_model(api):
 
 
 def test_predict_returns_the_apps_probabilities_and_the_model(api):
-    index = json.loads((app.EXAMPLES / "index.json").read_text())["images"]
+    index = json.loads((showcase.EXAMPLES / "index.json").read_text())["images"]
     right = 0
     for entry in index:
         body = api.post("/predict", files={"file": (entry["file"], png(entry["file"]))}).json()
@@ -229,7 +227,7 @@ def test_the_ui_keeps_serving_while_the_api_is_hammered(server, api):
         thread.start()
     ui = Client(url, verbose=False)
     began = time.monotonic()
-    labels = [ui.predict(handle_file(str(app.EXAMPLES / "cat-0.png")), api_name="/predict")["label"] for _ in range(3)]
+    labels = [ui.predict(handle_file(str(showcase.EXAMPLES / "cat-0.png")), api_name="/predict")["label"] for _ in range(3)]
     ended = time.monotonic()
     for thread in threads:
         thread.join()

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save as safetensors_save
 
-from resnet import runs
+from resnet import runs, showcase
 from resnet.constants import CLASSES
 from resnet import limits
 from resnet.config import ConfigError
@@ -118,20 +118,11 @@ def good_prediction(client) -> None:
 
 # ---- one launched app for the API tests of this module ----------------------------------------------
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_data, tiny_weights):
-    """(url, studio, area): the app over tiny weights and data; RUNS_DIR is area/runs, next to a sentinel file."""
-    area = tmp_path_factory.mktemp("area")
-    (area / "sentinel.txt").write_text("do not touch")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("STUDIO_WEIGHTS", str(tiny_weights))
-        env.setenv("CIFAR10_DIR", str(tiny_data))
-        env.setenv("RUNS_DIR", str(area / "runs"))
-        studio = app.Studio()
-        demo = app.build_demo(studio)
-        _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options())
-        yield url, studio, area
-        demo.close()
-        studio.queue.close()
+def area(server):
+    """The folder that holds the server's runs folder, with a sentinel file beside it that nothing may touch."""
+    folder = server[1].root.parent
+    (folder / "sentinel.txt").write_text("do not touch")
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +175,7 @@ def test_an_image_over_the_size_limit_is_refused(server, client, tmp_path):
 
 @pytest.mark.slow
 def test_paths_the_client_did_not_upload_are_refused(server, client):
-    url, studio, _ = server
+    url, studio = server
     for target in ("/etc/passwd", example(), str(studio.root)):
         event, data = raw_call(url, "predict", json.dumps({"data": [{"path": target, "meta": {"_type": "gradio.FileData"}},
                                                                    "shipped"]}).encode())
@@ -240,7 +231,7 @@ def test_start_run_refuses_bad_settings_before_any_work(server, client, changes,
     ("dropout", "-Infinity", "dropout must be finite, got -inf"),
 ])
 def test_non_finite_numbers_from_a_raw_client_are_refused(server, field, literal, message):
-    url, studio, _ = server
+    url, studio = server
     before = sorted(os.listdir(studio.root))
     values = form_values(**{field: "__HERE__"})  # gradio_client refuses to send NaN: write the JSON by hand
     body = json.dumps({"data": ["original", *values]}).replace('"__HERE__"', literal)
@@ -337,8 +328,8 @@ BAD_IDS = ["../", "..", "../../etc/passwd", "/etc/passwd", "/tmp", "run-a/../../
 
 
 @pytest.mark.slow
-def test_run_ids_that_name_paths_are_refused_and_nothing_outside_is_touched(server, client):
-    url, studio, area = server
+def test_run_ids_that_name_paths_are_refused_and_nothing_outside_is_touched(server, client, area):
+    url, studio = server
     sentinel = area / "sentinel.txt"
     before = files_outside(area, studio.root)
     for run_id in BAD_IDS:
@@ -354,8 +345,8 @@ def test_run_ids_that_name_paths_are_refused_and_nothing_outside_is_touched(serv
 
 # ---- what the file route serves ---------------------------------------------------------------------
 @pytest.mark.slow
-def test_the_file_route_serves_neither_run_files_nor_anything_outside(server, tiny_weights):
-    url, studio, area = server
+def test_the_file_route_serves_neither_run_files_nor_anything_outside(server, tiny_weights, area):
+    url, studio = server
     run_dir = finished_run(studio.root, "run-private", tiny_weights)
     (run_dir / runs.CHECKPOINT).write_bytes(b"checkpoint bytes")
     private = [run_dir / runs.CHECKPOINT, run_dir / runs.WEIGHTS, run_dir / runs.STATUS, area / "sentinel.txt",
@@ -366,7 +357,7 @@ def test_the_file_route_serves_neither_run_files_nor_anything_outside(server, ti
             answer = httpx.get(url + form, timeout=30)
             assert answer.status_code in (403, 404), (form, answer.status_code)
             assert b"checkpoint bytes" not in answer.content and b"root:" not in answer.content
-    allowed = httpx.get(url + f"gradio_api/file={app.EXAMPLES / 'cat-0.png'}", timeout=30)
+    allowed = httpx.get(url + f"gradio_api/file={showcase.EXAMPLES / 'cat-0.png'}", timeout=30)
     assert allowed.status_code == 200 and allowed.content == Path(example()).read_bytes()  # the route itself works
 
 

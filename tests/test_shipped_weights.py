@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from resnet import CLASSES, build_model, count_parameters, load_model
+from resnet import CLASSES, build_model, count_parameters, load_weights
 from resnet.weights import DEFAULT_WEIGHTS, card_path
 
 if not DEFAULT_WEIGHTS.is_file():  # a checkout without the shipped weights (they are large files)
@@ -29,13 +29,11 @@ def test_card_matches_weights():
 
 def test_shipped_examples_are_mostly_right():
     from resnet.images import prepare
-    from resnet.evaluate import predict_logits
 
     folder = DEFAULT_WEIGHTS.parent.parent / "assets" / "examples"
     index = json.loads((folder / "index.json").read_text())["images"]
-    model = load_model(DEFAULT_WEIGHTS)
     images = torch.stack([prepare(folder / item["file"]) for item in index])
-    predicted = predict_logits(model, images, CARD["mean"], CARD["std"]).argmax(1).tolist()
+    predicted = load_weights(DEFAULT_WEIGHTS).logits(images).argmax(1).tolist()
     right = sum(CLASSES[p] == item["label"] for p, item in zip(predicted, index))
     assert len(index) == 30 and right >= 27
 
@@ -49,7 +47,7 @@ def test_card_accuracy_reproduced_by_torchvision_pipeline(real_data):
         str(real_data), train=False, download=False,
         transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(CARD["mean"], CARD["std"])]),
     )
-    model = load_model(DEFAULT_WEIGHTS)
+    model = load_weights(DEFAULT_WEIGHTS).net  # the network alone: the card's mean/std come in through torchvision
     correct = 0
     with torch.no_grad():
         for x, y in torch.utils.data.DataLoader(dataset, batch_size=500):

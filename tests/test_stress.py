@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from resnet import stress
+from resnet.classifier import Classifier
 from resnet.model import build_model
-from resnet.predict import class_probabilities
 from resnet.stress import CORRUPTIONS, SEVERITIES, StressError, stress_predict
 from resnet.weights import make_card
 
@@ -101,14 +101,14 @@ def test_contrast_keeps_the_mean_and_noise_has_its_stated_spread(image):
 def test_one_call_gives_the_stressed_image_and_both_predictions(image):
     torch.manual_seed(0)
     model = build_model().eval()
-    card = {**make_card(model), "temperature": 0.5}
-    stressed, clean, hit = stress_predict(model, card, image, "gaussian_noise", 4)
+    classifier = Classifier(model, {**make_card(model), "temperature": 0.5})
+    stressed, clean, hit = stress_predict(classifier, image, "gaussian_noise", 4)
     assert torch.equal(stressed, stress.stress(image, "gaussian_noise", 4))
-    assert clean == class_probabilities(model, card, image)
-    assert hit == class_probabilities(model, card, stressed)
+    assert clean == classifier.predict(image)
+    assert hit == classifier.predict(stressed)
     assert sum(hit.values()) == pytest.approx(1.0, abs=1e-5) and list(clean) != [] and hit != clean
     with pytest.raises(StressError):
-        stress_predict(model, card, image, "fog", 4)
+        stress_predict(classifier, image, "fog", 4)
 
 
 def test_the_module_needs_no_benchmark_packages():

@@ -74,7 +74,7 @@ def test_a_short_run_learns_the_patterns(tiny_data, tmp_path):
 
     status = runs.read_status(tmp_path / "run")
     assert status["status"] == "finished" and status["message"].startswith("finished: test accuracy")
-    model, card = load_weights(tmp_path / "run" / runs.WEIGHTS)
+    card = load_weights(tmp_path / "run" / runs.WEIGHTS).card
     assert card["training"]["lr"] == 1e-3 and card["test_images"] == 20 and len(card["curve"]) == 3
     assert card["mean"] == list(config.mean) and card["provenance"]["world_size"] == 1
     # The device names the CPU's vector extension, so timings from two machines are told apart.
@@ -199,7 +199,7 @@ def test_a_stop_request_writes_a_loadable_checkpoint(tiny_data, tmp_path):
     checkpoint = torch.load(tmp_path / runs.CHECKPOINT, map_location="cpu", weights_only=True)
     assert set(checkpoint) == {"model", "optimizer", "position"}
     assert checkpoint["position"]["epoch"] == 1 and checkpoint["position"]["step_in_epoch"] == 1
-    model, _ = load_weights(tmp_path / runs.CHECKPOINT)  # a checkpoint also serves as weights
+    model = load_weights(tmp_path / runs.CHECKPOINT).net  # a checkpoint also serves as weights
     assert torch.equal(model.conv1.weight, checkpoint["model"]["conv1.weight"])
 
 
@@ -311,7 +311,7 @@ def test_a_non_finite_evaluation_ends_the_run_diverged_without_weights(tiny_data
     real_evaluate = Trainer._evaluate
 
     def nan_loss(self, *args, **kwargs):
-        return {**real_evaluate(self, *args, **kwargs), "test_loss": float("nan")}
+        return {**real_evaluate(self, *args, **kwargs), "loss": float("nan")}
 
     monkeypatch.setattr(Trainer, "_evaluate", nan_loss)
     outcome = Trainer(small_config(tiny_data, epochs=1), tmp_path).run()
@@ -362,7 +362,8 @@ def test_low_resolution_steps_train_the_same_weights_that_load_at_32_px(tiny_dat
     assert Trainer(config, tmp_path).run()["status"] == "finished"
     sizes = [r["resolution"] for r in runs.read_metrics(tmp_path) if r["kind"] == "step"]
     assert sizes == [16, 16, 16, 32, 32, 32]
-    model, card = load_weights(tmp_path / runs.WEIGHTS)
+    loaded = load_weights(tmp_path / runs.WEIGHTS)
+    model, card = loaded.net, loaded.card
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10) and card["training"]["resolution"] == "16:0.5"
 
 
@@ -497,7 +498,7 @@ def test_wrapper_prefixes_are_stripped_in_any_order(tmp_path):
     for prefix in ("module.", "_orig_mod.", "_orig_mod.module.", "module._orig_mod."):
         path = tmp_path / "wrapped.pt"
         torch.save({prefix + k: v for k, v in state.items()}, path)
-        model, _ = load_weights(path)
+        model = load_weights(path).net
         assert torch.equal(model.conv1.weight, state["conv1.weight"]), prefix
 
 
@@ -519,7 +520,7 @@ def test_a_recipe_selection_run_never_scores_the_test_set(tiny_data, tmp_path, m
     assert scored and set(scored) == {40}  # the validation split only, never the 16 test images
     epoch = next(r for r in runs.read_metrics(tmp_path) if r["kind"] == "epoch")
     assert "val_acc" in epoch and "test_acc" not in epoch
-    _, card = load_weights(tmp_path / runs.WEIGHTS)
+    card = load_weights(tmp_path / runs.WEIGHTS).card
     assert card["scored_on"] == "val" and "val_acc" in card and "test_acc" not in card and card["val_images"] == 40
     assert "the test set was never scored" in card["measured"]
     with pytest.raises(ConfigError, match="score_test off needs a validation split"):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from resnet import build_model, count_parameters, load_model, load_weights, save_weights
+from resnet import build_model, count_parameters, load_weights, save_weights
 from resnet.constants import PUBLISHED_MEAN, PUBLISHED_STD
 from resnet.weights import WeightsError, make_card
 
@@ -89,12 +89,12 @@ def test_published_state_dict_pt_loads_with_identical_outputs(tmp_path, inputs, 
     path = tmp_path / "project1_model.pt"
     torch.save({prefix + k: v for k, v in published.state_dict().items()}, path)  # what the published code did
 
-    model = load_model(path)
-    assert not model.training
-    assert model.card["mean"] == list(PUBLISHED_MEAN) and model.card["std"] == list(PUBLISHED_STD)
-    assert model.card["blocks"] == [1, 1, 1, 1]
+    classifier = load_weights(path)
+    assert not classifier.net.training
+    assert classifier.mean == PUBLISHED_MEAN and classifier.std == PUBLISHED_STD
+    assert classifier.card["blocks"] == [1, 1, 1, 1]
     with torch.no_grad():
-        assert torch.equal(model(inputs), published(inputs))
+        assert torch.equal(classifier.net(inputs), published(inputs))
 
 
 def test_our_state_dict_loads_strictly_into_the_published_class(inputs):
@@ -109,7 +109,7 @@ def test_our_state_dict_loads_strictly_into_the_published_class(inputs):
 def test_our_checkpoint_file_loads_as_weights(tmp_path, inputs):
     model = randomize_batchnorm(build_model()).eval()
     torch.save({"model": model.state_dict(), "optimizer": {}, "position": {"epoch": 2}}, tmp_path / "checkpoint.pt")
-    loaded, _ = load_weights(tmp_path / "checkpoint.pt")
+    loaded = load_weights(tmp_path / "checkpoint.pt").net
     with torch.no_grad():
         assert torch.equal(loaded(inputs), model(inputs))
 
@@ -121,7 +121,8 @@ def test_safetensors_and_card_round_trip(tmp_path, inputs):
     path = save_weights(model, tmp_path / "m.safetensors", card)
 
     assert json.loads((tmp_path / "m.json").read_text())["storage_dtype"] == "float32"
-    loaded, loaded_card = load_weights(path)
+    loaded = load_weights(path)
+    loaded, loaded_card = loaded.net, loaded.card
     assert loaded_card["blocks"] == [1, 1, 1, 1] and loaded_card["dropout"] == 0.2
     assert loaded_card["mean"] == [0.1, 0.2, 0.3] and loaded_card["std"] == [0.4, 0.5, 0.6]
     assert loaded_card["test_acc"] == 0.5 and len(loaded_card["classes"]) == 10
@@ -135,14 +136,15 @@ def test_half_precision_storage_loads_as_float32(tmp_path):
     model = build_model().eval()
     path = save_weights(model, tmp_path / "m.safetensors", make_card(model), dtype=torch.float16)
     assert load_file(path)["conv1.weight"].dtype == torch.float16
-    loaded, _ = load_weights(path)
+    loaded = load_weights(path).net
     assert loaded.conv1.weight.dtype == torch.float32
     torch.testing.assert_close(loaded.conv1.weight, model.conv1.weight, rtol=1e-3, atol=1e-3)
 
 
 def test_blocks_are_inferred_from_the_keys_without_a_card(tmp_path):
     save_file(build_model((2, 2, 2, 2)).state_dict(), tmp_path / "bare.safetensors")
-    model, card = load_weights(tmp_path / "bare.safetensors")
+    loaded = load_weights(tmp_path / "bare.safetensors")
+    model, card = loaded.net, loaded.card
     assert card["blocks"] == [2, 2, 2, 2] and model.blocks == (2, 2, 2, 2)
     assert count_parameters(model) == 11_173_962
 
@@ -150,7 +152,7 @@ def test_blocks_are_inferred_from_the_keys_without_a_card(tmp_path):
 def test_bytes_source_loads(tmp_path):
     model = build_model()
     torch.save(model.state_dict(), tmp_path / "w.pt")
-    loaded, _ = load_weights((tmp_path / "w.pt").read_bytes())
+    loaded = load_weights((tmp_path / "w.pt").read_bytes()).net
     assert torch.equal(loaded.linear.weight, model.linear.weight)
 
 
@@ -276,7 +278,8 @@ def test_a_lone_safetensors_upload_keeps_its_normalization(tmp_path):
     model = build_model().eval()
     card = make_card(model, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), test_acc=0.5)
     path = save_weights(model, tmp_path / "ours.safetensors", card)
-    loaded, loaded_card = load_weights(path.read_bytes(), name="ours.safetensors")
+    loaded = load_weights(path.read_bytes(), name="ours.safetensors")
+    loaded, loaded_card = loaded.net, loaded.card
     assert loaded_card["mean"] == [0.1, 0.2, 0.3] and loaded_card["std"] == [0.4, 0.5, 0.6]
     assert "test_acc" not in embedded_card(path.read_bytes())  # only preprocessing and architecture travel inside
     assert embedded_card(b"PK\x03\x04 not safetensors") is None
@@ -293,3 +296,17 @@ def test_a_card_with_wrong_fields_is_refused_clearly(tmp_path, change, message):
     card = {**json.loads(path.with_suffix(".json").read_text()), **change}
     with pytest.raises(WeightsError, match=message):
         load_weights(path, card=card)
+
+
+def test_a_safetensors_header_whose_length_starts_like_a_pickle_still_loads(tmp_path):
+    """The header length is little-endian: one ending in the byte 0x80 makes the file start as a pickle stream does."""
+    torch.manual_seed(0)
+    model = build_model().eval()
+    path = tmp_path / "w.safetensors"
+    for pad in range(256):  # the class names travel in the header: each character lengthens it by one byte
+        classes = ["a" * (pad + 1), *(f"class{i}" for i in range(1, 10))]
+        save_weights(model, path, make_card(model, classes=classes))
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert load_weights(path.read_bytes()).classes == classes  # the header alone, without the .json card beside it

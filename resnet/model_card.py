@@ -1,0 +1,88 @@
+"""A model card in words: the picker's paragraph, the confidence note under a prediction, the Model card tab's summary.
+
+Cards reach these functions validated (resnet.weights checks every field a Classifier reads), so a
+temperature here is a positive number or absent.
+"""
+
+LOW_CONFIDENCE = 0.5  # the threshold for a card that chose none: below it the picture may show none of the classes
+
+
+def low_confidence_threshold(card: dict | None) -> float:
+    """The card's chosen threshold (its ``low_confidence.threshold``), else the LOW_CONFIDENCE default."""
+    threshold = ((card or {}).get("low_confidence") or {}).get("threshold")
+    return float(threshold) if isinstance(threshold, (int, float)) and 0 <= threshold <= 1 else LOW_CONFIDENCE
+
+
+def confidence_note(probabilities: dict, card: dict | None = None) -> str:
+    """A warning in words when the best class is a weak guess, at the card's threshold.
+
+    With ``card`` the note also says whether the percentage is calibrated: only a calibrated one can be
+    read as how often such a guess is right.
+    """
+    if not probabilities:
+        return ""
+    name, top = max(probabilities.items(), key=lambda item: item[1])
+    if card is None:
+        kind = ""
+    elif card.get("temperature") is not None:
+        kind = "; calibrated on CIFAR-10 test images, where guesses this sure are right roughly that often"
+    else:
+        kind = "; uncalibrated: this model's confidence was not checked on held-out images"
+    if top < low_confidence_threshold(card):
+        return (f"Low confidence: the best guess, {name}, has only {top:.0%}{kind}. "
+                f"This may be none of the {len(probabilities)} classes it knows.")
+    return f"Best guess: {name} ({top:.0%}{kind})."
+
+
+def describe_calibration(card: dict) -> str:
+    """Calibrated (T, ECE before and after on held-out images) or uncalibrated, in one phrase."""
+    temperature = card.get("temperature")
+    ece = card.get("ece")
+    if temperature is None:
+        raw = ""
+        if isinstance(ece, (int, float)):
+            raw = f"; calibration error (ECE) {ece:.3f}: its stated confidence is off by {ece:.1%} on average"
+        return f"uncalibrated (no temperature in its card){raw}"
+    block = card.get("calibration") or {}
+    before, after = (block.get(key) or {} for key in ("before", "after"))
+    text = f"calibrated (T={temperature:.3f}"
+    if isinstance(before.get("ece"), (int, float)) and isinstance(after.get("ece"), (int, float)):
+        text += f"; ECE {before['ece']:.3f} before, {after['ece']:.3f} after"
+        if block.get("evaluated_on"):
+            text += f", on {block['evaluated_on']}"
+    return text + ")"
+
+
+def describe_card(card: dict) -> str:
+    """One paragraph about a model for the picker: accuracy, calibration, architecture."""
+    parts = [f"blocks {card.get('blocks')}"]
+    if isinstance(card.get("test_acc"), (int, float)):
+        parts.append(f"test accuracy {card['test_acc']:.2%}")
+    parts.append(describe_calibration(card))
+    low = card.get("low_confidence")
+    numbers = ("threshold", "share_below", "accuracy_below", "accuracy_above")
+    if isinstance(low, dict) and all(isinstance(low.get(key), (int, float)) for key in numbers):
+        images = low.get("measured_on") or "test images"
+        parts.append(f"below {low['threshold']:.0%} confidence ({low['share_below']:.1%} of {images}) it is right "
+                     f"{low['accuracy_below']:.0%} of the time, above it {low['accuracy_above']:.0%}")
+    if card.get("source"):
+        parts.append(card["source"])
+    return "; ".join(parts)
+
+
+def shipped_summary(card: dict) -> str:
+    """The Model card tab's opening paragraphs (Markdown): what the shipped model scores, how it was trained."""
+    training, provenance = card.get("training") or {}, card.get("provenance") or {}
+    lines = [f"### Shipped model\n{describe_card(card)}; measured on {card.get('test_images', '?')} test images "
+             f"({card.get('measured', 'no details')})."]
+    if isinstance(card.get("tta_test_acc"), (int, float)):
+        lines.append(f"With flip test-time augmentation: {card['tta_test_acc']:.2%}.")
+    if training:
+        hours = provenance.get("elapsed_s", 0) / 3600
+        lines.append(f"Trained with {training.get('optimizer')} lr {training.get('lr')}, batch {training.get('batch_size')}, "
+                     f"{training.get('epochs')} epochs, {hours:.1f} h on {provenance.get('device', 'an unrecorded device')}.")
+    if card.get("storage_choice"):
+        lines.append(f"Stored as {card['storage_choice']}.")
+    if card.get("reproduce"):
+        lines.append(f"Reproduce: `{card['reproduce']}`")
+    return "\n\n".join(lines)
