@@ -25,10 +25,9 @@ from machine import machine, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import app  # noqa: E402
-from resnet import http_api  # noqa: E402
-from resnet import catalog  # noqa: E402
+from resnet import catalog, http_api, showcase  # noqa: E402
 
-IMAGE = app.EXAMPLES / "cat-0.png"  # a CIFAR-10 test image: a 32 x 32 PNG
+IMAGE = showcase.EXAMPLES / "cat-0.png"  # a CIFAR-10 test image: a 32 x 32 PNG
 GOAL = {"p50_ms": 30, "p99_ms": 80}  # the HTTP path's target on an idle machine
 
 

@@ -256,7 +256,7 @@ def time_to_94(args, device) -> dict:
                 final_fp32 = evaluate(net, trainer.data.test_x, trainer.data.test_y, config.mean, config.std)["acc"]
     return {"device": describe_device(device), "preset": "fast", "reached_94": bool(reached), **reached,
             "judged_in": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[trainer.amp_dtype],
-            "test_acc_fp32": final_fp32, "final_status": outcome["status"], "final_test_acc": outcome.get("test_acc"),
+            "test_acc_fp32": final_fp32, "final_status": outcome["status"], "final_test_acc": outcome.get("acc"),
             "timed": "training steps (synchronized) + the epoch test evaluations",
             "left_out": "process start, data upload to the device, model build, checkpoint writes"}
 

@@ -100,38 +100,44 @@ def describe(change: dict) -> str:
 
 
 def by_variant(results: dict) -> dict:
-    """variant -> (its change, the final validation accuracies of its finished seeds), in the plan's order."""
+    """variant -> (its change, its runs' rows in seed order), in the plan's order."""
     variants = {}
     for row in results.get("runs", []):
-        change, scores = variants.setdefault(row["variant"], (row["change"], []))
-        if row["final_val_acc"] is not None:
-            scores.append(row["final_val_acc"])
+        variants.setdefault(row["variant"], (row["change"], []))[1].append(row)
     return variants
 
 
+def scores(rows: list) -> list:
+    """The final validation accuracies of the finished runs among ``rows``."""
+    return [row["final_val_acc"] for row in rows if row["final_val_acc"] is not None]
+
+
 def table(results: dict) -> list:
-    """One row per variant: its change, each seed's final validation accuracy, their mean, the mean's difference
-    to the recipe's, and half the seeds' range (the noise a difference has to beat)."""
+    """One row per variant: its change, each seed's final validation accuracy (or its run's status), the mean
+    of those finished, the mean's difference to the recipe's, and half the seeds' range (the noise a
+    difference has to beat)."""
     variants = by_variant(results)
-    baseline = statistics.mean(variants[BASELINE][1]) if variants.get(BASELINE, (None, []))[1] else None
+    recipe = scores(variants[BASELINE][1]) if BASELINE in variants else []
+    baseline = statistics.mean(recipe) if recipe else None
     rows = []
-    for name, (change, scores) in variants.items():
-        mean = statistics.mean(scores) if scores else None
+    for name, (change, runs) in variants.items():
+        finished = scores(runs)
+        mean = statistics.mean(finished) if finished else None
         rows.append({
             "variant": name,
             "change": describe(change),
-            "seeds": " / ".join(f"{s:.2%}" for s in scores) or "not run yet",
+            "seeds": " / ".join(f"{r['final_val_acc']:.2%}" if r["final_val_acc"] is not None else r["status"] for r in runs),
             "mean": f"{mean:.2%}" if mean is not None else "",
             "vs recipe": f"{(mean - baseline) * 100:+.2f} pts" if mean is not None and baseline is not None
             and name != BASELINE else "",
-            "± (half range)": f"{(max(scores) - min(scores)) * 50:.2f} pts" if len(scores) > 1 else "",
+            "± (half range)": f"{(max(finished) - min(finished)) * 50:.2f} pts" if len(finished) > 1 else "",
         })
     return rows
 
 
 def figure(results: dict) -> go.Figure:
     """Each variant's mean final validation accuracy as a bar, each seed as a dot, the recipe's mean dashed."""
-    variants = {name: scores for name, (_, scores) in by_variant(results).items() if scores}
+    variants = {name: scores(runs) for name, (_, runs) in by_variant(results).items() if scores(runs)}
     if not variants:
         return empty_figure("no ablation run has finished yet")
     names = list(variants)
@@ -146,7 +152,7 @@ def figure(results: dict) -> go.Figure:
     budget = results.get("budget", {})
     figure.update_layout(title=f"Remove-one ablation: final validation accuracy ({budget.get('train_size')} images, "
                                f"{budget.get('epochs')} epochs, {budget.get('seeds', 1)} seeds)", xaxis_title="val accuracy")
-    low = min(s for scores in variants.values() for s in scores)
+    low = min(s for finished in variants.values() for s in finished)
     figure.update_xaxes(tickformat=".0%", range=[max(0.0, low - 0.05), None])
     figure.update_yaxes(autorange="reversed")
     return figure
@@ -155,8 +161,9 @@ def figure(results: dict) -> go.Figure:
 def note(results: dict) -> str:
     """What the table measures, in words, from the budget the results file records."""
     budget = results.get("budget") or {}
+    count = lambda key: f"{budget[key]:,}" if isinstance(budget.get(key), int) else "?"  # noqa: E731
     return (f"Each variant changes one thing of the recipe ({budget.get('recipe', 'the fast preset')}) and trains on the same "
-            f"{budget.get('train_size'):,} images for {budget.get('epochs')} epochs at resolution schedule "
+            f"{count('train_size')} images for {budget.get('epochs', '?')} epochs at resolution schedule "
             f"{budget.get('resolution') or 'of its recipe'}, with {budget.get('seeds', 1)} seed(s); the score is final "
-            f"validation accuracy on {budget.get('val_size'):,} images carved from the training set (the test set is never "
+            f"validation accuracy on {count('val_size')} images carved from the training set (the test set is never "
             "scored). A difference smaller than the seeds' spread is noise.")

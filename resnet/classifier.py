@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .calibration import calibrated_probabilities
-from .evaluate import metrics_from_logits, predict_logits
+from .evaluate import evaluate, predict_logits
 from .explain import grad_cam
 from .model import ResNet
 
@@ -41,11 +41,8 @@ class Classifier:
         value = self.card.get("temperature")
         return None if value is None else float(value)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
     def to(self, device) -> "Classifier":
+        """On ``device``. The network moves in place, so a Classifier that a server's cache shares must stay put."""
         return Classifier(self.net.to(device), self.card)
 
     def logits(self, images: torch.Tensor, batch_size: int = 500, tta: bool = False, amp_dtype=None,
@@ -66,13 +63,14 @@ class Classifier:
 
     def predict(self, image: torch.Tensor) -> dict:
         """uint8 [3, 32, 32] -> {class name: probability}, best first; calibrated when the card has a temperature."""
+        if image.dim() != 3:
+            raise ValueError(f"predict takes one image [3, H, W], not a tensor of shape {list(image.shape)}")
         return self.ranked(self.probabilities(self.logits(image)))
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500, tta: bool = False,
                  amp_dtype=None, channels_last: bool = False) -> dict:
         """resnet.evaluate.metrics_from_logits of labelled images (accuracy from the raw logits, eval mode)."""
-        logits = self.logits(images, batch_size, tta, amp_dtype, channels_last)
-        return metrics_from_logits(logits, labels, self.net.num_classes)
+        return evaluate(self.net, images, labels, self.mean, self.std, batch_size, tta, amp_dtype, channels_last)
 
     def explain(self, image: torch.Tensor, target: int | None = None) -> tuple:
         """Grad-CAM of uint8 [3, H, W]: (map [H, W] in [0, 1] on the CPU, the class index it explains)."""

@@ -127,7 +127,8 @@ def _budget_options(p, experiment) -> None:
                    help="seeded validation images carved from the training set")
     p.add_argument("--epochs", type=_positive_int, default=budget.epochs)
     p.add_argument("--seed", type=_seed, default=budget.seed,
-                   help="of the validation split and of every run (default: %(default)s); another seed is another budget")
+                   help="of the validation split, and of every run (the ablation's first seed) (default: %(default)s); another seed "
+                        "is another budget")
 
 
 def _study_parser(sub) -> None:
@@ -141,7 +142,7 @@ def _study_parser(sub) -> None:
 
 def _ablation_parser(sub) -> None:
     variants = ablation.ABLATION.variants
-    p = sub.add_parser("ablation", help="remove-one ablation of the fast preset on a validation split",
+    p = sub.add_parser("ablation", help="remove-one ablation of the recipe (fast + whitened stem) on a validation split",
                        description=ablation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _budget_options(p, ablation.ABLATION)
     p.add_argument("--seeds", type=_positive_int, default=ablation.ABLATION.budget.seeds,

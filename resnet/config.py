@@ -72,6 +72,8 @@ class TrainConfig:
     limit_test: int = setting(0, "evaluate on the first N test images only (0 = all)", minimum=0,
                               form="Test images scored per epoch", advanced=True)
     val_size: int = setting(0, "carve N seeded validation images from the training set", minimum=0)
+    split_seed: int | None = setting(None, "seed of the validation split (default: --seed); an experiment fixes it, so "
+                                     "runs of different seeds hold out the same images", minimum=0, below=SEED_LIMIT)
     score_test: bool = setting(True, "score the test set at each epoch and at the end; when off, only the validation "
                                "split is scored (val_size must be set), for runs that choose a recipe: the test set is "
                                "then never scored")
@@ -122,7 +124,8 @@ PRESETS = {
     ),
     # The published recipe exactly: Adam 0.01, batch 64, 200 epochs, constant lr, its crop.
     "original": {},
-    # Our time-to-accuracy recipe (README "Shipped weights"); `python -m resnet ablation` measures what each part buys.
+    # The shipped weights' recipe (README "Shipped weights"); `python -m resnet ablation` measures what each part of
+    # it, with a whitened stem, buys.
     "fast": dict(
         dropout=0.0,
         optimizer="sgd",
@@ -232,6 +235,8 @@ def validate(c: TrainConfig) -> None:
         if meta["choices"] is not None:
             if value not in meta["choices"]:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(meta['choices'])}")
+        elif value is None and type(None) in getattr(f.type, "__args__", ()):
+            continue
         elif kind(name) in (int, float):
             _check_bounds(name, _number(name, value, kind(name) is int), meta)
     blocks = tuple(c.blocks)

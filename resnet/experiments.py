@@ -29,7 +29,8 @@ CURVE_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
 
 @dataclass(frozen=True)
 class Budget:
-    """What every run of an experiment gets: the same images, epochs and seed (and batch, where it fixes one)."""
+    """What every run of an experiment gets: the same images, validation split and epochs (and batch, where it
+    fixes one); runs of one recipe differ only by their seed."""
 
     train_size: int = 10_000  # the first images of the training set left after the validation split
     val_size: int = 5_000  # a seeded split of the training set; the only thing runs are scored on
@@ -47,7 +48,8 @@ class Budget:
     def settings(self, data_dir=None, seed: int | None = None) -> dict:
         """The make_config settings that hold a run to this budget (``seed``: one of its seeds, else the first)."""
         return dict(epochs=self.epochs, val_size=self.val_size, limit_train=self.train_size, limit_test=self.test_size,
-                    seed=self.seed if seed is None else seed, batch_size=self.batch_size, resolution=self.resolution,
+                    seed=self.seed if seed is None else seed, split_seed=self.seed, batch_size=self.batch_size,
+                    resolution=self.resolution,
                     data_dir=str(data_dir) if data_dir else None)
 
     def run_seeds(self) -> range:
@@ -56,10 +58,11 @@ class Budget:
     def changes(self, stored: dict) -> str:
         """What differs between a budget read back and this one ('epochs 3 -> 5, ...'); '' where nothing does.
 
-        A field the stored budget lacks (written before the field existed) had its default."""
+        A field the stored budget lacks (written before the field existed) had its default. ``seeds`` is not
+        compared: more seeds add runs and keep every finished one."""
         defaults = {f.name: f.default for f in dataclasses.fields(Budget)}
         return ", ".join(f"{k} {stored.get(k, defaults[k])} -> {v}" for k, v in dataclasses.asdict(self).items()
-                         if stored.get(k, defaults[k]) != v)
+                         if k != "seeds" and stored.get(k, defaults[k]) != v)
 
 
 @dataclass(frozen=True)
@@ -244,9 +247,9 @@ def measured(root, run_id: str) -> dict:
 
 
 def load_shared_data(config, budget: Budget):
-    """The images every run shares: the split and the subset depend only on the budget's sizes and seed (not on
-    the seed of the run that happens to load them)."""
-    data = load_data(dataclasses.replace(config, seed=budget.seed), resolve_device(config.device))
+    """The images every run shares: the split and the subset depend only on the budget's sizes and seed (each
+    run's config fixes ``split_seed`` to it, so a run resumed on its own splits the same way)."""
+    data = load_data(config, resolve_device(config.device))
     if len(data.train_x) < budget.train_size:
         raise ConfigError(f"only {len(data.train_x)} training images remain after the {budget.val_size}-image validation split; "
                           f"lower --train-size or --val-size")

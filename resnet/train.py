@@ -195,7 +195,8 @@ def load_data(config: TrainConfig, device: torch.device) -> Dataset:
     test_x, test_y = load_split(config.data_dir, train=False)
     val_x = val_y = None
     if config.val_size:
-        train_x, train_y, val_x, val_y = split_validation(train_x, train_y, config.val_size, config.seed)
+        seed = config.seed if config.split_seed is None else config.split_seed
+        train_x, train_y, val_x, val_y = split_validation(train_x, train_y, config.val_size, seed)
     if config.limit_train:
         train_x, train_y = train_x[: config.limit_train], train_y[: config.limit_train]
     if config.limit_test:
@@ -642,7 +643,7 @@ class Trainer:
         save_weights(scored, self.run_dir / runs.WEIGHTS, card, dtype=getattr(torch, config.weights_dtype))
         message = f"finished: {'test' if split == 'test' else 'validation'} accuracy {final['acc']:.2%} after {config.epochs} epochs"
         self._status("finished", message)
-        return {"status": "finished", "message": message, **final}
+        return {"status": "finished", "message": message, "scored_on": split, **final}
 
 
 def train_step(model, optimizer, images, labels, config: TrainConfig, amp_dtype, channels_last: bool,

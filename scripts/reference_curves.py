@@ -40,7 +40,7 @@ def train_reference(preset: str, data_dir) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         outcome = Trainer(config, run_dir, command=f"scripts/reference_curves.py ({preset})").run()
         rows = runs.read_metrics(run_dir)
-    return {"preset": preset, "status": outcome["status"], "final_test_acc": outcome.get("test_acc"),
+    return {"preset": preset, "status": outcome["status"], "final_test_acc": outcome.get("acc"),
             "test_images": outcome.get("count"), "settings": {**QUICK_RUN["size"], **QUICK_RUN["watch"]}, "rows": trimmed(rows)}
 
 

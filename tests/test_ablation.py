@@ -40,6 +40,7 @@ def test_every_variant_changes_only_what_it_names_at_every_seed():
               for i, seed in enumerate(seeds)}
     for seed, config in recipe.items():
         assert config["whiten_stem"] and config["seed"] == seed and not config["score_test"]
+        assert config["split_seed"] == experiment.budget.seed  # a run resumed on its own holds out the same images
         assert config["resolution"] == experiment.budget.resolution and config["limit_train"] == experiment.budget.train_size
     for variant in variants:
         config = dataclasses.asdict(experiment.config_for(variant, experiment.budget))
@@ -104,6 +105,7 @@ def test_unknown_variants_and_other_budgets_are_refused(tiny_data, tmp_path):
     results_path.write_text(content)
     with pytest.raises(ConfigError, match="epochs 3 -> 1"):
         TINY_ABLATION.run(BUDGET, Options(tmp_path / "a", results_path, tiny_data))
+    assert BUDGET.changes({**BUDGET.fields(), "seeds": 1}) == ""  # more seeds add runs to the same budget
     assert results_path.read_text() == content and not (tmp_path / "a").exists()
     study_results = json.dumps({"experiment": "study", "budget": BUDGET.fields(), "runs": []})
     results_path.write_text(study_results)
@@ -115,9 +117,16 @@ def test_unknown_variants_and_other_budgets_are_refused(tiny_data, tmp_path):
 def test_the_figure_and_table_of_an_empty_ablation():
     assert ablation.table({}) == []
     assert not ablation.figure({"runs": []}).data
-    pending = {"runs": [{"run_id": "recipe-seed0", "variant": "recipe", "seed": 0, "change": {}, "final_val_acc": None}]}
-    assert ablation.table(pending) == [{"variant": "recipe", "change": "none: the recipe", "seeds": "not run yet", "mean": "",
-                                        "vs recipe": "", "± (half range)": ""}]
+    partial = {"runs": [{"run_id": "recipe-seed0", "variant": "recipe", "seed": 0, "change": {}, "status": "finished",
+                         "final_val_acc": 0.5},
+                        {"run_id": "recipe-seed1", "variant": "recipe", "seed": 1, "change": {}, "status": "diverged",
+                         "final_val_acc": None},
+                        {"run_id": "no-ema-seed0", "variant": "no-ema", "seed": 0, "change": {"ema": 0.0}, "status": "pending",
+                         "final_val_acc": None}]}
+    assert ablation.table(partial) == [
+        {"variant": "recipe", "change": "none: the recipe", "seeds": "50.00% / diverged", "mean": "50.00%", "vs recipe": "",
+         "± (half range)": ""},
+        {"variant": "no-ema", "change": "ema=0", "seeds": "pending", "mean": "", "vs recipe": "", "± (half range)": ""}]
 
 
 @pytest.mark.slow

@@ -373,7 +373,7 @@ def test_model_card_tab_reads_the_committed_card(monkeypatch, tmp_path, tiny_wei
     assert len(plots) == 4 + 4 * showcase.STUDY.is_file() + 1 + 2
     table = next(block for block in demo.blocks.values() if isinstance(block, gr.Dataframe)).value
     assert table["data"] == [["recipe", "none: the recipe", "80.00% / 81.00%", "80.50%", "", "0.50 pts"],
-                             ["no-label-smoothing", "label_smoothing=0", "79.00%", "79.00%", "-1.50 pts", ""]]
+                             ["no-label-smoothing", "label_smoothing=0", "79.00% / pending", "79.00%", "-1.50 pts", ""]]
 
 
 @pytest.mark.parametrize("content", [None, "{broken", '{"runs": []}', "[1, 2]"])

@@ -58,6 +58,7 @@ def test_a_short_run_learns_the_patterns(tiny_data, tmp_path):
     outcome = Trainer(config, tmp_path / "run").run()
 
     assert outcome["status"] == "finished", outcome
+    assert outcome["scored_on"] == "test" and 0 <= outcome["acc"] <= 1 and outcome["count"] == 20
     rows = runs.read_metrics(tmp_path / "run")
     epochs = [r for r in rows if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
@@ -525,3 +526,13 @@ def test_a_recipe_selection_run_never_scores_the_test_set(tiny_data, tmp_path, m
     assert "the test set was never scored" in card["measured"]
     with pytest.raises(ConfigError, match="score_test off needs a validation split"):
         small_config(tiny_data, score_test=False)
+
+
+def test_the_split_seed_holds_out_the_same_images_whatever_the_runs_seed(tiny_data):
+    def val_labels(**settings):
+        config = make_config("original", data_dir=str(tiny_data), val_size=32, **settings)
+        return train_module.load_data(config, torch.device("cpu")).val_y
+
+    assert torch.equal(val_labels(seed=1, split_seed=0), val_labels(seed=0))
+    assert torch.equal(val_labels(seed=1), val_labels(seed=1, split_seed=1))
+    assert not torch.equal(val_labels(seed=1), val_labels(seed=0))
