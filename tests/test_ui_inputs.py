@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from resnet import config
-from resnet.config import ConfigError, make_config
+from resnet.config import make_config
 from resnet.images import ImageError, prepare
 
 gr = pytest.importorskip("gradio")
@@ -121,19 +121,12 @@ def test_the_form_advertises_only_bounds_config_enforces(demo):
     for name, field in form_fields(demo).items():
         if name not in NUMERIC:
             continue
-        meta = config.SETTINGS[name].metadata
-        assert field.minimum == meta["minimum"], name
+        assert field.minimum == config.SETTINGS[name].metadata["minimum"], name
         if isinstance(field, gr.Number):
             assert field.precision == (0 if config.kind(name) is int else None), name
         for bound in (field.minimum, field.maximum):
             if bound is not None:
                 make_config("original", **{name: bound})  # the advertised range is accepted to its ends
-        if isinstance(field, gr.Number):  # a slider's end may sit inside the setting's range; a number's may not
-            for beyond in (field.minimum is not None and field.minimum - step(name),
-                           field.maximum is not None and field.maximum + step(name)):
-                if beyond is not False:
-                    with pytest.raises(ConfigError, match=rf"^{name} must"):
-                        make_config("original", **{name: beyond})
 
 
 def test_a_value_past_an_advertised_bound_is_refused_by_name(demo, studio):
@@ -142,13 +135,13 @@ def test_a_value_past_an_advertised_bound_is_refused_by_name(demo, studio):
     for name, field in form_fields(demo).items():
         if name not in NUMERIC:
             continue
-        beyond = [field.minimum - step(name)] if field.minimum is not None else []
-        if isinstance(field, gr.Number) and field.maximum is not None:
+        beyond = [] if field.minimum is None else [field.minimum - step(name)]
+        if isinstance(field, gr.Number) and field.maximum is not None:  # a slider's end may sit inside the range
             beyond.append(field.maximum + step(name))
         for value in beyond:
             with pytest.raises(gr.Error) as refusal:
                 studio.start_run(None, "original", *form_values(**{name: field.preprocess(value)}), OWNER)
             assert refusal.value.message.startswith(f"{name} must"), (name, refusal.value.message)
             refused += 1
-    assert refused >= len([n for n in NUMERIC if config.SETTINGS[n].metadata["minimum"] is not None])
+    assert refused >= len([n for n in NUMERIC if config.SETTINGS[n].metadata["minimum"] is not None])  # none skipped
     assert studio.list_runs().empty
