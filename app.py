@@ -15,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from resnet import ablation, batch, catalog, config, downloads, http_api, jobs, limits, model_card, plots, robustness_plots, \
-    runs, showcase, stress, study
+    runs, showcase, stress, study, time_to_accuracy
 from resnet.classifier import Classifier
 from resnet.config import QUICK_RUN, from_form, make_config, to_form
 from resnet.constants import TEST_IMAGES, TRAIN_IMAGES
@@ -488,21 +488,26 @@ def card_tab() -> None:
                     gr.Plot(figure)
     else:
         gr.Markdown("The optimizer study has not run yet (results/study.json is absent).")
-    ablation_section()
+    results_section("What each part of the training recipe buys", showcase.ABLATION, ablation,
+                    "The remove-one ablation has not run yet (results/ablation.json is absent): `python -m resnet ablation`.")
+    results_section("Time to accuracy", showcase.TIME_TO_ACCURACY, time_to_accuracy,
+                    "The time-to-accuracy experiment has not run yet (results/time-to-accuracy.json is absent): "
+                    "`python -m resnet time-to-accuracy`.")
     mistakes = showcase.mistakes_gallery()
     if mistakes:
         gr.Gallery(mistakes, label="Its most confident mistakes on the test set", columns=6, height="auto")
 
 
-def ablation_section() -> None:
-    gr.Markdown("### What each part of the training recipe buys")
-    results = showcase.read_json(showcase.ABLATION)
+def results_section(title: str, path, experiment, absent: str) -> None:
+    """A committed experiment's results (its module's ``note``, ``table`` and ``figure``), or ``absent``."""
+    gr.Markdown(f"### {title}")
+    results = showcase.read_json(path)
     if not isinstance(results, dict) or not results.get("runs"):
-        gr.Markdown("The remove-one ablation has not run yet (results/ablation.json is absent): `python -m resnet ablation`.")
+        gr.Markdown(absent)
         return
-    gr.Markdown(ablation.note(results))
-    gr.Dataframe(pd.DataFrame(ablation.table(results)), interactive=False, wrap=True)
-    gr.Plot(ablation.figure(results))
+    gr.Markdown(experiment.note(results))
+    gr.Dataframe(pd.DataFrame(experiment.table(results)), interactive=False, wrap=True)
+    gr.Plot(experiment.figure(results))
 
 
 def build_demo(studio: Studio | None = None) -> gr.Blocks:

@@ -12,7 +12,6 @@ around the timed part); with ``--rounds`` > 1 the two alternate, so a busy machi
 Prints a table (and ``--json OUT`` writes it): images/s of each and the ratio.
 
     python bench/bench_train.py --data-dir ../shared/data/cifar10 --steps 100 --warmup 10
-    python bench/bench_train.py --time-to-94            # CUDA: the fast preset's wall time to 94 %
     python bench/bench_train.py --sizes --steps 20      # ours at the study's three sizes, side by side
     python bench/bench_train.py --layouts --batch 512   # ours in NCHW against channels_last, side by side
     python bench/bench_train.py --resolutions           # ours at each training resolution, side by side
@@ -21,8 +20,6 @@ Prints a table (and ``--json OUT`` writes it): images/s of each and the ratio.
 import argparse
 import json
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -33,13 +30,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing the package
 from resnet.constants import PUBLISHED_MEAN, PUBLISHED_STD  # noqa: E402
 from resnet.data import ORIGINAL_PADDING, augment, load_split, resolve_data_dir  # noqa: E402
-from resnet.evaluate import evaluate, exact_fp32  # noqa: E402
 from resnet.model import BLOCK_CHOICES, BasicBlock, build_model  # noqa: E402
-from resnet.weights import load_weights  # noqa: E402
-from resnet import runs  # noqa: E402
 from resnet.config import RESOLUTIONS, make_config  # noqa: E402
 from resnet.constants import IMAGE_SIZE  # noqa: E402
-from resnet.train import (Trainer, build_optimizer, default_channels_last, describe_device, resolve_device,  # noqa: E402
+from resnet.train import (build_optimizer, default_channels_last, describe_device, resolve_device,  # noqa: E402
                           resolve_precision, train_step)
 
 BATCH, LR = 64, 0.01
@@ -226,41 +220,6 @@ def compare_layouts(args, device) -> dict:
             else "nchw"}
 
 
-def time_to_94(args, device) -> dict:
-    """The fast preset on the full data set until the first epoch whose test accuracy reaches 94 %.
-
-    Timed: each epoch's training (synchronized, from the trainer's ``train_s``) and the test evaluation it
-    needs to know (``eval_s``). Left out: process start, the upload of the data set to the device, model
-    build and checkpoint writes. Each epoch is judged in the trainer's evaluation precision (bf16 or fp16
-    autocast under ``auto`` on a GPU); the epoch that crosses is then scored again in fp32 with TF32 off
-    from the checkpoint written at that epoch's end, and both figures are reported.
-    """
-    reached, timed_s, stop = {}, [0.0], threading.Event()
-
-    def watch(record):
-        if record["kind"] != "epoch" or reached:
-            return
-        timed_s[0] += record["train_s"] + record["eval_s"]
-        if record["test_acc"] >= 0.94:
-            reached.update(epoch=record["epoch"], judged_test_acc=record["test_acc"], timed_s=round(timed_s[0], 1))
-            stop.set()
-
-    config = make_config("fast", data_dir=args.data_dir, device=str(device), precision=args.precision)
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(config, run_dir, callbacks=[watch], stop_event=stop, command="bench_train --time-to-94")
-        outcome = trainer.run()
-        final_fp32 = None
-        if reached:
-            net = load_weights(Path(run_dir) / runs.CHECKPOINT).net.to(device)  # a checkpoint has no card: the config's normalization
-            with exact_fp32():
-                final_fp32 = evaluate(net, trainer.data.test_x, trainer.data.test_y, config.mean, config.std)["acc"]
-    return {"device": describe_device(device), "preset": "fast", "reached_94": bool(reached), **reached,
-            "judged_in": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[trainer.amp_dtype],
-            "test_acc_fp32": final_fp32, "final_status": outcome["status"], "final_test_acc": outcome.get("acc"),
-            "timed": "training steps (synchronized) + the epoch test evaluations",
-            "left_out": "process start, data upload to the device, model build, checkpoint writes"}
-
-
 def print_table(report: dict) -> None:
     print(f"{report['device']}, torch {report['torch']}, batch {report['batch_size']}, "
           f"{report['steps']} steps x {report['rounds']} round(s) after {report['warmup']} warm-up")
@@ -309,23 +268,15 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=positive_int, default=BATCH, help=f"batch size of every pipeline (default {BATCH}, the published one)")
     parser.add_argument("--blocks", type=lambda t: tuple(int(b) for b in t.split(",")), default=(1, 1, 1, 1))
     parser.add_argument("--json", metavar="OUT", help="also write the report to this JSON file")
-    parser.add_argument("--time-to-94", action="store_true", help="CUDA only: wall time of the fast preset to 94%% test accuracy")
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--sizes", action="store_true", help="ours at blocks 1-1-1-1, 2-2-2-2 and 3-3-3-3 instead")
     modes.add_argument("--layouts", action="store_true", help="ours in NCHW against channels_last instead")
     modes.add_argument("--resolutions", action="store_true", help="ours at 8, 16, 24 and 32 px training resolution instead")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
-    if args.time_to_94:
-        if device.type != "cuda":
-            print("error: --time-to-94 needs a CUDA GPU (30 epochs of the fast preset)", file=sys.stderr)
-            return 2
-        report = time_to_94(args, device)
-        print(json.dumps(report))
-    else:
-        mode = compare_sizes if args.sizes else compare_layouts if args.layouts else compare_resolutions if args.resolutions else compare
-        report = mode(args, device)
-        print_table(report)
+    mode = compare_sizes if args.sizes else compare_layouts if args.layouts else compare_resolutions if args.resolutions else compare
+    report = mode(args, device)
+    print_table(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 
 from .config import ConfigError, make_config
-from .experiments import Budget, Experiment, Options
+from .experiments import Budget, Experiment, Options, counted
 from .plots import COLORS, LAYOUT, empty_figure
 
 BASELINE = "recipe"
@@ -161,9 +161,8 @@ def figure(results: dict) -> go.Figure:
 def note(results: dict) -> str:
     """What the table measures, in words, from the budget the results file records."""
     budget = results.get("budget") or {}
-    count = lambda key: f"{budget[key]:,}" if isinstance(budget.get(key), int) else "?"  # noqa: E731
     return (f"Each variant changes one thing of the recipe ({budget.get('recipe', 'the fast preset')}) and trains on the same "
-            f"{count('train_size')} images for {budget.get('epochs', '?')} epochs at resolution schedule "
+            f"{counted(budget, 'train_size')} images for {budget.get('epochs', '?')} epochs at resolution schedule "
             f"{budget.get('resolution') or 'of its recipe'}, with {budget.get('seeds', 1)} seed(s); the score is final "
-            f"validation accuracy on {count('val_size')} images carved from the training set (the test set is never "
+            f"validation accuracy on {counted(budget, 'val_size')} images carved from the training set (the test set is never "
             "scored). A difference smaller than the seeds' spread is noise.")

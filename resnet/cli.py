@@ -1,4 +1,4 @@
-"""``python -m resnet train|evaluate|predict|study|ablation ...``: the package's command line."""
+"""``python -m resnet train|evaluate|predict|study|ablation|time-to-accuracy ...``: the package's command line."""
 
 import argparse
 import contextlib
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import ablation, batch, config, export, runs, study
+from . import ablation, batch, config, export, runs, study, time_to_accuracy
 from .config import SEED_LIMIT, ConfigError
 from .data import download, load_split
 from .errors import USER_ERRORS
@@ -116,7 +116,8 @@ def _predict_parser(sub) -> None:
 
 
 def _budget_options(p, experiment) -> None:
-    """What the study and the ablation share: where the data, run folders and results go, and the budget."""
+    """What every experiment shares: where the data, run folders and results go, and the budget (its epochs
+    where it fixes them)."""
     budget, out, results = experiment.budget, experiment.defaults.out, experiment.defaults.results
     p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
     p.add_argument("--out", default=out, help=f"folder of its run folders, bound to one budget (default: {out})")
@@ -125,7 +126,8 @@ def _budget_options(p, experiment) -> None:
     p.add_argument("--train-size", type=_positive_int, default=budget.train_size, help="training images per epoch")
     p.add_argument("--val-size", type=_positive_int, default=budget.val_size,
                    help="seeded validation images carved from the training set")
-    p.add_argument("--epochs", type=_positive_int, default=budget.epochs)
+    if budget.epochs is not None:
+        p.add_argument("--epochs", type=_positive_int, default=budget.epochs)
     p.add_argument("--seed", type=_seed, default=budget.seed,
                    help="of the validation split, and of every run (the ablation's first seed) (default: %(default)s); another seed "
                         "is another budget")
@@ -151,6 +153,15 @@ def _ablation_parser(sub) -> None:
                    help=f"train only these variants ({', '.join(variants)})")
 
 
+def _time_to_accuracy_parser(sub) -> None:
+    recipes = time_to_accuracy.TIME_TO_ACCURACY.recipes
+    p = sub.add_parser("time-to-accuracy", help="wall time, images and FLOPs of each recipe to 90/93/94%% validation accuracy",
+                       description=time_to_accuracy.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _budget_options(p, time_to_accuracy.TIME_TO_ACCURACY)
+    p.add_argument("--only", nargs="+", choices=list(recipes), metavar="RECIPE",
+                   help=f"train only these recipes ({', '.join(recipes)})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m resnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _predict_parser(sub)
     _study_parser(sub)
     _ablation_parser(sub)
+    _time_to_accuracy_parser(sub)
     export.add_parser(sub)
     return parser
 
@@ -361,6 +373,18 @@ def cmd_ablation(args) -> int:
     return 128 + stop.signum if stop.is_set() else 0
 
 
+def cmd_time_to_accuracy(args) -> int:
+    experiment = time_to_accuracy.TIME_TO_ACCURACY
+    budget = dataclasses.replace(experiment.budget, train_size=args.train_size, val_size=args.val_size, seed=args.seed)
+    stop = _stop_on_signals()
+    options = dataclasses.replace(experiment.defaults, out=args.out, results=args.results, data_dir=args.data_dir,
+                                  only=args.only, stop_event=stop, watch=_watch_run)
+    results = experiment.run(budget, options)
+    print(time_to_accuracy.markdown(results))
+    print(f"results: {args.results} (curves beside it)")
+    return 128 + stop.signum if stop.is_set() else 0
+
+
 class SignalStop(threading.Event):
     """Set by Ctrl-C or SIGTERM, remembering which: the exit status says what stopped the run (130, 143)."""
 
@@ -415,6 +439,8 @@ def main(argv=None) -> int:
             return cmd_study(args)
         if args.command == "ablation":
             return cmd_ablation(args)
+        if args.command == "time-to-accuracy":
+            return cmd_time_to_accuracy(args)
         if args.command == "export":
             return export.cmd_export(args)
         return cmd_predict(args)

@@ -24,7 +24,7 @@ from .weights import atomic_write_json
 
 DONE = ("finished", "diverged")
 BUDGET_FILE = "budget.json"
-CURVE_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
+CURVE_KEYS = ("epoch", "images", "elapsed_s", "train_loss", "train_acc", "val_loss", "val_acc")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Budget:
 
     train_size: int = 10_000  # the first images of the training set left after the validation split
     val_size: int = 5_000  # a seeded split of the training set; the only thing runs are scored on
-    epochs: int = 5
+    epochs: int | None = 5  # None: each run keeps its recipe's epochs
     batch_size: int | None = None  # None: each run keeps its recipe's batch (the ablation compares recipes)
     test_size: int = 1_000  # the Trainer scores these test images each epoch; no experiment reads them
     seed: int = 0  # of the validation split, and of each run's first seed
@@ -58,11 +58,13 @@ class Budget:
     def changes(self, stored: dict) -> str:
         """What differs between a budget read back and this one ('epochs 3 -> 5, ...'); '' where nothing does.
 
-        A field the stored budget lacks (written before the field existed) had its default. ``seeds`` is not
-        compared: more seeds add runs and keep every finished one."""
+        A field the stored budget lacks was None (``fields`` leaves those out) where this budget's is, else
+        had its default (it was written before the field existed). ``seeds`` is not compared: more seeds add
+        runs and keep every finished one."""
         defaults = {f.name: f.default for f in dataclasses.fields(Budget)}
-        return ", ".join(f"{k} {stored.get(k, defaults[k])} -> {v}" for k, v in dataclasses.asdict(self).items()
-                         if k != "seeds" and stored.get(k, defaults[k]) != v)
+        was = lambda key, value: stored.get(key, None if value is None else defaults[key])  # noqa: E731
+        return ", ".join(f"{k} {was(k, v)} -> {v}" for k, v in dataclasses.asdict(self).items()
+                         if k != "seeds" and was(k, v) != v)
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,11 @@ class Experiment:
     def _next_run(self, root, budget: Budget, recorded: dict, chosen):
         planned, _ = self.plan(root, budget, recorded)
         return next((p for p in planned if chosen(p.run_id) and self.status(root, p.run_id, recorded) not in DONE), None)
+
+
+def counted(budget: dict, key: str) -> str:
+    """An image count of a budget read back from a results file, as text ('45,000'); '?' where it has none."""
+    return f"{budget[key]:,}" if isinstance(budget.get(key), int) else "?"
 
 
 def has_folder(root, run_id: str) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES, MISTAKES = ROOT / "assets" / "examples", ROOT / "assets" / "mistakes"
 STUDY, ABLATION = ROOT / "results" / "study.json", ROOT / "results" / "ablation.json"
+TIME_TO_ACCURACY = ROOT / "results" / "time-to-accuracy.json"
 ROBUSTNESS = ROOT / "results" / "robustness.json"
 REFERENCES = ROOT / "results" / "reference-curves.json"
 SERVED = (EXAMPLES, MISTAKES)  # the only folders whose files the app hands out as they are

@@ -360,6 +360,7 @@ def test_model_card_tab_reads_the_committed_card(monkeypatch, tmp_path, tiny_wei
          "change": {"label_smoothing": 0.0}, "status": "pending", "final_val_acc": None}]}
     monkeypatch.setattr(showcase, "ABLATION", tmp_path / "ablation.json")
     showcase.ABLATION.write_text(json.dumps(ablated))
+    monkeypatch.setattr(showcase, "TIME_TO_ACCURACY", tmp_path / "absent.json")
     with gr.Blocks() as demo:
         app.card_tab()
     text = "\n".join(block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown))
@@ -386,6 +387,30 @@ def test_model_card_tab_without_ablation_results_says_so(monkeypatch, tmp_path, 
         app.card_tab()
     text = "\n".join(block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown))
     assert "The remove-one ablation has not run yet" in text
+
+
+def test_model_card_tab_shows_the_time_to_accuracy_table_once_it_has_run(monkeypatch, tmp_path, tiny_weights):
+    monkeypatch.setenv("STUDIO_WEIGHTS", str(tiny_weights))
+    monkeypatch.setattr(showcase, "ABLATION", tmp_path / "absent.json")
+    monkeypatch.setattr(showcase, "TIME_TO_ACCURACY", tmp_path / "time-to-accuracy.json")
+
+    def tab():
+        with gr.Blocks() as demo:
+            app.card_tab()
+        text = "\n".join(block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown))
+        return text, [block.value for block in demo.blocks.values() if isinstance(block, gr.Dataframe)]
+
+    text, tables = tab()
+    assert "The time-to-accuracy experiment has not run yet" in text and not tables
+    hit = {"epoch": 2, "elapsed_s": 120.0, "images": 90_000, "flops": 1.5e14}
+    curve = [{"epoch": 1, "val_acc": 0.85, "flops": 7.5e13}, {"epoch": 2, "val_acc": 0.91, "flops": 1.5e14}]
+    showcase.TIME_TO_ACCURACY.write_text(json.dumps({"budget": {"train_size": 45000, "val_size": 5000}, "runs": [
+        {"run_id": "fast", "change": {}, "status": "finished", "final_val_acc": 0.91, "flops": 1.5e14, "curve": curve,
+         "reached": {"90%": hit, "94%": None}, "timed_on": "cuda: a GPU"}]}))
+    text, tables = tab()
+    assert "on 45,000 training images and is scored at every epoch on 5,000 validation images" in text
+    assert tables[0]["data"] == [["fast", "none: the fast preset", "0.15 (1.00x)", "91.00%",
+                                  "2.0 min, 0.09M images, 0.15 PFLOPs (epoch 2)", "not reached", "cuda: a GPU"]]
 
 
 def test_model_card_tab_without_shipped_weights_says_so(monkeypatch, tmp_path):

@@ -1,0 +1,151 @@
+"""Time to accuracy: the wall time, training images and FLOPs each recipe takes to reach 90, 93 and 94 %.
+
+Each recipe trains once on the training images left beside a seeded validation split carved from
+the training set, and is scored on that split in eval mode at every epoch; the test set is never
+scored, so these runs may choose the recipe. For each target a recipe's row gives the first epoch
+whose validation accuracy reaches it: the run's clock at that epoch's end (its training and the
+validation passes it needed to know), the training images seen and the FLOPs spent
+(resnet.flops). Wall times compare only within one machine, which each row names. Rerunning skips
+finished runs and resumes interrupted ones (resnet.experiments).
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+
+from .config import make_config
+from .experiments import Budget, Experiment, Options, counted
+from .flops import steps_per_epoch, training_flops
+from .plots import COLORS, LAYOUT, empty_figure
+
+TARGETS = (0.90, 0.93, 0.94)
+BASELINE = "fast"
+# Each recipe is the fast preset with these changes; the first is the preset itself, whose FLOPs the others
+# are measured against. "lowres-whiten": a whitened stem, half the steps at 16 px and a quarter at 24 px
+# (each image there costs 0.25x and 0.56x of a 32 px one), 29 epochs: half of the fast preset's FLOPs.
+RECIPES = {
+    BASELINE: {},
+    "lowres-whiten": {"whiten_stem": True, "resolution": "16:0.5,24:0.75", "epochs": 29},
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    run_id: str
+    change: dict
+
+
+@dataclass(frozen=True)
+class TimeToAccuracy(Experiment):
+    """Every one of ``recipes`` once, at the budget's seed, with its own epochs, batch and schedule."""
+
+    recipes: dict = dataclasses.field(default_factory=lambda: RECIPES)
+
+    name = "time-to-accuracy"
+    # Every training image but the 5,000 held out; each recipe keeps its own epochs (epochs=None).
+    budget = Budget(train_size=45_000, val_size=5_000, epochs=None)
+    defaults = Options(out="time-to-accuracy-runs", results="results/time-to-accuracy.json")
+    notes = {"score": "validation accuracy at each epoch, eval mode; the test set is never scored",
+             "targets": list(TARGETS),
+             "flops": "forward and backward of the convolutions and the linear layer (resnet.flops), at each step's resolution"}
+
+    pages = {"curves": lambda results: figure(results)}
+
+    def plan(self, root, budget: Budget, recorded: dict) -> tuple:
+        return [Recipe(name, change) for name, change in self.recipes.items()], None
+
+    def config_for(self, recipe: Recipe, budget: Budget, data_dir=None):
+        return make_config("fast", **{**budget.settings(data_dir), **recipe.change, "score_test": False})
+
+    def row(self, recipe: Recipe, run: dict, budget: Budget) -> dict:
+        """Its change, outcome, FLOPs, final validation score, and when it first reached each target."""
+        config = self.config_for(recipe, budget)
+        speeds = run.pop("images_per_s")
+        per_epoch = steps_per_epoch(config)
+        run["curve"] = [{**point, "flops": training_flops(config, point["epoch"] * per_epoch)} for point in run["curve"]]
+        return {
+            "run_id": recipe.run_id,
+            "change": recipe.change,
+            **run,
+            "flops": training_flops(config),
+            "reached": {f"{target:.0%}": reached(run["curve"], target) for target in TARGETS},
+            "train_images_per_s": sum(speeds) / len(speeds) if speeds else None,
+            "config": dataclasses.asdict(config),
+        }
+
+    def chosen(self, only):
+        """``only``: recipe names (all, where it is empty)."""
+        return lambda run_id: not only or run_id in only
+
+
+def reached(curve: list, target: float) -> dict | None:
+    """The first epoch of ``curve`` whose validation accuracy reaches ``target``: its epoch, wall time, training
+    images and FLOPs so far; None where no epoch does."""
+    return next(({key: point[key] for key in ("epoch", "elapsed_s", "images", "flops")} for point in curve
+                 if point.get("val_acc") is not None and point["val_acc"] >= target), None)
+
+
+TIME_TO_ACCURACY = TimeToAccuracy()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def table(results: dict) -> list:
+    """One row per recipe: its change, FLOPs against the baseline's, final validation accuracy, and for each
+    target the wall time, images and PFLOPs to it (or why there is none), and the machine it ran on."""
+    rows = results.get("runs", [])
+    baseline = next((r["flops"] for r in rows if r["run_id"] == BASELINE), None)
+    table = []
+    for run in rows:
+        row = {
+            "recipe": run["run_id"],
+            "change": ", ".join(f"{k}={v}" for k, v in run["change"].items()) or "none: the fast preset",
+            "PFLOPs": f"{run['flops'] / 1e15:.2f}" + (f" ({run['flops'] / baseline:.2f}x)" if baseline else ""),
+            "final val": f"{run['final_val_acc']:.2%}" if run["final_val_acc"] is not None else run["status"],
+        }
+        for target, hit in run["reached"].items():
+            row[f"to {target}"] = (f"{_duration(hit['elapsed_s'])}, {hit['images'] / 1e6:.2f}M images, "
+                                   f"{hit['flops'] / 1e15:.2f} PFLOPs (epoch {hit['epoch']})") if hit else \
+                ("not reached" if run["status"] == "finished" else run["status"])
+        row["machine"] = run["timed_on"] or ""
+        table.append(row)
+    return table
+
+
+def note(results: dict) -> str:
+    """What the table measures, in words, from the budget the results file records."""
+    budget = results.get("budget") or {}
+    return (f"Each recipe trains once on {counted(budget, 'train_size')} training images and is scored at every epoch on "
+            f"{counted(budget, 'val_size')} validation images carved from the training set (eval mode; the test set is never "
+            "scored). For each target: the run's wall time, training images and FLOPs to the first epoch that reaches "
+            "it. Wall times compare only among rows that name the same machine.")
+
+
+def markdown(results: dict) -> str:
+    """The table as the README shows it."""
+    rows = table(results)
+    if not rows:
+        return ""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows])
+
+
+def figure(results: dict) -> go.Figure:
+    """Validation accuracy per epoch of each recipe against the PFLOPs spent, the targets dotted."""
+    runs = [r for r in results.get("runs", []) if r["curve"]]
+    if not runs:
+        return empty_figure("no time-to-accuracy run has trained yet")
+    figure = go.Figure(layout=LAYOUT)
+    for index, run in enumerate(runs):
+        points = [(p["flops"] / 1e15, p["val_acc"]) for p in run["curve"] if p.get("val_acc") is not None]
+        if points:
+            x, y = zip(*points)
+            figure.add_scatter(x=x, y=y, name=run["run_id"], mode="lines+markers", line=dict(color=COLORS[index % len(COLORS)]))
+    for target in TARGETS:
+        figure.add_hline(y=target, line_dash="dot", line_color="#999")
+    figure.update_layout(title="Validation accuracy against training compute", xaxis_title="PFLOPs", yaxis_title="val accuracy")
+    figure.update_yaxes(tickformat=".0%")
+    return figure
