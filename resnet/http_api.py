@@ -162,15 +162,12 @@ def decode(data: bytes):
     """uint8 [3, 32, 32] from an upload, with the app's byte and pixel caps; 400 with the reason otherwise."""
     try:
         return prepare(data)
-    except ImageError as error:
+    except ImageError as error:  # any decoder failure (resnet.images.ImageError)
         raise HTTPException(400, f"cannot use this image: {error}") from None
-    except Exception as error:  # Pillow's plug-ins raise many kinds; an odd file still gets a sentence, not a 500
-        raise HTTPException(400, f"cannot use this image: {type(error).__name__}: {error}"[:300]) from None
 
 
-def prediction(classifier: Classifier, image, with_logits: bool) -> dict:
-    """One forward pass: the raw logits, and the calibrated probabilities the classifier makes of them."""
-    logits = classifier.logits(image)
+def prediction(classifier: Classifier, logits, with_logits: bool) -> dict:
+    """One image's row from its raw logits: the calibrated probabilities the classifier makes of them, ranked."""
     probabilities = classifier.ranked(classifier.probabilities(logits))
     label = next(iter(probabilities))
     row = {"label": label, "probability": probabilities[label], "probabilities": probabilities}
@@ -186,14 +183,14 @@ def model_info(choice: str, card: dict) -> dict:
 
 def predict_one(root, data: bytes, choice: str, with_logits: bool) -> dict:
     classifier = load(choice, root)
-    return {**prediction(classifier, decode(data), with_logits), "model": model_info(choice, classifier.card)}
+    return {**prediction(classifier, classifier.logits(decode(data)), with_logits), "model": model_info(choice, classifier.card)}
 
 
 def predict_many(root, allowed: limits.ServerLimits, uploads: list, choice: str, with_logits: bool) -> dict:
     """Rows for several images and/or zip archives, with resnet.batch's caps; each upload is written to a
     temporary file named by its position (the client's name is only shown, never used as a path)."""
     classifier = load(choice, root)
-    rows, problems = [], []
+    problems = []
     pixels = allowed.batch_pixels
     with tempfile.TemporaryDirectory(prefix="studio-api-") as folder, batch.Sources(max_total_pixels=pixels) as sources:
         for index, (name, handle) in enumerate(uploads):
@@ -206,13 +203,10 @@ def predict_many(root, allowed: limits.ServerLimits, uploads: list, choice: str,
             raise HTTPException(413, f"{len(sources.items)} images in this request; this server predicts at most "
                                      f"{allowed.batch_images} at a time")
         problems.extend({"file": name, "reason": reason} for name, reason in sources.problems)
-        for source in sources.items:
-            try:
-                image = sources.prepare(source)
-            except Exception as error:  # as decode(): one odd file or member is a row of problems, never a 500
-                problems.append({"file": source.name, "reason": str(error) or type(error).__name__})
-                continue
-            rows.append({"file": source.name, **prediction(classifier, image, with_logits)})
+        # One odd file or member is a row of problems, never a 500; the readable ones go through the network in batches.
+        unreadable = lambda name, reason: problems.append({"file": name, "reason": reason})  # noqa: E731
+        rows = [{"file": source.name, **prediction(classifier, logits, with_logits)}
+                for source, logits in batch.predict_sources(classifier, sources, on_error=unreadable)]
     if not rows:
         reasons = "; ".join(f"{p['file']}: {p['reason']}" for p in problems[:3]) or "no images in the upload"
         raise HTTPException(400, f"none of the files could be used ({reasons})"[:500])

@@ -17,7 +17,12 @@ from .constants import IMAGE_SIZE
 
 
 class ImageError(ValueError):
-    """An upload that cannot become an image, with the reason in words."""
+    """An upload that cannot become an image, with the reason in words.
+
+    Pillow's decoders and plug-ins raise many kinds of error on damaged or hostile files (OSError,
+    ValueError, SyntaxError, EOFError, struct.error, IndexError, ...). Each step here that reads a file's
+    bytes turns any of them into this one error, saying which step failed, so a caller catches just this.
+    """
 
 
 class TooManyPixels(ImageError):
@@ -41,8 +46,8 @@ def open_image(source, max_pixels: int | None = None, max_bytes: int | None = No
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             raise ImageError("not an image file that Pillow can read") from None
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise ImageError(f"unreadable image: {error}") from None
+        except Exception as error:  # see ImageError
+            raise ImageError(f"unreadable image: {_reason(error)}") from None
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageError("the image has no pixels")
@@ -52,9 +57,13 @@ def open_image(source, max_pixels: int | None = None, max_bytes: int | None = No
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-        raise ImageError(f"the image is damaged or truncated ({error})") from None
+    except Exception as error:  # see ImageError; the decompression-bomb warning is raised as an error here
+        raise ImageError(f"the image is damaged or truncated ({_reason(error)})") from None
     return image
+
+
+def _reason(error: Exception) -> str:
+    return (str(error) or type(error).__name__)[:200]
 
 
 def _read_capped(path, max_bytes: int) -> bytes:
@@ -100,5 +109,5 @@ def prepare(source, max_pixels: int | None = None, max_bytes: int | None = None)
     image = open_image(source, max_pixels, max_bytes)
     try:
         return to_tensor(center_square(to_rgb(image)))
-    except (OSError, ValueError, EOFError, SyntaxError) as error:  # a damaged EXIF block or frame fails only here
-        raise ImageError(f"the image could not be converted to RGB ({error})") from None
+    except Exception as error:  # see ImageError; a damaged EXIF block or frame fails only here
+        raise ImageError(f"the image could not be converted to RGB ({_reason(error)})") from None

@@ -21,6 +21,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 import app  # noqa: E402
 from resnet import http_api, limits, runs, showcase  # noqa: E402
+from resnet.classifier import Classifier  # noqa: E402
 from resnet.constants import CLASSES  # noqa: E402
 from resnet.images import prepare  # noqa: E402
 from resnet.model import build_model  # noqa: E402
@@ -194,6 +195,22 @@ def test_a_zip_and_a_file_give_one_row_per_image(api):
     assert rows["dog.png"]["probabilities"] == pytest.approx(expected(DEFAULT_WEIGHTS, png("dog-12.png")), abs=1e-6)
     assert all(list(row["logits"]) == list(CLASSES) for row in rows.values())
     assert [p["file"] for p in body["problems"]] == ["photos.zip:../../evil.png"]
+
+
+def test_a_batch_goes_through_the_network_in_one_pass(api, monkeypatch):
+    passes, logits = [], Classifier.logits
+
+    def counted(self, images, *args, **kwargs):
+        passes.append(tuple(images.shape))
+        return logits(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "logits", counted)
+    files = [("files", (name, png(name))) for name in ("cat-0.png", "ship-1.png", "dog-12.png")]
+    body = api.post("/predict_batch", files=files).json()
+    assert [row["file"] for row in body["predictions"]] == ["cat-0.png", "ship-1.png", "dog-12.png"]
+    assert passes == [(3, 3, 32, 32)]
+    for row in body["predictions"]:
+        assert row["probabilities"] == pytest.approx(expected(DEFAULT_WEIGHTS, png(row["file"])), abs=1e-5)
 
 
 def test_batch_caps_are_the_apps(api):

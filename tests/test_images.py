@@ -1,6 +1,7 @@
 """Any image a person might upload becomes uint8 [3, 32, 32], or an ImageError that says why."""
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageFile
 
 from resnet import images
 from resnet.images import ImageError, prepare
@@ -105,6 +106,22 @@ def test_a_failure_after_decoding_is_an_image_error(monkeypatch):
     monkeypatch.setattr(images.ImageOps, "exif_transpose", broken_exif)
     with pytest.raises(ImageError, match="could not be converted to RGB.*not a TIFF file"):
         prepare(encode(gradient("RGB"), "JPEG"))
+
+
+@pytest.mark.parametrize("step, where", [("open", "unreadable image"), ("load", "damaged or truncated"),
+                                         ("exif_transpose", "could not be converted to RGB")])
+@pytest.mark.parametrize("kind", [struct.error("unpack requires a buffer of 4 bytes"), IndexError(), KeyError("tile")])
+def test_whatever_a_pillow_plug_in_raises_is_an_image_error_naming_the_step(monkeypatch, step, where, kind):
+    def plug_in(*args, **kwargs):
+        raise kind
+
+    data = encode(gradient("RGB"), "PNG")
+    target = {"open": (images.Image, "open"), "load": (ImageFile.ImageFile, "load"),
+              "exif_transpose": (images.ImageOps, "exif_transpose")}
+    monkeypatch.setattr(*target[step], plug_in)
+    with pytest.raises(ImageError, match=where) as caught:
+        prepare(data)
+    assert (str(kind) or type(kind).__name__) in str(caught.value)
 
 
 def test_a_non_square_image_keeps_its_centre_undistorted():
