@@ -419,6 +419,30 @@ def test_whitening_changes_the_first_convolution_and_nothing_else(tiny_data):
     assert all(torch.equal(v, plain.state_dict()[k]) for k, v in others.items())
 
 
+def test_the_weight_average_follows_every_step_and_is_what_gets_scored_and_saved(tiny_data, tmp_path):
+    """ema = d * ema + (1 - d) * weights after each step (the first step's weights to start), over the
+    parameters and the BatchNorm statistics alike; the averaged network is the one evaluated and saved."""
+    decay = 0.8
+    trainer = Trainer(small_config(tiny_data, ema=decay, epochs=1), tmp_path)
+    parts, _ = trainer.build()
+    order, flips = trainer.epoch_order(1)
+    expected = None
+    for step in range(trainer.steps_per_epoch):
+        trainer.train_one(parts, order, flips, 1, step)
+        now = {k: v.detach().clone() for k, v in parts.model.state_dict().items() if v.is_floating_point()}
+        expected = now if expected is None else {k: decay * expected[k] + (1 - decay) * now[k] for k in now}
+    averaged = parts.ema.module.state_dict()
+    assert all(torch.allclose(averaged[k], expected[k], atol=1e-6) for k in expected)
+    assert not torch.equal(averaged["conv1.weight"], parts.model.conv1.weight)
+    assert trainer._scored_model(parts.model, parts.ema) is parts.ema.module
+    Trainer(small_config(tiny_data, ema=decay, epochs=1), tmp_path / "run").run()
+    saved = load_weights(tmp_path / "run" / runs.WEIGHTS).net.state_dict()
+    checkpoint = torch.load(tmp_path / "run" / runs.CHECKPOINT, weights_only=True)
+    ema_weights = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items() if k.startswith("module.")}
+    assert all(torch.equal(saved[k], ema_weights[k].to(saved[k].dtype)) for k in saved)
+    assert not all(torch.equal(saved[k], checkpoint["model"][k].to(saved[k].dtype)) for k in saved)
+
+
 def test_bias_parameters_get_their_own_learning_rate(tiny_data, tmp_path, monkeypatch):
     config = small_config(tiny_data, optimizer="sgd", lr=0.1, bias_lr_scale=4.0, epochs=1)
     seen = []
