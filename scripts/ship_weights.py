@@ -1,10 +1,16 @@
 """Copy a finished run's weights into weights/, stored in the smallest dtype that costs no accuracy.
 
-    python scripts/ship_weights.py runs/weights-fast [--name cifar10-resnet] [--data-dir D]
+    python scripts/ship_weights.py runs/weights-fast [--out weights/cifar10-resnet.safetensors] [--data-dir D]
 
 Scores the run's final weights on the full test set (eval mode, fp32 compute) stored as fp32 and
 as fp16, keeps fp16 only if it predicts every test image the same way, and writes the card's
 metrics from the weights actually shipped, so `python -m resnet evaluate --json` reproduces them.
+
+A run that held out a validation split (``--val-size``) gets its calibration from it: the
+temperature and the low-confidence threshold are fitted on the whole split, and every calibration
+figure is measured on the test set, which neither saw. A run without one ships uncalibrated (its
+low-confidence figures from the raw softmax); scripts/calibrate_shipped.py can then fit on half
+of the test set.
 """
 
 import argparse
@@ -17,13 +23,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resnet import runs  # noqa: E402
-from resnet.calibration import confidence_split  # noqa: E402
-from resnet.config import PRESETS, make_config  # noqa: E402
+from resnet.calibration import calibration_fields, confidence_split  # noqa: E402
+from resnet.config import PRESETS, config_from_dict, make_config  # noqa: E402
 from resnet.jobs import cli_command  # noqa: E402
 from resnet.data import load_split  # noqa: E402
 from resnet.classifier import Classifier  # noqa: E402
 from resnet.evaluate import metrics_from_logits  # noqa: E402
 from resnet.model_card import LOW_CONFIDENCE  # noqa: E402
+from resnet.train import load_data  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights  # noqa: E402
 
 
@@ -46,12 +53,26 @@ def reproduce_command(training: dict, out: str) -> str:
     return cli_command(preset, differences[preset], out)
 
 
-def main() -> int:
+def validation_calibration(classifier, training: dict, data_dir, test_logits, test_labels) -> dict:
+    """The card's temperature, calibration and low_confidence fields, fitted on the run's validation split and
+    measured on the test set; {} for a run that held none out."""
+    config = config_from_dict({**training, "data_dir": data_dir or training.get("data_dir")})
+    if not config.val_size:
+        return {}
+    data = load_data(config, torch.device("cpu"))  # the run's own split: its val_size, split_seed and seed
+    seed = config.seed if config.split_seed is None else config.split_seed
+    return calibration_fields(classifier.logits(data.val_x), data.val_y, test_logits, test_labels,
+                              fitted_on=f"the {len(data.val_y):,} validation images held out of training (split seed {seed})",
+                              evaluated_on=f"the {len(test_labels):,} test images")
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--name", default=DEFAULT_WEIGHTS.stem)
+    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, help="the weights file to write, its card beside it "
+                        "(default: %(default)s)")
     parser.add_argument("--data-dir")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if runs.read_status(args.run_dir)["status"] != "finished":
         parser.error(f"{args.run_dir} is not a finished run")
@@ -79,12 +100,15 @@ def main() -> int:
         + ("fp16 storage predicts all test images exactly as fp32" if same else "fp16 storage changed predictions"),
         source_run=args.run_dir.name,
         reproduce=reproduce_command(card["training"], f"runs/{args.run_dir.name}"),
-        low_confidence=confidence_split(logits.softmax(1), labels, LOW_CONFIDENCE),
     )
+    calibrated = validation_calibration(candidate, card["training"], args.data_dir, logits, labels)
+    for field in ("temperature", "calibration"):
+        card.pop(field, None)  # the run's own, fitted and measured on halves of its validation split
+    card.update(calibrated or {"low_confidence": confidence_split(logits.softmax(1), labels, LOW_CONFIDENCE)})
     card.pop("storage_dtype", None)
-    out = DEFAULT_WEIGHTS.parent / f"{args.name}.safetensors"
-    save_weights(candidate.net, out, card, dtype=dtype)
-    print(json.dumps({"weights": str(out), "dtype": str(dtype), "test_acc": final["acc"], "tta_test_acc": tta["acc"],
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(candidate.net, args.out, card, dtype=dtype)
+    print(json.dumps({"weights": str(args.out), "dtype": str(dtype), "test_acc": final["acc"], "tta_test_acc": tta["acc"],
                       "storage_comparison": card["storage_comparison"]}))
     return 0
 
