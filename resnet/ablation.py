@@ -80,7 +80,7 @@ class Ablation(Experiment):
             "change": variant.change,
             **run,
             "train_images_per_s": sum(speeds) / len(speeds) if speeds else None,
-            "config": dataclasses.asdict(self.config_for(variant, budget)),
+            "config": run["config"] or dataclasses.asdict(self.config_for(variant, budget)),
         }
 
     def chosen(self, only):

@@ -155,6 +155,11 @@ QUICK_RUN = {
 }
 
 
+def validation_seed(config: TrainConfig) -> int:
+    """The seed of a run's validation split: its ``split_seed`` where it fixes one, else its ``seed``."""
+    return config.seed if config.split_seed is None else config.split_seed
+
+
 def kind(name: str):
     """The Python type a setting holds: bool, int, float, str or tuple (None allowed where declared)."""
     declared = SETTINGS[name].type

@@ -1,6 +1,6 @@
 """Experiments: a plan of runs trained one after another under one budget, then a results file and its figures.
 
-An experiment (the optimizer study, the remove-one ablation) is a subclass of Experiment that declares
+An experiment (the optimizer study, the remove-one ablation, time to accuracy) is a subclass of Experiment that declares
 what it compares: its plan, each run's config and results row. This module owns the rest. Every run is
 an ordinary run folder under the experiment's folder, named by its run id. Rerunning skips finished and
 diverged runs and resumes stopped or interrupted ones from their checkpoint. Run folders hold
@@ -29,8 +29,8 @@ CURVE_KEYS = ("epoch", "images", "elapsed_s", "train_loss", "train_acc", "val_lo
 
 @dataclass(frozen=True)
 class Budget:
-    """What every run of an experiment gets: the same images, validation split and epochs (and batch, where it
-    fixes one); runs of one recipe differ only by their seed."""
+    """What every run of an experiment gets: the same images and validation split (and epochs, batch and
+    resolution schedule, where it fixes them); runs of one recipe differ only by their seed."""
 
     train_size: int = 10_000  # the first images of the training set left after the validation split
     val_size: int = 5_000  # a seeded split of the training set; the only thing runs are scored on
@@ -235,7 +235,8 @@ def has_folder(root, run_id: str) -> bool:
 
 
 def measured(root, run_id: str) -> dict:
-    """What a run folder measured: status, per-epoch curve, final validation score, speeds, wall time, device."""
+    """What a run folder measured: status, per-epoch curve, final validation score, speeds, wall time, device,
+    and the config it trained with (None before it has one)."""
     run_dir = Path(root) / run_id
     status = runs.read_status(run_dir)["status"] if has_folder(root, run_id) else "pending"
     # Keyed by epoch: a run killed between writing an epoch's record and its checkpoint repeats that epoch.
@@ -250,6 +251,7 @@ def measured(root, run_id: str) -> dict:
         "images_per_s": [r["images_per_s"] for r in by_epoch.values() if r.get("images_per_s")],
         "elapsed_s": final.get("elapsed_s"),
         "timed_on": runs.trained_on(run_dir),
+        "config": runs.read_config(run_dir) if has_folder(root, run_id) else None,
     }
 
 

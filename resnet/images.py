@@ -67,8 +67,11 @@ def _reason(error: Exception) -> str:
 
 
 def _read_capped(path, max_bytes: int) -> bytes:
-    with open(path, "rb") as handle:
-        data = handle.read(max_bytes + 1)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as error:  # a vanished upload, a folder, no permission
+        raise ImageError(f"the file could not be read ({error.strerror or error})") from None
     if len(data) > max_bytes:
         raise ImageError(f"the file is larger than the {max_bytes / 2**20:.0f} MB limit")
     return data

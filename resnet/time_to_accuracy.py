@@ -3,10 +3,13 @@
 Each recipe trains once on the training images left beside a seeded validation split carved from
 the training set, and is scored on that split in eval mode at every epoch; the test set is never
 scored, so these runs may choose the recipe. For each target a recipe's row gives the first epoch
-whose validation accuracy reaches it: the run's clock at that epoch's end (its training and the
-validation passes it needed to know), the training images seen and the FLOPs spent
-(resnet.flops). Wall times compare only within one machine, which each row names. Rerunning skips
-finished runs and resumes interrupted ones (resnet.experiments).
+whose validation accuracy reaches it: the run's clock at that epoch's end, the training images
+seen and the FLOPs spent (resnet.flops). The clock counts the training steps, each epoch's
+validation pass and checkpoint writes; process start, loading the data and the stem's whitening
+come before it starts. Each epoch is scored in the trainer's evaluation precision (bf16 autocast
+where the hardware has it); the final score is fp32. Wall times compare only within one machine,
+which each row names. Rerunning skips finished runs and resumes interrupted ones
+(resnet.experiments).
 """
 
 import dataclasses
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from .config import make_config
+from .config import config_from_dict, make_config
 from .experiments import Budget, Experiment, Options, counted
 from .flops import steps_per_epoch, training_flops
 from .plots import COLORS, LAYOUT, empty_figure
@@ -64,7 +67,8 @@ class TimeToAccuracy(Experiment):
 
     def row(self, recipe: Recipe, run: dict, budget: Budget) -> dict:
         """Its change, outcome, FLOPs, final validation score, and when it first reached each target."""
-        config = self.config_for(recipe, budget)
+        # What the folder trained with: a recipe edited since then does not rewrite an old run's FLOPs.
+        config = config_from_dict(run["config"]) if run["config"] else self.config_for(recipe, budget)
         speeds = run.pop("images_per_s")
         per_epoch = steps_per_epoch(config)
         run["curve"] = [{**point, "flops": training_flops(config, point["epoch"] * per_epoch)} for point in run["curve"]]

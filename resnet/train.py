@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import runs
-from .config import ConfigError, TrainConfig, config_from_dict, parse_resolution, validate
+from .config import ConfigError, TrainConfig, config_from_dict, parse_resolution, validate, validation_seed
 from .constants import IMAGE_SIZE, TRAIN_IMAGES
 from .data import augment, load_split, normalize, split_validation
 from .calibration import fit_run_temperature
@@ -195,8 +195,7 @@ def load_data(config: TrainConfig, device: torch.device) -> Dataset:
     test_x, test_y = load_split(config.data_dir, train=False)
     val_x = val_y = None
     if config.val_size:
-        seed = config.seed if config.split_seed is None else config.split_seed
-        train_x, train_y, val_x, val_y = split_validation(train_x, train_y, config.val_size, seed)
+        train_x, train_y, val_x, val_y = split_validation(train_x, train_y, config.val_size, validation_seed(config))
     if config.limit_train:
         train_x, train_y = train_x[: config.limit_train], train_y[: config.limit_train]
     if config.limit_test:

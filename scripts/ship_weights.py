@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resnet import runs  # noqa: E402
 from resnet.calibration import calibration_fields, confidence_split  # noqa: E402
-from resnet.config import PRESETS, config_from_dict, make_config  # noqa: E402
+from resnet.config import PRESETS, config_from_dict, make_config, validation_seed  # noqa: E402
 from resnet.jobs import cli_command  # noqa: E402
 from resnet.data import load_split  # noqa: E402
 from resnet.classifier import Classifier  # noqa: E402
@@ -56,13 +56,13 @@ def reproduce_command(training: dict, out: str) -> str:
 def validation_calibration(classifier, training: dict, data_dir, test_logits, test_labels) -> dict:
     """The card's temperature, calibration and low_confidence fields, fitted on the run's validation split and
     measured on the test set; {} for a run that held none out."""
-    config = config_from_dict({**training, "data_dir": data_dir or training.get("data_dir")})
+    config = config_from_dict({**training, "data_dir": data_dir})  # the test set's data folder, not the training machine's
     if not config.val_size:
         return {}
-    data = load_data(config, torch.device("cpu"))  # the run's own split: its val_size, split_seed and seed
-    seed = config.seed if config.split_seed is None else config.split_seed
+    data = load_data(config, torch.device("cpu"))  # the run's own split: its val_size and split seed
     return calibration_fields(classifier.logits(data.val_x), data.val_y, test_logits, test_labels,
-                              fitted_on=f"the {len(data.val_y):,} validation images held out of training (split seed {seed})",
+                              fitted_on=f"the {len(data.val_y):,} validation images held out of training "
+                                        f"(split seed {validation_seed(config)})",
                               evaluated_on=f"the {len(test_labels):,} test images")
 
 
@@ -101,9 +101,9 @@ def main(argv=None) -> int:
         source_run=args.run_dir.name,
         reproduce=reproduce_command(card["training"], f"runs/{args.run_dir.name}"),
     )
+    # A run's own calibration (fitted and measured on halves of its validation split) is replaced by one fitted on
+    # the whole split and measured on the test set.
     calibrated = validation_calibration(candidate, card["training"], args.data_dir, logits, labels)
-    for field in ("temperature", "calibration"):
-        card.pop(field, None)  # the run's own, fitted and measured on halves of its validation split
     card.update(calibrated or {"low_confidence": confidence_split(logits.softmax(1), labels, LOW_CONFIDENCE)})
     card.pop("storage_dtype", None)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from resnet import runs
 from resnet.calibration import calibration_fields
 from resnet.config import make_config
 from resnet.data import load_split
+from resnet.model_card import LOW_CONFIDENCE
 from resnet.train import Trainer, load_data
 from resnet.weights import load_weights
 
@@ -65,7 +66,7 @@ def test_a_run_without_one_ships_uncalibrated(tiny_data, tmp_path, ship):
     assert ship([str(run_dir), "--out", str(out), "--data-dir", str(tiny_data)]) == 0
     card = load_weights(out).card
     assert "temperature" not in card and "calibration" not in card
-    assert card["low_confidence"]["threshold"] == 0.5 and "calibrated" not in card["low_confidence"]
+    assert card["low_confidence"]["threshold"] == LOW_CONFIDENCE and "calibrated" not in card["low_confidence"]
 
 
 def test_only_a_finished_run_ships(tmp_path, ship, capsys):

@@ -1,6 +1,7 @@
 """FLOPs counting and the time-to-accuracy experiment: counts against the convolution arithmetic, the
 resolution schedule's images, each target's first epoch, the table, a tiny run and its CLI."""
 
+import contextlib
 import json
 
 import pytest
@@ -117,6 +118,10 @@ def test_a_tiny_experiment_records_when_each_recipe_reached_each_target(tiny_dat
     assert table["lowres"]["PFLOPs"].endswith(f"({rows['lowres']['flops'] / rows['fast']['flops']:.2f}x)")
     assert (results_path.parent / "time-to-accuracy-curves.html").is_file()
     assert json.loads(results_path.read_text()) == json.loads(json.dumps(results))
+    trained = []
+    again = TINY_EXPERIMENT.run(BUDGET, Options(tmp_path / "runs", results_path, tiny_data,
+                                                watch=lambda *run: trained.append(run) or contextlib.nullcontext()))
+    assert trained == [] and json.loads(json.dumps(again)) == json.loads(json.dumps(results))  # the same budget: done
 
 
 @pytest.mark.slow
