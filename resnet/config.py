@@ -160,6 +160,18 @@ def validation_seed(config: TrainConfig) -> int:
     return config.seed if config.split_seed is None else config.split_seed
 
 
+def differences(stored: dict, config: TrainConfig) -> str:
+    """What a run's recorded config trains differently from ``config`` ('lr 0.1 -> 0.2, ...'); '' where nothing.
+
+    Where it ran (``data_dir``, ``device``) is not a difference, nor is how the validation seed was given
+    (``split_seed`` unset means the run's seed); a setting added since the record was written has its default.
+    """
+    before = config_from_dict(stored)
+    old, new = dataclasses.asdict(before), dataclasses.asdict(config)
+    old["split_seed"], new["split_seed"] = validation_seed(before), validation_seed(config)
+    return ", ".join(f"{key} {old[key]} -> {new[key]}" for key in new if key not in ("data_dir", "device") and old[key] != new[key])
+
+
 def kind(name: str):
     """The Python type a setting holds: bool, int, float, str or tuple (None allowed where declared)."""
     declared = SETTINGS[name].type

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import runs
-from .config import ConfigError
+from .config import ConfigError, differences
 from .train import Trainer, load_data, resolve_device
 from .weights import atomic_write_json
 
@@ -220,8 +220,20 @@ class Experiment:
         self.write_results(final, options.results)
         return final
 
+    def check_unchanged(self, root, planned: list, budget: Budget, recorded: dict) -> None:
+        """A run id stands for one config: a run folder or a recorded row that trained another (its recipe was
+        edited since) is refused, since its results would be read as the recipe's of today."""
+        for run in planned:
+            trained = runs.read_config(Path(root) / run.run_id) if has_folder(root, run.run_id) else \
+                (recorded.get(run.run_id) or {}).get("config")
+            changed = differences(trained, self.config_for(run, budget)) if trained else ""
+            if changed:
+                raise ConfigError(f"{run.run_id} was trained with other settings than its recipe has now ({changed}); "
+                                  "give the new recipe another name, or remove the old run's folder and row")
+
     def _next_run(self, root, budget: Budget, recorded: dict, chosen):
         planned, _ = self.plan(root, budget, recorded)
+        self.check_unchanged(root, planned, budget, recorded)
         return next((p for p in planned if chosen(p.run_id) and self.status(root, p.run_id, recorded) not in DONE), None)
 
 

@@ -68,3 +68,14 @@ def test_a_new_setting_is_one_declaration(monkeypatch):
     assert make_config("original", mixup=0.2).mixup == 0.2
     with pytest.raises(ConfigError, match="mixup must be at least 0"):
         make_config("original", mixup=-1.0)
+
+
+def test_differences_name_what_a_recorded_run_trained_otherwise():
+    now = make_config("fast", seed=0, split_seed=0, val_size=5_000)
+    recorded = dataclasses.asdict(make_config("fast", seed=0, val_size=5_000, data_dir="/elsewhere", device="cuda"))
+    assert config.differences(recorded, now) == ""  # where it ran, and split_seed unset meaning its seed, are no difference
+    recorded.pop("whiten_stem")  # written before the setting existed: it had the default
+    assert config.differences(recorded, now) == ""
+    assert config.differences({**recorded, "lr": 0.1, "split_seed": 3}, now) == "lr 0.1 -> 0.4, split_seed 3 -> 0"
+    with pytest.raises(ConfigError):
+        config.differences({**recorded, "lr": -1}, now)

@@ -10,7 +10,7 @@ from torch import nn
 
 from resnet import flops, time_to_accuracy
 from resnet.cli import main
-from resnet.config import make_config
+from resnet.config import ConfigError, make_config
 from resnet.experiments import Budget, Options
 from resnet.model import build_model
 
@@ -122,6 +122,12 @@ def test_a_tiny_experiment_records_when_each_recipe_reached_each_target(tiny_dat
     again = TINY_EXPERIMENT.run(BUDGET, Options(tmp_path / "runs", results_path, tiny_data,
                                                 watch=lambda *run: trained.append(run) or contextlib.nullcontext()))
     assert trained == [] and json.loads(json.dumps(again)) == json.loads(json.dumps(results))  # the same budget: done
+
+    edited = time_to_accuracy.TimeToAccuracy(recipes={**TINY, "fast": {"batch_size": 32, "epochs": 3}})
+    for out in (tmp_path / "runs", tmp_path / "fresh-checkout"):  # its folder, else the results file's row, says so
+        with pytest.raises(ConfigError, match=r"^fast was trained with other settings than its recipe has now \(epochs 2 -> 3\)"):
+            edited.run(BUDGET, Options(out, results_path, tiny_data))
+    assert json.loads(results_path.read_text()) == json.loads(json.dumps(results))
 
 
 @pytest.mark.slow
