@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 
 from .config import ConfigError, make_config
-from .experiments import Budget, Experiment, Options, counted
+from .experiments import Budget, Experiment, Options, counted, mean_speed
 from .plots import COLORS, LAYOUT, empty_figure
 
 BASELINE = "recipe"
@@ -72,14 +72,14 @@ class Ablation(Experiment):
 
     def row(self, variant: Variant, run: dict, budget: Budget) -> dict:
         """Its change, seed, outcome, final validation score, speed and curve."""
-        speeds = run.pop("images_per_s")
+        speed = mean_speed(run.pop("images_per_s"))  # before **run below, so the row keeps only the mean
         return {
             "run_id": variant.run_id,
             "variant": variant.name,
             "seed": variant.seed,
             "change": variant.change,
             **run,
-            "train_images_per_s": sum(speeds) / len(speeds) if speeds else None,
+            "train_images_per_s": speed,
             "config": run["config"] or dataclasses.asdict(self.config_for(variant, budget)),
         }
 
@@ -152,8 +152,10 @@ def figure(results: dict) -> go.Figure:
     budget = results.get("budget", {})
     figure.update_layout(title=f"Remove-one ablation: final validation accuracy ({budget.get('train_size')} images, "
                                f"{budget.get('epochs')} epochs, {budget.get('seeds', 1)} seeds)", xaxis_title="val accuracy")
-    low = min(s for finished in variants.values() for s in finished)
-    figure.update_xaxes(tickformat=".0%", range=[max(0.0, low - 0.05), None])
+    every = [s for finished in variants.values() for s in finished]
+    # Both ends given: plotly reads an open end as "autorange", which reaches back to the bars' base at 0 % and
+    # squeezes differences of a point into a sliver.
+    figure.update_xaxes(tickformat=".0%", range=[max(0.0, min(every) - 0.05), min(1.0, max(every) + 0.03)])
     figure.update_yaxes(autorange="reversed")
     return figure
 

@@ -242,6 +242,11 @@ def counted(budget: dict, key: str) -> str:
     return f"{budget[key]:,}" if isinstance(budget.get(key), int) else "?"
 
 
+def mean_speed(speeds: list) -> float | None:
+    """A run's training images per second: the mean of its epochs' speeds; None before its first epoch."""
+    return sum(speeds) / len(speeds) if speeds else None
+
+
 def has_folder(root, run_id: str) -> bool:
     return (Path(root) / run_id / runs.CONFIG).is_file()
 

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import TrainConfig, parse_resolution
 from .model import build_model
-from .train import resolution_at, training_images
+from .train import resolution_at, steps_in_epoch, training_images
 
 
 @functools.cache
@@ -29,8 +29,8 @@ def image_flops(blocks: tuple, size: int) -> int:
 
 
 def steps_per_epoch(config: TrainConfig) -> int:
-    """The trainer's steps per epoch on the full data set (the last partial batch is dropped)."""
-    return training_images(config) // config.batch_size
+    """The trainer's steps per epoch on the training images ``config`` keeps."""
+    return steps_in_epoch(training_images(config), config.batch_size)
 
 
 def images_at_each_size(config: TrainConfig, steps: int | None = None) -> dict:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 
 from .config import config_from_dict, make_config
-from .experiments import Budget, Experiment, Options, counted
+from .experiments import Budget, Experiment, Options, counted, mean_speed
 from .flops import steps_per_epoch, training_flops
 from .plots import COLORS, LAYOUT, empty_figure
 
@@ -67,9 +67,9 @@ class TimeToAccuracy(Experiment):
 
     def row(self, recipe: Recipe, run: dict, budget: Budget) -> dict:
         """Its change, outcome, FLOPs, final validation score, and when it first reached each target."""
+        speed = mean_speed(run.pop("images_per_s"))  # before **run below, so the row keeps only the mean
         # What the folder trained with: a recipe edited since then does not rewrite an old run's FLOPs.
         config = config_from_dict(run["config"]) if run["config"] else self.config_for(recipe, budget)
-        speeds = run.pop("images_per_s")
         per_epoch = steps_per_epoch(config)
         run["curve"] = [{**point, "flops": training_flops(config, point["epoch"] * per_epoch)} for point in run["curve"]]
         return {
@@ -78,7 +78,7 @@ class TimeToAccuracy(Experiment):
             **run,
             "flops": training_flops(config),
             "reached": {f"{target:.0%}": reached(run["curve"], target) for target in TARGETS},
-            "train_images_per_s": sum(speeds) / len(speeds) if speeds else None,
+            "train_images_per_s": speed,
             "config": dataclasses.asdict(config),
         }
 

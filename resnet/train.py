@@ -206,6 +206,12 @@ def load_data(config: TrainConfig, device: torch.device) -> Dataset:
     return Dataset(*map(move, (train_x, train_y, test_x, test_y, val_x, val_y)))
 
 
+def steps_in_epoch(images: int, batch_size: int) -> int:
+    """Training steps in one pass over ``images``: the last partial batch is dropped, so every step has the
+    configured batch and the one-cycle schedule's step count is fixed before the run starts."""
+    return images // batch_size
+
+
 def training_images(config: TrainConfig) -> int:
     """How many training images a config trains on, without reading the data."""
     return min(config.limit_train or TRAIN_IMAGES, TRAIN_IMAGES - config.val_size)
@@ -303,7 +309,7 @@ class Trainer:
                               else default_channels_last(self.device, self.amp_dtype))
         self.resolution = parse_resolution(config.resolution)
         self.data = data or load_data(config, self.device)
-        self.steps_per_epoch = len(self.data.train_x) // config.batch_size
+        self.steps_per_epoch = steps_in_epoch(len(self.data.train_x), config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         probe_x, probe_y = (self.data.val_x, self.data.val_y) if self.data.val_x is not None else (self.data.test_x, self.data.test_y)
         self.probe_split = "val" if self.data.val_x is not None else "test"

@@ -157,3 +157,12 @@ def test_cli_ablation_rejects_bad_flags_in_one_line(tmp_path, capsys):
             main(["ablation", "--out", str(tmp_path), "--seed", seed])
         assert words in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before the folder is bound to a budget
+
+
+def test_the_figure_spans_the_scores_not_the_bars_base():
+    # Scores a point apart are legible only on an axis that starts near them; an open end would reach back to 0 %.
+    runs = [{"run_id": f"{name}-seed{seed}", "variant": name, "seed": seed, "change": {}, "status": "finished",
+             "final_val_acc": score}
+            for name, pair in {"recipe": (0.72, 0.74), "no-whiten-stem": (0.69, 0.70)}.items() for seed, score in enumerate(pair)]
+    low, high = ablation.figure({"runs": runs}).layout.xaxis.range
+    assert 0.6 < low < 0.69 and 0.74 < high <= 1.0
