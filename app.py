@@ -155,7 +155,7 @@ class Studio:
         return model_card.describe_card(card)
 
     def upload_weights(self, data: bytes | None):
-        """Load uploaded weights (ours or a published .pt); returns (key, picker, description)."""
+        """Load uploaded .safetensors weights; returns (key, picker, description)."""
         if not data:
             raise gr.Error("choose a weights file first", print_exception=False)
         with user_errors():
@@ -315,8 +315,8 @@ def predict_tab(studio: Studio) -> None:
             with gr.Accordion("Model", open=False):
                 picker = gr.Dropdown(choices=studio.model_choices(), value=catalog.SHIPPED, label="Predict with",
                                      allow_custom_value=True)  # values are checked by resnet.catalog.weights_path
-                weights_file = gr.File(label="Or upload weights (.safetensors with our card, or a published project1_model.pt)",
-                                       file_types=[".safetensors", ".pt", ".pth"], type="binary")
+                weights_file = gr.File(label="Or upload weights (.safetensors; `python -m resnet convert` makes one of a "
+                                             "published project1_model.pt)", file_types=[".safetensors"], type="binary")
             about_model = gr.Markdown()
         with gr.Column():
             label = gr.Label(num_top_classes=5, label="Top classes")
@@ -336,7 +336,7 @@ def predict_tab(studio: Studio) -> None:
         with gr.Row():
             corruption = gr.Dropdown(stress.choices(), value=stress.choices()[0][1], label="Corruption",
                                      allow_custom_value=True)  # an unknown name reaches resnet.stress's own refusal
-            severity = gr.Slider(stress.SEVERITIES[0], stress.SEVERITIES[-1], value=3, step=1, label="Severity")
+            severity = form_field(gr.Slider(stress.SEVERITIES[0], stress.SEVERITIES[-1], value=3, step=1, label="Severity"))
             stress_button = gr.Button("Stress it")
         with gr.Row():
             stressed = gr.Image(label="Stressed (32 x 32)", interactive=False, height=256, format="png")

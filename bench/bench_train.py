@@ -34,9 +34,10 @@ from resnet.model import BLOCK_CHOICES, BasicBlock, build_model  # noqa: E402
 from resnet.config import RESOLUTIONS, make_config  # noqa: E402
 from resnet.constants import IMAGE_SIZE  # noqa: E402
 from resnet.train import (build_optimizer, default_channels_last, describe_device, resolve_device,  # noqa: E402
-                          resolve_precision, train_step)
+                          resolve_precision, steps_in_epoch, train_step)
 
-BATCH, LR = 64, 0.01
+PUBLISHED = make_config("original")  # Adam 0.01 at batch 64: the published loop's settings
+BATCH, LR = PUBLISHED.batch_size, PUBLISHED.lr
 
 
 def synchronize(device: torch.device) -> None:
@@ -130,7 +131,7 @@ def our_steps(device, data_dir, precision: str, blocks, batch: int, channels_las
         model = model.to(memory_format=torch.channels_last)
     model.train()
     optimizer = build_optimizer(config, model)
-    steps_per_epoch = len(train_x) // batch
+    steps_per_epoch = steps_in_epoch(len(train_x), batch)
 
     def steps():
         sums = [0.0, 0.0, 0]  # kept on the device, as the trainer does: no sync per step

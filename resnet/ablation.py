@@ -67,8 +67,7 @@ class Ablation(Experiment):
 
     def config_for(self, variant: Variant, budget: Budget, data_dir=None):
         # The budget leaves the batch to the recipe (None), so a variant that changes it is heard.
-        return make_config("fast", **{**budget.settings(data_dir, variant.seed), **RECIPE, **variant.change,
-                                      "score_test": False})
+        return make_config("fast", **{**budget.settings(data_dir, variant.seed), **RECIPE, **variant.change})
 
     def row(self, variant: Variant, run: dict, budget: Budget) -> dict:
         """Its change, seed, outcome, final validation score, speed and curve."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import limits, runs
 from .classifier import Classifier
-from .weights import DEFAULT_WEIGHTS, MAX_WEIGHTS_BYTES, WeightsError, load_weights
+from .weights import DEFAULT_WEIGHTS, MAX_WEIGHTS_BYTES, WeightsError, is_safetensors, load_weights
 
 SHIPPED = "shipped"
 UPLOADED = "uploaded"
@@ -73,6 +73,10 @@ def load_upload(data: bytes) -> tuple:
     cap = min(MAX_WEIGHTS_BYTES, limits.current().weights_bytes)  # a public server may accept less than weights could be
     if len(data) > cap:
         raise WeightsError(f"the file is larger than this server's {cap / 2**20:g} MB limit for weights")
+    if not is_safetensors(data):  # a .pt is a pickle: a visitor's is never opened, even by torch's restricted loader
+        raise WeightsError("not a weights file this server opens: uploads must be .safetensors (a .pt file is a pickle); "
+                           "for a published .pt, run `python -m resnet convert project1_model.pt project1_model.safetensors` "
+                           "where you trust the file, and upload that")
     key = "upload:" + hashlib.sha256(data).hexdigest()
     return key, _cached(key, lambda: load_weights(data))
 

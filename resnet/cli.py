@@ -1,4 +1,4 @@
-"""``python -m resnet train|evaluate|predict|study|ablation|time-to-accuracy ...``: the package's command line."""
+"""``python -m resnet train|evaluate|predict|convert|study|ablation|time-to-accuracy|export ...``: the package's command line."""
 
 import argparse
 import contextlib
@@ -17,8 +17,8 @@ from . import ablation, batch, config, export, runs, study, time_to_accuracy
 from .config import SEED_LIMIT, ConfigError
 from .data import download, load_split
 from .errors import USER_ERRORS
-from .train import Trainer, resume_config
-from .weights import DEFAULT_WEIGHTS, load_weights
+from .train import Trainer, resolve_device, resume_config
+from .weights import DEFAULT_WEIGHTS, card_path, load_weights, save_weights
 
 EXPECTED_ERRORS = (*USER_ERRORS, FileNotFoundError)  # and a path on this machine that is not there
 
@@ -133,6 +133,14 @@ def _budget_options(p, experiment) -> None:
                         "is another budget")
 
 
+def _convert_parser(sub) -> None:
+    p = sub.add_parser("convert", help="write weights (a published .pt or ours) as .safetensors with its card",
+                       description="Write weights as .safetensors with a JSON card beside it: the only weights the studio "
+                                   "accepts as an upload, since a .pt file is a pickle.")
+    p.add_argument("weights", metavar="WEIGHTS", help="a published .pt state_dict, or our .safetensors")
+    p.add_argument("out", metavar="OUT.safetensors", type=Path)
+
+
 def _study_parser(sub) -> None:
     p = sub.add_parser("study", help="rerun the published optimizer, dropout and size comparisons",
                        description=study.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _evaluate_parser(sub)
     _predict_parser(sub)
+    _convert_parser(sub)
     _study_parser(sub)
     _ablation_parser(sub)
     _time_to_accuracy_parser(sub)
@@ -252,7 +261,7 @@ def cmd_train(args, argv) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    classifier = load_weights(args.weights).to(args.device)
+    classifier = load_weights(args.weights).to(resolve_device(args.device))
     if args.folder:
         return _evaluate_folder(args, classifier)
     images, labels = load_split(args.data_dir, train=False)
@@ -292,8 +301,18 @@ def _print_metrics(result: dict, classes, scope: str, args) -> None:
         print(f"{name:<7}" + "".join(f"{count:>7}" for count in row))
 
 
+def cmd_convert(args) -> int:
+    if args.out.suffix != ".safetensors":
+        raise ConfigError(f"{args.out} must end in .safetensors (its card is written beside it as .json)")
+    classifier = load_weights(args.weights)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(classifier.net, args.out, classifier.card)
+    print(f"wrote {args.out} and {card_path(args.out)}")
+    return 0
+
+
 def cmd_predict(args) -> int:
-    classifier = load_weights(args.weights).to(args.device)
+    classifier = load_weights(args.weights).to(resolve_device(args.device))
     classes = classifier.classes
     unreadable = []
 
@@ -351,7 +370,13 @@ def cmd_study(args) -> int:
     stop = _stop_on_signals()
     options = dataclasses.replace(study.STUDY.defaults, out=args.out, results=args.results, data_dir=args.data_dir,
                                   only=args.only, stop_event=stop, watch=_watch_run)
+    names_none = f"--only {args.only!r} names no run of the study; its run ids start with an optimizer " \
+                 f"({', '.join(config.OPTIMIZERS)}), e.g. adam-lr0p01"
+    if args.only and not any(f"{o}-".startswith(args.only) or args.only.startswith(f"{o}-") for o in config.OPTIMIZERS):
+        raise ConfigError(names_none)  # before any work: every run id starts with its optimizer
     results = study.STUDY.run(budget, options)
+    if args.only and not results["waiting"] and not any(row["run_id"].startswith(args.only) for row in results["runs"]):
+        raise ConfigError(names_none)
     for row in results["runs"]:
         print(_study_line(row))
     print(f"results: {args.results} (figures beside it)")
@@ -443,6 +468,8 @@ def main(argv=None) -> int:
             return cmd_time_to_accuracy(args)
         if args.command == "export":
             return export.cmd_export(args)
+        if args.command == "convert":
+            return cmd_convert(args)
         return cmd_predict(args)
     except EXPECTED_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

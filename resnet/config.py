@@ -7,8 +7,9 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .constants import IMAGE_SIZE, MEAN, PUBLISHED_MEAN, PUBLISHED_STD, STD
+from .constants import IMAGE_SIZE, MEAN, PUBLISHED_MEAN, PUBLISHED_STD, STD, TRAIN_IMAGES
 from .data import AUGMENTATIONS
+from .model import MAX_BLOCKS
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "onecycle", "cosine")
@@ -71,7 +72,9 @@ class TrainConfig:
     limit_train: int = setting(0, "train on the first N images only (0 = all)", minimum=0, form="Training images")
     limit_test: int = setting(0, "evaluate on the first N test images only (0 = all)", minimum=0,
                               form="Test images scored per epoch", advanced=True)
-    val_size: int = setting(0, "carve N seeded validation images from the training set", minimum=0)
+    val_size: int = setting(0, "carve N seeded validation images from the training set (0 = none; at least 2: the "
+                            "calibration temperature fits on one half and is reported on the other)", minimum=0,
+                            below=TRAIN_IMAGES)
     split_seed: int | None = setting(None, "seed of the validation split (default: --seed); an experiment fixes it, so "
                                      "runs of different seeds hold out the same images", minimum=0, below=SEED_LIMIT)
     score_test: bool = setting(True, "score the test set at each epoch and at the end; when off, only the validation "
@@ -160,16 +163,20 @@ def validation_seed(config: TrainConfig) -> int:
     return config.seed if config.split_seed is None else config.split_seed
 
 
+WHERE_AND_WHAT_IS_SCORED = ("data_dir", "device", "score_test")
+
+
 def differences(stored: dict, config: TrainConfig) -> str:
     """What a run's recorded config trains differently from ``config`` ('lr 0.1 -> 0.2, ...'); '' where nothing.
 
-    Where it ran (``data_dir``, ``device``) is not a difference, nor is how the validation seed was given
-    (``split_seed`` unset means the run's seed); a setting added since the record was written has its default.
+    Where it ran (``data_dir``, ``device``) is not a difference, nor is whether it also scored the test set
+    (``score_test``: evaluation changes no weight), nor how the validation seed was given (``split_seed`` unset
+    means the run's seed); a setting added since the record was written has its default.
     """
     before = config_from_dict(stored)
     old, new = dataclasses.asdict(before), dataclasses.asdict(config)
     old["split_seed"], new["split_seed"] = validation_seed(before), validation_seed(config)
-    return ", ".join(f"{key} {old[key]} -> {new[key]}" for key in new if key not in ("data_dir", "device") and old[key] != new[key])
+    return ", ".join(f"{key} {old[key]} -> {new[key]}" for key in new if key not in WHERE_AND_WHAT_IS_SCORED and old[key] != new[key])
 
 
 def kind(name: str):
@@ -257,9 +264,12 @@ def validate(c: TrainConfig) -> None:
         elif kind(name) in (int, float):
             _check_bounds(name, _number(name, value, kind(name) is int), meta)
     blocks = tuple(c.blocks)
-    if len(blocks) != 4 or not all(isinstance(b, int) and 1 <= b <= 8 for b in blocks):
-        raise ConfigError(f"blocks must be four whole numbers from 1 to 8, got {list(blocks)}")
+    if len(blocks) != 4 or not all(isinstance(b, int) and 1 <= b <= MAX_BLOCKS for b in blocks):
+        raise ConfigError(f"blocks must be four whole numbers from 1 to {MAX_BLOCKS}, got {list(blocks)}")
     parse_resolution(c.resolution)
+    if c.val_size == 1:
+        raise ConfigError("val_size must be 0 or at least 2: the calibration temperature fits on one half of the "
+                          "split and is reported on the other")
     if not c.score_test and not c.val_size:
         raise ConfigError("score_test off needs a validation split to score instead: give val_size (--val-size N)")
 

@@ -36,7 +36,7 @@ class Budget:
     val_size: int = 5_000  # a seeded split of the training set; the only thing runs are scored on
     epochs: int | None = 5  # None: each run keeps its recipe's epochs
     batch_size: int | None = None  # None: each run keeps its recipe's batch (the ablation compares recipes)
-    test_size: int = 1_000  # the Trainer scores these test images each epoch; no experiment reads them
+    test_size: int = 1_000  # test images loaded beside the split; every experiment's runs score the split alone
     seed: int = 0  # of the validation split, and of each run's first seed
     seeds: int = 1  # runs per recipe, seeded seed, seed + 1, ...: their spread is the noise a difference must beat
     resolution: str | None = None  # a resolution schedule every run trains at (None: each recipe's own)
@@ -46,10 +46,11 @@ class Budget:
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
 
     def settings(self, data_dir=None, seed: int | None = None) -> dict:
-        """The make_config settings that hold a run to this budget (``seed``: one of its seeds, else the first)."""
+        """The make_config settings that hold a run to this budget (``seed``: one of its seeds, else the first).
+        Runs of an experiment choose, so they score the validation split alone, never the test set."""
         return dict(epochs=self.epochs, val_size=self.val_size, limit_train=self.train_size, limit_test=self.test_size,
                     seed=self.seed if seed is None else seed, split_seed=self.seed, batch_size=self.batch_size,
-                    resolution=self.resolution,
+                    resolution=self.resolution, score_test=False,
                     data_dir=str(data_dir) if data_dir else None)
 
     def run_seeds(self) -> range:

@@ -11,6 +11,8 @@ from torch import nn
 STAGE_WIDTHS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
 BLOCK_CHOICES = ((1, 1, 1, 1), (2, 2, 2, 2), (3, 3, 3, 3))
+MAX_BLOCKS = 8  # per stage: the most a training config may ask for, so the most a weights file may hold
+FEATURES = STAGE_WIDTHS[-1]  # the linear layer's inputs
 
 
 class Dropout(nn.Dropout):
@@ -76,7 +78,7 @@ class ResNet(nn.Module):
                 layers.append(BasicBlock(in_planes, width, block_stride, dropout))
                 in_planes = width
             setattr(self, f"layer{index + 1}", nn.Sequential(*layers))
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = nn.Linear(FEATURES, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map (512 x 4 x 4 for a 32 x 32 input), used by Grad-CAM."""
@@ -99,3 +101,10 @@ def build_model(blocks=(1, 1, 1, 1), dropout: float = 0.1, num_classes: int = 10
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def state_bytes(blocks, num_classes: int = 10) -> int:
+    """The size of a network's state_dict in fp32, counted on the meta device (nothing is allocated)."""
+    with torch.device("meta"):
+        model = build_model(blocks, num_classes=num_classes)
+    return sum(value.numel() * max(4, value.element_size()) for value in model.state_dict().values())

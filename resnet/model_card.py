@@ -25,7 +25,9 @@ def confidence_note(probabilities: dict, card: dict | None = None) -> str:
     if card is None:
         kind = ""
     elif card.get("temperature") is not None:
-        kind = "; calibrated on CIFAR-10 test images, where guesses this sure are right roughly that often"
+        fitted_on = (card.get("calibration") or {}).get("fitted_on")
+        where = f"on {fitted_on}" if isinstance(fitted_on, str) and fitted_on else "on images its card does not name"
+        kind = f"; calibrated {where}, where guesses this sure were right roughly that often"
     else:
         kind = "; uncalibrated: this model's confidence was not checked on held-out images"
     if top < low_confidence_threshold(card):

@@ -24,6 +24,7 @@ from .config import OPTIMIZERS, make_config
 from .experiments import DONE, Budget, Experiment, Options
 from .model import BLOCK_CHOICES, build_model, count_parameters
 from .plots import COLORS, LAYOUT, empty_figure
+from .train import steps_in_epoch
 
 PHASES = ("optimizers", "dropout", "size")
 
@@ -240,7 +241,7 @@ class Study(Experiment):
 
     def row(self, planned: Planned, run: dict, budget: Budget) -> dict:
         """Settings, outcome, final validation score, cost and curve."""
-        images_per_epoch = budget.train_size // budget.batch_size * budget.batch_size
+        images_per_epoch = steps_in_epoch(budget.train_size, budget.batch_size) * budget.batch_size
         speeds = run["images_per_s"]
         return {
             "run_id": planned.run_id,

@@ -7,7 +7,8 @@ whose validation accuracy reaches it: the run's clock at that epoch's end, the t
 seen and the FLOPs spent (resnet.flops). The clock counts the training steps, each epoch's
 validation pass and checkpoint writes; process start, loading the data and the stem's whitening
 come before it starts. Each epoch is scored in the trainer's evaluation precision (bf16 autocast
-where the hardware has it); the final score is fp32. Wall times compare only within one machine,
+where the hardware has it), the last one too: the final validation figure is that epoch's (the run's
+card holds the same weights' fp32 score). Wall times compare only within one machine,
 which each row names. Rerunning skips finished runs and resumes interrupted ones
 (resnet.experiments).
 """
@@ -63,7 +64,7 @@ class TimeToAccuracy(Experiment):
         return [Recipe(name, change) for name, change in self.recipes.items()], None
 
     def config_for(self, recipe: Recipe, budget: Budget, data_dir=None):
-        return make_config("fast", **{**budget.settings(data_dir), **recipe.change, "score_test": False})
+        return make_config("fast", **{**budget.settings(data_dir), **recipe.change})
 
     def row(self, recipe: Recipe, run: dict, budget: Budget) -> dict:
         """Its change, outcome, FLOPs, final validation score, and when it first reached each target."""

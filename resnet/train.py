@@ -50,8 +50,15 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for, but no CUDA GPU is available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda was asked for, but no CUDA GPU is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name} was asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device mps was asked for, but this machine has no Apple GPU")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {name!r}; choose auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -100,11 +107,11 @@ def _cpu_model() -> str:
 
 def lr_at(config: TrainConfig, step: int, total_steps: int) -> float:
     """The learning rate of a step: a pure function, so resuming needs no scheduler state."""
-    if config.schedule == "constant":
-        return config.lr
     progress = step / max(1, total_steps)
     if progress < config.warmup:
         return config.lr * progress / config.warmup
+    if config.schedule == "constant":
+        return config.lr
     rest = (progress - config.warmup) / max(1e-12, 1 - config.warmup)
     if config.schedule == "onecycle":
         return config.lr * (1 - rest)
@@ -195,6 +202,8 @@ def load_data(config: TrainConfig, device: torch.device) -> Dataset:
     test_x, test_y = load_split(config.data_dir, train=False)
     val_x = val_y = None
     if config.val_size:
+        if config.val_size >= len(train_x):  # a data folder smaller than the official split
+            raise ConfigError(f"val_size {config.val_size} leaves no training images: the data set has {len(train_x)}")
         train_x, train_y, val_x, val_y = split_validation(train_x, train_y, config.val_size, validation_seed(config))
     if config.limit_train:
         train_x, train_y = train_x[: config.limit_train], train_y[: config.limit_train]
@@ -215,12 +224,6 @@ def steps_in_epoch(images: int, batch_size: int) -> int:
 def training_images(config: TrainConfig) -> int:
     """How many training images a config trains on, without reading the data."""
     return min(config.limit_train or TRAIN_IMAGES, TRAIN_IMAGES - config.val_size)
-
-
-class Stop:
-    """Why the loop ended early; every rank learns it at the same steps, so all end together."""
-
-    NONE, STOPPED, DIVERGED = 0, 1, 2
 
 
 @dataclass
@@ -347,12 +350,14 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not resume:
                 (self.run_dir / runs.METRICS).unlink(missing_ok=True)
-            for stale in (runs.WEIGHTS, runs.CARD):  # a resumed run publishes only what it finishes now
-                (self.run_dir / stale).unlink(missing_ok=True)
             atomic_write_json(self.run_dir / runs.CONFIG, dataclasses.asdict(config))
             self._status("running", "resumed" if resume else "started")
         try:  # a failure anywhere from here (a bad checkpoint too) is reported, not left as "running"
             parts, position = self.build(resume)
+            if self.writes:
+                # A resumed run publishes only what it finishes now; a resume that fails to load keeps what it had.
+                for stale in (runs.WEIGHTS, runs.CARD):
+                    (self.run_dir / stale).unlink(missing_ok=True)
             return self._loop(parts, position)
         except Exception as error:
             self._status("failed", f"{type(error).__name__}: {error}")
@@ -626,9 +631,7 @@ class Trainer:
             **{f"{split}_acc": final["acc"], f"{split}_loss": final["loss"], f"tta_{split}_acc": tta["acc"],
                f"{split}_images": final["count"]},
             per_class_acc=final["per_class_acc"], confusion=final["confusion"], ece=final["ece"], scored_on=split,
-            measured=f"on the {'test set' if split == 'test' else 'validation split (the test set was never scored)'}: "
-                     f"fp32 (TF32 off), eval mode, final epoch, no test-time augmentation (tta_{split}_acc: mean of image and "
-                     "mirror logits)",
+            measured=measured_on(split),
             training=dataclasses.asdict(config),
             curve=curve,
             provenance={
@@ -649,6 +652,13 @@ class Trainer:
         message = f"finished: {'test' if split == 'test' else 'validation'} accuracy {final['acc']:.2%} after {config.epochs} epochs"
         self._status("finished", message)
         return {"status": "finished", "message": message, "scored_on": split, **final}
+
+
+def measured_on(split: str) -> str:
+    """How a card's ``<split>_acc`` figures were measured, for the split a run (or the script that ships it) scored."""
+    return (f"on the {'test set' if split == 'test' else 'validation split (the test set was never scored)'}: "
+            f"fp32 (TF32 off), eval mode, final epoch, no test-time augmentation (tta_{split}_acc: mean of image and "
+            "mirror logits)")
 
 
 def train_step(model, optimizer, images, labels, config: TrainConfig, amp_dtype, channels_last: bool,

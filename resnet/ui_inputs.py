@@ -14,10 +14,10 @@ kinds of input that value is the wrong one for this app, so these components get
     file in its cache for each one, and refuses the whole request over one file of another type, where
     the batch handler names each unusable file. Gradio has already checked that every path is in its
     upload cache.
-``form_field`` (a training setting's gr.Number or gr.Slider)
+``form_field`` (a training setting's gr.Number or gr.Slider, and the stress severity's slider)
     The handler gets the value exactly as sent. Gradio's bounds check and rounding would turn a string,
-    NaN or infinity from the raw API into an anonymous exception; resnet.config's validation refuses
-    it in a sentence that names the setting. The component's ``minimum``, ``maximum`` and ``precision``
+    NaN or infinity from the raw API into an anonymous exception; resnet.config's validation (for the
+    severity, resnet.stress.check) refuses it in a sentence that names the field. The component's ``minimum``, ``maximum`` and ``precision``
     therefore no longer check anything on the server: they only describe the field, to the browser's
     widget (its range) and to the API page (a slider's range, a number's integer type for precision 0).
     A field must declare no more than resnet.config enforces for its setting: a
@@ -83,11 +83,11 @@ def batch_input(**kwargs) -> gr.File:
 
 
 def raw_value(payload):
-    """A training field's preprocess: the value as sent, for resnet.config to validate by name."""
+    """A numeric field's preprocess: the value as sent, for the handler's own validation to refuse by name."""
     return payload
 
 
 def form_field(component):
-    """``component`` (a gr.Number or gr.Slider of the Train form) with ``raw_value`` as its preprocess."""
+    """``component`` (a gr.Number or gr.Slider whose handler validates it) with ``raw_value`` as its preprocess."""
     component.preprocess = raw_value
     return component

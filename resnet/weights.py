@@ -2,6 +2,7 @@
 
 Nothing here unpickles arbitrary objects: safetensors holds raw tensors only, and ``.pt`` files
 go through ``torch.load(weights_only=True)``, which refuses anything but tensors and containers.
+A visitor's upload never gets that far as a ``.pt``: resnet.catalog takes uploads as safetensors only.
 """
 
 import io
@@ -19,9 +20,10 @@ from safetensors.torch import save as safetensors_save
 
 from .constants import CLASSES, IMAGE_SIZE, MEAN, PUBLISHED_MEAN, PUBLISHED_STD, STD
 from .classifier import Classifier
-from .model import ResNet, build_model
+from .model import FEATURES, MAX_BLOCKS, ResNet, build_model, state_bytes
 
-MAX_WEIGHTS_BYTES = 128 * 1024 * 1024  # the largest size offered, [3,3,3,3], is 70 MB in fp32
+# The largest network a training config allows, in fp32, and room for the header: a larger file is no weights of ours.
+MAX_WEIGHTS_BYTES = state_bytes((MAX_BLOCKS,) * 4) + 2**20
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "cifar10-resnet.safetensors"
 EMBEDDED_CARD_KEYS = ("blocks", "dropout", "num_classes", "classes", "mean", "std", "input_size", "temperature")
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
@@ -77,6 +79,10 @@ def save_weights(model: ResNet, path, card: dict, dtype=torch.float32) -> Path:
         key: (value.to(dtype) if value.is_floating_point() else value).detach().cpu().contiguous()
         for key, value in model.state_dict().items()
     }
+    overflow = next((key for key, value in tensors.items() if value.is_floating_point() and not torch.isfinite(value).all()), None)
+    if overflow:  # fp16 tops out at 65504: a large BatchNorm variance becomes inf, and every prediction NaN
+        raise WeightsError(f"{overflow} holds values that are not finite in {str(dtype).removeprefix('torch.')}; "
+                           "save in float32 or bfloat16")
     # The preprocessing facts also travel inside the file, so a lone upload is still read right.
     essentials = {key: card[key] for key in EMBEDDED_CARD_KEYS if key in card}
     atomic_write_bytes(path, safetensors_save(tensors, metadata={"format": "pt", "card": json.dumps(essentials)}))
@@ -84,14 +90,14 @@ def save_weights(model: ResNet, path, card: dict, dtype=torch.float32) -> Path:
     return path
 
 
-def _is_safetensors(data: bytes) -> bool:
+def is_safetensors(data: bytes) -> bool:
     """8 bytes of little-endian header length, then the JSON header: checked before the pickle test, since a
     header whose length ends in the byte 0x80 starts as a pickle stream does."""
     return len(data) > 8 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") <= len(data) - 8
 
 
 def _read_state_dict(data: bytes, name: str) -> dict:
-    if not _is_safetensors(data) and (data[:2] == b"PK" or data[:1] == b"\x80"):  # zip (torch.save) or a legacy pickle
+    if not is_safetensors(data) and (data[:2] == b"PK" or data[:1] == b"\x80"):  # zip (torch.save) or a legacy pickle
         try:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as error:  # weights_only refusals and corrupt archives alike
@@ -150,6 +156,8 @@ def infer_blocks(state: dict) -> tuple:
             counts[stage] = max(counts[stage], index + 1)
     if min(counts) == 0:
         raise WeightsError("the keys name no layer1..layer4 blocks: not weights of this ResNet")
+    if max(counts) > MAX_BLOCKS:  # refused before the network is built: the key indices alone would size it
+        raise WeightsError(f"the keys name {max(counts)} blocks in a stage; this ResNet has at most {MAX_BLOCKS}")
     return tuple(counts)
 
 
@@ -158,13 +166,14 @@ def _validate_card(card: dict, name: str) -> dict:
         raise WeightsError(f"{name}: the card is not a JSON object")
     for key, length in (("mean", 3), ("std", 3)):
         values = card.get(key)
-        if not (isinstance(values, list) and len(values) == length and all(isinstance(v, (int, float)) for v in values)):
-            raise WeightsError(f"{name}: card field {key!r} must be a list of 3 numbers")
+        if not (isinstance(values, list) and len(values) == length
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+            raise WeightsError(f"{name}: card field {key!r} must be a list of 3 finite numbers")
     if any(v <= 0 for v in card["std"]):
         raise WeightsError(f"{name}: card field 'std' must be positive")
     blocks = card.get("blocks", [1, 1, 1, 1])
-    if not (isinstance(blocks, list) and len(blocks) == 4 and all(isinstance(b, int) and b >= 1 for b in blocks)):
-        raise WeightsError(f"{name}: card field 'blocks' must be a list of 4 positive whole numbers")
+    if not (isinstance(blocks, list) and len(blocks) == 4 and all(isinstance(b, int) and 1 <= b <= MAX_BLOCKS for b in blocks)):
+        raise WeightsError(f"{name}: card field 'blocks' must be a list of 4 whole numbers from 1 to {MAX_BLOCKS}")
     dropout = card.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise WeightsError(f"{name}: card field 'dropout' must be a number in [0, 1)")
@@ -176,6 +185,18 @@ def _validate_card(card: dict, name: str) -> dict:
                                     or not math.isfinite(temperature) or temperature <= 0):
         raise WeightsError(f"{name}: card field 'temperature' must be a positive number, not {str(temperature)[:40]!r}")
     return dict(card)
+
+
+def _outputs(state: dict, card: dict, name: str) -> int:
+    """The class count of the linear layer, checked before the network is built (its shape alone would size it)."""
+    weight = state.get("linear.weight")
+    if weight is None:
+        return len(CLASSES)  # the key check names it as missing
+    names = max(len(CLASSES), len(card.get("classes") or ()))  # the card's own class count is checked once built
+    if weight.dim() != 2 or weight.shape[1] != FEATURES or not 1 <= weight.shape[0] <= names:
+        raise WeightsError(f"{name}: shape mismatch for linear.weight: file {tuple(weight.shape)}, model (classes, {FEATURES}) "
+                           f"with 1 to {names} classes")
+    return weight.shape[0]
 
 
 def load_weights(source, name: str | None = None, card: dict | None = None) -> Classifier:
@@ -204,6 +225,9 @@ def load_weights(source, name: str | None = None, card: dict | None = None) -> C
         raise WeightsError(f"{name}: the file is empty")
     state = _read_state_dict(data, name)
     blocks = infer_blocks(state)
+    broken = next((key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()), None)
+    if broken:
+        raise WeightsError(f"{name}: {broken} holds NaN or infinite values; every prediction would be NaN")
     if card is None:
         card = embedded_card(data)
     if card is None:
@@ -211,7 +235,7 @@ def load_weights(source, name: str | None = None, card: dict | None = None) -> C
     card = _validate_card(card, name)
     if "blocks" in card and tuple(card["blocks"]) != blocks:
         raise WeightsError(f"{name}: the card says blocks {card['blocks']} but the weights have {list(blocks)}")
-    num_classes = state["linear.weight"].shape[0] if "linear.weight" in state else 10
+    num_classes = _outputs(state, card, name)
     model = build_model(blocks=blocks, dropout=float(card.get("dropout", 0.0)), num_classes=num_classes)
     reference = model.state_dict()
     missing = sorted(set(reference) - set(state))

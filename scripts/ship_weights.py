@@ -30,7 +30,7 @@ from resnet.data import load_split  # noqa: E402
 from resnet.classifier import Classifier  # noqa: E402
 from resnet.evaluate import metrics_from_logits  # noqa: E402
 from resnet.model_card import LOW_CONFIDENCE  # noqa: E402
-from resnet.train import load_data  # noqa: E402
+from resnet.train import load_data, measured_on  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights  # noqa: E402
 
 
@@ -93,6 +93,7 @@ def main(argv=None) -> int:
     card.update(
         test_acc=final["acc"], test_loss=final["loss"], tta_test_acc=tta["acc"],
         per_class_acc=final["per_class_acc"], confusion=final["confusion"], ece=final["ece"], test_images=final["count"],
+        scored_on="test", measured=measured_on("test"),  # a run that scored only its validation split said so
         storage_comparison={
             str(d).removeprefix("torch."): {"test_acc": s[2]["acc"], "test_loss": s[2]["loss"]} for d, s in scored.items()
         },

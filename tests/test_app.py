@@ -14,11 +14,12 @@ from PIL import Image
 from conftest import tiny_card
 
 from resnet import downloads, limits, model_card, runs, showcase
-from resnet.constants import CLASSES
+from resnet.constants import CLASSES, PUBLISHED_MEAN
 from resnet.evaluate import predict_logits
 from resnet.images import prepare
 from resnet.model import build_model
-from resnet.weights import save_weights
+from resnet.cli import main
+from resnet.weights import embedded_card, save_weights
 
 gr = pytest.importorskip("gradio")
 import app  # noqa: E402
@@ -174,14 +175,18 @@ def test_picker_offers_finished_runs_and_predicts_with_them(studio, tiny_data, t
             studio.predict(example(), bad)
 
 
-def test_uploaded_weights_ours_and_published(studio, tiny_weights, tmp_path):
+def test_uploaded_weights_ours_and_published_once_converted(studio, tiny_weights, tmp_path):
     key, picker, about = studio.upload_weights(tiny_weights.read_bytes())
     assert picker.value == "uploaded" and "blocks" in about
     assert set(studio.predict(example(), "uploaded", key)) == set(CLASSES)
-    published = io.BytesIO()
-    torch.save(build_model().state_dict(), published)  # how project1_model.pt was written
-    key, _, about = studio.upload_weights(published.getvalue())
-    assert "published" in about and studio.predict(example(), "uploaded", key)
+    torch.save(build_model().state_dict(), tmp_path / "project1_model.pt")  # how project1_model.pt was written
+    with pytest.raises(gr.Error, match=r"uploads must be .safetensors \(a .pt file is a pickle\); for a published .pt, run `python -m resnet convert"):
+        studio.upload_weights((tmp_path / "project1_model.pt").read_bytes())  # a pickle: not opened for a visitor
+    assert main(["convert", str(tmp_path / "project1_model.pt"), str(tmp_path / "project1_model.safetensors")]) == 0
+    converted = (tmp_path / "project1_model.safetensors").read_bytes()
+    assert embedded_card(converted)["mean"] == list(PUBLISHED_MEAN)  # uploaded alone, it keeps the published normalization
+    key, _, about = studio.upload_weights(converted)
+    assert "blocks [1, 1, 1, 1]" in about and set(studio.predict(example(), "uploaded", key)) == set(CLASSES)
 
 
 class Boom:

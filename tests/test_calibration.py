@@ -144,7 +144,10 @@ def test_the_note_uses_the_card_threshold_and_says_whether_it_is_calibrated():
     assert "uncalibrated" in model_card.confidence_note(probabilities, strict)
     calibrated = {**strict, "temperature": 0.6}
     assert "uncalibrated" not in model_card.confidence_note(probabilities, calibrated)
-    assert "calibrated on CIFAR-10 test images" in model_card.confidence_note(probabilities, calibrated)
+    assert "calibrated on images its card does not name" in model_card.confidence_note(probabilities, calibrated)
+    from_split = {**calibrated, "calibration": {"fitted_on": "the 5,000 validation images held out of training"}}
+    assert "calibrated on the 5,000 validation images held out of training, where guesses this sure were right" in \
+        model_card.confidence_note(probabilities, from_split)
     assert model_card.low_confidence_threshold({"low_confidence": {"threshold": "high"}}) == model_card.LOW_CONFIDENCE
 
 

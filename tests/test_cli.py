@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from resnet import build_model, runs
 from resnet.cli import main
-from resnet.weights import make_card, save_weights
+from resnet.weights import load_weights, make_card, save_weights
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,6 +68,9 @@ def test_help_as_a_module_in_a_subprocess():
     (["--epochs", "0"], "epochs must be at least 1"),
     (["--blocks", "0,1,1,1"], "blocks must be four whole numbers"),
     (["--batch-size", "64"], "batch_size 64 is larger than the 24 training images"),
+    (["--val-size", "1"], "val_size must be 0 or at least 2"),
+    (["--val-size", "50000"], "val_size must be in [0, 50000)"),
+    (["--val-size", "320"], "val_size 320 leaves no training images: the data set has 320"),
 ])
 def test_invalid_train_settings_fail_with_one_line(capsys, tiny_data, tmp_path, flags, words):
     code, out, err = run_cli(capsys, "train", "--out", tmp_path / "run", *fast(tiny_data), *flags)
@@ -199,6 +203,25 @@ def test_evaluate_with_bad_weights_fails_with_one_line(capsys, tiny_data, tmp_pa
     make(tmp_path / "w.pt")
     code, _, err = run_cli(capsys, "evaluate", "--weights", tmp_path / "w.pt", "--data-dir", tiny_data)
     assert code == 2 and len(err.strip().splitlines()) == 1 and words in err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_device_that_is_not_there_fails_with_one_line(capsys, tiny_data, weights, command):
+    code, _, err = run_cli(capsys, command, "--weights", weights, "--device", "gpu",
+                           *(["--data-dir", tiny_data] if command == "evaluate" else ["missing.png"]))
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and "unknown device 'gpu'" in err
+
+
+def test_convert_writes_safetensors_that_predict_as_the_pt_did(capsys, tmp_path):
+    torch.manual_seed(0)
+    torch.save(build_model().eval().state_dict(), tmp_path / "project1_model.pt")
+    code, out, _ = run_cli(capsys, "convert", tmp_path / "project1_model.pt", tmp_path / "out" / "model.safetensors")
+    assert code == 0 and "model.json" in out
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    before, after = (load_weights(path).logits(images) for path in (tmp_path / "project1_model.pt", tmp_path / "out" / "model.safetensors"))
+    assert torch.equal(before, after)
+    code, _, err = run_cli(capsys, "convert", tmp_path / "project1_model.pt", tmp_path / "model.pt")
+    assert code == 2 and "must end in .safetensors" in err and not (tmp_path / "model.pt").exists()
 
 
 def test_evaluate_with_missing_data(capsys, tmp_path, weights):

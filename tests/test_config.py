@@ -72,8 +72,10 @@ def test_a_new_setting_is_one_declaration(monkeypatch):
 
 def test_differences_name_what_a_recorded_run_trained_otherwise():
     now = make_config("fast", seed=0, split_seed=0, val_size=5_000)
-    recorded = dataclasses.asdict(make_config("fast", seed=0, val_size=5_000, data_dir="/elsewhere", device="cuda"))
-    assert config.differences(recorded, now) == ""  # where it ran, and split_seed unset meaning its seed, are no difference
+    recorded = dataclasses.asdict(make_config("fast", seed=0, val_size=5_000, data_dir="/elsewhere", device="cuda",
+                                              score_test=False))
+    # Where it ran, whether it also scored the test set, and split_seed unset meaning its seed, are no difference.
+    assert config.differences(recorded, now) == ""
     recorded.pop("whiten_stem")  # written before the setting existed: it had the default
     assert config.differences(recorded, now) == ""
     assert config.differences({**recorded, "lr": 0.1, "split_seed": 3}, now) == "lr 0.1 -> 0.4, split_seed 3 -> 0"

@@ -275,7 +275,7 @@ def weights_bytes(kind: str, tiny_weights: Path, marker: Path) -> bytes:
     ("random-bytes", "not a weights file"),
     ("wrong-architecture", "not weights of this ResNet"),
     ("wider-resnet", "shape mismatch"),
-    ("pickle-payload", "not a plain PyTorch state_dict"),
+    ("pickle-payload", "must be .safetensors"),
 ])
 def test_bad_weight_uploads_are_sentences_and_nothing_runs(studio, tiny_weights, tmp_path, kind, words):
     marker = tmp_path / "payload-ran"

@@ -12,7 +12,7 @@ from resnet import runs
 from resnet.calibration import calibration_fields
 from resnet.config import make_config
 from resnet.data import load_split
-from resnet.model_card import LOW_CONFIDENCE
+from resnet.model_card import LOW_CONFIDENCE, shipped_summary
 from resnet.train import Trainer, load_data
 from resnet.weights import load_weights
 
@@ -38,7 +38,7 @@ def finished(tiny_data, run_dir, **settings) -> Path:
 
 @pytest.mark.slow
 def test_a_run_with_a_validation_split_ships_calibrated_on_it(tiny_data, tmp_path, ship):
-    run_dir = finished(tiny_data, tmp_path / "run", val_size=60, seed=3)
+    run_dir = finished(tiny_data, tmp_path / "run", val_size=60, seed=3, score_test=False)  # as a chosen recipe's run
     out = tmp_path / "shipped" / "model.safetensors"
     assert ship([str(run_dir), "--out", str(out), "--data-dir", str(tiny_data)]) == 0
     shipped = load_weights(out)
@@ -55,6 +55,9 @@ def test_a_run_with_a_validation_split_ships_calibrated_on_it(tiny_data, tmp_pat
     assert card["low_confidence"]["threshold"] == pytest.approx(expected["low_confidence"]["threshold"], abs=1e-6)
     assert card["low_confidence"]["measured_on"] == f"the {len(labels)} test images" and card["low_confidence"]["calibrated"]
     assert card["source_run"] == "run" and "--val-size 60" in card["reproduce"]
+    # The run scored only its split; what ships was scored on the test set, and the card says that alone.
+    assert card["scored_on"] == "test" and card["measured"].startswith("on the test set")
+    assert "never scored" not in shipped_summary(card)
     printed = json.loads((tmp_path / "shipped" / "model.json").read_text())
     assert printed == card
 

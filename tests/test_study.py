@@ -155,6 +155,17 @@ def test_cli_study_trains_only_the_chosen_runs(tiny_data, tmp_path, monkeypatch,
     assert "sgd-lr0p01-drop0p1-b1111" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("only", ["adma-", "sgd-lr0p7"])
+def test_a_study_prefix_that_names_no_run_is_refused(tmp_path, capsys, only):
+    # adma- can name no run at all; sgd-lr0p7 none of the committed study's complete plan.
+    results = tmp_path / "study.json"
+    results.write_text(open("results/study.json").read())
+    code = main(["study", "--out", str(tmp_path / "s"), "--results", str(results), "--only", only])
+    error = capsys.readouterr().err
+    assert code == 2 and f"--only {only!r} names no run of the study" in error and error.count("\n") == 1
+    assert not any(path.is_dir() for path in (tmp_path / "s").glob("*"))  # no run folder: nothing trained
+
+
 @pytest.mark.parametrize("machines, drawn", [(["cpu: A", "cpu: A"], True), (["cpu: A", "cpu: B"], False), ([None, "cpu: A"], False)])
 def test_the_size_figure_draws_seconds_only_from_one_machine(machines, drawn):
     rows = [{"run_id": f"b{b}", "phases": ["size"], "status": "finished", "final_val_acc": 0.5, "blocks": [b] * 4,

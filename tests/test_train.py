@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import resnet.data as data_module
+import resnet.evaluate as evaluate_module
 import resnet.train as train_module
 from resnet import runs
 from resnet.config import ConfigError, make_config, parse_resolution
@@ -21,7 +22,7 @@ from resnet.data import load_split, normalize
 from resnet.explain import grad_cam
 from resnet.model import build_model
 from resnet.train import (Trainer, build_optimizer, default_channels_last, describe_device, lr_at, resize, resolution_at,
-                          resume_config, train_step)
+                          resolve_device, resume_config, train_step)
 from resnet.weights import load_weights
 
 STEP_KEYS = {"kind", "epoch", "step", "train_loss", "train_acc", "lr", "images_per_s", "elapsed_s"}
@@ -145,6 +146,37 @@ def test_resume_after_a_crash_uses_the_epoch_checkpoint(tiny_data, tmp_path, str
 
     Trainer(resume_config(tmp_path), tmp_path).run(resume=True)
     assert_same_result(tmp_path, straight_run)
+
+
+def test_a_resume_that_cannot_load_keeps_the_finished_model(tiny_data, tmp_path):
+    assert Trainer(small_config(tiny_data, epochs=1), tmp_path).run()["status"] == "finished"
+    published = (tmp_path / runs.WEIGHTS).read_bytes(), (tmp_path / runs.CARD).read_bytes()
+    (tmp_path / runs.CHECKPOINT).write_bytes(b"torn")
+    with pytest.raises(Exception):
+        Trainer(resume_config(tmp_path, epochs=2), tmp_path).run(resume=True)
+    assert runs.read_status(tmp_path)["status"] == "failed"
+    assert ((tmp_path / runs.WEIGHTS).read_bytes(), (tmp_path / runs.CARD).read_bytes()) == published
+
+
+@pytest.mark.parametrize("val_size, words", [(1, "val_size must be 0 or at least 2"), (50_000, r"val_size must be in \[0, 50000\)")])
+def test_a_validation_split_that_cannot_work_is_refused_before_any_work(val_size, words):
+    with pytest.raises(ConfigError, match=words):
+        make_config("fast", val_size=val_size)
+
+
+def test_a_validation_split_as_large_as_the_data_is_refused_in_words(tiny_data):
+    available = len(load_split(tiny_data, train=True)[1])
+    with pytest.raises(ConfigError, match=f"val_size {available} leaves no training images: the data set has {available}"):
+        train_module.load_data(small_config(tiny_data, val_size=available), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name, words", [("gpu", "unknown device 'gpu'"), ("meta", "unknown device 'meta'"),
+                                         ("cuda:7", "cuda"), ("mps", "mps")])
+def test_a_device_this_machine_cannot_give_is_refused_in_words(name, words):
+    if name.startswith(("cuda", "mps")) and (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        pytest.skip("this machine has the GPU that the refusal is about")
+    with pytest.raises(ConfigError, match=words):
+        resolve_device(name)
 
 
 def test_resume_may_raise_epochs_only(tiny_data, tmp_path):
@@ -282,6 +314,8 @@ def test_batch_larger_than_the_data_is_refused(tiny_data):
 def test_learning_rate_schedules():
     constant = make_config("original", lr=0.1)
     assert {lr_at(constant, s, 100) for s in range(100)} == {0.1}
+    warmed = make_config("original", lr=0.1, warmup=0.2)  # a warmup ramps every schedule, the constant one too
+    assert lr_at(warmed, 10, 100) == pytest.approx(0.05) and {lr_at(warmed, s, 100) for s in range(20, 100)} == {0.1}
     onecycle = make_config("fast", lr=0.4, warmup=0.25)
     assert lr_at(onecycle, 0, 100) == 0 and lr_at(onecycle, 25, 100) == pytest.approx(0.4)
     assert lr_at(onecycle, 50, 100) < lr_at(onecycle, 25, 100) and lr_at(onecycle, 100, 100) == pytest.approx(0)
@@ -537,12 +571,12 @@ def test_the_gpu_check_refuses_a_machine_without_cuda(capsys):
 
 def test_a_recipe_selection_run_never_scores_the_test_set(tiny_data, tmp_path, monkeypatch):
     scored = []
-    real_evaluate = Trainer._evaluate
-    monkeypatch.setattr(Trainer, "_evaluate", lambda self, model, images, labels, **k: scored.append(len(images)) or
-                        real_evaluate(self, model, images, labels, **k))
+    real = evaluate_module.predict_logits  # every path to a score goes through it: the epochs, the TTA, the calibration
+    monkeypatch.setattr(evaluate_module, "predict_logits", lambda model, images, *a, **k: scored.append(len(images)) or
+                        real(model, images, *a, **k))
     config = small_config(tiny_data, score_test=False, val_size=40, limit_test=16, epochs=1)
     assert Trainer(config, tmp_path).run()["status"] == "finished"
-    assert scored and set(scored) == {40}  # the validation split only, never the 16 test images
+    assert len(scored) >= 3 and set(scored) == {40}  # the validation split only, never the 16 test images
     epoch = next(r for r in runs.read_metrics(tmp_path) if r["kind"] == "epoch")
     assert "val_acc" in epoch and "test_acc" not in epoch
     card = load_weights(tmp_path / runs.WEIGHTS).card
@@ -550,6 +584,16 @@ def test_a_recipe_selection_run_never_scores_the_test_set(tiny_data, tmp_path, m
     assert "the test set was never scored" in card["measured"]
     with pytest.raises(ConfigError, match="score_test off needs a validation split"):
         small_config(tiny_data, score_test=False)
+
+
+def test_scoring_the_test_set_changes_no_weight(tiny_data, tmp_path):
+    # Why config.differences lets a run recorded with score_test on stand for one with it off.
+    weights = []
+    for score_test in (True, False):
+        run_dir = tmp_path / str(score_test)
+        assert Trainer(small_config(tiny_data, score_test=score_test, val_size=8, dropout=0.1), run_dir).run()["status"] == "finished"
+        weights.append(load_file(run_dir / runs.WEIGHTS))
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_the_split_seed_holds_out_the_same_images_whatever_the_runs_seed(tiny_data):

@@ -17,7 +17,7 @@ from gradio.data_classes import FileData, ImageData, ListFiles  # noqa: E402
 
 import app  # noqa: E402
 from resnet import ui_inputs  # noqa: E402
-from test_app import OWNER, form_values  # noqa: E402
+from test_app import OWNER, example, form_values  # noqa: E402
 
 FILE_META = {"_type": "gradio.FileData"}  # what marks a payload as a file for Gradio to check and move to its cache
 NUMERIC = [n for n in config.FORM_SETTINGS if config.kind(n) in (int, float) and not config.SETTINGS[n].metadata["choices"]]
@@ -105,6 +105,13 @@ def test_the_studio_wires_its_inputs_to_the_replacements(demo):
     for api_name in ("predict", "explain", "stress"):
         assert inputs_of(demo, api_name)[0].preprocess is ui_inputs.undecoded_upload, api_name
     assert inputs_of(demo, "predict_batch")[0].preprocess is ui_inputs.uploaded_paths
+    assert inputs_of(demo, "stress")[2].preprocess is ui_inputs.raw_value  # the severity: resnet.stress.check refuses it
+
+
+def test_a_raw_severity_is_refused_in_words(studio):
+    for raw in ("3", math.nan, 2.5, None):
+        with pytest.raises(gr.Error, match="severity must be a whole number from 1 to 5"):
+            studio.stress(example(), "gaussian_noise", raw)
 
 
 # ---- the Train form --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from resnet import build_model, count_parameters, load_weights, save_weights
@@ -226,6 +227,8 @@ def test_a_card_that_disagrees_with_its_weights_is_refused(tmp_path):
 
 @pytest.mark.parametrize("change, words", [
     ({"mean": [0.5, 0.5]}, "'mean'"),
+    ({"mean": [0.5, float("nan"), 0.5]}, "'mean' must be a list of 3 finite numbers"),  # json writes and reads NaN
+    ({"std": [0.2, float("inf"), 0.2]}, "'std' must be a list of 3 finite numbers"),
     ({"std": [0.2, 0.0, 0.2]}, "'std' must be positive"),
 ])
 def test_a_card_with_bad_preprocessing_is_refused(tmp_path, change, words):
@@ -310,3 +313,36 @@ def test_a_safetensors_header_whose_length_starts_like_a_pickle_still_loads(tmp_
             break
     assert path.read_bytes()[0] == 0x80
     assert load_weights(path.read_bytes()).classes == classes  # the header alone, without the .json card beside it
+
+
+# ---- files whose keys or shapes alone would size a huge network: refused before anything is built ----------
+def state_with(**changes) -> dict:
+    state = {key: value.contiguous() for key, value in build_model().state_dict().items()}
+    return {**state, **changes}
+
+
+@pytest.mark.parametrize("state, words", [
+    (state_with(**{"layer1.100000.conv1.weight": torch.zeros(0)}), ["100001 blocks in a stage", "at most 8"]),
+    (state_with(**{"linear.weight": torch.zeros(10**8, 0)}), ["shape mismatch for linear.weight", "(100000000, 0)"]),
+    (state_with(**{"linear.weight": torch.zeros(())}), ["shape mismatch for linear.weight"]),
+    (state_with(**{"linear.weight": torch.zeros(10, 999)}), ["shape mismatch for linear.weight"]),
+], ids=["block-index", "class-count", "scalar", "width"])
+def test_keys_and_shapes_that_would_size_a_huge_network_are_refused_first(monkeypatch, state, words):
+    import resnet.weights as weights_module
+
+    monkeypatch.setattr(weights_module, "build_model", lambda *a, **k: pytest.fail("built a network for refused weights"))
+    assert_refused(safetensors_save(state), *words)
+
+
+def test_weights_holding_nan_or_inf_are_refused_by_name():
+    assert_refused(safetensors_save(state_with(**{"layer2.0.bn1.running_var": torch.full((128,), float("inf"))})),
+                   "layer2.0.bn1.running_var", "NaN or infinite")
+
+
+def test_weights_that_overflow_their_storage_dtype_are_not_written(tmp_path):
+    model = build_model().eval()
+    model.layer3[0].bn2.running_var.fill_(1e6)  # past float16's 65504
+    with pytest.raises(WeightsError, match="layer3.0.bn2.running_var holds values that are not finite in float16"):
+        save_weights(model, tmp_path / "w.safetensors", make_card(model), dtype=torch.float16)
+    assert not (tmp_path / "w.safetensors").exists()
+    assert load_weights(save_weights(model, tmp_path / "w.safetensors", make_card(model), dtype=torch.bfloat16)).net
