@@ -233,15 +233,16 @@ class RunQueue:
         """Stop watching; by default stop the training child too (it checkpoints first)."""
         self._closed.set()
         self._monitor.join(timeout=5)
-        child = self._child
-        if stop_child and child and child[1].poll() is None:
-            child[1].send_signal(signal.SIGTERM)
-            try:
-                child[1].wait(timeout)
-            except subprocess.TimeoutExpired:
-                child[1].kill()
-                child[1].wait()
-            self._settle(*child)
+        with self._lock:  # a monitor still waiting for it (a resume held it) then finds the queue closed
+            child = self._child
+            if stop_child and child and child[1].poll() is None:
+                child[1].send_signal(signal.SIGTERM)
+                try:
+                    child[1].wait(timeout)
+                except subprocess.TimeoutExpired:
+                    child[1].kill()
+                    child[1].wait()
+                self._settle(*child)
 
     # ---- the worker ---------------------------------------------------------------------------
     def _check_room(self) -> None:
@@ -271,6 +272,8 @@ class RunQueue:
     def _watch(self) -> None:
         while not self._closed.wait(POLL_S):
             with self._lock:
+                if self._closed.is_set():  # closed while this waited for the lock: start nothing more
+                    return
                 try:
                     self._reap()
                     if self._child is None and self._waiting and not self._foreign_run_alive():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 import time
 import urllib.error
 from pathlib import Path
@@ -233,3 +234,16 @@ def test_resume_refuses_what_cannot_resume(queue):
     with pytest.raises(runs.RunError, match="invalid run id"):
         queue.resume("../x", OPERATOR)
     assert sorted(os.listdir(queue.root)) == ["run-f", "run-s"]
+
+
+def test_a_queue_closed_while_its_monitor_waits_for_the_lock_starts_nothing(queue, monkeypatch):
+    launched = []
+    monkeypatch.setattr(queue, "_launch", launched.append)
+    with queue._lock:  # as a resume waiting for its child's exit holds it
+        time.sleep(3 * jobs.POLL_S)  # the monitor is now waiting for the lock
+        queue._waiting.append("run-waiting")
+        closer = threading.Thread(target=queue.close)
+        closer.start()
+        wait_for(queue._closed.is_set, timeout=10, what="close() to begin")
+    closer.join(30)
+    assert not closer.is_alive() and not launched and not queue._monitor.is_alive()
