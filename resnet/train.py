@@ -446,8 +446,10 @@ class Trainer:
         elapsed = lambda: time.perf_counter() - started  # noqa: E731
         clock = Stopwatch(self.device)
         pending = []  # (loss, number correct) of every step since the last check, still on the device
-        window = []  # the last DIVERGENCE_WINDOW step losses, on the host
-        since_log, epoch_sums = Sums(), Sums(*position["sums"])
+        # The last DIVERGENCE_WINDOW step losses (on the host) and the steps since the last step row: both carried
+        # through a checkpoint, so a resumed run logs and is judged as the uninterrupted one would be.
+        window = list(position.get("window", []))
+        since_log, epoch_sums = Sums(*position.get("since_log", (0.0, 0.0, 0))), Sums(*position["sums"])
         epoch_train_time = position.get("train_time", 0.0)
         last_probe = time.perf_counter()
         for epoch in range(position["epoch"], config.epochs + 1):
@@ -492,7 +494,7 @@ class Trainer:
                                           f"{EXPLOSION_LOSS:.1f} or stayed above {DIVERGENCE_LOSS:.2f}")
                 if stopped:
                     self._checkpoint(model, optimizer, scaler, ema, epoch, step_in_epoch + 1, elapsed(), epoch_sums,
-                                     epoch_train_time)
+                                     epoch_train_time, since_log, window)
                     message = f"stopped at epoch {epoch}, step {done}; resume to continue"
                     self._status("stopped", message)
                     return {"status": "stopped", "message": message}
@@ -512,7 +514,7 @@ class Trainer:
             if broken_ranks:
                 return self._diverged(f"at the end of epoch {epoch}: {broken or 'another process found the model broken'}")
             self._emit(record)
-            self._checkpoint(model, optimizer, scaler, ema, epoch + 1, 0, elapsed(), Sums(), 0.0)
+            self._checkpoint(model, optimizer, scaler, ema, epoch + 1, 0, elapsed(), Sums(), 0.0, since_log, window)
             if stopped and epoch < config.epochs:  # asked while the epoch was scored: stop at the boundary
                 message = f"stopped after epoch {epoch}; resume to continue"
                 self._status("stopped", message)
@@ -594,12 +596,14 @@ class Trainer:
         self._status("diverged", message)
         return {"status": "diverged", "message": message}
 
-    def _checkpoint(self, model, optimizer, scaler, ema, epoch, step_in_epoch, elapsed_s, sums: Sums, train_time) -> None:
+    def _checkpoint(self, model, optimizer, scaler, ema, epoch, step_in_epoch, elapsed_s, sums: Sums, train_time,
+                    since_log: Sums, window: list) -> None:
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "position": {"epoch": epoch, "step_in_epoch": step_in_epoch, "elapsed_s": elapsed_s,
-                         "sums": [sums.loss, sums.correct, sums.seen], "train_time": train_time},
+                         "sums": [sums.loss, sums.correct, sums.seen], "train_time": train_time,
+                         "since_log": [since_log.loss, since_log.correct, since_log.seen], "window": list(window)},
         }
         if scaler.is_enabled():
             state["scaler"] = scaler.state_dict()

@@ -131,6 +131,22 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tiny_data, tmp_path, strai
     assert_same_result(tmp_path, straight_run)
 
 
+def test_a_stop_between_step_rows_resumes_to_the_same_step_rows(tiny_data, tmp_path):
+    # log_every 2 over 3 steps an epoch: the stop after step 3 leaves step 3 unlogged, and step 4's row covers it.
+    def step_rows(run_dir):
+        return [{k: r[k] for k in ("step", "train_loss", "train_acc")} for r in runs.read_metrics(run_dir) if r["kind"] == "step"]
+
+    config = small_config(tiny_data, log_every=2, **RESUME_SETTINGS)
+    assert Trainer(config, tmp_path / "straight").run()["status"] == "finished"
+    event = threading.Event()
+    stopped = Trainer(config, tmp_path / "resumed", callbacks=[stop_at_step(event, 2)], stop_event=event).run()
+    assert stopped["status"] == "stopped" and "step 3" in stopped["message"]
+    position = torch.load(tmp_path / "resumed" / runs.CHECKPOINT, weights_only=True)["position"]
+    assert position["since_log"][2] == 8 and len(position["window"]) == 3  # step 3's images; the divergence window
+    assert Trainer(resume_config(tmp_path / "resumed"), tmp_path / "resumed").run(resume=True)["status"] == "finished"
+    assert step_rows(tmp_path / "resumed") == step_rows(tmp_path / "straight")
+
+
 def test_resume_after_a_crash_uses_the_epoch_checkpoint(tiny_data, tmp_path, straight_run):
     class Crash(RuntimeError):
         pass
