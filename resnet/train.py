@@ -31,7 +31,7 @@ from .data import augment, load_split, normalize, split_validation
 from .calibration import fit_run_temperature
 from .evaluate import autocast, evaluate, exact_fp32
 from .model import build_model, count_parameters
-from .weights import atomic_write_bytes, atomic_write_json, make_card, save_weights
+from .weights import atomic_write_bytes, atomic_write_json, make_card, non_finite_key, save_weights
 
 DIVERGENCE_WINDOW = 50
 CHANCE_LOSS = math.log(10)  # the loss of a uniform guess over 10 classes
@@ -581,11 +581,8 @@ class Trainer:
         for key in ("train_loss", "test_loss", "val_loss"):
             if key in record and not math.isfinite(record[key]):
                 return f"its {key.replace('_', ' ')} is {record[key]}"
-        scored = self._scored_model(model, ema)
-        for name, tensor in [*scored.named_parameters(), *scored.named_buffers()]:
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                return f"its weights hold non-finite values ({name})"
-        return ""
+        broken = non_finite_key(self._scored_model(model, ema).state_dict())
+        return f"its weights hold non-finite values ({broken})" if broken else ""
 
     def _diverged(self, where: str) -> dict:
         """End the run as diverged: no checkpoint to resume and no weights to publish from a broken model."""

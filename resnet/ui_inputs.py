@@ -17,11 +17,11 @@ kinds of input that value is the wrong one for this app, so these components get
 ``form_field`` (a training setting's gr.Number or gr.Slider, and the stress severity's slider)
     The handler gets the value exactly as sent. Gradio's bounds check and rounding would turn a string,
     NaN or infinity from the raw API into an anonymous exception; resnet.config's validation (for the
-    severity, resnet.stress.check) refuses it in a sentence that names the field. The component's ``minimum``, ``maximum`` and ``precision``
-    therefore no longer check anything on the server: they only describe the field, to the browser's
-    widget (its range) and to the API page (a slider's range, a number's integer type for precision 0).
-    A field must declare no more than resnet.config enforces for its setting: a
-    gr.Number's bounds are the setting's inclusive ones (precision 0 for a whole number), and a gr.Slider
+    severity, resnet.stress.check) refuses it in a sentence that names the field. The component's
+    ``minimum``, ``maximum`` and ``precision`` therefore no longer check anything on the server: they
+    only describe the field, to the browser's widget (its range) and to the API page (a slider's range,
+    a number's integer type for precision 0). A field must declare no more than resnet.config enforces
+    for its setting: a gr.Number's bounds are the setting's inclusive ones (precision 0 for a whole number), and a gr.Slider
     may show a range narrower than the setting's (its exclusive upper bound cannot be a slider's end).
 
 The replacement is set on each instance. Subclassing the components would do the same, but Gradio's

@@ -72,6 +72,11 @@ def make_card(model: ResNet, mean=MEAN, std=STD, **fields) -> dict:
     }
 
 
+def non_finite_key(state: dict) -> str | None:
+    """The first floating-point tensor of ``state`` holding NaN or an infinity, by key; None where there is none."""
+    return next((key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()), None)
+
+
 def save_weights(model: ResNet, path, card: dict, dtype=torch.float32) -> Path:
     """Write ``path`` (.safetensors) and its card (.json) atomically; returns the weights path."""
     path = Path(path)
@@ -79,7 +84,7 @@ def save_weights(model: ResNet, path, card: dict, dtype=torch.float32) -> Path:
         key: (value.to(dtype) if value.is_floating_point() else value).detach().cpu().contiguous()
         for key, value in model.state_dict().items()
     }
-    overflow = next((key for key, value in tensors.items() if value.is_floating_point() and not torch.isfinite(value).all()), None)
+    overflow = non_finite_key(tensors)
     if overflow:  # fp16 tops out at 65504: a large BatchNorm variance becomes inf, and every prediction NaN
         raise WeightsError(f"{overflow} holds values that are not finite in {str(dtype).removeprefix('torch.')}; "
                            "save in float32 or bfloat16")
@@ -225,7 +230,7 @@ def load_weights(source, name: str | None = None, card: dict | None = None) -> C
         raise WeightsError(f"{name}: the file is empty")
     state = _read_state_dict(data, name)
     blocks = infer_blocks(state)
-    broken = next((key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()), None)
+    broken = non_finite_key(state)
     if broken:
         raise WeightsError(f"{name}: {broken} holds NaN or infinite values; every prediction would be NaN")
     if card is None:
