@@ -315,7 +315,7 @@ def predict_tab(studio: Studio) -> None:
             with gr.Accordion("Model", open=False):
                 picker = gr.Dropdown(choices=studio.model_choices(), value=catalog.SHIPPED, label="Predict with",
                                      allow_custom_value=True)  # values are checked by resnet.catalog.weights_path
-                weights_file = gr.File(label="Or upload weights (.safetensors; `python -m resnet convert` makes one of a "
+                weights_file = gr.File(label="Or upload weights (.safetensors; python -m resnet convert makes one of a "
                                              "published project1_model.pt)", file_types=[".safetensors"], type="binary")
             about_model = gr.Markdown()
         with gr.Column():
