@@ -258,12 +258,16 @@ class Studio:
         return plots.curves_figure(series, "acc"), plots.curves_figure(series, "loss")
 
     def watch(self, run_ids: list | None, seen: str):
-        """The timer's poll: redraw the figures only when a chosen run's files changed."""
-        with user_errors():
-            stamp = json.dumps([runs.stamp(run_path(self.root, run_id)) for run_id in run_ids or []])
+        """The timer's poll: redraw the figures only when a chosen run's files changed. A typed id that names no
+        run is left out: choosing it said why once (compare), and a poll would say so every two seconds."""
+        valid = []
+        for run_id in run_ids or []:
+            with contextlib.suppress(RunError):
+                valid.append((run_id, run_path(self.root, run_id)))
+        stamp = json.dumps([runs.stamp(run_dir) for _, run_dir in valid])
         if stamp == seen:
             return gr.skip(), gr.skip(), seen
-        return *self.compare(run_ids), stamp
+        return *self.compare([run_id for run_id, _ in valid]), stamp
 
     def run_details(self, run_id: str | None):
         """Confusion matrix, per-class accuracy and downloadable files of a finished run."""

@@ -10,12 +10,12 @@
    side by side.
 5. The time-to-accuracy experiment (``python -m resnet time-to-accuracy``): every recipe on the
    validation split, its wall time, images and FLOPs to 90, 93 and 94 %, into its own results file
-   (skipped with ``--quick``).
+   and run folders (skipped with ``--quick``). Not the CPU's: a recipe finished there would be read
+   back as done and skipped, and the GPU's rows would land beside the CPU's in one table.
 
 It writes one JSON file of results with the GPU's name:
 
-    python bench/gpu_check.py --data-dir ../shared/data/cifar10 --json bench/results/gpu_check.json \
-        --time-to-accuracy results/time-to-accuracy.json
+    python bench/gpu_check.py --data-dir ../shared/data/cifar10 --json bench/results/gpu_check.json
 """
 
 import argparse
@@ -90,6 +90,9 @@ def speed(data_dir, device, steps: int) -> dict:
     return result
 
 
+GPU_RESULTS, GPU_RUNS = "bench/results/time-to-accuracy-gpu.json", "time-to-accuracy-gpu-runs"
+
+
 def time_to_accuracy(data_dir, root, results) -> dict:
     """Every recipe of the experiment on this GPU (each run's device is 'auto'): its rows as the README shows them,
     or the error that stopped it (the checks before it are kept either way)."""
@@ -103,10 +106,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
     parser.add_argument("--json", metavar="OUT", default="bench/results/gpu_check.json")
-    parser.add_argument("--time-to-accuracy", metavar="RESULTS", default=str(TIME_TO_ACCURACY.defaults.results),
-                        help="the time-to-accuracy experiment's results file (default: %(default)s)")
-    parser.add_argument("--runs", default=str(TIME_TO_ACCURACY.defaults.out),
-                        help="the experiment's run folders, so an interrupted check resumes (default: %(default)s)")
+    parser.add_argument("--time-to-accuracy", metavar="RESULTS", default=GPU_RESULTS,
+                        help="the time-to-accuracy results file of this GPU's runs (default: %(default)s)")
+    parser.add_argument("--runs", default=GPU_RUNS,
+                        help="their run folders, so an interrupted check resumes (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="leave out the time-to-accuracy experiment (the longest part)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

@@ -15,10 +15,11 @@ from tqdm import tqdm
 
 from . import ablation, batch, config, export, runs, study, time_to_accuracy
 from .config import SEED_LIMIT, ConfigError
+from .constants import CLASSES
 from .data import download, load_split
 from .errors import USER_ERRORS
 from .train import Trainer, resolve_device, resume_config
-from .weights import DEFAULT_WEIGHTS, card_path, load_weights, save_weights
+from .weights import DEFAULT_WEIGHTS, WeightsError, card_path, load_weights, save_weights
 
 EXPECTED_ERRORS = (*USER_ERRORS, FileNotFoundError)  # and a path on this machine that is not there
 
@@ -264,6 +265,10 @@ def cmd_evaluate(args) -> int:
     classifier = load_weights(args.weights).to(resolve_device(args.device))
     if args.folder:
         return _evaluate_folder(args, classifier)
+    if tuple(classifier.classes) != CLASSES:  # the test set's labels index CIFAR-10's classes, in their order
+        raise WeightsError(f"{args.weights} classifies {len(classifier.classes)} classes "
+                           f"({', '.join(classifier.classes)[:200]}), not CIFAR-10's {len(CLASSES)} in their order; "
+                           "--folder scores it on images of its own classes")
     images, labels = load_split(args.data_dir, train=False)
     if args.limit_test:
         images, labels = images[: args.limit_test], labels[: args.limit_test]

@@ -180,7 +180,8 @@ class RunQueue:
             raise runs.RunError(f"no run {run_id!r}")
         status = runs.read_status(run_dir)["status"]
         if status not in runs.RESUMABLE:
-            raise runs.RunError(f"{run_id} is {status}; only stopped, interrupted or failed runs can be resumed")
+            resumable = f"{', '.join(runs.RESUMABLE[:-1])} or {runs.RESUMABLE[-1]}"
+            raise runs.RunError(f"{run_id} is {status}; only {resumable} runs can be resumed")
         check_owner(run_dir, actor)
         config = resume_config(run_dir, epochs)  # RunError/ConfigError if there is nothing to resume
         if config.epochs > limits.current().epochs:

@@ -1,16 +1,31 @@
 """A model card in words: the picker's paragraph, the confidence note under a prediction, the Model card tab's summary.
 
 Cards reach these functions validated (resnet.weights checks every field a Classifier reads), so a
-temperature here is a positive number or absent.
+temperature here is a positive number or absent. The fields only shown here are not checked there: an
+uploaded file's card may hold anything in them, so each is read through ``_number``, ``_text`` or
+``_mapping``, and a field of the wrong kind is left out of the words rather than failing the page.
 """
 
 LOW_CONFIDENCE = 0.5  # the threshold for a card that chose none: below it the picture may show none of the classes
+SHOWN_TEXT = 200  # characters of a card's free-text field shown in a sentence
+
+
+def _mapping(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _text(value) -> str:
+    return value[:SHOWN_TEXT] if isinstance(value, str) else ""
 
 
 def low_confidence_threshold(card: dict | None) -> float:
     """The card's chosen threshold (its ``low_confidence.threshold``), else the LOW_CONFIDENCE default."""
-    threshold = ((card or {}).get("low_confidence") or {}).get("threshold")
-    return float(threshold) if isinstance(threshold, (int, float)) and 0 <= threshold <= 1 else LOW_CONFIDENCE
+    threshold = _number(_mapping(_mapping(card).get("low_confidence")).get("threshold"))
+    return float(threshold) if threshold is not None and 0 <= threshold <= 1 else LOW_CONFIDENCE
 
 
 def confidence_note(probabilities: dict, card: dict | None = None) -> str:
@@ -25,8 +40,8 @@ def confidence_note(probabilities: dict, card: dict | None = None) -> str:
     if card is None:
         kind = ""
     elif card.get("temperature") is not None:
-        fitted_on = (card.get("calibration") or {}).get("fitted_on")
-        where = f"on {fitted_on}" if isinstance(fitted_on, str) and fitted_on else "on images its card does not name"
+        fitted_on = _text(_mapping(card.get("calibration")).get("fitted_on"))
+        where = f"on {fitted_on}" if fitted_on else "on images its card does not name"
         kind = f"; calibrated {where}, where guesses this sure were right roughly that often"
     else:
         kind = "; uncalibrated: this model's confidence was not checked on held-out images"
@@ -39,48 +54,46 @@ def confidence_note(probabilities: dict, card: dict | None = None) -> str:
 def describe_calibration(card: dict) -> str:
     """Calibrated (T, ECE before and after on held-out images) or uncalibrated, in one phrase."""
     temperature = card.get("temperature")
-    ece = card.get("ece")
     if temperature is None:
-        raw = ""
-        if isinstance(ece, (int, float)):
-            raw = f"; calibration error (ECE) {ece:.3f}: its stated confidence is off by {ece:.1%} on average"
+        ece = _number(card.get("ece"))
+        raw = "" if ece is None else f"; calibration error (ECE) {ece:.3f}: its stated confidence is off by {ece:.1%} on average"
         return f"uncalibrated (no temperature in its card){raw}"
-    block = card.get("calibration") or {}
-    before, after = (block.get(key) or {} for key in ("before", "after"))
+    block = _mapping(card.get("calibration"))
+    before, after = (_number(_mapping(block.get(key)).get("ece")) for key in ("before", "after"))
     text = f"calibrated (T={temperature:.3f}"
-    if isinstance(before.get("ece"), (int, float)) and isinstance(after.get("ece"), (int, float)):
-        text += f"; ECE {before['ece']:.3f} before, {after['ece']:.3f} after"
-        if block.get("evaluated_on"):
-            text += f", on {block['evaluated_on']}"
+    if before is not None and after is not None:
+        text += f"; ECE {before:.3f} before, {after:.3f} after"
+        if _text(block.get("evaluated_on")):
+            text += f", on {_text(block['evaluated_on'])}"
     return text + ")"
 
 
 def describe_card(card: dict) -> str:
     """One paragraph about a model for the picker: accuracy, calibration, architecture."""
     parts = [f"blocks {card.get('blocks')}"]
-    if isinstance(card.get("test_acc"), (int, float)):
+    if _number(card.get("test_acc")) is not None:
         parts.append(f"test accuracy {card['test_acc']:.2%}")
     parts.append(describe_calibration(card))
-    low = card.get("low_confidence")
+    low = _mapping(card.get("low_confidence"))
     numbers = ("threshold", "share_below", "accuracy_below", "accuracy_above")
-    if isinstance(low, dict) and all(isinstance(low.get(key), (int, float)) for key in numbers):
-        images = low.get("measured_on") or "test images"
+    if all(_number(low.get(key)) is not None for key in numbers):
+        images = _text(low.get("measured_on")) or "test images"
         parts.append(f"below {low['threshold']:.0%} confidence ({low['share_below']:.1%} of {images}) it is right "
                      f"{low['accuracy_below']:.0%} of the time, above it {low['accuracy_above']:.0%}")
-    if card.get("source"):
-        parts.append(card["source"])
+    if _text(card.get("source")):
+        parts.append(_text(card["source"]))
     return "; ".join(parts)
 
 
 def shipped_summary(card: dict) -> str:
     """The Model card tab's opening paragraphs (Markdown): what the shipped model scores, how it was trained."""
-    training, provenance = card.get("training") or {}, card.get("provenance") or {}
+    training, provenance = _mapping(card.get("training")), _mapping(card.get("provenance"))
     lines = [f"### Shipped model\n{describe_card(card)}; measured on {card.get('test_images', '?')} test images "
              f"({card.get('measured', 'no details')})."]
-    if isinstance(card.get("tta_test_acc"), (int, float)):
+    if _number(card.get("tta_test_acc")) is not None:
         lines.append(f"With flip test-time augmentation: {card['tta_test_acc']:.2%}.")
     if training:
-        hours = provenance.get("elapsed_s", 0) / 3600
+        hours = (_number(provenance.get("elapsed_s")) or 0) / 3600
         lines.append(f"Trained with {training.get('optimizer')} lr {training.get('lr')}, batch {training.get('batch_size')}, "
                      f"{training.get('epochs')} epochs, {hours:.1f} h on {provenance.get('device', 'an unrecorded device')}.")
     if card.get("storage_choice"):

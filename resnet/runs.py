@@ -14,7 +14,8 @@ from .weights import atomic_write_json
 
 STATUSES = ("queued", "running", "finished", "stopped", "diverged", "failed", "interrupted")
 RESUMABLE = ("stopped", "interrupted", "failed")  # a checkpoint, if there is one, continues these
-RUN_ID = re.compile(r"^[a-z0-9-]{1,64}$")
+RUN_ID_LENGTH = 64
+RUN_ID = re.compile(rf"^[a-z0-9-]{{1,{RUN_ID_LENGTH}}}$")  # a folder name on any file system, never a path
 CONFIG, METRICS, STATUS, CHECKPOINT = "config.json", "metrics.jsonl", "status.json", "checkpoint.pt"
 WEIGHTS, CARD = "model.safetensors", "model.json"
 ROW_KINDS = ("step", "probe", "epoch")  # metrics.jsonl: training every few steps, a held-out probe, each epoch's end
@@ -34,7 +35,7 @@ def runs_dir() -> Path:
 def run_path(root, run_id: str) -> Path:
     """The folder of ``run_id`` under ``root``; ids that could escape it are refused."""
     if not isinstance(run_id, str) or not RUN_ID.match(run_id):
-        raise RunError(f"invalid run id {str(run_id)[:80]!r}: use 1-64 of a-z, 0-9 and '-'")
+        raise RunError(f"invalid run id {str(run_id)[:80]!r}: use 1-{RUN_ID_LENGTH} of a-z, 0-9 and '-'")
     return Path(root) / run_id
 
 

@@ -5,6 +5,7 @@ its step rows and probe) and the published recipe on the same budget, and adds t
 per-epoch curve from its card. Nothing is recomputed when the page loads: the app reads this file.
 
     python scripts/reference_curves.py --data-dir ../shared/data/cifar10
+    python scripts/reference_curves.py --shipped-only  # new shipped weights: only their curve changes
 """
 
 import argparse
@@ -21,8 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from anywhere without installing the package
 
 from resnet import runs  # noqa: E402
-from resnet.config import QUICK_RUN, make_config  # noqa: E402
-from resnet.train import Trainer, describe_device, training_images  # noqa: E402
+from resnet.config import QUICK_RUN, config_from_dict, make_config  # noqa: E402
+from resnet.flops import steps_per_epoch  # noqa: E402
+from resnet.train import Trainer, describe_device  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, card_path  # noqa: E402
 
 KEPT = ("kind", "epoch", "step", "images", "train_loss", "train_acc", "probe_acc", "probe_loss", "probe_images", "probe_split",
@@ -50,16 +52,22 @@ def shipped_reference() -> dict | None:
         card = json.loads(card_path(DEFAULT_WEIGHTS).read_text())
     except (OSError, ValueError):
         return None
-    per_epoch = training_images(make_config(**{k: v for k, v in card["training"].items() if k in ("limit_train", "val_size")}))
+    training = config_from_dict(card["training"])
+    per_epoch = steps_per_epoch(training) * training.batch_size  # whole batches: the trainer drops the last partial one
     rows = [{"kind": "epoch", **row, "images": row["epoch"] * per_epoch} for row in card.get("curve", [])]
-    return {"preset": "fast (shipped weights)", "final_test_acc": card.get("test_acc"), "rows": trimmed(rows)}
+    return {"preset": "fast (shipped weights)", "final_test_acc": card.get("test_acc"),
+            "source": f"{card_path(DEFAULT_WEIGHTS).relative_to(REPO)}: its card's per-epoch curve", "rows": trimmed(rows)}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
     parser.add_argument("--out", default=str(REPO / "results" / "reference-curves.json"))
+    parser.add_argument("--shipped-only", action="store_true",
+                        help="replace only the shipped model's curve in --out, keeping the trained references")
     args = parser.parse_args(argv)
+    if args.shipped_only:
+        return refresh_shipped(Path(args.out))
     references = {}
     for name, preset in TRAINED:
         started = time.perf_counter()
@@ -73,6 +81,22 @@ def main(argv=None) -> int:
               "device": describe_device(torch.device("cpu")), "date": time.strftime("%Y-%m-%d"), "references": references}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")
+    return 0
+
+
+def refresh_shipped(out: Path) -> int:
+    try:
+        report = json.loads(out.read_text())
+    except (OSError, ValueError) as error:
+        print(f"{out}: cannot read the references to refresh ({error}); run without --shipped-only", file=sys.stderr)
+        return 2
+    shipped = shipped_reference()
+    if shipped is None:
+        print(f"{card_path(DEFAULT_WEIGHTS)}: no shipped card to take the curve from", file=sys.stderr)
+        return 2
+    report["references"]["shipped model"] = shipped
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote the shipped model's curve into {out}")
     return 0
 
 

@@ -297,6 +297,15 @@ def test_watch_redraws_only_on_change(studio, tiny_weights):
     assert studio.watch(["run-b"], seen)[2] != seen
 
 
+def test_a_typed_id_that_names_no_run_is_refused_once_not_at_every_poll(studio, tiny_weights):
+    finished_run(studio.root, "run-b", tiny_weights)
+    with pytest.raises(gr.Error, match="invalid run id 'My Run'"):
+        studio.compare(["run-b", "My Run"])  # the choice itself says why
+    *figures, seen = studio.watch(["run-b", "My Run"], "")  # the poll draws the runs it can
+    assert [trace.name for trace in figures[0].data if trace.name] and seen == studio.watch(["run-b"], "")[2]
+    assert studio.watch(["My Run"], "")[2] == "[]"  # nothing to draw, and no error
+
+
 def test_details_of_an_unfinished_run_say_so(studio):
     run_dir = studio.root / "run-c"
     run_dir.mkdir(parents=True)

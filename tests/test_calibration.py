@@ -161,6 +161,27 @@ def test_cards_without_a_temperature_are_described_as_uncalibrated(tmp_path):
     assert "uncalibrated (no temperature in its card); calibration error (ECE) 0.170" in text
 
 
+ODD_VALUES = (5, True, None, [], ["x"], {"a": 1}, "text", float("nan"))
+
+
+@pytest.mark.parametrize("value", ODD_VALUES, ids=repr)
+def test_shown_card_fields_of_any_kind_leave_out_what_they_cannot_say(tmp_path, value):
+    """An uploaded file's card is checked only where a Classifier reads it: the fields only shown in words may hold
+    anything, and the words leave out a field of the wrong kind instead of failing."""
+    torch.manual_seed(0)
+    model = build_model().eval()
+    shown = ("source", "test_acc", "ece", "calibration", "low_confidence", "training", "provenance", "tta_test_acc")
+    odd = {**uncalibrated_card(model), **{key: value for key in shown}}
+    path = save_weights(model, tmp_path / "w.safetensors", odd)
+    card = load_weights(path).card
+    for described in (card, {**card, "temperature": 0.5}):
+        text = model_card.describe_card(described) + model_card.shipped_summary(described)
+        assert text.startswith("blocks [1, 1, 1, 1]") or text.startswith("### Shipped model")
+        assert ("text" in text) == (value == "text")  # only a string source is quoted
+        assert model_card.confidence_note({"cat": 0.4, "dog": 0.1}, described).startswith("Low confidence")
+    assert model_card.low_confidence_threshold(card) == model_card.LOW_CONFIDENCE
+
+
 def test_a_calibrated_card_is_described_with_its_temperature_and_ece():
     card = {"blocks": [1, 1, 1, 1], "ece": 0.169, "temperature": 0.578,
             "calibration": {"before": {"ece": 0.177}, "after": {"ece": 0.011}, "evaluated_on": "the 5,000 odd-index test images"}}

@@ -14,6 +14,7 @@ from PIL import Image
 
 from resnet import build_model, runs
 from resnet.cli import main
+from resnet.constants import CLASSES
 from resnet.weights import load_weights, make_card, save_weights
 
 REPO = Path(__file__).resolve().parent.parent
@@ -203,6 +204,15 @@ def test_evaluate_with_bad_weights_fails_with_one_line(capsys, tiny_data, tmp_pa
     make(tmp_path / "w.pt")
     code, _, err = run_cli(capsys, "evaluate", "--weights", tmp_path / "w.pt", "--data-dir", tiny_data)
     assert code == 2 and len(err.strip().splitlines()) == 1 and words in err
+
+
+@pytest.mark.parametrize("classes", [list(CLASSES[:5]), [*CLASSES[1:], CLASSES[0]]], ids=["five", "reordered"])
+def test_evaluate_refuses_weights_whose_classes_are_not_cifar10s(capsys, tiny_data, tmp_path, classes):
+    model = build_model(num_classes=len(classes))
+    path = save_weights(model, tmp_path / "w.safetensors", make_card(model, classes=classes))
+    code, _, err = run_cli(capsys, "evaluate", "--weights", path, "--data-dir", tiny_data)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"classifies {len(classes)} classes ({', '.join(classes)}), not CIFAR-10's 10 in their order" in err
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
