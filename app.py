@@ -21,7 +21,7 @@ from resnet.config import QUICK_RUN, from_form, make_config, to_form
 from resnet.constants import TEST_IMAGES, TRAIN_IMAGES
 from resnet.errors import USER_ERRORS
 from resnet.explain import enlarge, overlay
-from resnet.images import ImageError, prepare
+from resnet.images import ImageError, prepare, refusal
 from resnet.model import BLOCK_CHOICES
 from resnet.runs import CARD, RunError, read_metrics, read_status, run_path
 from resnet.ui_inputs import batch_input, form_field, image_input
@@ -59,7 +59,7 @@ def read_image(source):
     try:
         return prepare(source)
     except ImageError as error:  # any decoder failure (resnet.images.ImageError)
-        raise gr.Error(f"cannot use this image: {error}", print_exception=False) from None
+        raise gr.Error(refusal(error), print_exception=False) from None
 
 
 class Studio:
@@ -92,20 +92,10 @@ class Studio:
         if not paths:
             raise gr.Error("upload images or a .zip archive first", print_exception=False)
         classifier = self.model(choice, upload_key)
-        problems = []
-        with batch.Sources(max_total_pixels=limits.current().batch_pixels) as sources:
-            for path in paths:
-                sources.add(path, shown_as=path.name)  # the visitor's file name, not Gradio's cache folder
-            problems.extend(sources.problems)
-            limit = limits.current().batch_images
-            if len(sources.items) > limit:
-                raise gr.Error(f"{len(sources.items)} images in this request; this server predicts at most {limit} at a time",
-                               print_exception=False)
-            with open(downloads.fresh_file("predictions.csv"), "w", newline="") as handle:
-                rows = batch.write_csv(handle, classifier, sources, on_error=lambda *p: problems.append(p))
-        if not rows:
-            reasons = "; ".join(f"{name}: {reason}" for name, reason in problems[:3]) or "no images in the upload"
-            raise gr.Error(f"none of the files could be used ({reasons})"[:500], print_exception=False)
+        with user_errors():  # the visitor's file names, not Gradio's cache folder
+            scored, problems = batch.predict_request(classifier, [(path, path.name) for path in paths])
+        with open(downloads.fresh_file("predictions.csv"), "w", newline="") as handle:
+            rows = batch.write_csv(handle, classifier.classes, ((name, classifier.probabilities(logits)) for name, logits in scored))
         note = f"{len(rows)} image{'s' if len(rows) != 1 else ''} predicted"
         if problems:
             listed = "\n".join(f"- {_markdown_safe(name)}: {_markdown_safe(reason)}"

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 from resnet.constants import PUBLISHED_MEAN, PUBLISHED_STD  # noqa: E402
 from resnet.data import ORIGINAL_PADDING, augment, load_split, resolve_data_dir  # noqa: E402
 from resnet.model import BLOCK_CHOICES, BasicBlock, build_model  # noqa: E402
-from resnet.config import RESOLUTIONS, make_config  # noqa: E402
+from resnet.config import PRECISIONS, RESOLUTIONS, make_config, parse_blocks  # noqa: E402
 from resnet.constants import IMAGE_SIZE  # noqa: E402
 from resnet.train import (build_optimizer, default_channels_last, describe_device, resolve_device,  # noqa: E402
                           resolve_precision, steps_in_epoch, train_step)
@@ -264,10 +264,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=positive_int, default=1, help="alternate the pipelines this many times")
     parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="ours only")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="ours only")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the published pipeline")
     parser.add_argument("--batch", type=positive_int, default=BATCH, help=f"batch size of every pipeline (default {BATCH}, the published one)")
-    parser.add_argument("--blocks", type=lambda t: tuple(int(b) for b in t.split(",")), default=(1, 1, 1, 1))
+    parser.add_argument("--blocks", type=parse_blocks, default=(1, 1, 1, 1), help="blocks per stage of ours (default 1,1,1,1)")
     parser.add_argument("--json", metavar="OUT", help="also write the report to this JSON file")
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--sizes", action="store_true", help="ours at blocks 1-1-1-1, 2-2-2-2 and 3-3-3-3 instead")

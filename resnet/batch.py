@@ -31,6 +31,16 @@ class FolderError(ValueError):
     """A folder that is not the ImageFolder layout evaluate --folder needs."""
 
 
+class BatchError(ValueError):
+    """A server's batch request it does not answer; ``status`` is the HTTP status that says why."""
+
+    status = 400
+
+
+class TooManyImages(BatchError):
+    status = 413
+
+
 @dataclass(frozen=True)
 class Source:
     name: str  # what the person sees: the path, or archive.zip:member
@@ -175,9 +185,30 @@ def _predict_batch(classifier: Classifier, batch, tta):
 
 
 def predictions(classifier: Classifier, sources: Sources, batch_size: int = BATCH_SIZE, on_error=None, progress=None):
-    """Yield (source, probabilities [C]) for every readable image, calibrated when the classifier's card says how."""
+    """Yield (name, probabilities [C]) for every readable image, calibrated when the classifier's card says how."""
     for source, logits in predict_sources(classifier, sources, batch_size, on_error=on_error, progress=progress):
-        yield source, classifier.probabilities(logits)
+        yield source.name, classifier.probabilities(logits)
+
+
+def predict_request(classifier: Classifier, uploads) -> tuple[list, list]:
+    """One server request's images, within this server's caps (resnet.limits): ``uploads`` are (path, the name
+    its sender gave it) pairs. Returns ([(name, raw logits [C])] of the readable images, [(name, reason)] of the
+    rest); raises TooManyImages past ``batch_images`` and BatchError when not one image could be used."""
+    allowed = limits.current()
+    problems = []
+    with Sources(max_total_pixels=allowed.batch_pixels) as sources:
+        for path, name in uploads:
+            sources.add(path, shown_as=name)
+        if len(sources.items) > allowed.batch_images:
+            raise TooManyImages(f"{len(sources.items)} images in this request; this server predicts at most "
+                                f"{allowed.batch_images} at a time")
+        problems.extend(sources.problems)
+        unreadable = lambda name, reason: problems.append((name, reason))  # noqa: E731
+        scored = [(source.name, logits) for source, logits in predict_sources(classifier, sources, on_error=unreadable)]
+    if not scored:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in problems[:3]) or "no images in the upload"
+        raise BatchError(f"none of the files could be used ({reasons})"[:500])
+    return scored, problems
 
 
 def csv_header(classes) -> list:
@@ -190,18 +221,16 @@ def csv_row(name: str, probabilities: torch.Tensor, classes) -> list:
     return [name, classes[top], f"{probabilities[top]:.6f}", *(f"{p:.6f}" for p in probabilities.tolist())]
 
 
-def write_csv(handle, classifier: Classifier, sources: Sources, batch_size: int = BATCH_SIZE, on_error=None,
-              progress=None) -> list:
-    """Write the predictions of ``sources`` as CSV (csv_header, then csv_row each) to a text handle, returning
+def write_csv(handle, classes, predicted) -> list:
+    """Write (name, probabilities [C]) pairs as CSV (csv_header, then csv_row each) to a text handle, returning
     the rows as numbers: [name, top class, its probability, *probabilities] (the server's table)."""
-    classes = classifier.classes
     writer = csv.writer(handle)
     writer.writerow(csv_header(classes))
     rows = []
-    for source, probabilities in predictions(classifier, sources, batch_size, on_error, progress):
-        writer.writerow(csv_row(source.name, probabilities, classes))
+    for name, probabilities in predicted:
+        writer.writerow(csv_row(name, probabilities, classes))
         top = int(probabilities.argmax())
-        rows.append([source.name, classes[top], round(float(probabilities[top]), 6), *(round(p, 6) for p in probabilities.tolist())])
+        rows.append([name, classes[top], round(float(probabilities[top]), 6), *(round(p, 6) for p in probabilities.tolist())])
     return rows
 
 

@@ -56,12 +56,9 @@ _count, _positive_int, _seed = _whole_at_least(0), _whole_at_least(1), _whole_at
 
 def _blocks(text: str) -> tuple:
     try:
-        blocks = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give four whole numbers such as 1,1,1,1") from None
-    if len(blocks) != 4:
-        raise argparse.ArgumentTypeError(f"{text!r}: give four whole numbers such as 1,1,1,1")
-    return blocks
+        return config.parse_blocks(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _setting_type(name: str):
@@ -75,19 +72,15 @@ def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model into a run folder", description="Train the ResNet on CIFAR-10.")
     p.add_argument("--out", help="run folder to create (config, metrics.jsonl, checkpoints, weights)")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help=f"continue a stopped or interrupted run (it takes only {', '.join(_flag(n) for n in config.RESUME_SETTINGS)})")
+                   help=f"continue a stopped or interrupted run (it takes only {', '.join(config.flag(n) for n in config.RESUME_SETTINGS)})")
     p.add_argument("--preset", choices=sorted(config.PRESETS), help="recipe to start from (default: fast)")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir first")
     for name in config.CLI_SETTINGS:
         meta = config.SETTINGS[name].metadata
         if config.kind(name) is bool:
-            p.add_argument(_flag(name), action=argparse.BooleanOptionalAction, default=None, help=meta["help"])
+            p.add_argument(config.flag(name), action=argparse.BooleanOptionalAction, default=None, help=meta["help"])
         else:
-            p.add_argument(_flag(name), type=_setting_type(name), choices=meta["choices"], help=meta["help"])
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+            p.add_argument(config.flag(name), type=_setting_type(name), choices=meta["choices"], help=meta["help"])
 
 
 def _evaluate_parser(sub) -> None:
@@ -228,10 +221,10 @@ def _progress(trainer: Trainer, start_step: int):
 
 def cmd_train(args, argv) -> int:
     if args.resume:
-        given = [_flag(name) for name in config.CLI_SETTINGS if name not in config.RESUME_SETTINGS and getattr(args, name) is not None]
+        given = [config.flag(name) for name in config.CLI_SETTINGS if name not in config.RESUME_SETTINGS and getattr(args, name) is not None]
         given += [flag for flag, value in (("--out", args.out), ("--preset", args.preset)) if value is not None]
         if given:
-            allowed = ", ".join(_flag(name) for name in config.RESUME_SETTINGS)
+            allowed = ", ".join(config.flag(name) for name in config.RESUME_SETTINGS)
             raise ConfigError(f"--resume continues the run as it was configured: it takes only {allowed} (got {', '.join(given)})")
         run_dir = Path(args.resume)
         if runs.read_status(run_dir)["status"] == "running":
@@ -334,12 +327,13 @@ def cmd_predict(args) -> int:
         # A bar for a single image is noise; the text output for one image stays what it always was.
         with _csv_handle(args.csv) as handle, \
                 tqdm(total=len(sources.items), unit="img", dynamic_ncols=True, disable=len(sources.items) < 2) as bar:
+            predicted_images = batch.predictions(classifier, sources, args.batch_size, report, bar)
             if handle:
-                predicted = len(batch.write_csv(handle, classifier, sources, args.batch_size, report, bar))
+                predicted = len(batch.write_csv(handle, classes, predicted_images))
             else:
-                for source, probabilities in batch.predictions(classifier, sources, args.batch_size, report, bar):
+                for name, probabilities in predicted_images:
                     predicted += 1
-                    tqdm.write(_prediction_line(source.name, probabilities, classes, args))
+                    tqdm.write(_prediction_line(name, probabilities, classes, args))
     if args.csv:
         print(f"{predicted} predictions written to {'stdout' if args.csv == '-' else args.csv}"
               f"{f', {len(unreadable)} unreadable' if unreadable else ''}", file=sys.stderr)

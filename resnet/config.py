@@ -19,6 +19,7 @@ SEED_LIMIT = 2**32  # torch.Generator seeds, and numpy's for the tests' data
 # Training sizes a resolution schedule may use: the network downsamples by 8, so each gives a whole
 # feature map (1, 2, 3 or 4 pixels square) that the global average pool reduces exactly.
 RESOLUTIONS = tuple(range(8, IMAGE_SIZE + 1, 8))
+BLOCKS_RULE = f"four whole numbers from 1 to {MAX_BLOCKS}, like 1,1,1,1"
 
 
 class ConfigError(ValueError):
@@ -263,15 +264,34 @@ def validate(c: TrainConfig) -> None:
             continue
         elif kind(name) in (int, float):
             _check_bounds(name, _number(name, value, kind(name) is int), meta)
-    blocks = tuple(c.blocks)
-    if len(blocks) != 4 or not all(isinstance(b, int) and 1 <= b <= MAX_BLOCKS for b in blocks):
-        raise ConfigError(f"blocks must be four whole numbers from 1 to {MAX_BLOCKS}, got {list(blocks)}")
+    check_blocks(c.blocks)
     parse_resolution(c.resolution)
     if c.val_size == 1:
         raise ConfigError("val_size must be 0 or at least 2: the calibration temperature fits on one half of the "
                           "split and is reported on the other")
     if not c.score_test and not c.val_size:
         raise ConfigError("score_test off needs a validation split to score instead: give val_size (--val-size N)")
+
+
+def parse_blocks(text) -> tuple:
+    """``"2,2,2,2"`` (a form field, a flag) -> (2, 2, 2, 2); how many and how large is ``check_blocks``'s to say."""
+    try:
+        return tuple(int(b) for b in str(text).split(","))
+    except ValueError:
+        raise ConfigError(f"blocks must be {BLOCKS_RULE}; got {str(text)[:40]!r}") from None
+
+
+def check_blocks(blocks) -> tuple:
+    """Blocks per stage: four stages, each of 1 to MAX_BLOCKS BasicBlocks."""
+    blocks = tuple(blocks)
+    if len(blocks) != 4 or not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= MAX_BLOCKS for b in blocks):
+        raise ConfigError(f"blocks must be {BLOCKS_RULE}; got {list(blocks)}")
+    return blocks
+
+
+def flag(name: str) -> str:
+    """A setting's command-line flag: ``label_smoothing`` -> ``--label-smoothing`` (a switch's off form adds ``no-``)."""
+    return "--" + name.replace("_", "-")
 
 
 def cli_args(preset: str, overrides: dict) -> list:
@@ -281,11 +301,10 @@ def cli_args(preset: str, overrides: dict) -> list:
     for name, value in overrides.items():
         if value is None or value == getattr(base, name):
             continue
-        flag = "--" + name.replace("_", "-")
         if kind(name) is bool:
-            args.append(flag if value else "--no-" + flag[2:])
+            args.append(flag(name) if value else "--no-" + flag(name)[2:])
         else:
-            args += [flag, str(to_form(name, value))]
+            args += [flag(name), str(to_form(name, value))]
     return args
 
 
@@ -299,11 +318,8 @@ def from_form(name: str, value):
     Anything else comes back as it came, for ``validate`` to refuse by name (None keeps the preset's)."""
     if kind(name) is int and isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
-    if kind(name) is tuple and value is not None:
-        try:
-            return tuple(int(b) for b in str(value).split(","))
-        except ValueError:
-            raise ConfigError(f"{name} must be four whole numbers from 1 to 8, like 1,1,1,1; got {str(value)[:40]!r}") from None
+    if name == "blocks" and value is not None:
+        return parse_blocks(value)
     if kind(name) is str and isinstance(value, str):
         return value.strip()
     return value

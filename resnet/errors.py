@@ -1,7 +1,7 @@
 """The errors a person's input can cause, in one tuple: each says what is wrong in one sentence, and every
 front end (the studio, the command line) shows that sentence instead of a stack trace."""
 
-from .batch import FolderError
+from .batch import BatchError, FolderError
 from .config import ConfigError
 from .data import DataMissingError
 from .export import ExportError
@@ -11,5 +11,5 @@ from .runs import RunError
 from .stress import StressError
 from .weights import WeightsError
 
-USER_ERRORS = (ConfigError, DataMissingError, RunError, WeightsError, ImageError, FolderError, StressError, ExportError,
-               LimitError)
+USER_ERRORS = (ConfigError, DataMissingError, RunError, WeightsError, ImageError, FolderError, BatchError, StressError,
+               ExportError, LimitError)

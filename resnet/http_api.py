@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 
 from . import batch, catalog, limits
 from .classifier import Classifier
-from .images import ImageError, prepare
+from .images import ImageError, prepare, refusal
 from .runs import RunError
 from .weights import WeightsError
 
@@ -163,7 +163,7 @@ def decode(data: bytes):
     try:
         return prepare(data)
     except ImageError as error:  # any decoder failure (resnet.images.ImageError)
-        raise HTTPException(400, f"cannot use this image: {error}") from None
+        raise HTTPException(400, refusal(error)) from None
 
 
 def prediction(classifier: Classifier, logits, with_logits: bool) -> dict:
@@ -186,31 +186,25 @@ def predict_one(root, data: bytes, choice: str, with_logits: bool) -> dict:
     return {**prediction(classifier, classifier.logits(decode(data)), with_logits), "model": model_info(choice, classifier.card)}
 
 
-def predict_many(root, allowed: limits.ServerLimits, uploads: list, choice: str, with_logits: bool) -> dict:
-    """Rows for several images and/or zip archives, with resnet.batch's caps; each upload is written to a
-    temporary file named by its position (the client's name is only shown, never used as a path)."""
+def predict_many(root, uploads: list, choice: str, with_logits: bool) -> dict:
+    """Rows for several images and/or zip archives, with the app's caps (resnet.batch.predict_request); each upload
+    is written to a temporary file named by its position (the client's name is only shown, never used as a path)."""
     classifier = load(choice, root)
-    problems = []
-    pixels = allowed.batch_pixels
-    with tempfile.TemporaryDirectory(prefix="studio-api-") as folder, batch.Sources(max_total_pixels=pixels) as sources:
+    with tempfile.TemporaryDirectory(prefix="studio-api-") as folder:
+        paths = []
         for index, (name, handle) in enumerate(uploads):
             path = Path(folder) / (f"{index}.zip" if name.lower().endswith(".zip") else str(index))
             handle.seek(0)
             with open(path, "wb") as out:
                 shutil.copyfileobj(handle, out)
-            sources.add(path, shown_as=name)
-        if len(sources.items) > allowed.batch_images:
-            raise HTTPException(413, f"{len(sources.items)} images in this request; this server predicts at most "
-                                     f"{allowed.batch_images} at a time")
-        problems.extend({"file": name, "reason": reason} for name, reason in sources.problems)
-        # One odd file or member is a row of problems, never a 500; the readable ones go through the network in batches.
-        unreadable = lambda name, reason: problems.append({"file": name, "reason": reason})  # noqa: E731
-        rows = [{"file": source.name, **prediction(classifier, logits, with_logits)}
-                for source, logits in batch.predict_sources(classifier, sources, on_error=unreadable)]
-    if not rows:
-        reasons = "; ".join(f"{p['file']}: {p['reason']}" for p in problems[:3]) or "no images in the upload"
-        raise HTTPException(400, f"none of the files could be used ({reasons})"[:500])
-    return {"model": model_info(choice, classifier.card), "predictions": rows, "problems": problems}
+            paths.append((path, name))
+        try:
+            scored, problems = batch.predict_request(classifier, paths)
+        except batch.BatchError as error:
+            raise HTTPException(error.status, str(error)) from None
+    return {"model": model_info(choice, classifier.card),
+            "predictions": [{"file": name, **prediction(classifier, logits, with_logits)} for name, logits in scored],
+            "problems": [{"file": name, "reason": reason} for name, reason in problems]}
 
 
 async def read_capped(file: UploadFile, limit: int) -> bytes:
@@ -220,9 +214,10 @@ async def read_capped(file: UploadFile, limit: int) -> bytes:
     return data
 
 
-def build_api(root, allowed: limits.ServerLimits | None = None, gate: Gate | None = None) -> APIRouter:
-    """The /api/v1 routes over a runs folder (for `run:<id>` models), within this server's limits."""
-    allowed = allowed or limits.current()
+def build_api(root, gate: Gate | None = None) -> APIRouter:
+    """The /api/v1 routes over a runs folder (for `run:<id>` models), within this server's limits (resnet.limits:
+    the byte caps and the gate are set when the routes are built, the batch caps read at each request)."""
+    allowed = limits.current()
     gate = gate or Gate(allowed.api_workers, allowed.api_queue, allowed.api_wait_s)
     router = APIRouter(prefix=PREFIX, tags=["predict"])
 
@@ -236,7 +231,7 @@ def build_api(root, allowed: limits.ServerLimits | None = None, gate: Gate | Non
                             model: str = MODEL_QUERY, logits: bool = LOGITS_QUERY) -> BatchResult:
         """Classify several images or the images of zip archives, one row each, with the app's caps."""
         uploads = [(file.filename or f"file-{index}", file.file) for index, file in enumerate(files)]
-        return await gate.run(predict_many, root, allowed, uploads, model, logits)
+        return await gate.run(predict_many, root, uploads, model, logits)
 
     async def health() -> Health:
         """Liveness, and whether the default model loads."""
@@ -255,12 +250,11 @@ def build_api(root, allowed: limits.ServerLimits | None = None, gate: Gate | Non
     return router
 
 
-def create_app(demo: gr.Blocks, root, allowed: limits.ServerLimits | None = None, gate: Gate | None = None,
-               **launch_options) -> FastAPI:
+def create_app(demo: gr.Blocks, root, gate: Gate | None = None, **launch_options) -> FastAPI:
     """The API routes, then the Gradio UI mounted at / with the app's launch() options (see the module's docstring)."""
     app = FastAPI(title="CIFAR-10 ResNet studio API", version="1",
                   description="Predict with the studio's models over plain HTTP; the Gradio UI is served at /.")
-    app.include_router(build_api(root, allowed, gate))
+    app.include_router(build_api(root, gate))
     return gr.mount_gradio_app(app, demo, path="/", ssr_mode=False, **launch_options)
 
 

@@ -29,6 +29,11 @@ class TooManyPixels(ImageError):
     """The header announces more pixels than the cap allows; nothing was decoded."""
 
 
+def refusal(reason) -> str:
+    """A visitor's unusable image in words, the same in the studio and over HTTP."""
+    return f"cannot use this image: {reason}"
+
+
 def open_image(source, max_pixels: int | None = None, max_bytes: int | None = None) -> Image.Image:
     """Open a path, bytes or PIL image safely: size and pixel caps (this server's, unless given) are checked
     before decoding."""

@@ -46,6 +46,7 @@ import gradio as gr
 from gradio.data_classes import ListFiles
 
 from . import limits
+from .images import refusal
 
 
 def undecoded_upload(payload) -> bytes | str | None:
@@ -59,7 +60,7 @@ def undecoded_upload(payload) -> bytes | str | None:
         try:
             return base64.b64decode(encoded)
         except binascii.Error:
-            raise gr.Error("cannot use this image: the pasted data is not valid base64", print_exception=False) from None
+            raise gr.Error(refusal("the pasted data is not valid base64"), print_exception=False) from None
     return payload.path
 
 

@@ -68,6 +68,7 @@ def test_help_as_a_module_in_a_subprocess():
     (["--batch-size", "-8"], "batch_size must be at least 1"),
     (["--epochs", "0"], "epochs must be at least 1"),
     (["--blocks", "0,1,1,1"], "blocks must be four whole numbers"),
+    (["--blocks", "1,1,1"], "blocks must be four whole numbers from 1 to 8, like 1,1,1,1; got [1, 1, 1]"),
     (["--batch-size", "64"], "batch_size 64 is larger than the 24 training images"),
     (["--val-size", "1"], "val_size must be 0 or at least 2"),
     (["--val-size", "50000"], "val_size must be in [0, 50000)"),
@@ -87,7 +88,7 @@ def test_invalid_train_settings_fail_with_one_line(capsys, tiny_data, tmp_path, 
     (["--dropout", "nan"], "argument --dropout: 'nan' is not a finite number"),
     (["--batch-size", "1.5"], "argument --batch-size: invalid int value"),
     (["--optimizer", "lamb"], "argument --optimizer: invalid choice: 'lamb'"),
-    (["--blocks", "1,1,1"], "give four whole numbers"),
+    (["--blocks", "1,x,1,1"], "argument --blocks: blocks must be four whole numbers from 1 to 8, like 1,1,1,1; got '1,x,1,1'"),
 ])
 def test_malformed_train_flags_fail_in_the_parser(capsys, tiny_data, tmp_path, flags, words):
     code, out, err = run_cli(capsys, "train", "--out", tmp_path / "run", *fast(tiny_data), *flags)

@@ -81,3 +81,13 @@ def test_differences_name_what_a_recorded_run_trained_otherwise():
     assert config.differences({**recorded, "lr": 0.1, "split_seed": 3}, now) == "lr 0.1 -> 0.4, split_seed 3 -> 0"
     with pytest.raises(ConfigError):
         config.differences({**recorded, "lr": -1}, now)
+
+
+def test_blocks_from_a_form_or_a_flag_parse_once_and_say_the_rule():
+    assert config.from_form("blocks", " 2,2,2,2") == (2, 2, 2, 2)
+    with pytest.raises(ConfigError, match=r"blocks must be four whole numbers from 1 to 8, like 1,1,1,1; got '1,x'"):
+        config.from_form("blocks", "1,x")
+    for wrong in ((1, 1, 1), (0, 1, 1, 1), (1, 1, 1, 9), (True, 1, 1, 1)):
+        with pytest.raises(ConfigError, match=r"blocks must be four whole numbers from 1 to 8"):
+            make_config("quick", blocks=wrong)
+    assert config.flag("label_smoothing") == "--label-smoothing"

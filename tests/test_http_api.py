@@ -1,6 +1,5 @@
 """The plain HTTP API (resnet.http_api) through a real server: httpx requests, the Gradio UI beside it."""
 
-import dataclasses
 import io
 import json
 import threading
@@ -28,7 +27,7 @@ from resnet.model import build_model  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights  # noqa: E402
 
 pytestmark = pytest.mark.slow
-BATCH_IMAGES, BATCH_MP = 4, 0.01  # small caps, set through the app's own settings
+BATCH_IMAGES, BATCH_MP = 4, 0.01  # small caps, set through the app's own limits (resnet.limits)
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +48,8 @@ def server(tmp_path_factory, tiny_data, run_weights):
         env.setenv("STUDIO_WEIGHTS", str(DEFAULT_WEIGHTS))
         env.setenv("CIFAR10_DIR", str(tiny_data))
         env.setenv("RUNS_DIR", str(root))
-        allowed = dataclasses.replace(limits.ServerLimits.defaults(), batch_images=BATCH_IMAGES, batch_pixels=int(BATCH_MP * 1e6))
-        env.setattr(limits, "_current", allowed)
         studio = app.Studio()
-        served = http_api.create_app(app.build_demo(studio), studio.root, allowed, **app.launch_options())
+        served = http_api.create_app(app.build_demo(studio), studio.root, **app.launch_options())
         running = http_api.start(served, "127.0.0.1", 0)
         yield running.url, root
         running.close()
@@ -213,7 +210,8 @@ def test_a_batch_goes_through_the_network_in_one_pass(api, monkeypatch):
         assert row["probabilities"] == pytest.approx(expected(DEFAULT_WEIGHTS, png(row["file"])), abs=1e-5)
 
 
-def test_batch_caps_are_the_apps(api):
+def test_batch_caps_are_the_apps(api, server_limits):
+    server_limits(batch_images=BATCH_IMAGES, batch_pixels=int(BATCH_MP * 1e6))  # read at each request, as the app reads them
     images = {f"{i}.png": png() for i in range(BATCH_IMAGES + 1)}
     refused(api.post("/predict_batch", files={"files": ("many.zip", make_zip(images))}), 413,
             f"{BATCH_IMAGES + 1} images in this request", f"at most {BATCH_IMAGES}")
@@ -265,8 +263,10 @@ def test_openapi_schema_and_docs(server):
 
 # ---- saturation ------------------------------------------------------------------------------------
 SMALL_BYTES = 4096  # room for the example PNG (2.5 kB), not for much more
+
+
 @pytest.fixture
-def small_server(server, monkeypatch):
+def small_server(server, monkeypatch, server_limits):
     """The routes alone with one prediction slot, one waiting place and a 0.3 s wait; 4 kB byte caps;
     the model load blocks until ``release`` is set, so a request can hold the slot as long as a test needs."""
     gate = http_api.Gate(workers=1, waiting=1, wait_s=0.3)
@@ -278,9 +278,8 @@ def small_server(server, monkeypatch):
 
     monkeypatch.setattr(http_api, "load", slow_load)
     small = FastAPI()
-    allowed = dataclasses.replace(limits.ServerLimits.defaults(), batch_images=BATCH_IMAGES, batch_pixels=int(BATCH_MP * 1e6),
-                                  upload_bytes=SMALL_BYTES, weights_bytes=SMALL_BYTES)
-    small.include_router(http_api.build_api(server[1], allowed, gate))
+    server_limits(upload_bytes=SMALL_BYTES, weights_bytes=SMALL_BYTES)  # before the routes are built: their byte caps
+    small.include_router(http_api.build_api(server[1], gate))
     running = http_api.start(small, "127.0.0.1", 0)
     yield running.url + "api/v1", gate, release
     release.set()
@@ -318,7 +317,7 @@ def test_saturated_requests_wait_briefly_then_get_503(small_server):
     assert answers["holder"].status_code == 200 and answers["holder"].json()["label"] == "cat"
 
 
-def test_the_batch_byte_cap_is_the_one_passed_in(small_server):
+def test_the_batch_byte_cap_is_the_servers(small_server):
     url, _, release = small_server
     release.set()
     assert httpx.post(url + "/predict_batch", files={"files": ("cat.png", png())}).status_code == 200
