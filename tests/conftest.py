@@ -1,7 +1,9 @@
 """Shared fixtures: tiny CIFAR-10-format data sets, so no test needs the real 178 MB download."""
 
 import dataclasses
+import importlib
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,15 @@ from resnet.weights import make_card, save_weights
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_DATA = REPO.parent / "shared" / "data" / "cifar10"
+
+
+def import_script(name: str):
+    """A module of scripts/ (run as files, not installed), imported for its functions."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
 
 
 def pattern_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -3,12 +3,11 @@
 import json
 import math
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import import_script
 from resnet import calibration, evaluate, model_card
 from resnet.calibration import (calibrated_probabilities, calibration_fields, choose_threshold, expected_calibration_error,
                                 fit_run_temperature, fit_temperature, halves, nll, reliability)
@@ -17,8 +16,6 @@ from resnet.constants import CLASSES
 from resnet.data import load_split
 from resnet.model import build_model
 from resnet.weights import DEFAULT_WEIGHTS, WeightsError, card_path, load_weights, make_card, save_weights
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def sampled(count: int, temperature: float, seed: int = 0):
@@ -241,12 +238,7 @@ def test_the_shipped_calibration_is_reproduced_by_its_script(real_data, tmp_path
     """scripts/calibrate_shipped.py on a copy of the shipped files writes the committed card's calibration again."""
     for suffix in (".safetensors", ".json"):
         shutil.copy(DEFAULT_WEIGHTS.with_suffix(suffix), tmp_path / f"shipped{suffix}")
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import calibrate_shipped
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    assert calibrate_shipped.main(["--weights", str(tmp_path / "shipped.safetensors"), "--data-dir", str(real_data)]) == 0
+    assert import_script("calibrate_shipped").main(["--weights", str(tmp_path / "shipped.safetensors"), "--data-dir", str(real_data)]) == 0
     again = json.loads((tmp_path / "shipped.json").read_text())
     assert again["temperature"] == pytest.approx(SHIPPED["temperature"], rel=1e-4)
     assert again["calibration"]["after"]["ece"] == pytest.approx(SHIPPED["calibration"]["after"]["ece"], abs=1e-4)

@@ -2,11 +2,11 @@
 only that curve leaves the trained references as they were."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import import_script
 from resnet.config import config_from_dict
 from resnet.constants import TRAIN_IMAGES
 from resnet.weights import DEFAULT_WEIGHTS, card_path
@@ -17,12 +17,7 @@ COMMITTED = REPO / "results" / "reference-curves.json"
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import reference_curves
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    return reference_curves
+    return import_script("reference_curves")
 
 
 def test_the_shipped_curve_counts_whole_batches_and_the_committed_file_has_it(script):

@@ -2,12 +2,12 @@
 with a validation split is calibrated on that split and judged on the test set."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import import_script
 from resnet import runs
 from resnet.calibration import calibration_fields
 from resnet.config import make_config
@@ -16,17 +16,10 @@ from resnet.model_card import LOW_CONFIDENCE, shipped_summary
 from resnet.train import Trainer, load_data
 from resnet.weights import load_weights
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
 def ship():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import ship_weights
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    return ship_weights.main
+    return import_script("ship_weights").main
 
 
 def finished(tiny_data, run_dir, **settings) -> Path:
