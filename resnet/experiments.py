@@ -3,7 +3,7 @@
 An experiment (the optimizer study, the remove-one ablation, time to accuracy) is a subclass of Experiment that declares
 what it compares: its plan, each run's config and results row. This module owns the rest. Every run is
 an ordinary run folder under the experiment's folder, named by its run id. Rerunning skips finished and
-diverged runs and resumes stopped or interrupted ones from their checkpoint. Run folders hold
+diverged runs and resumes stopped, interrupted or failed ones from their checkpoint (runs.RESUMABLE). Run folders hold
 checkpoints and stay on the machine that trained them; the results file is what gets committed, so a
 fresh checkout continues from the finished and diverged runs that file records (under the same budget)
 without training them again.
@@ -257,10 +257,11 @@ def measured(root, run_id: str) -> dict:
     and the config it trained with (None before it has one)."""
     run_dir = Path(root) / run_id
     status = runs.read_status(run_dir)["status"] if has_folder(root, run_id) else "pending"
-    # Keyed by epoch: a run killed between writing an epoch's record and its checkpoint repeats that epoch.
     by_epoch = {r["epoch"]: r for r in runs.read_metrics(run_dir) if r["kind"] == "epoch"}
     curve = [{key: record.get(key) for key in CURVE_KEYS} for _, record in sorted(by_epoch.items())]
     final = by_epoch[max(by_epoch)] if status == "finished" and by_epoch else {}
+    # A run resumed on another machine has one clock over both: its timings compare with neither machine's.
+    devices = sorted({r["device"] for r in by_epoch.values() if isinstance(r.get("device"), str)})
     return {
         "status": status,
         "curve": curve,
@@ -268,7 +269,7 @@ def measured(root, run_id: str) -> dict:
         "final_val_loss": final.get("val_loss"),
         "images_per_s": [r["images_per_s"] for r in by_epoch.values() if r.get("images_per_s")],
         "elapsed_s": final.get("elapsed_s"),
-        "timed_on": runs.trained_on(run_dir),
+        "timed_on": "mixed: " + "; ".join(devices) if len(devices) > 1 else runs.trained_on(run_dir),
         "config": runs.read_config(run_dir) if has_folder(root, run_id) else None,
     }
 

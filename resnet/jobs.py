@@ -16,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -86,13 +87,23 @@ def browser_secret(root) -> str:
     """The key that encrypts what browsers store for this server, kept in the runs folder so that a
     restarted server still reads it (a new one at each start would strand every browser's runs)."""
     path = Path(root) / BROWSER_SECRET
-    try:
-        return path.read_text().strip()
-    except OSError:
-        secret = secrets.token_hex(16)
-        path.write_text(secret)
-        path.chmod(0o600)
-        return secret
+    if not path.exists():
+        # Written owner-only to a file of its own, then linked into place: link() refuses an existing name, so of two
+        # servers starting at once one key wins, and nobody ever reads a half-written or world-readable one.
+        handle, temporary = tempfile.mkstemp(dir=root, prefix=BROWSER_SECRET)  # mode 0600
+        try:
+            with os.fdopen(handle, "w") as file:
+                file.write(secrets.token_hex(16))
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temporary)
+    secret = path.read_text().strip()
+    if not secret:
+        raise OSError(f"{path} is empty: delete it and restart (browsers then get new keys, and only the operator "
+                      "can stop the runs they started before)")
+    return secret
 
 
 def check_owner(run_dir: Path, actor: Actor) -> None:
@@ -188,9 +199,11 @@ class RunQueue:
             raise ConfigError(f"epochs {config.epochs} is above this server's limit of {limits.current().epochs}")
         args = ["--resume", str(run_dir)] + (["--epochs", str(epochs)] if epochs is not None else [])
         with self._lock:
-            if self.active() == run_id:  # it has written its final status and is exiting: a moment, not a refusal
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._child[1].wait(EXIT_GRACE_S)
+            exiting = self._child[1] if self.active() == run_id else None
+        if exiting is not None:  # it has written its final status and is exiting: a moment, not a refusal, and
+            with contextlib.suppress(subprocess.TimeoutExpired):  # waited for outside the lock the pages poll through
+                exiting.wait(EXIT_GRACE_S)
+        with self._lock:
             self._reap()  # a child that has just exited settles first, or its settling would overwrite "queued"
             if self.active() == run_id or run_id in self._waiting:
                 raise runs.RunError(f"{run_id} is already training or queued")

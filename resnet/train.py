@@ -209,10 +209,15 @@ def load_data(config: TrainConfig, device: torch.device) -> Dataset:
         train_x, train_y = train_x[: config.limit_train], train_y[: config.limit_train]
     if config.limit_test:
         test_x, test_y = test_x[: config.limit_test], test_y[: config.limit_test]
-    if config.batch_size > len(train_x):
-        raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(train_x)} training images")
+    check_batch(config, len(train_x))
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
     return Dataset(*map(move, (train_x, train_y, test_x, test_y, val_x, val_y)))
+
+
+def check_batch(config: TrainConfig, train_images: int) -> None:
+    """A batch larger than the training images would make an epoch of no steps: a run that trains nothing."""
+    if config.batch_size > train_images:
+        raise ConfigError(f"batch_size {config.batch_size} is larger than the {train_images} training images")
 
 
 def steps_in_epoch(images: int, batch_size: int) -> int:
@@ -310,8 +315,10 @@ class Trainer:
         self.amp_dtype = resolve_precision(config.precision, self.device)
         self.channels_last = (config.channels_last if config.channels_last is not None
                               else default_channels_last(self.device, self.amp_dtype))
+        self.device_name = describe_device(self.device)  # in every epoch row: a run resumed elsewhere shows it
         self.resolution = parse_resolution(config.resolution)
         self.data = data or load_data(config, self.device)
+        check_batch(config, len(self.data.train_x))  # shared data was loaded for another run's batch
         self.steps_per_epoch = steps_in_epoch(len(self.data.train_x), config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         probe_x, probe_y = (self.data.val_x, self.data.val_y) if self.data.val_x is not None else (self.data.test_x, self.data.test_y)
@@ -450,7 +457,9 @@ class Trainer:
         # through a checkpoint, so a resumed run logs and is judged as the uninterrupted one would be.
         window = list(position.get("window", []))
         since_log, epoch_sums = Sums(*position.get("since_log", (0.0, 0.0, 0))), Sums(*position["sums"])
-        epoch_train_time = position.get("train_time", 0.0)
+        # Training seconds since the epoch's start and since the last step row: a row's speed is its images over
+        # its own seconds, whatever epoch ends, stops and resumes came between.
+        epoch_train_time, since_log_time = position.get("train_time", 0.0), position.get("since_log_time", 0.0)
         last_probe = time.perf_counter()
         for epoch in range(position["epoch"], config.epochs + 1):
             order, flips = self.epoch_order(epoch)
@@ -471,6 +480,7 @@ class Trainer:
                     continue
                 spent = clock.lap()
                 epoch_train_time += spent
+                since_log_time += spent
                 step_losses, correct_now = self._read_back(pending)
                 seen_now = batch * len(pending)
                 since_log.add(float(step_losses.sum()) * batch, correct_now, seen_now)
@@ -486,15 +496,15 @@ class Trainer:
                     self._emit({
                         "kind": "step", "epoch": epoch, "step": done, "total_steps": self.total_steps,
                         "images": done * config.batch_size, "train_loss": loss_sum / seen, "train_acc": correct_total / seen,
-                        "lr": lr, "resolution": size, "images_per_s": seen / spent, "elapsed_s": elapsed(),
+                        "lr": lr, "resolution": size, "images_per_s": seen / since_log_time, "elapsed_s": elapsed(),
                     })
-                    since_log = Sums()
+                    since_log, since_log_time = Sums(), 0.0
                 if diverged_ranks:
                     return self._diverged(f"at epoch {epoch}, step {done}: the training loss became non-finite, exceeded "
                                           f"{EXPLOSION_LOSS:.1f} or stayed above {DIVERGENCE_LOSS:.2f}")
                 if stopped:
                     self._checkpoint(model, optimizer, scaler, ema, epoch, step_in_epoch + 1, elapsed(), epoch_sums,
-                                     epoch_train_time, since_log, window)
+                                     epoch_train_time, since_log, since_log_time, window)
                     message = f"stopped at epoch {epoch}, step {done}; resume to continue"
                     self._status("stopped", message)
                     return {"status": "stopped", "message": message}
@@ -505,16 +515,17 @@ class Trainer:
             # The lr of the epoch's last step (computed: a run resumed right after that step runs no step here).
             lr = lr_at(config, epoch * self.steps_per_epoch - 1, self.total_steps)
             evaluating = time.perf_counter()
-            with clock.paused():
+            with clock.paused():  # scoring, the broken-model check and the checkpoint are not training time
                 record = self._epoch_record(model, ema, epoch, epoch_sums, epoch_train_time, lr, elapsed)
-            record.update(train_s=epoch_train_time, eval_s=time.perf_counter() - evaluating)
-            broken = self._broken(model, ema, record)
-            asked = self.stop_event is not None and self.stop_event.is_set()
-            broken_ranks, stopped = self._reduce([float(bool(broken)), float(asked)])
-            if broken_ranks:
-                return self._diverged(f"at the end of epoch {epoch}: {broken or 'another process found the model broken'}")
-            self._emit(record)
-            self._checkpoint(model, optimizer, scaler, ema, epoch + 1, 0, elapsed(), Sums(), 0.0, since_log, window)
+                record.update(train_s=epoch_train_time, eval_s=time.perf_counter() - evaluating)
+                broken = self._broken(model, ema, record)
+                asked = self.stop_event is not None and self.stop_event.is_set()
+                broken_ranks, stopped = self._reduce([float(bool(broken)), float(asked)])
+                if broken_ranks:
+                    return self._diverged(f"at the end of epoch {epoch}: {broken or 'another process found the model broken'}")
+                self._emit(record)
+                self._checkpoint(model, optimizer, scaler, ema, epoch + 1, 0, elapsed(), Sums(), 0.0, since_log, since_log_time,
+                                 window)
             if stopped and epoch < config.epochs:  # asked while the epoch was scored: stop at the boundary
                 message = f"stopped after epoch {epoch}; resume to continue"
                 self._status("stopped", message)
@@ -561,7 +572,7 @@ class Trainer:
             "kind": "epoch", "epoch": epoch, "step": epoch * self.steps_per_epoch,
             "images": epoch * self.steps_per_epoch * self.config.batch_size,
             "train_loss": loss_sum / seen, "train_acc": correct / seen, "lr": lr,
-            "images_per_s": seen / max(train_time, 1e-9),
+            "images_per_s": seen / max(train_time, 1e-9), "device": self.device_name,
         }
         if self.writes:
             scored = self._scored_model(model, ema)
@@ -594,13 +605,14 @@ class Trainer:
         return {"status": "diverged", "message": message}
 
     def _checkpoint(self, model, optimizer, scaler, ema, epoch, step_in_epoch, elapsed_s, sums: Sums, train_time,
-                    since_log: Sums, window: list) -> None:
+                    since_log: Sums, since_log_time: float, window: list) -> None:
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "position": {"epoch": epoch, "step_in_epoch": step_in_epoch, "elapsed_s": elapsed_s,
                          "sums": [sums.loss, sums.correct, sums.seen], "train_time": train_time,
-                         "since_log": [since_log.loss, since_log.correct, since_log.seen], "window": list(window)},
+                         "since_log": [since_log.loss, since_log.correct, since_log.seen], "since_log_time": since_log_time,
+                         "window": list(window)},
         }
         if scaler.is_enabled():
             state["scaler"] = scaler.state_dict()
@@ -638,7 +650,7 @@ class Trainer:
             provenance={
                 "command": self.command,
                 "git_commit": self.git_commit,
-                "device": describe_device(self.device),
+                "device": self.device_name,
                 "world_size": self.world,
                 "torch": torch.__version__,
                 "elapsed_s": elapsed_s,

@@ -24,7 +24,7 @@ def recorder(log, stop_at=None, stop=None):
     def watch(run_id, trainer, resume):
         log.append((run_id, resume))
         if run_id == stop_at:
-            stop.set()  # the trainer checks it before its first step: the variant stops at once, resumable
+            stop.set()  # the trainer acts on it after its first step: the variant stops at once, resumable
         return contextlib.nullcontext()
 
     return watch

@@ -247,3 +247,23 @@ def test_a_queue_closed_while_its_monitor_waits_for_the_lock_starts_nothing(queu
         wait_for(queue._closed.is_set, timeout=10, what="close() to begin")
     closer.join(30)
     assert not closer.is_alive() and not launched and not queue._monitor.is_alive()
+
+
+def test_the_browser_secret_is_owner_only_one_key_for_racing_servers_and_refused_when_empty(tmp_path):
+    keys, start = [], threading.Barrier(8)
+
+    def server():
+        start.wait()
+        keys.append(jobs.browser_secret(tmp_path))
+
+    threads = [threading.Thread(target=server) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(keys)) == 1 and len(keys[0]) == 32 and jobs.browser_secret(tmp_path) == keys[0]
+    assert os.stat(tmp_path / jobs.BROWSER_SECRET).st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path) == [jobs.BROWSER_SECRET]  # no temporary file left behind
+    (tmp_path / jobs.BROWSER_SECRET).write_text("")
+    with pytest.raises(OSError, match="is empty: delete it and restart"):
+        jobs.browser_secret(tmp_path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnet import flops, time_to_accuracy
+from resnet import experiments, flops, runs, time_to_accuracy
 from resnet.cli import main
 from resnet.config import ConfigError, make_config
 from resnet.experiments import Budget, Options
@@ -93,6 +93,21 @@ def test_the_table_of_a_partial_experiment():
     lines = time_to_accuracy.markdown(results).splitlines()
     assert lines[0].startswith("| recipe | change | PFLOPs |") and len(lines) == 4
     assert time_to_accuracy.markdown({}) == "" and not time_to_accuracy.figure({"runs": []}).data
+
+
+def test_a_run_resumed_on_another_machine_is_timed_on_both(tmp_path):
+    """Its clock runs over both machines, so its row names both rather than the one it finished on."""
+    run_dir = tmp_path / "lowres"
+    run_dir.mkdir()
+    (run_dir / runs.CONFIG).write_text("{}")
+    for epoch, device in ((1, "cpu: A"), (2, "cpu: A"), (3, "cuda: B")):
+        runs.append_metrics(run_dir, {"kind": "epoch", "epoch": epoch, "step": epoch, "val_acc": 0.5, "device": device,
+                                      "images_per_s": 10.0, "elapsed_s": float(epoch)})
+    runs.write_status(run_dir, "finished")
+    assert experiments.measured(tmp_path, "lowres")["timed_on"] == "mixed: cpu: A; cuda: B"
+    (run_dir / runs.METRICS).write_text("")
+    runs.append_metrics(run_dir, {"kind": "epoch", "epoch": 1, "step": 1, "val_acc": 0.5, "device": "cpu: A"})
+    assert experiments.measured(tmp_path, "lowres")["timed_on"] is None  # one machine: its card's name (none here)
 
 
 @pytest.mark.slow

@@ -147,6 +147,22 @@ def test_a_stop_between_step_rows_resumes_to_the_same_step_rows(tiny_data, tmp_p
     assert step_rows(tmp_path / "resumed") == step_rows(tmp_path / "straight")
 
 
+def test_a_step_rows_speed_is_its_images_over_its_own_training_seconds(tiny_data, tmp_path, monkeypatch):
+    """Every lap of the stopwatch (a log step, an epoch's end, a stop) lasts one second here, so a row's images/s must
+    be its images over the laps since the previous row, across epoch ends and a stop and resume between rows."""
+    monkeypatch.setattr(train_module.Stopwatch, "lap", lambda self: 1.0)
+    # 3 steps an epoch, a row every 2: rows at steps 2, 4, 6, 8; epoch ends at 3, 6, 9 are laps of their own.
+    config = small_config(tiny_data, log_every=2, epochs=3, **RESUME_SETTINGS)
+    event = threading.Event()
+    stopped = Trainer(config, tmp_path, callbacks=[stop_at_step(event, 4)], stop_event=event).run()
+    assert stopped["status"] == "stopped" and "step 5" in stopped["message"]  # a lap between rows 4 and 6
+    assert Trainer(resume_config(tmp_path), tmp_path).run(resume=True)["status"] == "finished"
+    rows = [r for r in runs.read_metrics(tmp_path) if r["kind"] == "step"]
+    laps = {2: 1, 4: 2, 6: 2, 8: 1}  # row 4: the end at 3 and step 4; row 6: the stop at 5 and step 6 (also an end)
+    assert [r["step"] for r in rows] == list(laps)
+    assert [r["images_per_s"] for r in rows] == [2 * config.batch_size / laps[r["step"]] for r in rows]
+
+
 def test_resume_after_a_crash_uses_the_epoch_checkpoint(tiny_data, tmp_path, straight_run):
     class Crash(RuntimeError):
         pass
@@ -620,3 +636,11 @@ def test_the_split_seed_holds_out_the_same_images_whatever_the_runs_seed(tiny_da
     assert torch.equal(val_labels(seed=1, split_seed=0), val_labels(seed=0))
     assert torch.equal(val_labels(seed=1), val_labels(seed=1, split_seed=1))
     assert not torch.equal(val_labels(seed=1), val_labels(seed=0))
+
+
+def test_shared_data_is_held_to_each_runs_batch(tiny_data, tmp_path):
+    """A runner loads the data once for several runs: a run whose batch exceeds it is refused, not trained for no steps."""
+    data = train_module.load_data(small_config(tiny_data), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="batch_size 32 is larger than the 24 training images"):
+        Trainer(small_config(tiny_data, batch_size=32, limit_train=0), tmp_path, data=data)
+    assert not any(tmp_path.iterdir())
