@@ -62,9 +62,9 @@ class TrainConfig:
     label_smoothing: float = setting(0.0, "label smoothing of the loss", minimum=0, below=1, form="Label smoothing", advanced=True)
     ema: float = setting(0.0, "per-step decay of a weight average (0 = off)", minimum=0, below=1)
     # The data
-    augment: str = setting("original", "random crop padding and horizontal flip: standard (4 px), original (the "
-                           "published crop) or none (the images as they are: no crop and no flip, so alternate_flip has "
-                           "nothing to alternate)", choices=AUGMENTATIONS)
+    augment: str = setting("original", "random crop padding and horizontal flip: standard (4 px), light (2 px), "
+                           "original (the published crop) or none (the images as they are: no crop and no flip, so "
+                           "alternate_flip has nothing to alternate)", choices=AUGMENTATIONS)
     alternate_flip: bool = setting(False, "flip each image on every other epoch instead of at random")
     resolution: str = setting("", "training resolution schedule: SIZE:UNTIL pairs, e.g. 16:0.5,24:0.75 trains at 16 px "
                               "for the first half of the steps, 24 px to three quarters, 32 px after ('' = 32 px throughout)",

@@ -23,8 +23,10 @@ TEST_FILES = ("test_batch",)
 
 # torchvision's RandomCrop(32, padding=[0, 2, 3, 4]) of the published code: left, top, right, bottom.
 ORIGINAL_PADDING = (0, 2, 3, 4)
-STANDARD_PADDING = (4, 4, 4, 4)
-AUGMENTATIONS = ("standard", "original", "none")
+# Each crop mode's zero padding (left, top, right, bottom): the crop is a random translation within it. A short run
+# underfits more than it overfits, so a 2-pixel translation ("light", airbench's) can beat the usual 4 there.
+PADDINGS = {"standard": (4, 4, 4, 4), "original": ORIGINAL_PADDING, "light": (2, 2, 2, 2)}
+AUGMENTATIONS = (*PADDINGS, "none")
 
 
 class DataMissingError(FileNotFoundError):
@@ -101,7 +103,7 @@ def augment(images: torch.Tensor, generator: torch.Generator, mode: str = "stand
     """
     if mode == "none":
         return images
-    left, top, right, bottom = STANDARD_PADDING if mode == "standard" else ORIGINAL_PADDING
+    left, top, right, bottom = PADDINGS[mode]
     n, _, height, width = images.shape
     padded = torch.nn.functional.pad(images, (left, right, top, bottom))
     device = images.device

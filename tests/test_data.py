@@ -115,7 +115,7 @@ def crop_shifts(out: torch.Tensor):
     return shifts
 
 
-@pytest.mark.parametrize("mode, padding", [("standard", (4, 4, 4, 4)), ("original", (0, 2, 3, 4))])
+@pytest.mark.parametrize("mode, padding", [("standard", (4, 4, 4, 4)), ("light", (2, 2, 2, 2)), ("original", (0, 2, 3, 4))])
 def test_crop_offsets_cover_exactly_the_padding(mode, padding):
     left, top, right, bottom = padding
     images = coordinate_images(600)
