@@ -401,6 +401,8 @@ class Trainer:
             if ema is not None:
                 ema.load_state_dict(checkpoint["ema"])
             position = checkpoint["position"]
+            if not self.writes:  # the checkpoint's running sums are every process's total: rank 0 alone carries them on
+                position = {**position, "sums": [0.0, 0.0, 0], "since_log": [0.0, 0.0, 0]}
             if self.writes:  # rows past the checkpoint (a kill mid-epoch, or after an epoch row but before its
                 # checkpoint) are trained again from here: drop them, and any torn line, so each step appears once
                 done = (position["epoch"] - 1) * self.steps_per_epoch + position["step_in_epoch"]
@@ -606,12 +608,15 @@ class Trainer:
 
     def _checkpoint(self, model, optimizer, scaler, ema, epoch, step_in_epoch, elapsed_s, sums: Sums, train_time,
                     since_log: Sums, since_log_time: float, window: list) -> None:
+        # Each process holds the sums of its own share of the batches: keep their total (every process is here).
+        loss, correct, seen, log_loss, log_correct, log_seen = self._reduce(
+            [sums.loss, sums.correct, sums.seen, since_log.loss, since_log.correct, since_log.seen])
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "position": {"epoch": epoch, "step_in_epoch": step_in_epoch, "elapsed_s": elapsed_s,
-                         "sums": [sums.loss, sums.correct, sums.seen], "train_time": train_time,
-                         "since_log": [since_log.loss, since_log.correct, since_log.seen], "since_log_time": since_log_time,
+                         "sums": [loss, correct, int(seen)], "train_time": train_time,
+                         "since_log": [log_loss, log_correct, int(log_seen)], "since_log_time": since_log_time,
                          "window": list(window)},
         }
         if scaler.is_enabled():

@@ -105,3 +105,49 @@ def test_spawned_processes_split_each_global_batch(tmp_path):
         assert sorted(steps) == list(range(32)), "every image exactly once an epoch, across both processes"
 
     assert [r["step"] for r in runs.read_metrics(tmp_path / "run") if r["kind"] == "epoch"] == [2, 4]
+
+
+# ---- a resumed run under DDP logs what the uninterrupted one logs -------------------------------
+def _resume_worker(rank: int, world: int, ports: list, root: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    import threading
+
+    from resnet.config import make_config
+    from resnet.train import Dataset, Trainer
+
+    count = 64
+    images = (torch.arange(count * 3 * 32 * 32) * 7919 % 256).to(torch.uint8).view(count, 3, 32, 32)
+    data = Dataset(images, torch.arange(count) % 10, images[:8], torch.arange(8))
+    # 4 steps an epoch and a step row every 3: the stop is asked after row 3 and acted on at the epoch's end,
+    # where each process holds the epoch's sums and the one step since that row.
+    config = make_config("original", batch_size=16, epochs=2, augment="none", precision="fp32", device="cpu",
+                         log_every=3, eval_batch_size=8)
+
+    def run(name, port, stop_at=None, resume=False):
+        os.environ["MASTER_PORT"] = str(port)
+        event = threading.Event()
+        ask = lambda row: row["kind"] == "step" and row["step"] == stop_at and event.set()  # noqa: E731
+        return Trainer(config, Path(root, name), callbacks=[ask], stop_event=event, data=data).run(resume=resume)["status"]
+
+    outcomes = [run("whole", ports[0]), run("resumed", ports[1], stop_at=3), run("resumed", ports[2], resume=True)]
+    Path(root, f"rank{rank}.json").write_text(json.dumps(outcomes))
+
+
+def test_a_run_resumed_under_ddp_logs_the_same_rows_as_the_uninterrupted_run(tmp_path):
+    world = 2
+    mp.spawn(_resume_worker, args=(world, [free_port() for _ in range(3)], str(tmp_path)), nprocs=world, join=True)
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)] == [
+        ["finished", "stopped", "finished"]] * world
+
+    def rows(name):
+        return [(r["kind"], r["step"], r["train_loss"], r["train_acc"]) for r in runs.read_metrics(tmp_path / name)
+                if r["kind"] in ("step", "epoch")]
+
+    whole, resumed = rows("whole"), rows("resumed")
+    assert [r[:2] for r in resumed] == [r[:2] for r in whole] == [
+        ("step", 3), ("epoch", 4), ("step", 6), ("epoch", 8)]
+    for before, after in zip(whole, resumed):
+        # Each process's share counted once: rank 0's sums restored on every rank would count them twice.
+        assert after[2:] == pytest.approx(before[2:], rel=1e-6), f"{after[:2]}"
