@@ -566,9 +566,9 @@ def test_ranks_agree_only_at_log_steps_and_epoch_ends(tiny_data, tmp_path, monke
     real_reduce = Trainer._reduce
     monkeypatch.setattr(Trainer, "_reduce", lambda self, values: reduced.append(len(values)) or real_reduce(self, values))
     Trainer(small_config(tiny_data, log_every=2, epochs=1), tmp_path).run()
-    # 3 steps with log_every 2: one check at step 2 and one at the epoch's end (step 3), then the epoch sums and
-    # the broken-model and stop flags: never one a step.
-    assert reduced == [5, 5, 3, 2]
+    # 3 steps with log_every 2: one check at step 2 and one at the epoch's end (step 3), then the epoch sums, the
+    # broken-model and stop flags, and the running sums the checkpoint keeps: never one a step.
+    assert reduced == [5, 5, 3, 2, 6]
 
 
 def test_grad_cam_sends_the_image_to_the_models_device_and_returns_the_map_on_the_cpu(monkeypatch):
