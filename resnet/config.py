@@ -54,6 +54,9 @@ class TrainConfig:
                                   advanced=True)
     nesterov: bool = setting(False, "Nesterov momentum (SGD)")
     bias_lr_scale: float = setting(1.0, "learning-rate multiplier of BatchNorm parameters and biases", above=0)
+    freeze_bn_scales: bool = setting(False, "keep every BatchNorm scale at its initial 1 (untrained): the next layer's "
+                                     "weights can absorb any scale, so training it only moves their effective learning "
+                                     "rate (Page's ResNet-9 and airbench freeze it)")
     batch_size: int = setting(64, "images per step (global under DDP)", minimum=1, form="Batch size")
     epochs: int = setting(200, "passes over the training images (may be raised on resume)", minimum=1, form="Epochs",
                           resume=True)

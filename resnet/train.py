@@ -118,11 +118,19 @@ def lr_at(config: TrainConfig, step: int, total_steps: int) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * rest))
 
 
+def freeze_bn_scales(model) -> None:
+    """Leave every BatchNorm scale out of training: no gradient is computed for it and no optimizer holds it."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.weight.requires_grad_(False)
+
+
 def build_optimizer(config: TrainConfig, model) -> torch.optim.Optimizer:
     # Weight decay on BatchNorm scales and biases only fights the normalization; leave them free. They may
     # also learn faster (``bias_lr_scale``): they are few, and a BatchNorm shift moves a whole channel.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    free = [p for p in model.parameters() if p.ndim <= 1]
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.ndim > 1]
+    free = [p for p in trained if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": free, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0)
@@ -380,6 +388,8 @@ class Trainer:
         model = build_model(config.blocks, config.dropout).to(self.device)
         if not resume:
             initialize(model, config, self.data.train_x)
+        if config.freeze_bn_scales:
+            freeze_bn_scales(model)
         if self.distributed and self.device.type == "cuda":
             # --batch-size is global: normalize over all of it, not over each GPU's share.
             # (gloo has no SyncBatchNorm: CPU processes keep per-process statistics.)

@@ -523,6 +523,22 @@ def test_bias_parameters_get_their_own_learning_rate(tiny_data, tmp_path, monkey
     assert seen and all(bias == pytest.approx(4 * weights) for weights, bias in seen)
 
 
+def test_frozen_bn_scales_stay_at_one_while_the_shifts_train_and_a_resume_keeps_them(tiny_data, tmp_path):
+    event = threading.Event()
+    config = small_config(tiny_data, optimizer="sgd", lr=0.1, freeze_bn_scales=True)
+    Trainer(config, tmp_path, callbacks=[stop_at_step(event, 1)], stop_event=event).run()
+    assert Trainer(resume_config(tmp_path), tmp_path).run(resume=True)["status"] == "finished"
+    saved = load_weights(tmp_path / runs.WEIGHTS).net
+    norms = [m for m in saved.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+    assert all(not torch.equal(m.bias, torch.zeros_like(m.bias)) for m in norms)
+    trained = Trainer(small_config(tiny_data, optimizer="sgd", lr=0.1), tmp_path / "trained").run()
+    assert trained["status"] == "finished"
+    scales = [m.weight for m in load_weights(tmp_path / "trained" / runs.WEIGHTS).net.modules()
+              if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not all(torch.equal(w, torch.ones_like(w)) for w in scales), "unfrozen, the same run trains them"
+
+
 # ---- what a GPU needs, checked on the CPU --------------------------------------------------------
 def test_normalization_constants_are_built_once_per_device():
     images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
