@@ -64,6 +64,10 @@ class TrainConfig:
     warmup: float = setting(0.0, "fraction of all steps spent warming up linearly from zero", minimum=0, below=1)
     label_smoothing: float = setting(0.0, "label smoothing of the loss", minimum=0, below=1, form="Label smoothing", advanced=True)
     ema: float = setting(0.0, "per-step decay of a weight average (0 = off)", minimum=0, below=1)
+    ema_start: float = setting(0.0, "fraction of the steps after which the weight average starts from the weights of "
+                               "then (before it, the trained network itself is scored); started a little after the last "
+                               "resolution change, once the BatchNorm running statistics have followed the new size, it "
+                               "never averages statistics of two training sizes", minimum=0, below=1)
     # The data
     augment: str = setting("original", "random crop padding and horizontal flip: standard (4 px), light (2 px), "
                            "original (the published crop) or none (the images as they are: no crop and no flip, so "

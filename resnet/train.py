@@ -329,6 +329,7 @@ class Trainer:
         check_batch(config, len(self.data.train_x))  # shared data was loaded for another run's batch
         self.steps_per_epoch = steps_in_epoch(len(self.data.train_x), config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
+        self.ema_start = math.ceil(config.ema_start * self.total_steps)
         probe_x, probe_y = (self.data.val_x, self.data.val_y) if self.data.val_x is not None else (self.data.test_x, self.data.test_y)
         self.probe_split = "val" if self.data.val_x is not None else "test"
         self.probe = (probe_x[: config.probe_size], probe_y[: config.probe_size]) if config.probe_size else None
@@ -454,7 +455,7 @@ class Trainer:
         size = resolution_at(self.resolution, step, self.total_steps)
         loss, correct = train_step(parts.trained, parts.optimizer, images, self.data.train_y[index], config, self.amp_dtype,
                                    self.channels_last, size, parts.scaler)
-        if parts.ema is not None:
+        if parts.ema is not None and step >= self.ema_start:  # its first update copies the weights of then
             parts.ema.update_parameters(parts.model)
         return loss, correct, lr, size, len(index)
 
@@ -560,7 +561,8 @@ class Trainer:
         return tensor.tolist()
 
     def _scored_model(self, model, ema):
-        return ema.module if ema is not None else model
+        """The weight average once it has started, else the trained network."""
+        return ema.module if ema is not None and ema.n_averaged > 0 else model
 
     def _evaluate(self, model, images, labels, exact: bool = False) -> dict:
         amp_dtype = None if exact else self.amp_dtype

@@ -509,6 +509,35 @@ def test_the_weight_average_follows_every_step_and_is_what_gets_scored_and_saved
     assert not all(torch.equal(saved[k], checkpoint["model"][k].to(saved[k].dtype)) for k in saved)
 
 
+def test_a_late_weight_average_starts_from_the_weights_of_its_start_and_resumes_exactly(tiny_data, tmp_path):
+    """With ema_start 0.5 of 6 steps the average starts at step 4 from that step's weights; until then the trained
+    network is scored; a run stopped before the start and resumed saves the uninterrupted run's weights."""
+    decay = 0.8
+    config = small_config(tiny_data, ema=decay, ema_start=0.5)
+    trainer = Trainer(config, tmp_path / "steps")
+    parts, _ = trainer.build()
+    expected = None
+    for epoch in (1, 2):
+        order, flips = trainer.epoch_order(epoch)
+        for step in range(trainer.steps_per_epoch):
+            trainer.train_one(parts, order, flips, epoch, step)
+            started = (epoch - 1) * trainer.steps_per_epoch + step >= 3
+            assert (trainer._scored_model(parts.model, parts.ema) is parts.ema.module) == started
+            if started:
+                now = {k: v.detach().clone() for k, v in parts.model.state_dict().items() if v.is_floating_point()}
+                expected = now if expected is None else {k: decay * expected[k] + (1 - decay) * now[k] for k in now}
+    assert int(parts.ema.n_averaged) == 3
+    averaged = parts.ema.module.state_dict()
+    assert all(torch.allclose(averaged[k], expected[k], atol=1e-6) for k in expected)
+
+    Trainer(config, tmp_path / "whole").run()
+    event = threading.Event()
+    Trainer(config, tmp_path / "resumed", callbacks=[stop_at_step(event, 2)], stop_event=event).run()
+    assert Trainer(resume_config(tmp_path / "resumed"), tmp_path / "resumed").run(resume=True)["status"] == "finished"
+    whole, resumed = (load_weights(tmp_path / name / runs.WEIGHTS).net.state_dict() for name in ("whole", "resumed"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_bias_parameters_get_their_own_learning_rate(tiny_data, tmp_path, monkeypatch):
     config = small_config(tiny_data, optimizer="sgd", lr=0.1, bias_lr_scale=4.0, epochs=1)
     seen = []
