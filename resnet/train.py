@@ -412,13 +412,13 @@ class Trainer:
             if ema is not None:
                 ema.load_state_dict(checkpoint["ema"])
             position = checkpoint["position"]
-            if not self.writes:  # the checkpoint's running sums are every process's total: rank 0 alone carries them on
-                position = {**position, "sums": [0.0, 0.0, 0], "since_log": [0.0, 0.0, 0]}
             if self.writes:  # rows past the checkpoint (a kill mid-epoch, or after an epoch row but before its
                 # checkpoint) are trained again from here: drop them, and any torn line, so each step appears once
                 done = (position["epoch"] - 1) * self.steps_per_epoch + position["step_in_epoch"]
                 kept = [row for row in runs.read_metrics(self.run_dir) if row["step"] <= done]
                 atomic_write_bytes(self.run_dir / runs.METRICS, "".join(json.dumps(row) + "\n" for row in kept).encode())
+            else:  # the checkpoint's running sums are every process's total: rank 0 alone carries them on
+                position = {**position, "sums": [0.0, 0.0, 0], "since_log": [0.0, 0.0, 0]}
         trained = model
         if self.distributed:
             # Only rank 0 evaluates and saves, so the other ranks' BatchNorm buffers need no per-step broadcast.

@@ -55,10 +55,16 @@ def test_torchrun_two_processes_finish_and_only_rank_0_writes(tiny_data, tmp_pat
 
 
 # ---- which images each process trains on ------------------------------------------------------
-def _worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
+def _join(rank: int, world: int) -> None:
+    """Make this spawned process rank ``rank`` of ``world`` on this host, one thread each (two share the cores)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+                      OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
+    _join(rank, world)
+    os.environ["MASTER_PORT"] = str(port)
     import resnet.train as train
     from resnet.config import make_config
     from resnet.constants import PUBLISHED_MEAN, PUBLISHED_STD
@@ -109,9 +115,7 @@ def test_spawned_processes_split_each_global_batch(tmp_path):
 
 # ---- a resumed run under DDP logs what the uninterrupted one logs -------------------------------
 def _resume_worker(rank: int, world: int, ports: list, root: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
+    _join(rank, world)
     import threading
 
     from resnet.config import make_config
