@@ -47,7 +47,9 @@ BASELINE = "fast"
 # 24 epochs, and mid-light's validation accuracy fell by 10 or more points at several epochs of its peak-lr phase.
 # It fitted the training images faster but ended 0.98 points below mid-light, so mid-light-double-lr tries the other
 # side, 0.8 (weight decay, coupled to the lr, doubles its pull too): it fitted more slowly and ended 0.28 points below
-# mid-light, so 0.4 is at or near the best peak lr for this schedule.
+# mid-light, so 0.4 is at or near the best peak lr for this schedule. Of the schedules, the ones with fewer 32 px
+# epochs lost most (6.4 of them: 0.46 points below 7.25); lowres-light-more-32px keeps 10 epochs at 32 px, with 10 at
+# 16 px and 4 at 24 before them, 24 epochs at the same FLOPs.
 RECIPES = {
     BASELINE: {},
     "short-whiten": {"whiten_stem": True, "epochs": 15},
@@ -64,6 +66,7 @@ RECIPES = {
                                   "ema": 0.999, "ema_start": 0.62},
     "mid-light-half-lr": {"whiten_stem": True, "resolution": "24:0.6", "epochs": 20, "augment": "light", "lr": 0.2},
     "mid-light-double-lr": {"whiten_stem": True, "resolution": "24:0.6", "epochs": 20, "augment": "light", "lr": 0.8},
+    "lowres-light-more-32px": {"whiten_stem": True, "resolution": "16:0.417,24:0.583", "epochs": 24, "augment": "light"},
 }
 
 
