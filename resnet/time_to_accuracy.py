@@ -50,25 +50,24 @@ BASELINE = "fast"
 # mid-light, so 0.4 is at or near the best peak lr for this schedule. Of the schedules, the ones with fewer 32 px
 # epochs lost most (6.4 of them: 0.46 points below 7.25); lowres-light-more-32px keeps 10 epochs at 32 px, with 10 at
 # 16 px and 4 at 24 before them, 24 epochs at the same FLOPs.
+# The recipe each mid-light-* candidate changes one or two things of.
+MID_LIGHT = {"whiten_stem": True, "resolution": "24:0.6", "epochs": 20, "augment": "light"}
 RECIPES = {
     BASELINE: {},
     "short-whiten": {"whiten_stem": True, "epochs": 15},
     "mid-whiten": {"whiten_stem": True, "resolution": "24:0.6", "epochs": 20},
     "lowres-whiten": {"whiten_stem": True, "resolution": "16:0.5,24:0.75", "epochs": 29},
     "short-light": {"whiten_stem": True, "epochs": 15, "augment": "light"},
-    "mid-light": {"whiten_stem": True, "resolution": "24:0.6", "epochs": 20, "augment": "light"},
+    "mid-light": MID_LIGHT,
     "lowres-light": {"whiten_stem": True, "resolution": "16:0.5,24:0.75", "epochs": 29, "augment": "light"},
     "lowres-long-light": {"whiten_stem": True, "resolution": "16:0.6,24:0.8", "epochs": 32, "augment": "light"},
-    "mid-light-b128": {"whiten_stem": True, "resolution": "24:0.6", "epochs": 20, "augment": "light", "batch_size": 128,
-                       "lr": 0.1},
-    "mid-light-b128-frozen-ema": {"whiten_stem": True, "resolution": "24:0.6", "epochs": 20, "augment": "light",
-                                  "batch_size": 128, "lr": 0.1, "freeze_bn_scales": True, "bias_lr_scale": 4.0,
+    "mid-light-b128": {**MID_LIGHT, "batch_size": 128, "lr": 0.1},
+    "mid-light-b128-frozen-ema": {**MID_LIGHT, "batch_size": 128, "lr": 0.1, "freeze_bn_scales": True, "bias_lr_scale": 4.0,
                                   "ema": 0.999, "ema_start": 0.62},
-    "mid-light-half-lr": {"whiten_stem": True, "resolution": "24:0.6", "epochs": 20, "augment": "light", "lr": 0.2},
-    "mid-light-double-lr": {"whiten_stem": True, "resolution": "24:0.6", "epochs": 20, "augment": "light", "lr": 0.8},
+    "mid-light-half-lr": {**MID_LIGHT, "lr": 0.2},
+    "mid-light-double-lr": {**MID_LIGHT, "lr": 0.8},
     "lowres-light-more-32px": {"whiten_stem": True, "resolution": "16:0.417,24:0.583", "epochs": 24, "augment": "light"},
 }
-
 
 @dataclass(frozen=True)
 class Recipe:
