@@ -74,6 +74,7 @@ RECIPES = {
     "mid-light-seed1": {**MID_LIGHT, "seed": 1},
 }
 
+
 @dataclass(frozen=True)
 class Recipe:
     run_id: str
