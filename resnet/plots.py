@@ -5,7 +5,14 @@ import plotly.graph_objects as go
 from .constants import CLASSES
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+# Past the palette a series repeats a colour with another marker shape, so no two series of a figure look alike.
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x")
 LAYOUT = dict(template="plotly_white", height=360, margin=dict(l=50, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.2))
+
+
+def series_style(index: int) -> dict:
+    """The line colour and marker symbol of a figure's ``index``-th series (0-based)."""
+    return {"color": COLORS[index % len(COLORS)], "symbol": SYMBOLS[index // len(COLORS) % len(SYMBOLS)]}
 
 
 def empty_figure(message: str) -> go.Figure:
@@ -27,12 +34,13 @@ def curves_figure(series: dict, metric: str = "acc") -> go.Figure:
     figure = go.Figure(layout=LAYOUT)
     for index, (name, rows) in enumerate(series.items()):
         rows = epoch_rows(rows)
-        color = COLORS[index % len(COLORS)]
+        style = series_style(index)
         for split, dash in (("train", "dash"), ("test", "solid")):
             points = [(r["epoch"], r[f"{split}_{metric}"]) for r in rows if isinstance(r.get(f"{split}_{metric}"), (int, float))]
             if points:
                 x, y = zip(*points)
-                figure.add_scatter(x=x, y=y, name=f"{name} {split}", mode="lines+markers", line=dict(color=color, dash=dash))
+                figure.add_scatter(x=x, y=y, name=f"{name} {split}", mode="lines+markers",
+                                   line=dict(color=style["color"], dash=dash), marker=dict(symbol=style["symbol"]))
     figure.update_layout(title=f"{title} per epoch", xaxis_title="epoch", yaxis_title=title.lower())
     last = max((x for trace in figure.data for x in trace.x), default=1)
     figure.update_xaxes(range=[0.5, last + 0.5])  # the last point whole, never cut at the edge

@@ -23,7 +23,7 @@ from plotly.subplots import make_subplots
 from .config import OPTIMIZERS, make_config
 from .experiments import DONE, Budget, Experiment, Options
 from .model import BLOCK_CHOICES, build_model, count_parameters
-from .plots import COLORS, LAYOUT, empty_figure
+from .plots import COLORS, LAYOUT, empty_figure, series_style
 from .train import steps_in_epoch
 
 PHASES = ("optimizers", "dropout", "size")
@@ -128,8 +128,9 @@ def curves_figure(results: dict) -> go.Figure:
             continue
         points = [(c["epoch"], c["val_acc"]) for c in winner["curve"] if c.get("val_acc") is not None]
         x, y = zip(*points)
+        style = series_style(index)
         figure.add_scatter(x=x, y=y, mode="lines+markers", name=f"{optimizer} lr={winner['lr']:g}",
-                           line=dict(color=COLORS[index % len(COLORS)]))
+                           line=dict(color=style["color"]), marker=dict(symbol=style["symbol"]))
     if not figure.data:
         return empty_figure("no optimizer run has finished yet")
     figure.update_layout(title="Validation accuracy per epoch, each optimizer at its best lr", xaxis_title="epoch",

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from .config import config_from_dict, make_config
 from .experiments import Budget, Experiment, Options, counted, mean_speed
 from .flops import steps_per_epoch, training_flops
-from .plots import COLORS, LAYOUT, empty_figure
+from .plots import LAYOUT, empty_figure, series_style
 
 TARGETS = (0.90, 0.93, 0.94)
 BASELINE = "fast"
@@ -189,7 +189,9 @@ def figure(results: dict) -> go.Figure:
         points = [(p["flops"] / 1e15, p["val_acc"]) for p in run["curve"] if p.get("val_acc") is not None]
         if points:
             x, y = zip(*points)
-            figure.add_scatter(x=x, y=y, name=run["run_id"], mode="lines+markers", line=dict(color=COLORS[index % len(COLORS)]))
+            style = series_style(index)
+            figure.add_scatter(x=x, y=y, name=run["run_id"], mode="lines+markers", line=dict(color=style["color"]),
+                               marker=dict(symbol=style["symbol"]))
     for target in TARGETS:
         figure.add_hline(y=target, line_dash="dot", line_color="#999")
     figure.update_layout(title="Validation accuracy against training compute", xaxis_title="PFLOPs", yaxis_title="val accuracy")

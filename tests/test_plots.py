@@ -94,3 +94,10 @@ def test_smoothing_starts_at_the_first_value():
 def test_epoch_curves_keep_their_last_point_inside_the_axis():
     figure = plots.curves_figure({"run-a": ROWS}, "acc")
     assert figure.layout.xaxis.range[1] > 2
+
+
+def test_series_past_the_palette_keep_apart_by_marker_and_the_first_ten_by_colour():
+    styles = [plots.series_style(i) for i in range(3 * len(plots.COLORS))]
+    assert len({(s["color"], s["symbol"]) for s in styles}) == len(styles)
+    assert len({s["color"] for s in styles[:len(plots.COLORS)]}) == len(plots.COLORS)
+    assert {s["symbol"] for s in styles[:len(plots.COLORS)]} == {"circle"}

@@ -164,3 +164,11 @@ def test_cli_time_to_accuracy_takes_no_epochs_and_only_known_recipes(tmp_path, c
             main(["time-to-accuracy", "--out", str(tmp_path), *flags])
         assert exit_.value.code == 2
     assert not any(tmp_path.iterdir())
+
+
+def test_every_recipe_of_the_curves_figure_has_a_look_of_its_own():
+    curve = [{"epoch": 1, "val_acc": 0.5, "flops": 1e15}, {"epoch": 2, "val_acc": 0.9, "flops": 2e15}]
+    results = {"runs": [{"run_id": name, "curve": curve} for name in time_to_accuracy.RECIPES]}
+    traces = [t for t in time_to_accuracy.figure(results).data if t.name in time_to_accuracy.RECIPES]
+    assert len(traces) == len(time_to_accuracy.RECIPES) > 10
+    assert len({(t.line.color, t.marker.symbol) for t in traces}) == len(traces)
