@@ -9,11 +9,13 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from . import ablation, batch, config, export, runs, study, time_to_accuracy
+from .budget import process_age_s
 from .config import SEED_LIMIT, ConfigError
 from .constants import CLASSES
 from .data import download, load_split
@@ -205,6 +207,7 @@ def _progress(trainer: Trainer, start_step: int):
         if record["kind"] == "probe":
             shown["probe"] = f"{record['probe_acc']:.2%}"
         else:
+            bar.total = record.get("total_steps", bar.total)  # a budget fixes the run's length after measuring
             bar.update(max(0, record["step"] - bar.n))
             shown.update(epoch=record["epoch"], loss=f"{record['train_loss']:.3f}", **{"img/s": f"{record['images_per_s']:.0f}"})
             for split in ("test", "val"):
@@ -238,11 +241,15 @@ def cmd_train(args, argv) -> int:
         run_dir = Path(args.out)
         if (run_dir / runs.CONFIG).exists():
             raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+        if args.budget and args.steps:
+            raise ConfigError("--budget plans the run's steps itself: give --budget or --steps, not both")
         if args.download:
             download(args.data_dir)
         settings = config.make_config(args.preset or "fast", **{name: getattr(args, name) for name in config.CLI_SETTINGS})
     stop = _stop_on_signals()
-    trainer = Trainer(settings, run_dir, stop_event=stop, command="python -m resnet " + shlex.join(argv))
+    # A budget counts from this process's start: Python and torch's import come out of it too.
+    trainer = Trainer(settings, run_dir, stop_event=stop, command="python -m resnet " + shlex.join(argv),
+                      clock_start=time.perf_counter() - process_age_s())
     start_step = 0
     if args.resume:
         start_step = max((r["step"] for r in runs.read_metrics(run_dir)), default=0)

@@ -5,6 +5,7 @@ validation are all derived from these declarations (``SETTINGS``), and the prese
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 
 from .constants import IMAGE_SIZE, MEAN, PUBLISHED_MEAN, PUBLISHED_STD, STD, TRAIN_IMAGES
@@ -58,8 +59,13 @@ class TrainConfig:
                                      "weights can absorb any scale, so training it only moves their effective learning "
                                      "rate (Page's ResNet-9 and airbench freeze it)")
     batch_size: int = setting(64, "images per step (global under DDP)", minimum=1, form="Batch size")
-    epochs: int = setting(200, "passes over the training images (may be raised on resume)", minimum=1, form="Epochs",
-                          resume=True)
+    budget: str = setting("", "wall-clock budget from start to finished, such as 90s, 5m or 1h ('' = none): the run measures "
+                          "this machine, then plans its steps so that training, probes and the final scoring end within it",
+                          form="Time budget")
+    epochs: int = setting(200, "passes over the training images (may be raised on resume; a budget plans its own)", minimum=1,
+                          form="Epochs", resume=True)
+    steps: int = setting(0, "train exactly N steps, the last epoch cut short where they end (0 = whole epochs); a budget's "
+                         "plan sets it", minimum=0)
     schedule: str = setting("constant", "learning-rate schedule", choices=SCHEDULES, form="Learning-rate schedule", advanced=True)
     warmup: float = setting(0.0, "fraction of all steps spent warming up linearly from zero", minimum=0, below=1)
     label_smoothing: float = setting(0.0, "label smoothing of the loss", minimum=0, below=1, form="Label smoothing", advanced=True)
@@ -93,7 +99,12 @@ class TrainConfig:
     log_every: int = setting(50, "write a step record every N steps", minimum=1)
     probe_size: int = setting(0, "score N held-out images (validation if any, else test) in eval mode during training "
                               "(0 = off)", minimum=0)
-    probe_every_s: float = setting(30.0, "seconds between probe scores", above=0)
+    probes: int = setting(10, "probe scores per run, evenly spaced by steps whatever the machine's speed; each scores at most "
+                          "--probe-size images, fewer where more would cost over 5 percent of the training since the last one",
+                          minimum=0)
+    score_every: int = setting(1, "score the held-out sets every N epochs (0 = only after the last epoch, which is always "
+                               "scored)", minimum=0)
+    tta: bool = setting(False, "also score flip test-time augmentation (the mean of image and mirror logits) at the end")
     eval_batch_size: int = setting(500, "images per evaluation forward pass", minimum=1, cli=False)
     # Where and how it runs
     seed: int = setting(0, "seed of the initialisation and every random draw", minimum=0, below=SEED_LIMIT, form="Seed",
@@ -112,11 +123,12 @@ FORM_SETTINGS = tuple(name for name, f in SETTINGS.items() if f.metadata["form"]
 CLI_SETTINGS = tuple(name for name, f in SETTINGS.items() if f.metadata["cli"])
 RESUME_SETTINGS = tuple(name for name, f in SETTINGS.items() if f.metadata["resume"])
 # How big a run is, as opposed to how it learns: changing the preset keeps these as the form has them.
-SIZE_SETTINGS = ("epochs", "limit_train", "limit_test", "seed")
+SIZE_SETTINGS = ("budget", "epochs", "limit_train", "limit_test", "seed")
 
 PRESETS = {
-    # Learns within minutes on a CPU (the Train tab's default): see QUICK_RUN and the README's "Quick runs".
-    # Each choice measured on a validation split (results/quick-recipe-search.json, README "Quick runs").
+    # Learns within minutes on a CPU (the Train tab's default, under a time budget): see QUICK_RUN. Each choice was
+    # measured on a validation split: for one pass over 10,000 images (results/quick-recipe-search.json), then
+    # against its alternatives under 1, 5 and 15-minute budgets (results/budget-search.json, docs/training-budgets.md).
     "quick": dict(
         dropout=0.0,
         whiten_stem=True,  # +7.8 points at this budget: the first steps see decorrelated patches
@@ -162,8 +174,8 @@ PRESETS = {
 # watching every run started from the page gets (step rows a few seconds apart, a probe every ~30 s).
 QUICK_RUN = {
     "preset": "quick",
-    "size": {"epochs": 1, "limit_train": 10_000, "limit_test": 1_000},
-    "watch": {"log_every": 5, "probe_size": 500, "probe_every_s": 30.0},
+    "size": {"budget": "2m", "epochs": 1, "limit_train": 0, "limit_test": 0},
+    "watch": {"log_every": 5, "probe_size": 500, "probes": 20},
 }
 
 
@@ -237,6 +249,26 @@ def _check_bounds(name: str, value, meta: dict) -> None:
         raise ConfigError(f"{name} must be at most {high}, got {value}")
 
 
+BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh])\s*$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+MIN_BUDGET_S, MAX_BUDGET_S = 20, 24 * 3600  # under 20 s, starting Python and loading the data leave nothing to train
+
+
+def parse_budget(text) -> float:
+    """``"90s"``, ``"5m"``, ``"1.5h"`` -> seconds; ``""`` -> 0 (no budget)."""
+    if not isinstance(text, str):
+        raise ConfigError(f"budget must be text such as 90s, 5m or 1h, got {text!r}")
+    if not text.strip():
+        return 0.0
+    match = BUDGET.match(text)
+    if not match:
+        raise ConfigError(f"budget must be a number of seconds, minutes or hours such as 90s, 5m or 1h; got {text[:40]!r}")
+    seconds = float(match[1]) * UNIT_SECONDS[match[2]]
+    if not MIN_BUDGET_S <= seconds <= MAX_BUDGET_S:
+        raise ConfigError(f"budget must be between {MIN_BUDGET_S}s and {MAX_BUDGET_S // 3600}h, got {text.strip()}")
+    return seconds
+
+
 def parse_resolution(text: str) -> list:
     """``"16:0.5,24:0.75"`` -> [(16, 0.5), (24, 0.75)]: train at 16 px until half of the steps are done,
     at 24 px until three quarters, at 32 px after. ``""`` is 32 px throughout."""
@@ -274,6 +306,7 @@ def validate(c: TrainConfig) -> None:
             _check_bounds(name, _number(name, value, kind(name) is int), meta)
     check_blocks(c.blocks)
     parse_resolution(c.resolution)
+    parse_budget(c.budget)
     if c.val_size == 1:
         raise ConfigError("val_size must be 0 or at least 2: the calibration temperature fits on one half of the "
                           "split and is reported on the other")

@@ -15,18 +15,6 @@ def autocast(device: torch.device, dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-@contextlib.contextmanager
-def exact_fp32():
-    """Plain fp32 convolutions and matmuls: cuDNN otherwise uses TF32 (a 10-bit mantissa) on Ampere and
-    newer GPUs, and a score reported as fp32 should be one."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 @torch.no_grad()
 def predict_logits(model, images, mean, std, batch_size=500, tta=False, amp_dtype=None, channels_last=False):
     """Logits (float32, on CPU) for uint8 images [N, 3, 32, 32]; ``tta`` averages with the mirror.

@@ -7,8 +7,8 @@ whose validation accuracy reaches it: the run's clock at that epoch's end, the t
 seen and the FLOPs spent (resnet.flops). The clock counts the training steps, each epoch's
 validation pass and checkpoint writes; process start, loading the data and the stem's whitening
 come before it starts. Each epoch is scored in the trainer's evaluation precision (bf16 autocast
-where the hardware has it), the last one too: the final validation figure is that epoch's (the run's
-card holds the same weights' fp32 score). Wall times compare only within one machine,
+where the hardware has it), the last one too: the final validation figure is that epoch's (the cards
+of the runs recorded here hold an fp32 score of the same weights). Wall times compare only within one machine,
 which each row names. Rerunning skips finished runs and resumes interrupted ones
 (resnet.experiments).
 """

@@ -7,6 +7,7 @@ epoch ends, where it must read numbers back anyway.
 """
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import io
@@ -14,6 +15,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -24,12 +26,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from . import runs
-from .config import ConfigError, TrainConfig, config_from_dict, parse_resolution, validate, validation_seed
+from . import budget, runs
+from .config import ConfigError, TrainConfig, config_from_dict, parse_budget, parse_resolution, validate, validation_seed
 from .constants import IMAGE_SIZE, TRAIN_IMAGES
 from .data import augment, load_split, normalize, split_validation
 from .calibration import fit_run_temperature
-from .evaluate import autocast, evaluate, exact_fp32
+from .evaluate import autocast, evaluate
 from .model import build_model, count_parameters
 from .weights import atomic_write_bytes, atomic_write_json, make_card, non_finite_key, save_weights
 
@@ -301,7 +303,10 @@ class Trainer:
     """One run: ``Trainer(config, run_dir).run()`` trains, writing the run folder as it goes."""
 
     def __init__(self, config: TrainConfig, run_dir, callbacks=(), stop_event=None, data: Dataset | None = None,
-                 command: str = ""):
+                 command: str = "", clock_start: float | None = None):
+        # A budget counts from clock_start (a perf_counter reading): the CLI passes its process's start, so that
+        # starting Python and importing torch count too; in-process callers start the clock here.
+        self.clock_start = time.perf_counter() if clock_start is None else clock_start
         validate(config)
         self.command = command
         self.git_commit = _git_commit()  # the code that starts the run, not whatever HEAD is at its end
@@ -318,21 +323,35 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if self.distributed and config.batch_size % self.world:
             raise ConfigError(f"batch_size {config.batch_size} must divide evenly over {self.world} processes")
+        if self.distributed and config.budget and not config.steps:
+            raise ConfigError("a time budget plans one process's run from its own measured speed; under torchrun give "
+                              "--epochs or --steps")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # input shapes repeat every step: let cuDNN pick its fastest kernels
         self.amp_dtype = resolve_precision(config.precision, self.device)
         self.channels_last = (config.channels_last if config.channels_last is not None
                               else default_channels_last(self.device, self.amp_dtype))
         self.device_name = describe_device(self.device)  # in every epoch row: a run resumed elsewhere shows it
-        self.resolution = parse_resolution(config.resolution)
         self.data = data or load_data(config, self.device)
         check_batch(config, len(self.data.train_x))  # shared data was loaded for another run's batch
+        self.plan = None
+        self.final_scores = {}  # the last epoch's held-out scores, by split: the run's final figures
+        self._derive()
+
+    def _derive(self) -> None:
+        """What follows from the config and the data: the run's length, its resolution phases, when the weight
+        average starts, and when a probe comes and how many images it scores."""
+        config = self.config
+        self.resolution = parse_resolution(config.resolution)
         self.steps_per_epoch = steps_in_epoch(len(self.data.train_x), config.batch_size)
-        self.total_steps = self.steps_per_epoch * config.epochs
+        self.total_steps = config.steps or self.steps_per_epoch * config.epochs
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.ema_start = math.ceil(config.ema_start * self.total_steps)
-        probe_x, probe_y = (self.data.val_x, self.data.val_y) if self.data.val_x is not None else (self.data.test_x, self.data.test_y)
+        held = (self.data.val_x, self.data.val_y) if self.data.val_x is not None else (self.data.test_x, self.data.test_y)
         self.probe_split = "val" if self.data.val_x is not None else "test"
-        self.probe = (probe_x[: config.probe_size], probe_y[: config.probe_size]) if config.probe_size else None
+        self.probe_every = budget.probe_interval(self.total_steps, config.probes) if config.probe_size else 0
+        size = budget.probe_images(config.probe_size, self.probe_every * config.batch_size, config.resolution) if self.probe_every else 0
+        self.probe = (held[0][:size], held[1][:size]) if size else None
 
     @property
     def writes(self) -> bool:
@@ -366,10 +385,14 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not resume:
                 (self.run_dir / runs.METRICS).unlink(missing_ok=True)
-            atomic_write_json(self.run_dir / runs.CONFIG, dataclasses.asdict(config))
+            else:  # a budgeted run keeps the plan it was started with
+                self.plan = runs.read_config(self.run_dir).get("plan")
+            self._write_config()
             self._status("running", "resumed" if resume else "started")
         try:  # a failure anywhere from here (a bad checkpoint too) is reported, not left as "running"
             parts, position = self.build(resume)
+            if config.budget and not config.steps:  # a new budgeted run: measure this machine, then fix the run's length
+                self._plan(parts)
             if self.writes:
                 # A resumed run publishes only what it finishes now; a resume that fails to load keeps what it had.
                 for stale in (runs.WEIGHTS, runs.CARD):
@@ -428,6 +451,59 @@ class Trainer:
             trained = torch.compile(trained)
         return Parts(model, trained, optimizer, scaler, ema), position
 
+    MEASURED_STEPS = (2, 3)  # warm-up steps (they build the kernels the run then reuses), then timed steps
+
+    def measure(self, parts: Parts) -> budget.Rates:
+        """This machine's speed for this run, on a throwaway copy of its network and optimizer: training images per
+        second at each size its resolution schedule uses, through the loop's own step (seeding, gathering and
+        augmenting the batch included), scored images per second at full size, and the seconds one checkpoint takes
+        to serialize."""
+        config = self.config
+        model = copy.deepcopy(parts.model)
+        optimizer = build_optimizer(config, model)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=parts.scaler.is_enabled())
+        copied = Parts(model, model, optimizer, scaler, None)
+        order, flips = self.epoch_order(1)
+        warm, timed = self.MEASURED_STEPS
+        train = {}
+        for size in budget.size_shares(config.resolution):
+            seconds = []
+            for step in range(warm + timed):
+                clock = Stopwatch(self.device)
+                self.train_one(copied, order, flips, 1, step, size)
+                seconds.append(clock.lap())
+            # The median step: a moment's interruption by another process does not become the plan's speed.
+            train[size] = config.batch_size / statistics.median(seconds[warm:])
+        held = self.data.test_x[: config.eval_batch_size]
+        self._evaluate(model, held, self.data.test_y[: len(held)])  # warm-up
+        clock = Stopwatch(self.device)
+        self._evaluate(model, held, self.data.test_y[: len(held)])
+        score = len(held) / clock.lap()
+        started = time.perf_counter()
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, io.BytesIO())
+        return budget.Rates(train=train, score=score, checkpoint_s=time.perf_counter() - started)
+
+    def _plan(self, parts: Parts) -> None:
+        """Fix a budgeted run's length from this machine's measured speed; its config then records the plan."""
+        config = self.config
+        rates = self.measure(parts)
+        plan = budget.plan(parse_budget(config.budget), time.perf_counter() - self.clock_start, rates,
+                           batch_size=config.batch_size, train_images=len(self.data.train_x), resolution=config.resolution,
+                           probes=config.probes, probe_size=config.probe_size,
+                           test_images=len(self.data.test_y) if config.score_test else 0,
+                           val_images=0 if self.data.val_x is None else len(self.data.val_y), tta=config.tta)
+        self.config = dataclasses.replace(config, **plan.settings())
+        if self.config.limit_test:  # the test images the plan affords scoring: the first ones, as --limit-test keeps
+            self.data.test_x, self.data.test_y = self.data.test_x[: self.config.limit_test], self.data.test_y[: self.config.limit_test]
+        self.plan = plan.record()
+        self._derive()
+        if self.writes:
+            self._write_config()
+
+    def _write_config(self) -> None:
+        """config.json: the settings, and a budgeted run's plan (where its seconds were meant to go) beside them."""
+        atomic_write_json(self.run_dir / runs.CONFIG, {**dataclasses.asdict(self.config), **({"plan": self.plan} if self.plan else {})})
+
     def epoch_order(self, epoch: int) -> tuple:
         """(the epoch's shuffled image order, and each image's flip under alternating flips, or None) on the device."""
         config, count = self.config, len(self.data.train_x)
@@ -438,8 +514,9 @@ class Trainer:
             flips = (base ^ bool(epoch % 2)).to(self.device)
         return order, flips
 
-    def train_one(self, parts: Parts, order, flips, epoch: int, step_in_epoch: int) -> tuple:
-        """One step of the hot loop, queued on the device without waiting for it: (loss, correct, lr, size, images)."""
+    def train_one(self, parts: Parts, order, flips, epoch: int, step_in_epoch: int, size: int | None = None) -> tuple:
+        """One step of the hot loop, queued on the device without waiting for it: (loss, correct, lr, size, images).
+        ``size`` replaces the resolution schedule's (a measurement times each size)."""
         config = self.config
         step = (epoch - 1) * self.steps_per_epoch + step_in_epoch
         seed = _step_seed(config, epoch, step_in_epoch, self.rank)
@@ -452,7 +529,7 @@ class Trainer:
         lr = lr_at(config, step, self.total_steps)
         for group, scale in zip(parts.optimizer.param_groups, (1.0, config.bias_lr_scale)):
             group["lr"] = lr * scale
-        size = resolution_at(self.resolution, step, self.total_steps)
+        size = size or resolution_at(self.resolution, step, self.total_steps)
         loss, correct = train_step(parts.trained, parts.optimizer, images, self.data.train_y[index], config, self.amp_dtype,
                                    self.channels_last, size, parts.scaler)
         if parts.ema is not None and step >= self.ema_start:  # its first update copies the weights of then
@@ -473,23 +550,25 @@ class Trainer:
         # Training seconds since the epoch's start and since the last step row: a row's speed is its images over
         # its own seconds, whatever epoch ends, stops and resumes came between.
         epoch_train_time, since_log_time = position.get("train_time", 0.0), position.get("since_log_time", 0.0)
-        last_probe = time.perf_counter()
-        for epoch in range(position["epoch"], config.epochs + 1):
+        for epoch in range(position["epoch"], self.epochs + 1):
             order, flips = self.epoch_order(epoch)
             first_step = position["step_in_epoch"] if epoch == position["epoch"] else 0
+            # The last epoch of a run of a fixed number of steps ends where they do.
+            epoch_steps = min(self.steps_per_epoch, self.total_steps - (epoch - 1) * self.steps_per_epoch)
             if first_step == 0:
                 epoch_sums, epoch_train_time = Sums(), 0.0
-            for step_in_epoch in range(first_step, self.steps_per_epoch):
+            for step_in_epoch in range(first_step, epoch_steps):
                 step = (epoch - 1) * self.steps_per_epoch + step_in_epoch
                 loss, correct, lr, size, batch = self.train_one(parts, order, flips, epoch, step_in_epoch)
                 pending.append((loss, correct))
                 done = step + 1
-                epoch_end = step_in_epoch + 1 == self.steps_per_epoch
+                epoch_end = step_in_epoch + 1 == epoch_steps
                 log_step = done % config.log_every == 0
+                probe_step = self.probe is not None and done % self.probe_every == 0
                 asked = self.stop_event is not None and self.stop_event.is_set()
                 # Ranks agree only at steps that are the same for all of them (a stop asked in between
                 # waits for the next log step); a single process acts on a stop at once.
-                if not (log_step or epoch_end or (asked and not self.distributed)):
+                if not (log_step or epoch_end or probe_step or (asked and not self.distributed)):
                     continue
                 spent = clock.lap()
                 epoch_train_time += spent
@@ -521,15 +600,15 @@ class Trainer:
                     message = f"stopped at epoch {epoch}, step {done}; resume to continue"
                     self._status("stopped", message)
                     return {"status": "stopped", "message": message}
-                if self.probe is not None and log_step and time.perf_counter() - last_probe >= config.probe_every_s:
+                if probe_step:
                     with clock.paused():
-                        self._probe(model, ema, epoch, done)
-                    last_probe = time.perf_counter()
+                        self._probe(model, ema, epoch, done, elapsed)
             # The lr of the epoch's last step (computed: a run resumed right after that step runs no step here).
-            lr = lr_at(config, epoch * self.steps_per_epoch - 1, self.total_steps)
+            epoch_done = (epoch - 1) * self.steps_per_epoch + epoch_steps
+            lr = lr_at(config, epoch_done - 1, self.total_steps)
             evaluating = time.perf_counter()
             with clock.paused():  # scoring, the broken-model check and the checkpoint are not training time
-                record = self._epoch_record(model, ema, epoch, epoch_sums, epoch_train_time, lr, elapsed)
+                record = self._epoch_record(model, ema, epoch, epoch_done, epoch_sums, epoch_train_time, lr, elapsed)
                 record.update(train_s=epoch_train_time, eval_s=time.perf_counter() - evaluating)
                 broken = self._broken(model, ema, record)
                 asked = self.stop_event is not None and self.stop_event.is_set()
@@ -539,7 +618,7 @@ class Trainer:
                 self._emit(record)
                 self._checkpoint(model, optimizer, scaler, ema, epoch + 1, 0, elapsed(), Sums(), 0.0, since_log, since_log_time,
                                  window)
-            if stopped and epoch < config.epochs:  # asked while the epoch was scored: stop at the boundary
+            if stopped and epoch < self.epochs:  # asked while the epoch was scored: stop at the boundary
                 message = f"stopped after epoch {epoch}; resume to continue"
                 self._status("stopped", message)
                 return {"status": "stopped", "message": message}
@@ -564,12 +643,11 @@ class Trainer:
         """The weight average once it has started, else the trained network."""
         return ema.module if ema is not None and ema.n_averaged > 0 else model
 
-    def _evaluate(self, model, images, labels, exact: bool = False) -> dict:
-        amp_dtype = None if exact else self.amp_dtype
+    def _evaluate(self, model, images, labels) -> dict:
         return evaluate(model, images, labels, self.config.mean, self.config.std, self.config.eval_batch_size,
-                        amp_dtype=amp_dtype, channels_last=self.channels_last)
+                        amp_dtype=self.amp_dtype, channels_last=self.channels_last)
 
-    def _probe(self, model, ema, epoch: int, step: int) -> None:
+    def _probe(self, model, ema, epoch: int, step: int, elapsed) -> None:
         """A held-out score between steps: a fixed handful of images, eval mode, drawn apart from the epoch's."""
         if not self.writes:
             return
@@ -577,25 +655,27 @@ class Trainer:
         result = self._evaluate(self._scored_model(model, ema), *self.probe)
         self._emit({"kind": "probe", "epoch": epoch, "step": step, "images": step * self.config.batch_size,
                     "probe_acc": result["acc"], "probe_loss": result["loss"], "probe_images": result["count"],
-                    "probe_split": self.probe_split, "probe_s": time.perf_counter() - started})
+                    "probe_split": self.probe_split, "probe_s": time.perf_counter() - started, "elapsed_s": elapsed()})
 
-    def _epoch_record(self, model, ema, epoch, sums: Sums, train_time, lr, elapsed) -> dict:
+    def _epoch_record(self, model, ema, epoch, done, sums: Sums, train_time, lr, elapsed) -> dict:
+        config = self.config
         loss_sum, correct, seen = self._reduce([sums.loss, sums.correct, sums.seen])
         seen = max(seen, 1)
         record = {
-            "kind": "epoch", "epoch": epoch, "step": epoch * self.steps_per_epoch,
-            "images": epoch * self.steps_per_epoch * self.config.batch_size,
+            "kind": "epoch", "epoch": epoch, "step": done, "images": done * config.batch_size,
             "train_loss": loss_sum / seen, "train_acc": correct / seen, "lr": lr,
             "images_per_s": seen / max(train_time, 1e-9), "device": self.device_name,
         }
-        if self.writes:
+        last = epoch == self.epochs
+        if self.writes and (last or (config.score_every and epoch % config.score_every == 0)):
             scored = self._scored_model(model, ema)
-            if self.config.score_test:
-                test = self._evaluate(scored, self.data.test_x, self.data.test_y)
-                record.update(test_loss=test["loss"], test_acc=test["acc"])
-            if self.data.val_x is not None:
-                val = self._evaluate(scored, self.data.val_x, self.data.val_y)
-                record.update(val_loss=val["loss"], val_acc=val["acc"])
+            held = ([("test", self.data.test_x, self.data.test_y)] if config.score_test else []) + (
+                [("val", self.data.val_x, self.data.val_y)] if self.data.val_x is not None else [])
+            for split, images, labels in held:
+                result = self._evaluate(scored, images, labels)
+                record.update({f"{split}_loss": result["loss"], f"{split}_acc": result["acc"]})
+                if last:  # the run's final figures: the weights are those it finishes with
+                    self.final_scores[split] = result
         record["elapsed_s"] = elapsed()
         return record
 
@@ -644,10 +724,13 @@ class Trainer:
         scored = self._scored_model(model, ema)
         split, images, labels = (("test", self.data.test_x, self.data.test_y) if config.score_test
                                  else ("val", self.data.val_x, self.data.val_y))
-        with exact_fp32():
-            final = self._evaluate(scored, images, labels, exact=True)
-            tta = evaluate(scored, images, labels, config.mean, config.std, config.eval_batch_size, tta=True,
-                           channels_last=self.channels_last)
+        # Scored once, in the precision the run trained in: the last epoch's score is the final one (a run resumed
+        # after that score but before this point scores again).
+        final = self.final_scores.get(split) or self._evaluate(scored, images, labels)
+        scores = {f"{split}_acc": final["acc"], f"{split}_loss": final["loss"], f"{split}_images": final["count"]}
+        if config.tta:
+            scores[f"tta_{split}_acc"] = evaluate(scored, images, labels, config.mean, config.std, config.eval_batch_size,
+                                                  tta=True, amp_dtype=self.amp_dtype, channels_last=self.channels_last)["acc"]
         if not math.isfinite(final["loss"]):
             return self._diverged(f"at the end: its final {split} loss is {final['loss']}")
         curve = [
@@ -658,10 +741,9 @@ class Trainer:
         card = make_card(
             scored, config.mean, config.std,
             parameters=count_parameters(scored),
-            **{f"{split}_acc": final["acc"], f"{split}_loss": final["loss"], f"tta_{split}_acc": tta["acc"],
-               f"{split}_images": final["count"]},
+            **scores,
             per_class_acc=final["per_class_acc"], confusion=final["confusion"], ece=final["ece"], scored_on=split,
-            measured=measured_on(split),
+            measured=measured_on(split, precision_name(self.amp_dtype)),
             training=dataclasses.asdict(config),
             curve=curve,
             provenance={
@@ -671,24 +753,30 @@ class Trainer:
                 "world_size": self.world,
                 "torch": torch.__version__,
                 "elapsed_s": elapsed_s,
+                **({"plan": self.plan} if self.plan else {}),
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
         )
         if self.data.val_x is not None:  # held out from training: the temperature and the warning threshold come from it
-            with exact_fp32():
-                card.update(fit_run_temperature(scored, self.data.val_x, self.data.val_y, config.mean, config.std,
-                                                config.eval_batch_size, channels_last=self.channels_last))
+            card.update(fit_run_temperature(scored, self.data.val_x, self.data.val_y, config.mean, config.std,
+                                            config.eval_batch_size, amp_dtype=self.amp_dtype, channels_last=self.channels_last))
         save_weights(scored, self.run_dir / runs.WEIGHTS, card, dtype=getattr(torch, config.weights_dtype))
-        message = f"finished: {'test' if split == 'test' else 'validation'} accuracy {final['acc']:.2%} after {config.epochs} epochs"
+        length = f"{self.total_steps:,} steps" if config.steps else f"{config.epochs} epochs"
+        message = f"finished: {'test' if split == 'test' else 'validation'} accuracy {final['acc']:.2%} after {length}"
         self._status("finished", message)
         return {"status": "finished", "message": message, "scored_on": split, **final}
 
 
-def measured_on(split: str) -> str:
+def precision_name(amp_dtype) -> str:
+    """How a run's scores were computed, in words: 'bf16 autocast', 'fp16 autocast' or 'fp32'."""
+    return {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(amp_dtype, "fp32")
+
+
+def measured_on(split: str, precision: str = "fp32") -> str:
     """How a card's ``<split>_acc`` figures were measured, for the split a run (or the script that ships it) scored."""
     return (f"on the {'test set' if split == 'test' else 'validation split (the test set was never scored)'}: "
-            f"fp32 (TF32 off), eval mode, final epoch, no test-time augmentation (tta_{split}_acc: mean of image and "
-            "mirror logits)")
+            f"{precision}, eval mode, final epoch, no test-time augmentation (tta_{split}_acc, where present: mean of "
+            "image and mirror logits)")
 
 
 def train_step(model, optimizer, images, labels, config: TrainConfig, amp_dtype, channels_last: bool,
@@ -723,6 +811,9 @@ def resume_config(run_dir, epochs: int | None = None, **moved) -> TrainConfig:
     except (TypeError, ConfigError) as error:
         raise runs.RunError(f"{Path(run_dir).name}: config.json is not a valid training config ({error})") from None
     if epochs is not None:
+        if config.steps:
+            raise ConfigError(f"this run trains a fixed {config.steps:,} steps (a budget's plan, or --steps): it resumes to "
+                              "them, and --epochs does not apply")
         if epochs < config.epochs:
             raise ConfigError(f"--epochs may only be raised on resume ({config.epochs} -> {epochs})")
         config.epochs = epochs

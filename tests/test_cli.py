@@ -73,6 +73,10 @@ def test_help_as_a_module_in_a_subprocess():
     (["--val-size", "1"], "val_size must be 0 or at least 2"),
     (["--val-size", "50000"], "val_size must be in [0, 50000)"),
     (["--val-size", "320"], "val_size 320 leaves no training images: the data set has 320"),
+    (["--budget", "5 minutes"], "budget must be a number of seconds, minutes or hours such as 90s, 5m or 1h"),
+    (["--budget", "5s"], "budget must be between 20s and 24h"),
+    (["--budget", "1m", "--steps", "10"], "--budget plans the run's steps itself: give --budget or --steps, not both"),
+    (["--steps", "-1"], "steps must be at least 0"),
 ])
 def test_invalid_train_settings_fail_with_one_line(capsys, tiny_data, tmp_path, flags, words):
     code, out, err = run_cli(capsys, "train", "--out", tmp_path / "run", *fast(tiny_data), *flags)

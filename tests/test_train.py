@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import resnet.data as data_module
 import resnet.evaluate as evaluate_module
 import resnet.train as train_module
-from resnet import runs
+from resnet import budget, runs
 from resnet.config import ConfigError, make_config, parse_resolution
 from resnet.data import load_split, normalize
 from resnet.explain import grad_cam
@@ -451,20 +451,24 @@ def test_a_run_resumed_in_the_middle_of_its_resolution_schedule_continues_exactl
     assert [r["resolution"] for r in runs.read_metrics(tmp_path) if r["kind"] == "step"] == [16, 16, 16, 24, 24, 32]
 
 
-@pytest.mark.parametrize("every_s, probed_steps", [(1e-9, [1, 2, 3, 4, 5, 6]), (1e9, [])])
-def test_probe_rows_score_a_fixed_held_out_subset_at_log_steps(tiny_data, tmp_path, every_s, probed_steps):
-    config = small_config(tiny_data, probe_size=10, probe_every_s=every_s, val_size=40)
+@pytest.mark.parametrize("probes, probed_steps", [(3, [2, 4, 6]), (6, [1, 2, 3, 4, 5, 6]), (0, [])])
+def test_probes_score_a_fixed_held_out_subset_evenly_by_progress(tiny_data, tmp_path, probes, probed_steps):
+    config = small_config(tiny_data, probe_size=10, probes=probes, val_size=40, log_every=3)
     Trainer(config, tmp_path).run()
-    probes = [r for r in runs.read_metrics(tmp_path) if r["kind"] == "probe"]
-    assert [r["step"] for r in probes] == probed_steps  # at a log step once probe_every_s has passed since the last
-    assert all(r["probe_images"] == 10 and r["probe_split"] == "val" and 0 <= r["probe_acc"] <= 1 for r in probes)
-    assert all(r["images"] == r["step"] * 8 and math.isfinite(r["probe_loss"]) for r in probes)
+    rows = runs.read_metrics(tmp_path)
+    probed = [r for r in rows if r["kind"] == "probe"]
+    assert [r["step"] for r in probed] == probed_steps  # by steps, not at log steps only and not by the clock
+    # Each scores what 5% of the training between two probes affords (a probe is a forward pass, a step three).
+    every = probed_steps[1] - probed_steps[0] if len(probed_steps) > 1 else 1
+    assert all(r["probe_images"] == budget.probe_images(10, every * 8, "") < 10 for r in probed)
+    assert all(r["probe_split"] == "val" and 0 <= r["probe_acc"] <= 1 and r["images"] == r["step"] * 8 for r in probed)
+    assert all(math.isfinite(r["probe_loss"]) and r["elapsed_s"] >= 0 for r in probed)
 
 
 def test_the_probe_uses_the_test_set_without_a_validation_split(tiny_data, tmp_path):
-    Trainer(small_config(tiny_data, probe_size=5, probe_every_s=1e-9, epochs=1), tmp_path).run()
+    Trainer(small_config(tiny_data, probe_size=5, epochs=1), tmp_path).run()
     probe = next(r for r in runs.read_metrics(tmp_path) if r["kind"] == "probe")
-    assert probe["probe_split"] == "test" and probe["probe_images"] == 5
+    assert probe["probe_split"] == "test" and 1 <= probe["probe_images"] <= 5
 
 
 def test_whitening_changes_the_first_convolution_and_nothing_else(tiny_data):
@@ -655,13 +659,14 @@ def test_a_recipe_selection_run_never_scores_the_test_set(tiny_data, tmp_path, m
     real = evaluate_module.predict_logits  # every path to a score goes through it: the epochs, the TTA, the calibration
     monkeypatch.setattr(evaluate_module, "predict_logits", lambda model, images, *a, **k: scored.append(len(images)) or
                         real(model, images, *a, **k))
-    config = small_config(tiny_data, score_test=False, val_size=40, limit_test=16, epochs=1)
+    config = small_config(tiny_data, score_test=False, val_size=40, limit_test=16, epochs=1, tta=True)
     assert Trainer(config, tmp_path).run()["status"] == "finished"
     assert len(scored) >= 3 and set(scored) == {40}  # the validation split only, never the 16 test images
     epoch = next(r for r in runs.read_metrics(tmp_path) if r["kind"] == "epoch")
     assert "val_acc" in epoch and "test_acc" not in epoch
     card = load_weights(tmp_path / runs.WEIGHTS).card
     assert card["scored_on"] == "val" and "val_acc" in card and "test_acc" not in card and card["val_images"] == 40
+    assert "tta_val_acc" in card and "tta_test_acc" not in card
     assert "the test set was never scored" in card["measured"]
     with pytest.raises(ConfigError, match="score_test off needs a validation split"):
         small_config(tiny_data, score_test=False)

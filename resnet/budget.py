@@ -1,0 +1,157 @@
+"""Runs planned to a wall-clock budget, and what watching any run may cost.
+
+A budget (``--budget 5m``) counts from the moment the training process starts to the moment its run
+reads ``finished``: starting Python, loading the data, measuring this machine, training, probing,
+checkpoints and the final scoring all come out of it. The trainer measures what one image costs at
+each training size on this machine (``Rates``), and ``plan`` turns the seconds left into a number of
+steps: a one-cycle or cosine schedule needs its length before the first step, and the resolution
+schedule is a fraction of that length. The plan is then part of the run's config, so a stopped run
+resumes to the same steps, schedule and resolution phases whatever machine it resumes on.
+
+Everything here is a pure function of numbers, except ``process_age_s``, which reads the clock.
+"""
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .config import ConfigError, parse_resolution
+from .constants import IMAGE_SIZE
+
+MARGIN = 0.04  # of the budget, kept free: the speed of a long run wanders a few percent from a few measured steps
+PROBE_SHARE = 0.05  # the probes' cost, as a share of the training compute between two of them
+# A short run should not spend a quarter of its time scoring once it has stopped learning: on a slow CPU the
+# 10,000 test images alone would take most of a minute, so a budget scores as many of them as a fifth of it affords.
+FINAL_SHARE = 0.2
+MIN_TEST_IMAGES = 500  # fewer would make the final figure a coin toss (a 95% interval of about +-4 points)
+# Scoring an image is its forward pass; training it is a forward and a backward pass, about three forwards.
+TRAIN_PER_SCORE = 3.0
+
+
+def describe_budget(seconds: float) -> str:
+    """90 -> '1 min 30 s', 300 -> '5 min', 3600 -> '1 h'."""
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{hours} h"] * bool(hours) + [f"{minutes} min"] * bool(minutes) + [f"{rest} s"] * bool(rest)
+    return " ".join(parts) or "0 s"
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux; 0 elsewhere): the budget includes starting Python and
+    importing torch, which come before any of the package's code runs."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def size_shares(resolution: str) -> dict:
+    """{training size: share of the steps} of a resolution schedule: ``"16:0.5,24:0.75"`` -> {16: .5, 24: .25, 32: .25}."""
+    shares, start = {}, 0.0
+    for size, until in parse_resolution(resolution):
+        shares[size] = shares.get(size, 0.0) + until - start
+        start = until
+    shares[IMAGE_SIZE] = shares.get(IMAGE_SIZE, 0.0) + 1 - start
+    return {size: share for size, share in shares.items() if share > 0}
+
+
+def probe_images(probe_size: int, images_between: float, resolution: str) -> int:
+    """How many held-out images one probe scores: ``probe_size``, or fewer where scoring that many would cost
+    more than PROBE_SHARE of the training compute since the last probe. A probe scores at full size; a training
+    image at 16 px costs a quarter of one at 32 px."""
+    if not probe_size:
+        return 0
+    scale = sum(share * (size / IMAGE_SIZE) ** 2 for size, share in size_shares(resolution).items())
+    affordable = math.floor(PROBE_SHARE * TRAIN_PER_SCORE * images_between * scale)
+    return max(1, min(probe_size, affordable))
+
+
+def probe_interval(total_steps: int, probes: int) -> int:
+    """Steps between probes: at least ``probes`` of them, evenly spaced by progress, whatever the machine's speed."""
+    return max(1, total_steps // max(1, probes)) if probes else 0
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What this machine was measured to do for one run: training images per second at each size, scored
+    (evaluated) images per second at full size, and the seconds one checkpoint takes to write."""
+
+    train: dict
+    score: float
+    checkpoint_s: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A budget's run: its length in steps and where the seconds were planned to go."""
+
+    budget_s: float
+    spent_s: float  # before planning: process start, data, model, measuring
+    steps: int
+    epochs: int
+    test_images: int  # scored once at the end (0: the run scores only a validation split)
+    train_s: float
+    probe_s: float
+    checkpoint_s: float
+    final_s: float
+    margin_s: float
+    probe_images: int
+    rates: dict
+
+    def settings(self) -> dict:
+        """The training settings the plan fixes: the run's config records them, so a resume follows them."""
+        return {"steps": self.steps, "epochs": self.epochs, "score_every": 0,
+                **({"limit_test": self.test_images} if self.test_images else {})}
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def plan(budget_s: float, spent_s: float, rates: Rates, *, batch_size: int, train_images: int, resolution: str,
+         probes: int, probe_size: int, test_images: int, val_images: int = 0, tta: bool = False) -> Plan:
+    """The number of steps that ends the run, scoring included, at the budget less a margin.
+
+    After the last step the run scores ``test_images`` test images at most (0 where it scores no test set), as
+    many as FINAL_SHARE of the budget affords, and a validation split of ``val_images`` twice (its score, then the
+    calibration temperature's fit). Held-out sets are not scored between epochs (``score_every`` 0): the probes
+    draw the curve.
+    """
+    seconds_per_image = sum(share / rates.train[size] for size, share in size_shares(resolution).items())
+    passes = 2 if tta else 1
+    affordable = math.floor(FINAL_SHARE * budget_s * rates.score / passes)
+    test_images = min(test_images, max(MIN_TEST_IMAGES, affordable))
+    final_images = test_images * passes + 2 * val_images
+    final_s = final_images / rates.score + rates.checkpoint_s  # the weights file: one more write
+    margin_s = MARGIN * budget_s
+    available = budget_s - spent_s - final_s - margin_s
+    steps_per_epoch = max(1, train_images // batch_size)
+    steps, probe_s, checkpoint_s, each = 0, 0.0, 0.0, 0
+    for _ in range(4):  # the probes and checkpoints depend on the length they take time from: settle it
+        steps = max(0, math.floor((available - probe_s - checkpoint_s) / (batch_size * seconds_per_image)))
+        epochs = max(1, math.ceil(steps / steps_per_epoch))
+        interval = probe_interval(steps, probes)
+        each = probe_images(probe_size, interval * batch_size, resolution) if interval else 0
+        probe_s = (steps // interval if interval else 0) * each / rates.score
+        checkpoint_s = epochs * rates.checkpoint_s
+    if steps < 1:
+        raise ConfigError(f"a {describe_budget(budget_s)} budget leaves no time to train here: {spent_s:.0f} s went to "
+                          f"starting and measuring, and scoring {final_images:,} images takes {final_s:.0f} s")
+    return Plan(budget_s=budget_s, spent_s=spent_s, steps=steps, epochs=max(1, math.ceil(steps / steps_per_epoch)),
+                test_images=test_images,
+                train_s=steps * batch_size * seconds_per_image, probe_s=probe_s, checkpoint_s=checkpoint_s, final_s=final_s,
+                margin_s=margin_s, probe_images=each,
+                rates={"train": {str(size): rate for size, rate in rates.train.items()}, "score": rates.score,
+                       "checkpoint_s": rates.checkpoint_s})
+
+
+def summary(plan_record: dict) -> str:
+    """The plan in one sentence for the Train tab: what the budget bought and where its seconds go."""
+    p = plan_record
+    scored = f" of {p['test_images']:,} test images" if p.get("test_images") else ""
+    return (f"{describe_budget(p['budget_s'])} budget: {p['steps']:,} steps over {p['epochs']} epoch"
+            f"{'s' if p['epochs'] != 1 else ''}; {p['spent_s']:.0f} s to start and measure this machine, "
+            f"{p['train_s']:.0f} s training, {p['probe_s'] + p['checkpoint_s']:.0f} s probes and checkpoints, "
+            f"{p['final_s']:.0f} s final scoring{scored}")

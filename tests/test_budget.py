@@ -1,0 +1,159 @@
+"""Time-budgeted runs: the plan fits the budget, scoring included; a budgeted run resumes to its plan; probes by progress."""
+
+import json
+import math
+import threading
+
+import pytest
+
+from resnet import budget, runs
+from resnet.config import ConfigError, make_config, parse_budget
+from resnet.train import Trainer, resume_config
+
+# Throughputs measured here and elsewhere: (name, training images/s by size, scored images/s, checkpoint s).
+MACHINES = {
+    "avx512-bf16 epyc": budget.Rates(train={16: 600.0, 24: 330.0, 32: 200.0}, score=530.0, checkpoint_s=0.03),
+    "twice as fast": budget.Rates(train={16: 1000.0, 24: 650.0, 32: 420.0}, score=1100.0, checkpoint_s=0.03),
+    "avx2 fp32": budget.Rates(train={16: 126.0, 24: 80.0, 32: 46.0}, score=140.0, checkpoint_s=0.05),
+    "h100": budget.Rates(train={16: 60000.0, 24: 45000.0, 32: 30000.0}, score=90000.0, checkpoint_s=0.05),
+}
+RUN = dict(batch_size=64, train_images=50_000, resolution="16:0.5,24:0.75", probes=20, probe_size=500, test_images=10_000)
+
+
+def predicted_end(plan: budget.Plan) -> float:
+    return plan.spent_s + plan.train_s + plan.probe_s + plan.checkpoint_s + plan.final_s
+
+
+@pytest.mark.parametrize("machine", MACHINES)
+@pytest.mark.parametrize("text", ["1m", "2m", "5m", "15m"])
+def test_the_plan_fits_every_budget_scoring_included(machine, text):
+    rates, seconds = MACHINES[machine], parse_budget(text)
+    plan = budget.plan(seconds, 9.0, rates, **RUN)
+    one_step = RUN["batch_size"] / min(rates.train.values())
+    assert plan.steps >= 1 and plan.epochs == math.ceil(plan.steps / (50_000 // 64))
+    # It ends within the budget less its margin, and leaves no more than a step and a probe of it unused.
+    assert predicted_end(plan) <= seconds - plan.margin_s + 1e-6
+    assert predicted_end(plan) >= seconds - plan.margin_s - one_step - plan.probe_s / 20 - 0.01 * seconds
+    assert plan.final_s >= plan.test_images / rates.score  # the last scoring is inside the budget
+    # All 10,000 test images where a fifth of the budget scores them, else as many as it does: never a quarter of it.
+    assert plan.test_images == min(10_000, max(500, int(0.2 * seconds * rates.score)))
+    assert plan.final_s <= 0.2 * seconds + rates.checkpoint_s or plan.test_images == 500
+    assert plan.probe_s <= 0.06 * plan.train_s  # 5% of the training compute: about as much of its time
+    assert plan.settings() == {"steps": plan.steps, "epochs": plan.epochs, "score_every": 0, "limit_test": plan.test_images}
+
+
+def test_a_faster_machine_buys_more_steps_and_a_longer_budget_more():
+    slow = budget.plan(300, 9.0, MACHINES["avx2 fp32"], **RUN)
+    fast = budget.plan(300, 9.0, MACHINES["twice as fast"], **RUN)
+    longer = budget.plan(900, 9.0, MACHINES["twice as fast"], **RUN)
+    assert slow.steps < fast.steps < longer.steps
+
+
+def test_a_budget_too_short_to_train_is_one_clear_error():
+    with pytest.raises(ConfigError, match="leaves no time to train"):
+        budget.plan(20, 16.0, MACHINES["avx2 fp32"], **RUN)  # 500 images at 140/s take 3.6 s, 16 s are gone
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1.5h", 5400), (" 2m ", 120), ("", 0)])
+def test_budgets_are_read_in_seconds_minutes_or_hours(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5", "5 min", "-5m", "10s", "25h", "nan", "1e3s"])
+def test_odd_budgets_are_refused_by_name(text):
+    with pytest.raises(ConfigError, match="budget"):
+        make_config("quick", budget=text)
+
+
+def test_probes_come_evenly_by_progress_and_cost_at_most_five_percent():
+    for steps, probes in ((10, 10), (1000, 10), (7, 10), (12_345, 20)):
+        every = budget.probe_interval(steps, probes)
+        assert steps // every >= min(steps, probes)
+        for resolution in ("", "16:0.5,24:0.75", "16:0.9"):
+            images = budget.probe_images(500, every * 64, resolution)
+            scale = sum(share * (size / 32) ** 2 for size, share in budget.size_shares(resolution).items())
+            # A probe scores images at full size (one forward each); a training image costs three forwards at its size.
+            assert images == 1 or images <= 0.05 * 3 * every * 64 * scale
+    assert budget.size_shares("16:0.5,24:0.75") == {16: 0.5, 24: 0.25, 32: 0.25}
+    assert budget.probe_interval(100, 0) == 0 and budget.probe_images(0, 1000, "") == 0
+
+
+def test_a_run_on_tiny_data_gets_at_least_ten_probe_points(tiny_data, tmp_path):
+    config = make_config("quick", data_dir=str(tiny_data), limit_train=96, limit_test=20, batch_size=8, epochs=1, probe_size=20,
+                         probes=10, precision="fp32", device="cpu", eval_batch_size=20, log_every=4)
+    assert Trainer(config, tmp_path).run()["status"] == "finished"
+    probes = [r for r in runs.read_metrics(tmp_path) if r["kind"] == "probe"]
+    assert len(probes) >= 10 and [r["step"] for r in probes] == list(range(1, 13))
+
+
+FIXED_RATES = budget.Rates(train={16: 16.0, 32: 8.0}, score=1000.0, checkpoint_s=0.0)  # one 8-image step a 0.5-1 s
+
+
+def budgeted(tiny_data, **changes):
+    return make_config("quick", data_dir=str(tiny_data), limit_train=48, limit_test=20, batch_size=8, budget="30s",
+                       resolution="16:0.5", precision="fp32", device="cpu", eval_batch_size=20, log_every=2, probe_size=10,
+                       probes=10, **changes)
+
+
+def test_a_budgeted_run_records_its_plan_and_trains_exactly_its_steps(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "measure", lambda self, parts: FIXED_RATES)
+    outcome = Trainer(budgeted(tiny_data), tmp_path).run()
+    assert outcome["status"] == "finished"
+    stored = runs.read_config(tmp_path)
+    plan = stored["plan"]
+    # 30 s less the margin and the scoring, at 0.5 s a step for half of them and 1 s for the other half: about 37 steps.
+    assert 30 <= plan["steps"] <= 38 and stored["steps"] == plan["steps"] and stored["score_every"] == 0
+    assert stored["epochs"] == math.ceil(plan["steps"] / 6)  # 48 images, 8 a step
+    rows = runs.read_metrics(tmp_path)
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert epochs[-1]["step"] == plan["steps"] and epochs[-1]["images"] == plan["steps"] * 8  # the last epoch cut short
+    assert [r for r in epochs if "test_acc" in r] == epochs[-1:]  # held-out sets scored once, at the end
+    assert len([r for r in rows if r["kind"] == "probe"]) >= 10
+    card = json.loads((tmp_path / runs.CARD).read_text())
+    assert card["provenance"]["plan"] == plan and card["test_acc"] == epochs[-1]["test_acc"]
+    assert "fp32, eval mode" in card["measured"] and "tta_test_acc" not in card
+    assert f"after {plan['steps']} steps" in runs.read_status(tmp_path)["message"]
+
+
+def test_a_stopped_budget_run_resumes_to_the_same_plan(tiny_data, tmp_path, monkeypatch):
+    measured = []
+    monkeypatch.setattr(Trainer, "measure", lambda self, parts: measured.append(1) or FIXED_RATES)
+    event = threading.Event()
+
+    def stop_at_ten(record):
+        if record["kind"] == "step" and record["step"] == 10:
+            event.set()
+
+    assert Trainer(budgeted(tiny_data), tmp_path, callbacks=[stop_at_ten], stop_event=event).run()["status"] == "stopped"
+    before = runs.read_config(tmp_path)
+    config = resume_config(tmp_path)
+    assert config.budget == "30s" and config.steps == before["plan"]["steps"]
+    assert Trainer(config, tmp_path).run(resume=True)["status"] == "finished"
+    assert measured == [1]  # the resumed run measured nothing and planned nothing: it follows the recorded plan
+    assert runs.read_config(tmp_path) == before
+    steps = [r["step"] for r in runs.read_metrics(tmp_path) if r["kind"] == "step"]
+    assert steps == list(range(2, before["steps"] + 1, 2))  # every step once, to the planned end
+    with pytest.raises(ConfigError, match="--epochs does not apply"):
+        resume_config(tmp_path, epochs=50)
+
+
+def test_a_budget_run_measures_this_machine_for_real(tiny_data, tmp_path):
+    config = budgeted(tiny_data)
+    trainer = Trainer(config, tmp_path)
+    parts, _ = trainer.build()
+    before = {k: v.clone() for k, v in parts.model.state_dict().items()}
+    rates = trainer.measure(parts)
+    assert set(rates.train) == {16, 32} and all(rate > 0 for rate in rates.train.values())
+    assert rates.score > 0 and rates.checkpoint_s >= 0
+    # Measured on a copy: the run's own network and optimizer are untouched.
+    assert all((parts.model.state_dict()[k] == v).all() for k, v in before.items())
+    assert not parts.optimizer.state
+
+
+def test_a_partial_last_epoch_ends_where_the_steps_do(tiny_data, tmp_path):
+    config = make_config("original", data_dir=str(tiny_data), limit_train=24, limit_test=16, batch_size=8, steps=5,
+                         log_every=1, precision="fp32", device="cpu", eval_batch_size=16, score_every=0)
+    assert Trainer(config, tmp_path).run()["status"] == "finished"
+    epochs = [r for r in runs.read_metrics(tmp_path) if r["kind"] == "epoch"]
+    assert [(r["epoch"], r["step"], r["images"]) for r in epochs] == [(1, 3, 24), (2, 5, 40)]
+    assert "test_acc" not in epochs[0] and "test_acc" in epochs[1]
