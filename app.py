@@ -27,13 +27,15 @@ from resnet.runs import CARD, RunError, read_metrics, read_status, run_path
 from resnet.ui_inputs import batch_input, form_field, image_input
 from resnet.weights import WeightsError
 
-TABLE_COLUMNS = ["run_id", "status", "optimizer", "lr", "dropout", "batch_size", "blocks", "epochs",
-                 "best_test_acc", "final_test_acc", "elapsed_s", "message"]
 OPERATOR_HEADER = "x-studio-operator"  # carries $STUDIO_OPERATOR_SECRET; a header, so it never lands in a URL or a log line
 CHOICE_LABELS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+BUDGET_CHOICES = [("1 minute", "1m"), ("2 minutes", "2m"), ("5 minutes", "5m"), ("15 minutes", "15m"),
+                  ("none: train for the epochs set here", "")]
+X_AXIS_CHOICES = [("training images seen", "images"), ("wall-clock time", "time")]
 RESOLUTION_CHOICES = [("32 px throughout", ""), ("16 px, 24 px, then 32 px (quarters: 2, 1, 1)", "16:0.5,24:0.75"),
                       ("24 px for the first half, then 32 px", "24:0.5"), ("16 px for three quarters, then 32 px", "16:0.75")]
-FIELD_NOTES = {"limit_train": f" (0 = all {TRAIN_IMAGES:,})", "limit_test": f" (0 = all {TEST_IMAGES:,})"}
+FIELD_NOTES = {"limit_train": f" (0 = all {TRAIN_IMAGES:,})", "limit_test": f" (0 = all {TEST_IMAGES:,})",
+               "epochs": " (without a time budget)"}
 PRESET_NOTES = {"quick": "a run that learns in minutes on a CPU", "original": "the published recipe",
                 "fast": "the shipped weights' recipe (hours on a CPU)"}
 RUN_SHAPE = (*config.SIZE_SETTINGS, "resolution")  # the form's second row: how long the run is and at what size
@@ -226,11 +228,19 @@ class Studio:
         return (plots.live_figure(rows, "acc", total, references, status), plots.live_figure(rows, "loss", total, references, status),
                 stamp)
 
+    def use_model(self, run_id: str, upload_key: str | None):
+        """Make a finished run's weights the Predict tab's model, and show that tab."""
+        with user_errors():
+            run_dir = run_path(self.root, run_id)
+            if not (run_dir / runs.WEIGHTS).is_file():
+                raise RunError(f"{run_id} has no model yet: it is {read_status(run_dir)['status']}; a run's model is "
+                               "ready when it reads finished")
+        choice = f"run:{run_id}"
+        return gr.Tabs(selected="predict"), gr.Dropdown(choices=self.model_choices(upload_key), value=choice)
+
     # ---- Runs -----------------------------------------------------------------------------------
     def list_runs(self) -> pd.DataFrame:
-        table = pd.DataFrame(jobs.run_rows(self.root), columns=TABLE_COLUMNS)
-        # Readable at a glance: accuracies to 0.01 points (as fractions), wall time in whole seconds.
-        return table.round({"best_test_acc": 4, "final_test_acc": 4, "elapsed_s": 0})
+        return pd.DataFrame(jobs.runs_table(self.root), columns=list(jobs.RUN_TABLE.values()))
 
     def run_metrics(self, run_id: str) -> pd.DataFrame:
         with user_errors():
@@ -239,25 +249,26 @@ class Studio:
     def run_ids(self) -> list:
         return [row["run_id"] for row in jobs.run_rows(self.root)]
 
-    def compare(self, run_ids: list | None):
-        """Accuracy and loss figures of the chosen runs, overlaid."""
+    def compare(self, run_ids: list | None, x: str = "images"):
+        """Accuracy and loss figures of the chosen runs, overlaid, against training images seen or wall-clock time."""
         with user_errors():
             series = {run_id: read_metrics(run_path(self.root, run_id)) for run_id in run_ids or []}
         if not series:
             return plots.empty_figure("choose runs to compare"), plots.empty_figure("choose runs to compare")
-        return plots.curves_figure(series, "acc"), plots.curves_figure(series, "loss")
+        x = x if x in plots.X_AXES else "images"
+        return plots.compare_figure(series, "acc", x), plots.compare_figure(series, "loss", x)
 
-    def watch(self, run_ids: list | None, seen: str):
+    def watch(self, run_ids: list | None, x: str, seen: str):
         """The timer's poll: redraw the figures only when a chosen run's files changed. A typed id that names no
         run is left out: choosing it said why once (compare), and a poll would say so every two seconds."""
         valid = []
         for run_id in run_ids or []:
             with contextlib.suppress(RunError):
                 valid.append((run_id, run_path(self.root, run_id)))
-        stamp = json.dumps([runs.stamp(run_dir) for _, run_dir in valid])
+        stamp = json.dumps([x, *(runs.stamp(run_dir) for _, run_dir in valid)])
         if stamp == seen:
             return gr.skip(), gr.skip(), seen
-        return *self.compare([run_id for run_id, _ in valid]), stamp
+        return *self.compare([run_id for run_id, _ in valid], x), stamp
 
     def run_details(self, run_id: str | None):
         """Confusion matrix, per-class accuracy and downloadable files of a finished run."""
@@ -303,9 +314,14 @@ def predict_tab(studio: Studio) -> None:
         with gr.Column():
             image = image_input(label="Any image", sources=["upload", "clipboard", "webcam"], height=320)
             paths, captions = showcase.example_gallery()
-            if paths:
-                gr.Examples(examples=paths, inputs=image, example_labels=captions, label="CIFAR-10 test images (true class)",
-                            examples_per_page=30)
+            if paths:  # thumbnails with their true class; a click puts the image in the box above
+                examples = gr.Gallery(list(zip(paths, captions, strict=True)), label="CIFAR-10 test images (true class): "
+                                      "click one to try it", columns=8, height=220, allow_preview=False, object_fit="contain")
+
+                def pick(event: gr.SelectData):
+                    return paths[event.index]
+
+                examples.select(pick, None, image, api_visibility="private")
             with gr.Accordion("Model", open=False):
                 picker = gr.Dropdown(choices=studio.model_choices(), value=catalog.SHIPPED, label="Predict with",
                                      allow_custom_value=True)  # values are checked by resnet.catalog.weights_path
@@ -360,6 +376,9 @@ def setting_field(name: str, value, caps: dict):
                            label=label)
     if meta["choices"]:
         return gr.Dropdown([(CHOICE_LABELS.get(c, c), c) for c in meta["choices"]], value=value, label=label)
+    if name == "budget":
+        return gr.Dropdown(BUDGET_CHOICES, value=value, label=label, allow_custom_value=True,
+                           info="from Start to finished, scoring included; or your own, such as 90s or 10m")
     if name == "resolution":
         return gr.Dropdown(RESOLUTION_CHOICES, value=value, label=label, allow_custom_value=True,
                            info="or your own: 16:0.5,24:0.75 is 16 px for the first half of the steps, 24 px to three quarters")
@@ -397,11 +416,12 @@ def train_tab(studio: Studio):
         run_id = gr.Textbox(label="Run", placeholder="run id", scale=2)
         stop = gr.Button("Stop")
         resume = gr.Button("Resume")
-    status = gr.Markdown("No run started from this page yet.")
-    with gr.Row():
-        accuracy = gr.Plot(plots.empty_figure("start a run: its curves appear here within seconds"), label="Accuracy",
+        use = gr.Button("Use this model", elem_id="use-model")
+    status = gr.Markdown("No run started from this page yet.", elem_id="run-status")
+    with gr.Row():  # the figures carry their own titles
+        accuracy = gr.Plot(plots.empty_figure("start a run: its curves appear here within seconds"), show_label=False,
                            elem_id="live-accuracy")
-        loss = gr.Plot(plots.empty_figure("start a run: its curves appear here within seconds"), label="Loss")
+        loss = gr.Plot(plots.empty_figure("start a run: its curves appear here within seconds"), show_label=False)
     gr.Markdown(REFERENCE_NOTE)
 
     preset.change(studio.preset_values, preset, [fields[n] for n in recipe_fields()], api_visibility="private")
@@ -410,16 +430,18 @@ def train_tab(studio: Studio):
     started = start.click(studio.start_run, [preset, *form, owner], run_id, api_name="start_run")
     stop.click(studio.stop_run, [run_id, owner], status, api_name="stop_run")
     resume.click(studio.resume_run, [run_id, owner], status, api_name="resume_run")
-    return run_id, status, started, owner, accuracy, loss
+    return run_id, status, started, owner, accuracy, loss, use
 
 
 def runs_tab(studio: Studio):
     table = gr.Dataframe(studio.list_runs(), label="All runs (click one to add it to the comparison)", interactive=False,
                          wrap=True, max_height=320)
-    chosen = gr.Dropdown(choices=studio.run_ids(), multiselect=True, label="Compare runs", allow_custom_value=True)
     with gr.Row():
-        accuracy = gr.Plot(plots.empty_figure("choose runs to compare"), label="Accuracy", elem_id="accuracy-plot")
-        loss = gr.Plot(plots.empty_figure("choose runs to compare"), label="Loss")
+        chosen = gr.Dropdown(choices=studio.run_ids(), multiselect=True, label="Compare runs", allow_custom_value=True, scale=3)
+        x_axis = gr.Radio(X_AXIS_CHOICES, value="images", label="Curves against")
+    with gr.Row():
+        accuracy = gr.Plot(plots.empty_figure("choose runs to compare"), show_label=False, elem_id="accuracy-plot")
+        loss = gr.Plot(plots.empty_figure("choose runs to compare"), show_label=False)
     with gr.Row():
         detail = gr.Dropdown(choices=studio.run_ids(), label="Details of a finished run", allow_custom_value=True)
         files = gr.File(label="Weights and model card", file_count="multiple", interactive=False)
@@ -434,13 +456,13 @@ def runs_tab(studio: Studio):
         return gr.Dropdown(value=sorted(set(current or []) | {run_id}))
 
     table.select(add_clicked, chosen, chosen, api_visibility="private")
-    chosen.change(studio.compare, chosen, [accuracy, loss], api_visibility="private")
+    gr.on([chosen.change, x_axis.change], studio.compare, [chosen, x_axis], [accuracy, loss], api_visibility="private")
     detail.change(studio.run_details, detail, [confusion, per_class, files], api_visibility="private")
     list_button = gr.Button("Refresh", size="sm")
     list_button.click(studio.list_runs, None, table, api_name="list_runs")
     metrics_button = gr.Button(visible=False)
     metrics_button.click(studio.run_metrics, metrics_of, metrics, api_name="run_metrics")
-    return table, chosen, detail, accuracy, loss
+    return table, chosen, x_axis, detail, accuracy, loss
 
 
 def card_tab() -> None:
@@ -508,14 +530,15 @@ def build_demo(studio: Studio | None = None) -> gr.Blocks:
     with gr.Blocks(title="CIFAR-10 ResNet studio", delete_cache=(3600, 86400)) as demo:
         gr.Markdown("# CIFAR-10 ResNet studio\nClassify any picture into the 10 CIFAR-10 classes, see where the network "
                     "looked, train your own run and compare its curves.")
-        with gr.Tab("Predict") as predict_page:
-            picker, upload_key, about_model = predict_tab(studio)
-        with gr.Tab("Train"):
-            run_id, status, started, owner, live_accuracy, live_loss = train_tab(studio)
-        with gr.Tab("Runs") as runs_page:
-            table, chosen, detail, accuracy, loss = runs_tab(studio)
-        with gr.Tab("Model card"):
-            card_tab()
+        with gr.Tabs() as tabs:
+            with gr.Tab("Predict", id="predict") as predict_page:
+                picker, upload_key, about_model = predict_tab(studio)
+            with gr.Tab("Train", id="train"):
+                run_id, status, started, owner, live_accuracy, live_loss, use = train_tab(studio)
+            with gr.Tab("Runs", id="runs") as runs_page:
+                table, chosen, x_axis, detail, accuracy, loss = runs_tab(studio)
+            with gr.Tab("Model card", id="card"):
+                card_tab()
 
         def refresh_lists(chosen_now, detail_now):
             ids = studio.run_ids()
@@ -527,8 +550,9 @@ def build_demo(studio: Studio | None = None) -> gr.Blocks:
         timer.tick(studio.progress, run_id, status, show_progress="hidden", concurrency_limit=None, api_visibility="private")
         timer.tick(studio.live, [run_id, live_seen], [live_accuracy, live_loss, live_seen], show_progress="hidden",
                    concurrency_limit=None, api_visibility="private")
-        timer.tick(studio.watch, [chosen, seen], [accuracy, loss, seen], show_progress="hidden", concurrency_limit=None,
-                   api_visibility="private")
+        timer.tick(studio.watch, [chosen, x_axis, seen], [accuracy, loss, seen], show_progress="hidden",
+                   concurrency_limit=None, api_visibility="private")
+        use.click(studio.use_model, [run_id, upload_key], [tabs, picker], api_visibility="private")
         runs_page.select(refresh_lists, [chosen, detail], [table, chosen, detail], api_visibility="private")
         started.success(lambda new, current: sorted(set(current or []) | {new}), [run_id, chosen], chosen,
                         api_visibility="private")  # a run started here is compared at once

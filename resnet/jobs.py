@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import limits, runs
-from .config import ConfigError, TrainConfig, cli_args, make_config
+from . import budget, limits, runs
+from .config import ConfigError, TrainConfig, cli_args, make_config, parse_budget
 from .data import BATCHES_FOLDER, TEST_FILES, TRAIN_FILES, DataMissingError, download, load_split, resolve_data_dir
 from .train import resume_config, training_images
 from .weights import atomic_write_json
@@ -48,6 +48,9 @@ def check_settings(preset: str, overrides: dict) -> TrainConfig:
         cap = getattr(limits.current(), name)
         if getattr(config, name) > cap:
             raise ConfigError(f"{name} {getattr(config, name)} is above this server's limit of {cap}")
+    cap = limits.current().budget_s
+    if parse_budget(config.budget) > cap:
+        raise ConfigError(f"budget {config.budget.strip()} is above this server's limit of {budget.describe_budget(cap)}")
     # Checked here, not only in the trainer, so a request that can never train leaves no run folder behind.
     images = training_images(config)
     if config.batch_size > images:
@@ -353,15 +356,36 @@ def run_rows(root) -> list:
     return rows
 
 
+# The Runs tab's table: a run summary's key -> the column header a person reads (runs.summarize makes the rows).
+RUN_TABLE = {"run_id": "Run", "status": "Status", "optimizer": "Optimizer", "lr": "Learning rate", "dropout": "Dropout",
+             "batch_size": "Batch", "budget": "Budget", "epochs": "Epochs", "final_test_acc": "Test accuracy",
+             "best_test_acc": "Best epoch", "elapsed_s": "Time", "message": "Message"}
+
+
+def runs_table(root) -> list:
+    """Every run as the Runs tab shows it: readable headers, accuracies in percent, times in minutes and seconds."""
+    table = []
+    for row in run_rows(root):
+        shown = {header: row.get(key) for key, header in RUN_TABLE.items()}
+        for key in ("final_test_acc", "best_test_acc"):
+            value = row.get(key)
+            shown[RUN_TABLE[key]] = f"{value:.2%}" if isinstance(value, (int, float)) else ""
+        elapsed = row.get("elapsed_s")
+        shown[RUN_TABLE["elapsed_s"]] = _duration(elapsed) if isinstance(elapsed, (int, float)) else ""
+        table.append(shown)
+    return table
+
+
 def progress(run_dir) -> dict:
     """Where a run stands, in numbers and one sentence: progress, speed, time spent and left, last scores."""
     run_dir = Path(run_dir)
     status = runs.read_status(run_dir)
     rows = runs.read_metrics(run_dir)
     try:
-        total_epochs = runs.read_config(run_dir).get("epochs")
+        stored = runs.read_config(run_dir)
     except runs.RunError:
-        total_epochs = None
+        stored = {}
+    total_epochs, plan = stored.get("epochs"), stored.get("plan")
     steps = [r for r in rows if r["kind"] in ("step", "epoch")]
     last = steps[-1] if steps else {}
     latest = lambda kind, key: next((r[key] for r in reversed(rows) if r["kind"] == kind and key in r), None)  # noqa: E731
@@ -369,7 +393,10 @@ def progress(run_dir) -> dict:
     total_steps = step_rows[-1].get("total_steps") if step_rows else None
     elapsed = max((r.get("elapsed_s", 0) for r in steps), default=None)
     seconds_left = None
-    if status["status"] == "running" and total_steps and last.get("step") and elapsed:
+    if status["status"] == "running" and isinstance(plan, dict) and elapsed is not None:
+        with contextlib.suppress(KeyError, TypeError):  # a budget knows its end: what it has not yet spent
+            seconds_left = max(0.0, plan["budget_s"] - plan["spent_s"] - elapsed)
+    elif status["status"] == "running" and total_steps and last.get("step") and elapsed:
         seconds_left = elapsed / last["step"] * (total_steps - last["step"])  # evaluations included, at the pace so far
     probe_acc, test_acc = latest("probe", "probe_acc"), latest("epoch", "test_acc")
     parts = [f"**{status['status']}**"]
@@ -386,9 +413,13 @@ def progress(run_dir) -> dict:
         parts.append(f"test accuracy {test_acc:.1%} (epoch {latest('epoch', 'epoch')})")
     if status.get("message"):
         parts.append(status["message"])
+    text = " · ".join(parts)
+    if isinstance(plan, dict):
+        with contextlib.suppress(KeyError, TypeError, ValueError):  # a plan is shown only when whole
+            text += f"\n\nPlan: {budget.summary(plan)}."
     return {"status": status["status"], "epoch": last.get("epoch"), "step": last.get("step"), "total_epochs": total_epochs,
             "total_steps": total_steps, "images_per_s": last.get("images_per_s"), "elapsed_s": elapsed,
-            "seconds_left": seconds_left, "probe_acc": probe_acc, "test_acc": test_acc, "text": " · ".join(parts)}
+            "seconds_left": seconds_left, "probe_acc": probe_acc, "test_acc": test_acc, "plan": plan, "text": text}
 
 
 def _duration(seconds: float) -> str:

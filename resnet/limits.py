@@ -27,6 +27,7 @@ class Limit:
 LIMITS = {
     "epochs": Limit("STUDIO_MAX_EPOCHS", 200, "epochs of a run started from the studio"),
     "batch_size": Limit("STUDIO_MAX_BATCH", 1024, "batch size of such a run"),
+    "budget_s": Limit("STUDIO_MAX_BUDGET_MIN", 60, "minutes of a time-budgeted run started from the studio", unit=60),
     "queue": Limit("STUDIO_MAX_QUEUE", 4, "runs waiting for the trainer"),
     "upload_bytes": Limit("STUDIO_MAX_UPLOAD_MB", 20, "megabytes of one image (an upload, a zip member)", unit=2**20),
     "pixels": Limit("STUDIO_MAX_PIXELS", 40_000_000, "pixels of one image, checked before it is decoded"),
@@ -44,6 +45,7 @@ LIMITS = {
 class ServerLimits:
     epochs: int
     batch_size: int
+    budget_s: int
     queue: int
     upload_bytes: int
     pixels: int

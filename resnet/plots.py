@@ -7,7 +7,13 @@ from .constants import CLASSES
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 # Past the palette a series repeats a colour with another marker shape, so no two series of a figure look alike.
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x")
-LAYOUT = dict(template="plotly_white", height=360, margin=dict(l=50, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.2))
+# The legend sits below the x axis's title, never on it (plotly grows the bottom margin to fit it).
+LAYOUT = dict(template="plotly_white", height=380, margin=dict(l=50, r=20, t=50, b=40),
+              legend=dict(orientation="h", y=-0.28, yanchor="top", x=0))
+# The x axes a run's curves can be drawn against: the row key, its scale and the axis title.
+X_AXES = {"images": ("images", 1 / 1000, "training images seen (thousands)"),
+          "time": ("elapsed_s", 1 / 60, "wall-clock time since the run started (minutes)")}
+LOSS_HEADROOM = 1.1  # the loss axis ends this far above the highest loss of the runs shown
 
 
 def series_style(index: int) -> dict:
@@ -63,10 +69,21 @@ def smoothed(values: list, keep: float = SMOOTHING) -> list:
     return out
 
 
-def _points(rows: list, kind: str, key: str) -> tuple:
-    """(thousands of training images seen, values) of the rows of one kind that hold ``key``."""
-    chosen = [r for r in rows if r.get("kind", "epoch") == kind and isinstance(r.get(key), (int, float)) and "images" in r]
-    return [r["images"] / 1000 for r in chosen], [r[key] for r in chosen]
+def _points(rows: list, kind: str, key: str, x: str = "images") -> tuple:
+    """(x values, values) of the rows of one kind that hold ``key``; x is training images seen (thousands) or the
+    run's wall-clock time (minutes), as ``X_AXES`` declares."""
+    column, scale, _ = X_AXES[x]
+    chosen = [r for r in rows if r.get("kind", "epoch") == kind and isinstance(r.get(key), (int, float))
+              and isinstance(r.get(column), (int, float))]
+    return [r[column] * scale for r in chosen], [r[key] for r in chosen]
+
+
+def _fit_loss_axis(figure: go.Figure, own: list) -> None:
+    """A loss axis from 0 to just above the highest loss among ``own`` values (the runs shown, smoothed where they
+    are drawn smoothed), so that a reference run's first loss of 90 does not press the others onto the floor."""
+    finite = [v for v in own if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
+    if finite:
+        figure.update_yaxes(range=[0, LOSS_HEADROOM * max(finite)])
 
 
 def live_figure(rows: list, metric: str = "acc", total_images: int | None = None, references: dict | None = None,
@@ -84,17 +101,20 @@ def live_figure(rows: list, metric: str = "acc", total_images: int | None = None
                                    line=dict(color="#b0b0b0", dash=("dot", "dash", "dashdot")[index % 3], width=1.5),
                                    opacity=0.8, legendgroup="references")
     x, y = _points(rows, "step", f"train_{metric}")
+    shown = smoothed(y)
     if x:
         figure.add_scatter(x=x, y=y, name="train (each log step)", mode="markers", marker=dict(color=COLORS[0], size=4),
                            opacity=0.3)
-        figure.add_scatter(x=x, y=smoothed(y), name="train (smoothed)", mode="lines", line=dict(color=COLORS[0], width=2))
+        figure.add_scatter(x=x, y=shown, name="train (smoothed)", mode="lines", line=dict(color=COLORS[0], width=2))
     probes = [r for r in rows if r.get("kind") == "probe"]
     x, y = _points(rows, "probe", f"probe_{metric}")
+    shown += y
     if x:
         label = f"probe ({probes[-1].get('probe_images')} {probes[-1].get('probe_split', 'held-out')} images)"
         figure.add_scatter(x=x, y=y, name=label, mode="lines+markers", line=dict(color=COLORS[1]), marker=dict(size=7))
     for split, color in (("test", COLORS[3]), ("val", COLORS[2])):
         x, y = _points(rows, "epoch", f"{split}_{metric}")
+        shown += y
         if x:
             figure.add_scatter(x=x, y=y, name=f"{split} (each epoch)", mode="lines+markers", line=dict(color=color),
                                marker=dict(size=10, symbol="diamond"))
@@ -103,10 +123,50 @@ def live_figure(rows: list, metric: str = "acc", total_images: int | None = None
         return empty_figure(status or "waiting for the first logged step")
     end = max([total_images or 0, *own]) / 1000
     figure.update_xaxes(range=[0, end * 1.03])
-    figure.update_layout(title=f"{title}{f' ({status})' if status else ''}", xaxis_title="training images seen (thousands)",
+    figure.update_layout(title=f"{title}{f' ({status})' if status else ''}", xaxis_title=X_AXES["images"][2],
                          yaxis_title=title.lower())
     if metric == "acc":
         figure.update_yaxes(tickformat=".0%", range=[0, 1])
+    else:
+        _fit_loss_axis(figure, shown)
+    return figure
+
+
+def compare_figure(series: dict, metric: str = "acc", x: str = "images") -> go.Figure:
+    """Several runs on the Train tab's curves, one colour each: the smoothed training curve of their step rows,
+    their probes (dotted, with markers) and the held-out score of each epoch (diamonds), against training images
+    seen or wall-clock time (``X_AXES``), so a one-epoch run is a curve, not two dots."""
+    title = "Accuracy" if metric == "acc" else "Loss"
+    figure = go.Figure(layout=LAYOUT)
+    shown = []
+    for index, (name, rows) in enumerate(series.items()):
+        style = series_style(index)
+        line = dict(color=style["color"])
+        steps_x, steps_y = _points(rows, "step", f"train_{metric}", x)
+        if steps_x:
+            shown += smoothed(steps_y)
+            figure.add_scatter(x=steps_x, y=smoothed(steps_y), name=f"{name} train", mode="lines", line={**line, "width": 2},
+                               legendgroup=name)
+        probe_x, probe_y = _points(rows, "probe", f"probe_{metric}", x)
+        if probe_x:
+            shown += probe_y
+            figure.add_scatter(x=probe_x, y=probe_y, name=f"{name} probe", mode="lines+markers", line={**line, "dash": "dot"},
+                               marker=dict(symbol=style["symbol"], size=6), legendgroup=name)
+        for split in ("test", "val"):
+            epoch_x, epoch_y = _points(rows, "epoch", f"{split}_{metric}", x)
+            if epoch_x:
+                shown += epoch_y
+                figure.add_scatter(x=epoch_x, y=epoch_y, name=f"{name} {split}", mode="markers",
+                                   marker=dict(color=style["color"], symbol="diamond", size=11,
+                                               line=dict(color="white", width=1)), legendgroup=name)
+    if not figure.data:
+        return empty_figure("no logged step yet")
+    figure.update_layout(title=f"{title} of the runs compared", xaxis_title=X_AXES[x][2], yaxis_title=title.lower())
+    figure.update_xaxes(rangemode="tozero")
+    if metric == "acc":
+        figure.update_yaxes(tickformat=".0%", range=[0, 1])
+    else:
+        _fit_loss_axis(figure, shown)
     return figure
 
 

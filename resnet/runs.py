@@ -170,6 +170,7 @@ def summarize(run_dir) -> dict:
         "lr": config.get("lr"),
         "dropout": config.get("dropout"),
         "batch_size": config.get("batch_size"),
+        "budget": config.get("budget") or "",
         "blocks": "x".join(str(b) for b in config.get("blocks", [])),
         "epochs": f"{len(epochs)}/{config.get('epochs')}",
         "final_test_acc": accs[-1] if accs else None,

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import tiny_card
 
-from resnet import downloads, limits, model_card, runs, showcase
+from resnet import downloads, jobs, limits, model_card, runs, showcase
 from resnet.constants import CLASSES, PUBLISHED_MEAN
 from resnet.evaluate import predict_logits
 from resnet.images import prepare
@@ -35,7 +35,7 @@ def finished_run(root, run_id, weights):
     run_dir.mkdir(parents=True)
     (run_dir / runs.CONFIG).write_text(json.dumps({"optimizer": "adam", "lr": 0.01, "epochs": 1, "blocks": [1, 1, 1, 1]}))
     card = json.loads(weights.with_suffix(".json").read_text())
-    (run_dir / runs.METRICS).write_text(json.dumps({"kind": "epoch", "epoch": 1, "step": 5, **card["curve"][0],
+    (run_dir / runs.METRICS).write_text(json.dumps({"kind": "epoch", "epoch": 1, "step": 5, "images": 320, **card["curve"][0],
                                                     "images_per_s": 100.0, "elapsed_s": 3.0}) + "\n")
     (run_dir / runs.WEIGHTS).write_bytes(weights.read_bytes())
     (run_dir / runs.CARD).write_text(json.dumps(card))
@@ -225,7 +225,7 @@ def test_command_is_the_cli_line(studio):
     line = studio.command("original", *form_values(blocks="2,2,2,2", epochs=3.0))
     # Only what differs from the preset, whole numbers as such, and the watching every run from the page gets.
     assert line == ("python -m resnet train --out runs/my-run --preset original --blocks 2,2,2,2 --epochs 3 --limit-train 2000 "
-                    "--limit-test 1000 --log-every 5 --probe-size 500")
+                    "--limit-test 1000 --log-every 5 --probe-size 500 --probes 20")
 
 
 def test_preset_values_fill_the_recipe_and_keep_the_size():
@@ -260,11 +260,11 @@ def test_start_queues_and_stop_dequeues(studio, monkeypatch):
     run_id = studio.start_run(None, "original", *form_values(), OWNER)
     assert runs.RUN_ID.match(run_id) and run_id.startswith("run-")
     assert "position 1 in the queue" in studio.progress(run_id)
-    assert studio.list_runs().loc[0, "status"] == "queued"
+    assert studio.list_runs().loc[0, "Status"] == "queued"
     with pytest.raises(gr.Error, match="belongs to whoever started it"):
         studio.stop_run(None, run_id, "another-browsers-key")
     assert "taken off the queue" in studio.stop_run(None, run_id, OWNER)
-    assert studio.list_runs().loc[0, "status"] == "stopped"
+    assert studio.list_runs().loc[0, "Status"] == "stopped"
 
 
 @pytest.mark.parametrize("run_id", ["../etc", "RUN", "a/b", "", "x" * 65])
@@ -278,10 +278,14 @@ def test_run_ids_are_checked(studio, run_id):
 def test_runs_table_metrics_curves_and_details(studio, tiny_weights):
     finished_run(studio.root, "run-a", tiny_weights)
     table = studio.list_runs()
-    assert list(table.columns) == app.TABLE_COLUMNS and table.loc[0, "run_id"] == "run-a"
+    assert list(table.columns) == list(jobs.RUN_TABLE.values()) and table.loc[0, "Run"] == "run-a"
+    assert not any("_" in header for header in table.columns)  # words, not the summary's keys
+    assert all(value == "" or value.endswith("%") for value in table["Test accuracy"])
     assert studio.run_metrics("run-a").loc[0, "epoch"] == 1
     accuracy, loss = studio.compare(["run-a"])
-    assert [trace.name for trace in accuracy.data] == ["run-a train", "run-a test"]
+    assert [trace.name for trace in accuracy.data] == ["run-a test"]  # its only rows are an epoch's
+    by_time, _ = studio.compare(["run-a"], "time")
+    assert "wall-clock" in by_time.layout.xaxis.title.text and "images" in accuracy.layout.xaxis.title.text
     confusion, per_class, files = studio.run_details("run-a")
     assert len(confusion.data[0].z) == 10 and len(per_class.data[0].y) == 10
     assert sorted(f.rsplit("/", 1)[1] for f in files) == ["run-a.json", "run-a.safetensors"]
@@ -290,20 +294,36 @@ def test_runs_table_metrics_curves_and_details(studio, tiny_weights):
 
 def test_watch_redraws_only_on_change(studio, tiny_weights):
     run_dir = finished_run(studio.root, "run-b", tiny_weights)
-    *figures, seen = studio.watch(["run-b"], "")
+    *figures, seen = studio.watch(["run-b"], "images", "")
     assert seen and figures[0].data
-    assert studio.watch(["run-b"], seen)[2] == seen and isinstance(studio.watch(["run-b"], seen)[0], type(gr.skip()))
+    assert studio.watch(["run-b"], "images", seen)[2] == seen
+    assert isinstance(studio.watch(["run-b"], "images", seen)[0], type(gr.skip()))
+    assert studio.watch(["run-b"], "time", seen)[2] != seen  # another x axis is another figure
     runs.append_metrics(run_dir, {"kind": "epoch", "epoch": 2, "step": 10, "train_acc": 0.2, "test_acc": 0.2})
-    assert studio.watch(["run-b"], seen)[2] != seen
+    assert studio.watch(["run-b"], "images", seen)[2] != seen
 
 
 def test_a_typed_id_that_names_no_run_is_refused_once_not_at_every_poll(studio, tiny_weights):
     finished_run(studio.root, "run-b", tiny_weights)
     with pytest.raises(gr.Error, match="invalid run id 'My Run'"):
         studio.compare(["run-b", "My Run"])  # the choice itself says why
-    *figures, seen = studio.watch(["run-b", "My Run"], "")  # the poll draws the runs it can
-    assert [trace.name for trace in figures[0].data if trace.name] and seen == studio.watch(["run-b"], "")[2]
-    assert studio.watch(["My Run"], "")[2] == "[]"  # nothing to draw, and no error
+    *figures, seen = studio.watch(["run-b", "My Run"], "images", "")  # the poll draws the runs it can
+    assert [trace.name for trace in figures[0].data if trace.name] and seen == studio.watch(["run-b"], "images", "")[2]
+    assert studio.watch(["My Run"], "images", "")[2] == '["images"]'  # nothing to draw, and no error
+
+
+def test_use_this_model_makes_a_finished_run_the_predict_tabs_model(studio, tiny_weights):
+    finished_run(studio.root, "run-done", tiny_weights)
+    tabs, picker = studio.use_model("run-done", None)
+    assert tabs.selected == "predict" and picker.value == "run:run-done"
+    assert "run:run-done" in [value for _, value in picker.choices]
+    run_dir = studio.root / "run-busy"
+    run_dir.mkdir(parents=True)
+    runs.write_status(run_dir, "running", "started", pid=0)
+    with pytest.raises(gr.Error, match="run-busy has no model yet"):
+        studio.use_model("run-busy", None)
+    with pytest.raises(gr.Error, match="invalid run id"):
+        studio.use_model("../etc", None)
 
 
 def test_details_of_an_unfinished_run_say_so(studio):

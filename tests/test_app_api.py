@@ -68,7 +68,7 @@ def test_only_the_client_that_started_a_run_or_the_operator_may_stop_or_resume_i
     stranger = Client(server[0], verbose=False)
     with pytest.raises(gradio_client.exceptions.AppError, match="belongs to whoever started it"):
         stranger.predict(run_id, api_name="/stop_run")
-    assert _row(stranger, run_id)["status"] in ("queued", "running")  # watching is for everyone
+    assert _row(stranger, run_id)["Status"] in ("queued", "running")  # watching is for everyone
     monkeypatch.setenv("STUDIO_OPERATOR_SECRET", "the-operators-secret")  # read by the server at each request
     with pytest.raises(gradio_client.exceptions.AppError, match="belongs to whoever started it"):
         Client(server[0], verbose=False, headers={"x-studio-operator": "a-guess"}).predict(run_id, api_name="/stop_run")
@@ -89,14 +89,14 @@ def test_only_the_client_that_started_a_run_or_the_operator_may_stop_or_resume_i
 def _wait_for_steps(client, run_id, more_than: int = 0, timeout: float = 180) -> None:
     """Until the run trains (status running, more metric rows than ``more_than``)."""
     deadline = time.monotonic() + timeout
-    while _row(client, run_id)["status"] != "running" or len(client.predict(run_id, api_name="/run_metrics")["data"]) <= more_than:
+    while _row(client, run_id)["Status"] != "running" or len(client.predict(run_id, api_name="/run_metrics")["data"]) <= more_than:
         assert time.monotonic() < deadline, "the run did not start training"
         time.sleep(0.5)
 
 
 def _wait_until_settled(client, run_id, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
-    while (row := _row(client, run_id))["status"] not in ("stopped", "finished"):
+    while (row := _row(client, run_id))["Status"] not in ("stopped", "finished"):
         assert time.monotonic() < deadline, f"the run did not stop: {row}"
         time.sleep(0.5)
 
@@ -113,7 +113,7 @@ def test_train_watch_stop_over_the_api(client):
         time.sleep(0.5)
     assert "train_loss" in metrics["headers"]
     assert "is stopping" in client.predict(run_id, api_name="/stop_run")
-    while (row := _row(client, run_id))["status"] not in ("stopped", "finished"):
+    while (row := _row(client, run_id))["Status"] not in ("stopped", "finished"):
         assert time.monotonic() < deadline, f"the run did not stop: {row}"
         time.sleep(0.5)
 
@@ -121,4 +121,4 @@ def test_train_watch_stop_over_the_api(client):
 def _row(client, run_id) -> dict:
     table = client.predict(api_name="/list_runs")
     rows = [dict(zip(table["headers"], values)) for values in table["data"]]
-    return next(row for row in rows if row["run_id"] == run_id)
+    return next(row for row in rows if row["Run"] == run_id)

@@ -40,6 +40,8 @@ def test_upload_shows_the_predicted_label(page, server):
 
 def test_a_started_run_gains_points_on_the_train_tab_while_it_runs(page):
     page.get_by_role("tab", name="Train").click()
+    page.get_by_label(re.compile(r"^Time budget")).click()
+    page.get_by_role("option", name=re.compile(r"^none")).click()  # a run of epochs, long enough to be stopped
     page.get_by_label(re.compile(r"^Epochs")).fill("20")
     page.get_by_role("button", name="Advanced").click()
     page.get_by_label(re.compile(r"^Test images scored per epoch")).fill("50")
@@ -58,3 +60,27 @@ def test_the_runs_tab_still_compares_runs(page):
     page.get_by_role("tab", name="Runs").click()
     points = page.locator("#accuracy-plot .scatterlayer .point")
     sync_api.expect(points.first).to_be_attached(timeout=180_000)
+
+
+def test_a_budget_run_from_the_train_tab_becomes_the_predict_tabs_model(page, server):
+    page.get_by_role("tab", name="Train").click()
+    budget = page.get_by_label(re.compile(r"^Time budget"))
+    budget.fill("20s")
+    budget.press("Enter")
+    run_box = page.get_by_label("Run", exact=True)
+    before = run_box.input_value()
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_function("([old]) => { const v = document.querySelector('input[aria-label=\"Run\"], textarea[aria-label=\"Run\"]')"
+                           "?.value; return v && v !== old; }", arg=[before], timeout=60_000)
+    run_id = run_box.input_value()
+    # The probe's held-out points arrive while it trains, then the run ends on its own, on time.
+    sync_api.expect(page.locator("#live-accuracy .legendtext", has_text="probe").first).to_be_attached(timeout=120_000)
+    sync_api.expect(page.locator("#run-status")).to_contain_text("Plan: 20 s budget", timeout=120_000)
+    sync_api.expect(page.locator("#run-status")).to_contain_text("finished", timeout=180_000)
+    page.get_by_role("button", name="Use this model").click()
+    sync_api.expect(page.get_by_role("tab", name="Predict")).to_have_attribute("aria-selected", "true")
+    expected = server[1].predict(str(showcase.EXAMPLES / "frog-4.png"), f"run:{run_id}")
+    page.locator("input[type=file]").first.set_input_files(str(showcase.EXAMPLES / "frog-4.png"))
+    label = page.locator("[data-testid=label-output-value]").first
+    sync_api.expect(label).to_contain_text(next(iter(expected)))
+    assert sorted(expected.values()) != sorted(server[1].predict(str(showcase.EXAMPLES / "frog-4.png")).values())

@@ -80,7 +80,7 @@ def test_a_killed_server_leaves_an_interrupted_run_that_resumes_to_the_end(tmp_p
 
     with AppProcess(tmp_path, **env, STUDIO_OPERATOR_SECRET="the-operators-secret") as server:
         client = server.client()  # a new client: it did not start the run, so it may watch but not resume it
-        assert table_row(client, run_id)["status"] == "interrupted"
+        assert table_row(client, run_id)["Status"] == "interrupted"
         metrics = client.predict(run_id, api_name="/run_metrics")
         served = [dict(zip(metrics["headers"], row)) for row in metrics["data"]]
         key = lambda row: (row["kind"], row["step"], row["train_loss"])  # noqa: E731
@@ -89,8 +89,8 @@ def test_a_killed_server_leaves_an_interrupted_run_that_resumes_to_the_end(tmp_p
             client.predict(run_id, api_name="/resume_run")
         operator = Client(server.url, verbose=False, headers={"x-studio-operator": "the-operators-secret"})
         assert "queued to resume" in operator.predict(run_id, api_name="/resume_run")
-        wait_for(lambda: table_row(client, run_id)["status"] == "finished", 300, "the resumed run to finish")
-        assert table_row(client, run_id)["epochs"] == "6/6"
+        wait_for(lambda: table_row(client, run_id)["Status"] == "finished", 300, "the resumed run to finish")
+        assert table_row(client, run_id)["Epochs"] == "6/6"
     after = runs.read_metrics(run_dir)
     epochs_before = len([r for r in before if r["kind"] == "epoch"])
     checkpoint_step = max(r["step"] for r in epoch_rows(run_dir) if r["epoch"] <= epochs_before)

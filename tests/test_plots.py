@@ -101,3 +101,30 @@ def test_series_past_the_palette_keep_apart_by_marker_and_the_first_ten_by_colou
     assert len({(s["color"], s["symbol"]) for s in styles}) == len(styles)
     assert len({s["color"] for s in styles[:len(plots.COLORS)]}) == len(plots.COLORS)
     assert {s["symbol"] for s in styles[:len(plots.COLORS)]} == {"circle"}
+
+
+def test_the_compare_figure_draws_step_probe_and_epoch_curves_against_images_or_time():
+    rows = [{"kind": "step", "epoch": 1, "step": 5, "images": 320, "train_acc": 0.2, "train_loss": 2.0, "elapsed_s": 6.0},
+            {"kind": "probe", "epoch": 1, "step": 5, "images": 320, "probe_acc": 0.25, "probe_loss": 1.9, "elapsed_s": 6.5},
+            {"kind": "step", "epoch": 1, "step": 10, "images": 640, "train_acc": 0.3, "train_loss": 1.8, "elapsed_s": 12.0},
+            {"kind": "epoch", "epoch": 1, "step": 10, "images": 640, "test_acc": 0.3, "test_loss": 1.7, "elapsed_s": 15.0}]
+    by_images = plots.compare_figure({"run-a": rows, "run-b": rows[:2]}, "acc", "images")
+    assert [t.name for t in by_images.data] == ["run-a train", "run-a probe", "run-a test", "run-b train", "run-b probe"]
+    assert list(by_images.data[1].x) == [0.32] and "images" in by_images.layout.xaxis.title.text
+    by_time = plots.compare_figure({"run-a": rows}, "acc", "time")
+    assert list(by_time.data[0].x) == [0.1, 0.2] and "wall-clock" in by_time.layout.xaxis.title.text  # minutes
+    assert by_images.data[0].line.color != by_images.data[3].line.color  # one colour a run
+    assert plots.compare_figure({"run-a": []}, "acc").layout.annotations  # nothing logged yet: said, not blank
+
+
+def test_the_loss_axis_fits_the_runs_shown_not_a_reference_start_of_90():
+    live = plots.live_figure(LIVE, "loss", references={"published": [{"kind": "probe", "images": 64, "probe_loss": 90.0}]})
+    top = live.layout.yaxis.range[1]
+    assert top < 10 and top >= max(r.get("train_loss", 0) for r in LIVE)
+    compared = plots.compare_figure({"run-a": [{"kind": "step", "images": 64, "train_loss": 3.0, "elapsed_s": 1}]}, "loss")
+    assert compared.layout.yaxis.range == (0, pytest.approx(3.3))
+
+
+def test_legends_sit_below_the_axis_title_and_figures_carry_one_title():
+    figure = plots.compare_figure({"run-a": [{"kind": "step", "images": 64, "train_acc": 0.3, "elapsed_s": 1}]}, "acc")
+    assert figure.layout.legend.y < -0.2 and figure.layout.legend.yanchor == "top"
