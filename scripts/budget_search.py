@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from anywhere without installing the package
 
+from resnet import runs  # noqa: E402
 from resnet.config import QUICK_RUN, flag  # noqa: E402
 
 RESULTS = REPO / "results" / "budget-search.json"
@@ -45,6 +47,15 @@ def command(budget: str, changes: dict, out: Path, data_dir: str) -> list:
     return args
 
 
+def trained_rates(run_dir: Path) -> dict:
+    """The median images/s of a run's step rows at each training size: what its plan's measured rates became."""
+    by_size = {}
+    for row in runs.read_metrics(run_dir):
+        if row["kind"] == "step":
+            by_size.setdefault(str(row["resolution"]), []).append(row["images_per_s"])
+    return {size: round(statistics.median(rates), 1) for size, rates in sorted(by_size.items())}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
@@ -65,7 +76,7 @@ def main() -> int:
             config = json.loads((out / "config.json").read_text())
             results["runs"][name] = {
                 "budget": budget, "changes": changes, "exit_code": code, "wall_s": wall, "val_acc": card.get("val_acc"),
-                "plan": config.get("plan"), "device": card.get("provenance", {}).get("device"),
+                "plan": config.get("plan"), "trained_rates": trained_rates(out), "device": card.get("provenance", {}).get("device"),
                 "command": "python " + shlex.join(argv[1:]),
             }
             RESULTS.write_text(json.dumps(results, indent=1) + "\n")

@@ -1,0 +1,93 @@
+"""Time-budgeted runs as the Train tab starts them: does each end on time, and what does it score?
+
+Each budget is the Train tab's run (``resnet.config.QUICK_RUN``: the quick preset, every training image, its
+probes) with that budget, started through the server's own run queue (``resnet.jobs.RunQueue``: a child
+``python -m resnet train`` process, as Start does). The wall time counts from the moment the child leaves the
+queue to the moment its run reads ``finished``, which is what the budget promises. Reports, for each budget: the
+plan (where the trainer meant its seconds to go), the wall time and its ratio to the budget, the final test
+accuracy on all 10,000 test images (eval mode, the training precision, no test-time augmentation), the probes'
+share of the training time, and the machine.
+
+    python bench/bench_budget.py --data-dir ../shared/data/cifar10 --budgets 1m 2m 5m 15m --json bench/results/budget.json
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing the package
+from machine import machine, report  # noqa: E402  (bench/, beside this file)
+
+import torch  # noqa: E402
+
+from resnet import jobs, runs  # noqa: E402
+from resnet.config import QUICK_RUN, parse_budget  # noqa: E402
+from resnet.data import load_split  # noqa: E402
+from resnet.train import resolve_precision  # noqa: E402
+from resnet.weights import load_weights  # noqa: E402
+
+POLL_S = 0.05  # how precisely the moment the child leaves the queue is seen
+# While it trains, look rarely: a poll costs this process some CPU that the run would otherwise have, and the end
+# is read from the status file's own time stamp, not from when the poll sees it.
+WATCH_S = 2.0
+ENDED = ("finished", "diverged", "failed", "stopped")
+
+
+def budget_run(text: str, timeout_s: float) -> dict:
+    with tempfile.TemporaryDirectory() as root:
+        queue = jobs.RunQueue(root)
+        try:
+            run_id = queue.start(QUICK_RUN["preset"], owner="bench", **{**QUICK_RUN["size"], **QUICK_RUN["watch"], "budget": text})
+            while queue.active() != run_id:
+                time.sleep(POLL_S)
+            left_queue = time.time()
+            run_dir = Path(root) / run_id
+            while runs.read_status(run_dir)["status"] not in ENDED and time.time() - left_queue < timeout_s:
+                time.sleep(WATCH_S)
+            status = runs.read_status(run_dir)
+            rows = runs.read_metrics(run_dir)
+            card = json.loads((run_dir / runs.CARD).read_text()) if (run_dir / runs.CARD).is_file() else {}
+            plan = runs.read_config(run_dir).get("plan") or {}
+            all_test = None
+            if (run_dir / runs.WEIGHTS).is_file():  # the run's weights on every test image, whatever its plan scored
+                images, labels = load_split(None, train=False)
+                all_test = load_weights(run_dir / runs.WEIGHTS).evaluate(
+                    images, labels, amp_dtype=resolve_precision("auto", torch.device("cpu")), channels_last=True)["acc"]
+        finally:
+            queue.close()
+    wall = status["updated_at"] - left_queue
+    train_s = sum(r.get("train_s", 0) for r in rows if r["kind"] == "epoch")
+    probe_s = sum(r["probe_s"] for r in rows if r["kind"] == "probe")
+    return {
+        "budget": text, "budget_s": parse_budget(text), "status": status["status"], "message": status.get("message"),
+        "wall_s": round(wall, 1), "wall_over_budget": round(wall / parse_budget(text), 3),
+        "test_acc": card.get("test_acc"), "test_images": card.get("test_images"), "all_10000_test_acc": all_test,
+        "steps": plan.get("steps"), "epochs": plan.get("epochs"), "images": rows[-1]["images"] if rows else None,
+        "plan": plan, "train_s": round(train_s, 1), "probes": sum(r["kind"] == "probe" for r in rows),
+        "probe_share_of_training": round(probe_s / train_s, 4) if train_s else None,
+        "device": card.get("provenance", {}).get("device"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR)")
+    parser.add_argument("--budgets", nargs="+", default=["1m", "2m", "5m", "15m"])
+    parser.add_argument("--json", help="write the results here (each budget as it ends)")
+    args = parser.parse_args()
+    if args.data_dir:
+        os.environ["CIFAR10_DIR"] = str(Path(args.data_dir).resolve())  # the child reads it, as the app's children do
+    results = {"machine": machine(), "command": "python bench/bench_budget.py " + " ".join(sys.argv[1:]), "runs": []}
+    for text in args.budgets:
+        results["runs"].append(budget_run(text, timeout_s=3 * parse_budget(text) + 120))
+        results["machine"]["load_average_1m"] = machine()["load_average_1m"]
+        report(results, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
