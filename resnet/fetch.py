@@ -296,6 +296,7 @@ class DataFetch:
                         break
                     try:
                         out.write(chunk)
+                        out.flush()  # the part file's size is the progress other processes read
                     except OSError as error:
                         raise FetchError(NO_ROOM if error.errno == errno.ENOSPC else NOT_WRITABLE, error) from None
                     done += len(chunk)
