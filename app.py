@@ -375,9 +375,11 @@ def setting_field(name: str, value, caps: dict):
 
 
 def train_tab(studio: Studio):
-    # A callable value is read at each page load; the poll then follows a fetch until the data set is here.
-    data_note = gr.Markdown(lambda: fetch.sentence(studio.queue.data.status()), elem_id="data-note")
-    retry = gr.Button("Try again", visible=False, size="sm")
+    # Filled by the poll's first tick after a page loads (never a stale sentence), which then follows a fetch until
+    # the data set is here.
+    with gr.Row(equal_height=True):
+        data_note = gr.Markdown(elem_id="data-note")
+        retry = gr.Button("Try again", visible=False, size="sm", scale=0, min_width=120)
     data_poll = gr.Timer(1.0)
     data_poll.tick(studio.data_status, None, [data_note, retry, data_poll], show_progress="hidden", concurrency_limit=None,
                    api_visibility="private")
