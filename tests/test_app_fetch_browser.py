@@ -66,7 +66,7 @@ def test_the_train_tab_shows_the_fetch_then_a_run_started_meanwhile_trains(monke
             expect(note).to_contain_text("The CIFAR-10 training images are here", timeout=240_000)  # checked, unpacked
             page.get_by_role("tab", name="Train").scroll_into_view_if_needed()
             page.screenshot(path=tmp_path / "train-ready.png")
-            expect(page.get_by_text(re.compile(r"finished: test accuracy"))).to_be_attached(timeout=240_000)
+            expect(page.get_by_text(re.compile(r"running ·|finished: test accuracy"))).to_be_attached(timeout=240_000)
             no_error_badge(page)
             assert str(tmp_path) not in note.inner_text() and "--" not in note.inner_text()
     finally:
