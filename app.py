@@ -7,6 +7,7 @@ classifier, batch, jobs, plots, model_card, showcase, downloads), which is teste
 
 import contextlib
 import json
+import logging
 import secrets
 import signal
 from pathlib import Path
@@ -14,8 +15,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from resnet import ablation, batch, catalog, config, downloads, http_api, jobs, limits, model_card, plots, robustness_plots, \
-    runs, showcase, stress, study, time_to_accuracy
+from resnet import ablation, batch, catalog, config, downloads, fetch, http_api, jobs, limits, model_card, plots, \
+    robustness_plots, runs, showcase, stress, study, time_to_accuracy
 from resnet.classifier import Classifier
 from resnet.config import QUICK_RUN, from_form, make_config, to_form
 from resnet.constants import TEST_IMAGES, TRAIN_IMAGES
@@ -172,20 +173,22 @@ class Studio:
             settings = make_config(preset)
         return [to_form(name, getattr(settings, name)) for name in recipe_fields()]
 
-    @staticmethod
-    def download_data():
-        """Fetch CIFAR-10 for a host that lacks it; on success the warning and the button go away."""
-        with user_errors():
-            done = jobs.fetch_data()
-        return gr.Markdown(f"✅ {done}"), gr.Button(visible=False)
+    def data_status(self):
+        """The Train tab's sentence about the data set, its Try again button, and whether to keep polling (while the
+        data set is on its way)."""
+        status = self.queue.data.status()
+        return (fetch.sentence(status), gr.Button(visible=status.state == "failed"),
+                gr.Timer(active=status.state in ("fetching", "failed")))
+
+    def retry_data(self):
+        """Try again now, without waiting for the next attempt the fetch has planned."""
+        self.queue.data.retry()
+        return self.data_status()
 
     def start_run(self, request: gr.Request | None, preset, *form_and_owner) -> str:
         """Queue a run owned by this browser (its stored key) or, for an API client, by its session."""
         *form, owner = form_and_owner
-        missing = jobs.data_missing()
-        if missing:
-            raise gr.Error(missing, print_exception=False)
-        with user_errors():
+        with user_errors():  # without the data set a run waits for it; only a server set not to fetch it refuses
             return self.queue.start(preset, owner=_actor(owner, request).key, **self.settings(*form))
 
     def stop_run(self, request: gr.Request | None, run_id: str, owner: str | None = None) -> str:
@@ -391,11 +394,15 @@ def setting_field(name: str, value, caps: dict):
 
 
 def train_tab(studio: Studio):
-    missing = jobs.data_missing()
-    if missing:
-        data_note = gr.Markdown(f"⚠️ **Training is unavailable on this host.** {missing}")
-        fetch = gr.Button("Download CIFAR-10 (about 170 MB)")
-        fetch.click(studio.download_data, None, [data_note, fetch], api_visibility="private")
+    # Filled by the poll's first tick after a page loads (never a stale sentence), which then follows a fetch until
+    # the data set is here.
+    with gr.Row(equal_height=True):
+        data_note = gr.Markdown(elem_id="data-note")
+        retry = gr.Button("Try again", visible=False, size="sm", scale=0, min_width=120)
+    data_poll = gr.Timer(1.0)
+    data_poll.tick(studio.data_status, None, [data_note, retry, data_poll], show_progress="hidden", concurrency_limit=None,
+                   api_visibility="private")
+    retry.click(studio.retry_data, None, [data_note, retry, data_poll], show_progress="hidden", api_visibility="private")
     caps = {name: getattr(limits.current(), name) for name in jobs.TRAINING_CAPS}
     defaults = make_config(QUICK_RUN["preset"], **QUICK_RUN["size"])
     preset = gr.Radio(list(config.PRESETS), value=QUICK_RUN["preset"], label="Preset",
@@ -590,7 +597,11 @@ if __name__ == "__main__":
         limits.current()  # a host's STUDIO_* variables, checked before anything starts
     except limits.LimitError as error:
         raise SystemExit(f"error: {error}") from None
-    studio = Studio()
+    # The package's own log (the data set's fetch: where from, where to, why an attempt failed) goes to stderr; visitors
+    # see sentences instead.
+    logging.getLogger("resnet").setLevel(logging.INFO)
+    logging.getLogger("resnet").addHandler(logging.StreamHandler())
+    studio = Studio()  # a server without CIFAR-10 starts fetching it here, in the background
     stop_on_sigterm(studio)
     # The UI and the HTTP API (/api/v1, /docs) on one port: resnet.http_api says why it mounts Gradio rather than launch().
     http_api.serve(build_demo(studio), studio.root, **launch_options())

@@ -34,15 +34,23 @@ class DataMissingError(FileNotFoundError):
 
 
 def resolve_data_dir(data_dir=None) -> Path:
-    """The folder that contains ``cifar-10-batches-py/``: the argument, $CIFAR10_DIR, or ./data."""
-    return Path(data_dir or os.environ.get("CIFAR10_DIR") or "data")
+    """The folder that contains ``cifar-10-batches-py/``: the argument, $CIFAR10_DIR, /data/cifar10 where a Space's
+    persistent storage is mounted (so a fetched copy outlives a restart, as the runs do), else ./data."""
+    if data_dir or os.environ.get("CIFAR10_DIR"):
+        return Path(data_dir or os.environ["CIFAR10_DIR"])
+    from .runs import persistent_storage  # runs imports the network, which imports this module
+
+    storage = persistent_storage()
+    return storage / "cifar10" if storage else Path("data")
 
 
 def download(data_dir) -> Path:
-    from torchvision.datasets import CIFAR10
+    """Fetch the official archive into ``data_dir`` (the CLI's --download), the way a server does: verified, unpacked
+    atomically, shared with any server fetching into the same folder."""
+    from .fetch import OFFICIAL, fetch_now  # the fetcher reads batches through this module
 
     root = resolve_data_dir(data_dir)
-    CIFAR10(root=str(root), train=True, download=True)
+    fetch_now(root, OFFICIAL)
     return root
 
 

@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import budget, limits, runs
+from . import budget, fetch, limits, runs
 from .config import ConfigError, TrainConfig, cli_args, make_config, parse_budget
-from .data import BATCHES_FOLDER, TEST_FILES, TRAIN_FILES, DataMissingError, download, load_split, resolve_data_dir
+from .data import DataMissingError
 from .train import resume_config, training_images
 from .weights import atomic_write_json
 
@@ -123,44 +123,16 @@ def cli_command(preset: str, overrides: dict, out: str = "runs/my-run") -> str:
     return shlex.join(["python", "-m", "resnet", "train", "--out", out, *cli_args(preset, overrides)])
 
 
-def data_missing(data_dir=None) -> str | None:
-    """Why training cannot start on this host (CIFAR-10 absent), or None. Checks files, reads nothing."""
-    folder = resolve_data_dir(data_dir) / BATCHES_FOLDER
-    for train, names in ((True, TRAIN_FILES), (False, TEST_FILES)):
-        if not all((folder / name).is_file() for name in names):
-            try:
-                load_split(data_dir, train=train)  # raises before reading anything: its message says where to put the data
-            except DataMissingError as error:
-                return str(error)
-    return None
-
-
-_download_lock = threading.Lock()
-
-
-def fetch_data(data_dir=None) -> str:
-    """Download CIFAR-10 (about 170 MB, checksum-verified by torchvision) to where training reads it.
-
-    A host without the data set (a fresh Space) gets it from the Train tab. Visitors who ask at the
-    same time share one download: the later ones wait and then find the data there.
-    """
-    with _download_lock:
-        if data_missing(data_dir) is None:
-            return "CIFAR-10 is here: training is available."
-        try:
-            download(data_dir)
-        except (OSError, RuntimeError) as error:  # no network, a full disk, a checksum mismatch
-            raise DataMissingError(f"CIFAR-10 could not be downloaded ({error}); try again later") from None
-        missing = data_missing(data_dir)
-        if missing:
-            raise DataMissingError(f"the download finished but the data set is still incomplete: {missing}")
-    return "CIFAR-10 downloaded: training is available."
-
-
 class RunQueue:
-    """Starts queued runs one after another in child processes; safe to call from any thread."""
+    """Starts queued runs one after another in child processes; safe to call from any thread.
 
-    def __init__(self, root=None, max_queue: int | None = None):
+    Runs also wait for the data set: on a server that started without it (``data`` fetches it), they are accepted,
+    say how far the fetch has come, and start once it is here.
+    """
+
+    def __init__(self, root=None, max_queue: int | None = None, data: fetch.DataFetch | None = None):
+        self.data = (data or fetch.DataFetch.for_server()).start()
+        self._data_note = None  # what the waiting runs were last told about the data set
         self.root = Path(root or runs.runs_dir()).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_queue = limits.current().queue if max_queue is None else max_queue
@@ -176,6 +148,7 @@ class RunQueue:
     def start(self, preset: str = "fast", owner: str | None = None, **overrides) -> str:
         """Validate and enqueue a new run for ``owner`` (a secret key; None: only the operator may act on it)."""
         check_settings(preset, overrides)
+        self._check_data()
         run_id = new_run_id()
         run_dir = runs.run_path(self.root, run_id)
         with self._lock:
@@ -183,7 +156,7 @@ class RunQueue:
             run_dir.mkdir(parents=True)
             atomic_write_json(run_dir / REQUEST, {"args": cli_args(preset, overrides), "created_at": time.time(),
                                                   "owner": owner_digest(owner) if owner else None})
-            runs.write_status(run_dir, "queued", "waiting for the trainer", pid=0)
+            runs.write_status(run_dir, "queued", self._queued_note("waiting for the trainer"), pid=0)
             self._waiting.append(run_id)
         return run_id
 
@@ -197,6 +170,7 @@ class RunQueue:
             resumable = f"{', '.join(runs.RESUMABLE[:-1])} or {runs.RESUMABLE[-1]}"
             raise runs.RunError(f"{run_id} is {status}; only {resumable} runs can be resumed")
         check_owner(run_dir, actor)
+        self._check_data()
         config = resume_config(run_dir, epochs)  # RunError/ConfigError if there is nothing to resume
         if config.epochs > limits.current().epochs:
             raise ConfigError(f"epochs {config.epochs} is above this server's limit of {limits.current().epochs}")
@@ -212,7 +186,7 @@ class RunQueue:
                 raise runs.RunError(f"{run_id} is already training or queued")
             self._check_room()
             atomic_write_json(run_dir / REQUEST, {**_request(run_dir), "args": args, "created_at": time.time()})
-            runs.write_status(run_dir, "queued", "waiting to resume", pid=0)
+            runs.write_status(run_dir, "queued", self._queued_note("waiting to resume"), pid=0)
             self._waiting.append(run_id)
         return f"{run_id} is queued to resume (position {self.position(run_id)})"
 
@@ -250,6 +224,7 @@ class RunQueue:
         """Stop watching; by default stop the training child too (it checkpoints first)."""
         self._closed.set()
         self._monitor.join(timeout=5)
+        self.data.close()
         with self._lock:  # a monitor still waiting for it (a resume held it) then finds the queue closed
             child = self._child
             if stop_child and child and child[1].poll() is None:
@@ -262,6 +237,23 @@ class RunQueue:
                 self._settle(*child)
 
     # ---- the worker ---------------------------------------------------------------------------
+    def _check_data(self) -> None:
+        """Refuse at once only where the data set can never come (not here, fetch off); otherwise a run waits for it."""
+        status = self.data.status()
+        if status.state == "off":
+            raise DataMissingError(fetch.OFF)
+
+    def _queued_note(self, otherwise: str) -> str:
+        return otherwise if self.data.ready() else fetch.waiting_note(self.data.status())
+
+    def _note_data_wait(self) -> None:
+        """Tell the waiting runs how far the data set has come (the caller holds the lock)."""
+        note = fetch.waiting_note(self.data.status())
+        if note != self._data_note:
+            for run_id in self._waiting:
+                runs.write_status(self.root / run_id, "queued", note, pid=0)
+            self._data_note = note
+
     def _check_room(self) -> None:
         if len(self._waiting) >= self.max_queue:
             raise QueueFullError(f"the queue is full ({self.max_queue} runs waiting); try again when one has started")
@@ -294,7 +286,10 @@ class RunQueue:
                 try:
                     self._reap()
                     if self._child is None and self._waiting and not self._foreign_run_alive():
-                        self._launch(self._waiting.pop(0))
+                        if self.data.ready():
+                            self._launch(self._waiting.pop(0))
+                        else:
+                            self._note_data_wait()
                 except Exception as error:  # noqa: BLE001  (a full disk, a vanished folder: the queue must live on)
                     print(f"run queue: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
 

@@ -8,6 +8,7 @@ the places that read it. The README's list of variables is checked against ``LIM
 
 import math
 import os
+import re
 from dataclasses import dataclass
 
 
@@ -42,6 +43,24 @@ LIMITS = {
 
 
 @dataclass(frozen=True)
+class Word:
+    """A setting that is a word or an address rather than a number."""
+
+    env: str
+    default: str
+    help: str
+    pattern: str  # what a value must match in full
+
+
+WORDS = {
+    "data_source": Word("STUDIO_DATA_SOURCE", "official",
+                        "where a server without CIFAR-10 fetches it: `official` (torchvision's URL, checked against its "
+                        "published MD5s), `off`, the URL of a copy of that archive, or `URL#md5=HEX` for another archive "
+                        "in its format", r"official|off|https?://[^\s#]+(#md5=[0-9a-fA-F]{32})?"),
+}
+
+
+@dataclass(frozen=True)
 class ServerLimits:
     epochs: int
     batch_size: int
@@ -55,6 +74,7 @@ class ServerLimits:
     api_workers: int
     api_queue: int
     api_wait_s: float
+    data_source: str
 
     @property
     def request_bytes(self) -> int:
@@ -64,7 +84,8 @@ class ServerLimits:
 
     @classmethod
     def defaults(cls) -> "ServerLimits":
-        return cls(**{name: _stored(limit, limit.default) for name, limit in LIMITS.items()})
+        return cls(**{name: _stored(limit, limit.default) for name, limit in LIMITS.items()},
+                   **{name: word.default for name, word in WORDS.items()})
 
     @classmethod
     def from_env(cls, environ=os.environ) -> "ServerLimits":
@@ -83,6 +104,11 @@ class ServerLimits:
                 kind = "a positive whole number" if limit.whole and limit.unit == 1 else "a positive number"
                 raise LimitError(f"{limit.env}={text!r} must be {kind} ({limit.help})")
             values[name] = _stored(limit, value)
+        for name, word in WORDS.items():
+            text = (environ.get(word.env) or "").strip() or word.default
+            if not re.fullmatch(word.pattern, text):
+                raise LimitError(f"{word.env}={text!r} is not one of the accepted forms ({word.help})")
+            values[name] = text
         return cls(**values)
 
 

@@ -18,6 +18,7 @@ RUN_ID_LENGTH = 64
 RUN_ID = re.compile(rf"^[a-z0-9-]{{1,{RUN_ID_LENGTH}}}$")  # a folder name on any file system, never a path
 CONFIG, METRICS, STATUS, CHECKPOINT = "config.json", "metrics.jsonl", "status.json", "checkpoint.pt"
 WEIGHTS, CARD = "model.safetensors", "model.json"
+PERSISTENT = Path("/data")
 ROW_KINDS = ("step", "probe", "epoch")  # metrics.jsonl: training every few steps, a held-out probe, each epoch's end
 
 
@@ -25,11 +26,18 @@ class RunError(ValueError):
     pass
 
 
+def persistent_storage() -> Path | None:
+    """Where a Space mounts its persistent storage (/data), when it is there and writable: what should outlive a restart
+    (the runs, the fetched data set) goes under it."""
+    return PERSISTENT if PERSISTENT.is_dir() and os.access(PERSISTENT, os.W_OK) else None
+
+
 def runs_dir() -> Path:
     """$RUNS_DIR, else /data/runs where a Space's persistent storage is mounted, else ./runs."""
     if os.environ.get("RUNS_DIR"):
         return Path(os.environ["RUNS_DIR"])
-    return Path("/data/runs") if Path("/data").is_dir() and os.access("/data", os.W_OK) else Path("runs")
+    storage = persistent_storage()
+    return storage / "runs" if storage else Path("runs")
 
 
 def run_path(root, run_id: str) -> Path:

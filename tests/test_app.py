@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from conftest import tiny_card
+from test_jobs import wait_for
 
-from resnet import downloads, jobs, limits, model_card, runs, showcase
+from resnet import downloads, fetch, jobs, limits, model_card, runs, showcase
 from resnet.constants import CLASSES, PUBLISHED_MEAN
 from resnet.evaluate import predict_logits
 from resnet.images import prepare
@@ -137,17 +138,6 @@ def test_files_handed_out_are_cleaned_up_after_an_hour(monkeypatch, tmp_path):
     assert second.parent.parent == recent.parent.parent == tmp_path / "scratch"
 
 
-def test_data_download_failure_is_a_message(monkeypatch, tmp_path):
-    monkeypatch.setenv("CIFAR10_DIR", str(tmp_path))
-
-    def offline(data_dir):
-        raise OSError("Network is unreachable")
-
-    monkeypatch.setattr(app.jobs, "download", offline)
-    with pytest.raises(gr.Error, match="could not be downloaded.*Network is unreachable"):
-        app.Studio.download_data()
-
-
 def test_no_image_and_missing_weights_are_messages(studio, monkeypatch, tmp_path):
     assert isinstance(studio.predict(None), type(gr.skip()))  # a cleared image: no error toast
     assert all(isinstance(part, type(gr.skip())) for part in studio.explain(None))
@@ -248,10 +238,44 @@ def test_start_run_refuses_bad_settings_in_words(studio, changes, message):
     assert studio.list_runs().empty
 
 
-def test_start_run_without_data_says_where_to_put_it(studio, monkeypatch, tmp_path):
-    monkeypatch.setenv("CIFAR10_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(gr.Error, match="CIFAR-10 not found"):
+@pytest.fixture
+def no_data_studio(studio_env, tmp_path):
+    """``no_data_studio(source)``: a studio on a server without CIFAR-10 that fetches it from ``source`` (None: never)."""
+    made = []
+
+    def make(source, **options):
+        made.append(app.Studio(app.jobs.RunQueue(studio_env, data=fetch.DataFetch(tmp_path / "no-data", source, **options))))
+        return made[-1]
+
+    yield make
+    for studio in made:
+        studio.queue.close()
+
+
+def test_the_train_tab_says_the_data_set_is_here(studio):
+    note, retry, poll = studio.data_status()
+    assert note.startswith("✅") and "training is available" in note and not retry.visible and not poll.active
+
+
+def test_without_the_data_set_and_its_fetch_start_run_is_refused_in_words(no_data_studio, tmp_path):
+    studio = no_data_studio(None)
+    note, retry, poll = studio.data_status()
+    assert note.startswith("ℹ️ Training is off on this server") and not retry.visible and not poll.active
+    with pytest.raises(gr.Error, match="Training is off on this server: it has no copy") as refused:
         studio.start_run(None, "original", *form_values(), OWNER)
+    for text in (note, refused.value.message):
+        assert str(tmp_path) not in text and "--" not in text and "CIFAR10_DIR" not in text
+    assert studio.list_runs().empty
+
+
+def test_a_failed_fetch_is_a_sentence_with_a_retry_button_and_runs_still_queue(no_data_studio, tmp_path):
+    studio = no_data_studio(fetch.Source("http://127.0.0.1:9/cifar-10-python.tar.gz", "0" * 32), backoff_s=600)
+    note, retry, poll = wait_for(lambda: (shown := studio.data_status())[1].visible and shown, 60, "the failure")
+    assert note.startswith("⚠️") and "could not be reached" in note and poll.active
+    assert str(tmp_path) not in note and "127.0.0.1" not in note
+    run_id = studio.start_run(None, "original", *form_values(), OWNER)
+    assert studio.list_runs().loc[0, "status"] == "queued"
+    assert "waiting for the data set (the image server could not be reached" in studio.progress(run_id)
 
 
 def test_start_queues_and_stop_dequeues(studio, monkeypatch):

@@ -4,17 +4,13 @@ import json
 import os
 import threading
 import time
-import urllib.error
-from pathlib import Path
 
 import pytest
-from conftest import write_cifar_format
 
 from resnet import jobs, runs
 from resnet import config
 from resnet.cli import build_parser
 from resnet.config import ConfigError, make_config
-from resnet.data import DataMissingError
 
 # A run the tiny data set finishes in seconds on one CPU thread.
 TINY = dict(epochs=1, batch_size=64, limit_test=50, log_every=1, dropout=0.0)
@@ -69,35 +65,6 @@ def test_server_caps_apply_to_the_training_settings(server_limits):
 def test_run_ids_are_valid_and_distinct():
     ids = {jobs.new_run_id() for _ in range(50)}
     assert len(ids) == 50 and all(runs.RUN_ID.match(run_id) for run_id in ids)
-
-
-def test_data_missing_names_the_folder(tmp_path, tiny_data):
-    assert jobs.data_missing(tiny_data) is None
-    message = jobs.data_missing(tmp_path)
-    assert "CIFAR-10 not found" in message and str(tmp_path) in message
-
-
-def test_fetch_data_downloads_once_and_reports_failures(tmp_path, monkeypatch):
-    calls = []
-
-    def fake_download(data_dir):  # what torchvision leaves behind: the official batch files
-        calls.append(data_dir)
-        return write_cifar_format(Path(data_dir))
-
-    monkeypatch.setattr(jobs, "download", fake_download)
-    assert "downloaded" in jobs.fetch_data(tmp_path / "fresh")
-    assert jobs.data_missing(tmp_path / "fresh") is None
-    assert "is here" in jobs.fetch_data(tmp_path / "fresh") and len(calls) == 1
-
-    def offline(data_dir):
-        raise urllib.error.URLError("Name or service not known")
-
-    monkeypatch.setattr(jobs, "download", offline)
-    with pytest.raises(DataMissingError, match="could not be downloaded.*Name or service not known"):
-        jobs.fetch_data(tmp_path / "offline")
-    monkeypatch.setattr(jobs, "download", lambda data_dir: None)  # claims success, leaves nothing
-    with pytest.raises(DataMissingError, match="still incomplete"):
-        jobs.fetch_data(tmp_path / "empty")
 
 
 def write_run(run_dir, status="running", message="", epochs=4, rows=()):

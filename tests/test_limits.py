@@ -11,10 +11,11 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_every_declared_limit_is_a_field_and_has_a_default():
-    assert [f.name for f in dataclasses.fields(limits.ServerLimits)] == list(limits.LIMITS)
+    assert [f.name for f in dataclasses.fields(limits.ServerLimits)] == list(limits.LIMITS) + list(limits.WORDS)
     defaults = limits.ServerLimits.defaults()
     assert defaults.upload_bytes == 20 * 2**20 and defaults.batch_pixels == 500 * 10**6 and defaults.api_wait_s == 2.0
     assert defaults.request_bytes == max(defaults.upload_bytes, defaults.weights_bytes)
+    assert defaults.data_source == "official"
 
 
 def test_the_environment_sets_them_in_their_units():
@@ -47,3 +48,5 @@ def test_the_readme_lists_every_limit_with_its_default():
     text = README.read_text()
     for limit in limits.LIMITS.values():
         assert f"| `{limit.env}` | {limit.default:g} | {limit.help} |" in text, limit.env
+    for word in limits.WORDS.values():
+        assert f"| `{word.env}` | `{word.default}` | {word.help} |" in text, word.env
