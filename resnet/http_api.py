@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 
 from . import batch, catalog, limits
 from .classifier import Classifier
-from .images import ImageError, prepare, refusal
+from .images import FORMATS_IN_WORDS, ImageError, prepare, refusal
 from .runs import RunError
 from .weights import WeightsError
 
@@ -221,7 +221,7 @@ def build_api(root, gate: Gate | None = None) -> APIRouter:
     gate = gate or Gate(allowed.api_workers, allowed.api_queue, allowed.api_wait_s)
     router = APIRouter(prefix=PREFIX, tags=["predict"])
 
-    async def predict(file: UploadFile = File(description="one image, any format Pillow reads"),
+    async def predict(file: UploadFile = File(description=f"one image: {FORMATS_IN_WORDS}"),
                       model: str = MODEL_QUERY, logits: bool = LOGITS_QUERY) -> PredictResult:
         """Classify one image: the top class, every class's probability, and the model's id and test accuracy."""
         data = await read_capped(file, allowed.upload_bytes)

@@ -29,7 +29,7 @@ LIMITS = {
     "batch_size": Limit("STUDIO_MAX_BATCH", 1024, "batch size of such a run"),
     "queue": Limit("STUDIO_MAX_QUEUE", 4, "runs waiting for the trainer"),
     "upload_bytes": Limit("STUDIO_MAX_UPLOAD_MB", 20, "megabytes of one image (an upload, a zip member)", unit=2**20),
-    "pixels": Limit("STUDIO_MAX_PIXELS", 40_000_000, "pixels of one image, checked before it is decoded"),
+    "pixels": Limit("STUDIO_MAX_PIXELS", 6_000_000, "pixels of one image, checked before it is decoded"),
     "batch_images": Limit("STUDIO_MAX_BATCH_IMAGES", 500, "images in one batch request, zip members counted"),
     "batch_pixels": Limit("STUDIO_MAX_BATCH_MP", 500, "megapixels decoded over one batch request", unit=10**6),
     "weights_bytes": Limit("STUDIO_MAX_WEIGHTS_MB", 128, "megabytes of uploaded weights", unit=2**20),
