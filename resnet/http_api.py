@@ -21,6 +21,7 @@ Retry-After the expected wait (see Gate).
 """
 
 import dataclasses
+import logging
 import math
 import shutil
 import tempfile
@@ -257,7 +258,7 @@ def build_api(root, gate: Gate | None = None) -> APIRouter:
         """Classify one image: the top class, every class's probability, and the model's id and test accuracy."""
         return await gate.run(predict_one, root, file.file, allowed.upload_bytes, model, logits)
 
-    async def predict_batch(files: list[UploadFile] = File(description="images and/or .zip archives of images"),
+    async def predict_batch(files: list[UploadFile] = File(description="images and/or .zip archives of images", min_length=1),
                             model: str = MODEL_QUERY, logits: bool = LOGITS_QUERY) -> BatchResult:
         """Classify several images or the images of zip archives, one row each, with the app's caps."""
         uploads = [(file.filename or f"file-{index}", file.file) for index, file in enumerate(files)]
@@ -277,13 +278,37 @@ def build_api(root, gate: Gate | None = None) -> APIRouter:
     router.add_api_route("/predict_batch", predict_batch, methods=["POST"],
                          route_class_override=capped_route(allowed.request_bytes + MULTIPART_SLACK), **common)
     router.add_api_route("/health", health, methods=["GET"], response_model_exclude_none=True)
+    refuse_other_methods(router)
     return router
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+
+
+def refuse_other_methods(router: APIRouter) -> None:
+    """405 with an Allow header for a known path's other methods, as a plain HTTP service answers. Starlette would
+    answer so itself, but only where no later route matches the path, and the Gradio app mounted at / matches
+    every path: without these routes it answers them 404."""
+    taken: dict[str, set] = {}
+    for route in router.routes:
+        taken.setdefault(route.path.removeprefix(PREFIX), set()).update(route.methods)
+    for path, methods in taken.items():
+        router.add_api_route(path, method_refusal(", ".join(sorted(methods))), methods=[m for m in METHODS if m not in methods],
+                             include_in_schema=False)
+
+
+def method_refusal(allow: str):
+    async def refuse() -> None:
+        raise HTTPException(405, "Method Not Allowed", headers={"Allow": allow})
+
+    return refuse
 
 
 def create_app(demo: gr.Blocks, root, gate: Gate | None = None, **launch_options) -> FastAPI:
     """The API routes, then the Gradio UI mounted at / with the app's launch() options (see the module's docstring)."""
     app = FastAPI(title="CIFAR-10 ResNet studio API", version="1",
-                  description="Predict with the studio's models over plain HTTP; the Gradio UI is served at /.")
+                  description="Predict with the studio's models over plain HTTP; the Gradio UI is served at /. "
+                              "Query parameters not listed here are ignored.")
     app.include_router(build_api(root, gate))
     return gr.mount_gradio_app(app, demo, path="/", ssr_mode=False, **launch_options)
 
@@ -302,6 +327,9 @@ class Running:
 def start(app: FastAPI, host: str, port: int) -> Running:
     """Serve ``app`` from a daemon thread, as launch() serves Gradio: the main thread keeps its signal
     handlers (app.py's SIGTERM handler stops a training child first). Port 0 takes a free one."""
+    # A malformed multipart body is the client's error, answered 400 with the reason; python-multipart also logs
+    # it as a warning, which with no logging set up reaches stderr as a bare line, one per such request.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="http-server", daemon=True)
     thread.start()

@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 import threading
 import time
 import zipfile
@@ -165,6 +166,29 @@ def test_missing_or_malformed_fields_are_422(api):
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "logits"]
 
 
+def test_a_batch_without_files_is_refused_as_the_schema_says(api):
+    assert api.post("/predict_batch", files={"other": ("a.txt", b"x")}).status_code == 422
+
+
+def test_query_parameters_not_listed_are_ignored(api):
+    assert api.post("/predict", files={"file": ("cat.png", png())}, params={"colour": "blue"}).json()["label"] == "cat"
+
+
+@pytest.mark.parametrize("method, path, allow", [("DELETE", "/predict", "POST"), ("GET", "/predict", "POST"),
+                                                 ("PUT", "/predict_batch", "POST"), ("POST", "/health", "GET")])
+def test_a_known_path_answers_its_other_methods_405_with_allow(api, method, path, allow):
+    response = api.request(method, path)
+    refused(response, 405, "Method Not Allowed")
+    assert response.headers["allow"] == allow
+
+
+def test_a_malformed_multipart_body_is_400_and_writes_nothing_to_the_log(api, caplog):
+    caplog.set_level(logging.WARNING)
+    body = b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nBad\rHeader: x\r\n\r\ndata\r\n--xx--\r\n'
+    refused(api.post("/predict", content=body, headers={"content-type": "multipart/form-data; boundary=xx"}), 400)
+    assert [record.getMessage() for record in caplog.records if record.name.startswith("python_multipart")] == []
+
+
 def multipart_stream(size: int):
     yield b'--xx\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
     for _ in range(size // 2**16):
@@ -258,6 +282,9 @@ def test_openapi_schema_and_docs(server):
     schema = httpx.get(url + "openapi.json").json()
     assert {"/api/v1/predict", "/api/v1/predict_batch", "/api/v1/health"} <= set(schema["paths"])
     assert "413" in schema["paths"]["/api/v1/predict"]["post"]["responses"]
+    body = schema["paths"]["/api/v1/predict_batch"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert schema["components"]["schemas"][body["$ref"].rpartition("/")[2]]["properties"]["files"]["minItems"] == 1
+    assert "Query parameters not listed here are ignored." in schema["info"]["description"]
     assert httpx.get(url + "docs").status_code == 200
     assert httpx.get(url + "gradio_api/info").status_code == 200  # Gradio's own routes still answer
 
