@@ -20,10 +20,12 @@ STUDIO_API_MAX_WAIT_S (and fewer than STUDIO_API_QUEUE wait); any other gets 503
 Retry-After the expected wait (see Gate).
 """
 
+import collections
 import dataclasses
 import logging
 import math
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -132,18 +134,24 @@ class Gate:
     """Admission by expected wait. At most ``workers`` predictions run at once, each in a worker thread of the
     gate's own pool (never behind the threads other routes share). A request arriving while ``admitted`` are
     running or waiting can expect to wait for (admitted - workers + 1) predictions over ``workers`` threads, each
-    taking ``service_s``: a moving average of the predictions' measured durations. It waits for its turn while
+    taking ``service_s``: the median of the last RECENT predictions' measured durations (a median, so that one
+    slow prediction on a busy machine does not turn a burst away). It waits for its turn while
     that is at most ``max_wait_s`` and fewer than ``max_queued`` wait (the queue's bound where the estimate runs
     low); any other request gets 503 at once, with the expected wait as its Retry-After. So a burst the server
     would finish within ``max_wait_s`` is served, and a sustained overload is refused as fast as it comes."""
 
-    SMOOTHING = 0.2  # the newest duration's weight in the moving average: it follows a change within ten or so
+    RECENT = 16  # durations the estimate is the median of: it follows a lasting change within eight predictions
 
     def __init__(self, workers: int, max_wait_s: float, max_queued: int, service_s: float = 0.05):
         # service_s: the estimate until the first prediction is measured, a few times the shipped model's own 11 ms
-        self.workers, self.max_wait_s, self.max_queued, self.service_s = workers, max_wait_s, max_queued, service_s
+        self.workers, self.max_wait_s, self.max_queued, self.first_guess_s = workers, max_wait_s, max_queued, service_s
         self.turns, self.threads = anyio.Semaphore(workers), anyio.CapacityLimiter(workers)
         self.admitted = 0  # running or waiting for a turn
+        self.durations = collections.deque(maxlen=self.RECENT)
+
+    @property
+    def service_s(self) -> float:
+        return statistics.median(self.durations) if self.durations else self.first_guess_s
 
     @property
     def waiting(self) -> int:
@@ -154,7 +162,7 @@ class Gate:
         return max(0, self.admitted - self.workers + 1) * self.service_s / self.workers
 
     def record(self, seconds: float) -> None:
-        self.service_s += self.SMOOTHING * (seconds - self.service_s)
+        self.durations.append(seconds)
 
     def busy(self, wait: float) -> HTTPException:
         retry = max(1, math.ceil(wait))

@@ -382,14 +382,17 @@ def test_the_queue_stays_bounded_whatever_the_estimate():
     assert refusal.headers == {"Retry-After": "1"}
 
 
-def test_the_service_time_follows_the_measured_durations():
+def test_the_service_time_is_the_median_of_the_recent_durations():
     gate = http_api.Gate(workers=1, max_wait_s=1, max_queued=1, service_s=1.0)
+    assert gate.service_s == 1.0  # the first guess, until a prediction is measured
     for _ in range(20):
         gate.record(0.01)
-    assert gate.service_s == pytest.approx(0.01, abs=0.015)  # 0.99 s off at first, 0.8^20 of that now
-    before = gate.service_s
-    gate.record(1.01)
-    assert gate.service_s == pytest.approx(before + 0.2 * (1.01 - before))  # one slow prediction moves it a fifth of the way
+    assert gate.service_s == 0.01
+    gate.record(5.0)
+    assert gate.service_s == 0.01  # one slow prediction moves nothing
+    for _ in range(8):
+        gate.record(0.2)
+    assert gate.service_s == 0.2  # a lasting change does, within half of RECENT
 
 
 SMALL_BYTES = 4096  # room for the example PNG (2.5 kB), not for much more
