@@ -1,5 +1,6 @@
 """The plain HTTP API (resnet.http_api) through a real server: httpx requests, the Gradio UI beside it."""
 
+import collections
 import io
 import json
 import logging
@@ -18,7 +19,14 @@ from conftest import tiny_card
 from test_app import ODD_UPLOADS, UNUSABLE, finished_run, odd_upload
 
 gradio_client = pytest.importorskip("gradio_client")
+schemathesis = pytest.importorskip("schemathesis")
 from gradio_client import Client, handle_file  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,  # noqa: E402
+                                               status_code_conformance)
 
 import app  # noqa: E402
 from resnet import http_api, limits, runs, showcase  # noqa: E402
@@ -287,6 +295,49 @@ def test_openapi_schema_and_docs(server):
     assert "Query parameters not listed here are ignored." in schema["info"]["description"]
     assert httpx.get(url + "docs").status_code == 200
     assert httpx.get(url + "gradio_api/info").status_code == 200  # Gradio's own routes still answer
+
+
+# ---- the contract: schemathesis against the server's own OpenAPI document ----------------------------------
+# Besides generated requests, ones with a real PNG where a file is expected and the shipped model, so that 200
+# responses are checked too (a generated file is never an image, a generated model name never a model).
+REAL_BODIES = {"/api/v1/predict": {"file": png()}, "/api/v1/predict_batch": {"files": [png()]}}
+CONTRACT_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CONTRACT_EXAMPLES = 50  # per operation, valid and invalid requests together
+
+
+@pytest.fixture(scope="module")
+def contract_statuses():
+    """(operation, status) -> how many responses the contract test saw."""
+    return collections.Counter()
+
+
+def test_every_response_keeps_the_contract(server, contract_statuses):
+    """No 5xx, only documented statuses, each response as its schema says. (schemathesis's own pytest loader,
+    ``from_fixture``, does not run under pytest 9: hence Hypothesis over each operation's strategy here.)"""
+    schema = schemathesis.openapi.from_url(server[0] + "openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {operation.label for operation in operations} >= {"POST /api/v1/predict", "POST /api/v1/predict_batch",
+                                                              "GET /api/v1/health"}
+    for operation in operations:
+        cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
+        if operation.path in REAL_BODIES:
+            real = operation.as_strategy(GenerationMode.POSITIVE, query={"model": "shipped"}, body=REAL_BODIES[operation.path])
+            cases = st.one_of(cases, real)
+
+        @given(case=cases)
+        @settings(max_examples=CONTRACT_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        def keeps_the_contract(case):
+            response = case.call_and_validate(checks=CONTRACT_CHECKS, timeout=120)
+            contract_statuses[(case.operation.label, response.status_code)] += 1
+
+        keeps_the_contract()
+
+
+def test_the_server_is_healthy_after_the_contract_test(api, contract_statuses):
+    print("contract test responses:", dict(sorted(contract_statuses.items())))
+    assert contract_statuses[("POST /api/v1/predict", 200)] > 0 and contract_statuses[("POST /api/v1/predict_batch", 200)] > 0
+    assert api.get("/health").json()["ready"]
+    assert api.post("/predict", files={"file": ("cat.png", png())}).json()["label"] == "cat"
 
 
 # ---- admission by expected wait --------------------------------------------------------------------
