@@ -6,15 +6,20 @@ gradio_client.Client, call /predict with a real upload for --seconds. It reports
 errors, p50/p99 latency, the server's resident memory (VmRSS) after warm-up and after the load, and
 with --while-training the images/s of a run the app trains meanwhile, alone vs under the load
 (read from the run's metrics.jsonl rows). With --http the same clients then call the plain HTTP API
-(POST /api/v1/predict, resnet.http_api) for as long, and both loads are reported side by side.
+(POST /api/v1/predict, resnet.http_api) for as long, and both loads are reported side by side. With
+--burst, after a warm-up of the HTTP API, --requests requests are sent at once through --parallel
+clients, each on a connection of its own (as `xargs -P 50 curl` sends them): the status counts, the
+Retry-After values and the latencies, the slowest included.
 
     python bench/bench_load.py                        # 16 clients, 60 s, idle server
     python bench/bench_load.py --while-training       # the same while a run trains
     python bench/bench_load.py --seconds 5 --clients 4 --json bench/out/load.json
     python bench/bench_load.py --http --json bench/results/http_load.json   # gradio_client, then the HTTP API
+    python bench/bench_load.py --burst --warmup 5 --json bench/results/load_burst.json   # 200 at once, 50 clients
 """
 
 import argparse
+import collections
 import json
 import os
 import signal
@@ -25,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -177,6 +183,29 @@ def hammer(url: str, image: str, clients: int, seconds: float, caller=gradio_cal
             "p99_ms": round(1000 * percentile(latencies, 99), 1) if latencies else None}
 
 
+def burst(url: str, image: str, requests: int, parallel: int) -> dict:
+    """``requests`` POSTs to the HTTP API at once through ``parallel`` clients, each on a fresh connection."""
+    data, statuses, retry_after, latencies, lock = Path(image).read_bytes(), collections.Counter(), collections.Counter(), [], \
+        threading.Lock()
+
+    def one(_):
+        start = time.perf_counter()
+        response = httpx.post(url + "api/v1/predict", files={"file": (Path(image).name, data)}, timeout=120)
+        with lock:
+            latencies.append(time.perf_counter() - start)
+            statuses[response.status_code] += 1
+            if "retry-after" in response.headers:
+                retry_after[response.headers["retry-after"]] += 1
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(one, range(requests)))
+    return {"requests": requests, "parallel": parallel, "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "retry_after_s": dict(sorted(retry_after.items())), "wall_s": round(time.monotonic() - began, 2),
+            "p50_ms": round(1000 * percentile(latencies, 50), 1), "p99_ms": round(1000 * percentile(latencies, 99), 1),
+            "max_ms": round(1000 * max(latencies), 1)}
+
+
 def rows_speed(rows) -> float | None:
     speeds = [r["images_per_s"] for r in rows if r.get("images_per_s")]  # step and epoch rows alike
     return round(statistics.median(speeds), 1) if speeds else None
@@ -193,6 +222,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get("CIFAR10_DIR", str(REPO.parent / "shared" / "data" / "cifar10")))
     parser.add_argument("--weights", default=os.environ.get("STUDIO_WEIGHTS", ""), help="default: the shipped weights")
     parser.add_argument("--http", action="store_true", help="then load the HTTP API (POST /api/v1/predict) the same way")
+    parser.add_argument("--burst", action="store_true", help="only the HTTP API: a warm-up, then --requests at once")
+    parser.add_argument("--requests", type=int, default=200, help="with --burst: requests sent at once (default 200)")
+    parser.add_argument("--parallel", type=int, default=50, help="with --burst: clients sending them (default 50)")
     parser.add_argument("--json", metavar="OUT", help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -208,6 +240,12 @@ def main(argv=None) -> int:
     result = {"clients": args.clients, "seconds": args.seconds, "while_training": args.while_training,
               "machine": machine(), "server_omp_threads": env["OMP_NUM_THREADS"], "workdir": str(workdir)}
     try:
+        if args.burst:
+            warm = hammer(server.url, args.image, args.clients, args.warmup, http_caller)
+            result["http_warmup"] = {k: warm[k] for k in ("served", "errors", "requests_per_s")}
+            result["burst"] = burst(server.url, args.image, args.requests, args.parallel)
+            result["memory_after"] = memory(server.process.pid)
+            return finish(result, args.json, 1 if set(result["burst"]["statuses"]) != {"200"} else 0)
         run_dir = None
         if args.while_training:
             client = Client(server.url, verbose=False)
@@ -254,11 +292,15 @@ def main(argv=None) -> int:
                 result["http_over_gradio_rps"] = round(ratio, 2)
     finally:
         server.stop()
+    return finish(result, args.json, 1 if result.get("load", {}).get("errors") or result.get("http_load", {}).get("errors") else 0)
+
+
+def finish(result: dict, out, status: int) -> int:
     print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 1 if result.get("load", {}).get("errors") or result.get("http_load", {}).get("errors") else 0
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    return status
 
 
 if __name__ == "__main__":

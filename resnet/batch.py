@@ -18,11 +18,11 @@ from PIL import Image
 from . import limits
 from .classifier import Classifier
 from .evaluate import metrics_from_logits
-from .images import ImageError, TooManyPixels, open_image, prepare
+from .images import FORMATS, ImageError, TooManyPixels, open_image, prepare
 
 BATCH_SIZE = 256
 MAX_ZIP_MEMBERS = 100_000
-IMAGE_SUFFIXES = frozenset(suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.OPEN)
+IMAGE_SUFFIXES = frozenset(suffix for suffix, kind in Image.registered_extensions().items() if kind in FORMATS)
 # Everything that reading one file or one member can raise; any of them makes just that image unreadable.
 READ_ERRORS = (ImageError, OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError)
 
@@ -139,9 +139,9 @@ class Sources:
         budget = min(max_pixels, self._pixels_left)
         try:
             image = open_image(data, max_pixels=budget)  # checks the header's size before decoding
-        except TooManyPixels:
-            if budget == max_pixels:
-                raise
+        except TooManyPixels as error:
+            if budget == max_pixels or error.pixels is None or error.pixels > max_pixels:  # too large for any request
+                raise TooManyPixels(max_pixels, error.pixels) from None
             raise ImageError("this request has used up its decoding budget; send the rest in another request") from None
         self._pixels_left -= image.width * image.height
         return prepare(image)

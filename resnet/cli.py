@@ -20,6 +20,7 @@ from .config import SEED_LIMIT, ConfigError
 from .constants import CLASSES
 from .data import download, load_split
 from .errors import USER_ERRORS
+from .images import FORMATS_IN_WORDS
 from .train import Trainer, resolve_device, resume_config
 from .weights import DEFAULT_WEIGHTS, WeightsError, card_path, load_weights, save_weights
 
@@ -100,7 +101,7 @@ def _evaluate_parser(sub) -> None:
 
 def _predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="classify images, folders and .zip archives",
-                       description="Classify images Pillow can read: files, folders (recursed), .zip archives (read in memory).")
+                       description=f"Classify {FORMATS_IN_WORDS} images: files, folders (recursed), .zip archives (read in memory).")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     p.add_argument("--top", type=_positive_int, default=3)

@@ -14,12 +14,18 @@ Mounting is Gradio's documented way to share a FastAPI app; it takes the same op
 Refusals are HTTP statuses with FastAPI's ``{"detail": ...}`` JSON: 400 an unusable image (the
 app's checks: resnet.images.prepare), 404 an unknown model, 413 too many bytes or images, 422 a
 missing or malformed field, 503 busy. Predictions run in worker threads, at most STUDIO_API_WORKERS
-at once; up to STUDIO_API_QUEUE more wait at most STUDIO_API_WAIT_S for a turn, and the rest get
-503 at once, so a burst costs the Gradio UI and a training run only those workers' CPU.
+at once, so a burst costs the Gradio UI and a training run only those workers' CPU. A request waits
+for a turn when the wait it can expect, from the measured time of a prediction, is at most
+STUDIO_API_MAX_WAIT_S (and fewer than STUDIO_API_QUEUE wait); any other gets 503 at once, its
+Retry-After the expected wait (see Gate).
 """
 
+import collections
 import dataclasses
+import logging
+import math
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -35,7 +41,7 @@ from pydantic import BaseModel, Field
 
 from . import batch, catalog, limits
 from .classifier import Classifier
-from .images import ImageError, prepare, refusal
+from .images import FORMATS_IN_WORDS, ImageError, prepare, refusal
 from .runs import RunError
 from .weights import WeightsError
 
@@ -125,29 +131,59 @@ def capped_route(limit: int) -> type[APIRoute]:
 
 
 class Gate:
-    """At most ``workers`` predictions at once, each in a worker thread of its own pool (never behind the
-    threads other routes share); ``waiting`` more wait at most ``wait_s`` for a turn, the rest get 503 at once."""
+    """Admission by expected wait. At most ``workers`` predictions run at once, each in a worker thread of the
+    gate's own pool (never behind the threads other routes share). A request arriving while ``admitted`` are
+    running or waiting can expect to wait for (admitted - workers + 1) predictions over ``workers`` threads, each
+    taking ``service_s``: the median of the last RECENT predictions' measured durations (a median, so that one
+    slow prediction on a busy machine does not turn a burst away). It waits for its turn while
+    that is at most ``max_wait_s`` and fewer than ``max_queued`` wait (the queue's bound where the estimate runs
+    low); any other request gets 503 at once, with the expected wait as its Retry-After. So a burst the server
+    would finish within ``max_wait_s`` is served, and a sustained overload is refused as fast as it comes."""
 
-    def __init__(self, workers: int, waiting: int, wait_s: float):
+    RECENT = 16  # durations the estimate is the median of: it follows a lasting change within eight predictions
+
+    def __init__(self, workers: int, max_wait_s: float, max_queued: int, service_s: float = 0.05):
+        # service_s: the estimate until the first prediction is measured, a few times the shipped model's own 11 ms
+        self.workers, self.max_wait_s, self.max_queued, self.first_guess_s = workers, max_wait_s, max_queued, service_s
         self.turns, self.threads = anyio.Semaphore(workers), anyio.CapacityLimiter(workers)
-        self.max_waiting, self.wait_s = waiting, wait_s
+        self.admitted = 0  # running or waiting for a turn
+        self.durations = collections.deque(maxlen=self.RECENT)
+
+    @property
+    def service_s(self) -> float:
+        return statistics.median(self.durations) if self.durations else self.first_guess_s
+
+    @property
+    def waiting(self) -> int:
+        return max(0, self.admitted - self.workers)
+
+    def expected_wait(self) -> float:
+        """Seconds a request arriving now can expect to wait for a turn."""
+        return max(0, self.admitted - self.workers + 1) * self.service_s / self.workers
+
+    def record(self, seconds: float) -> None:
+        self.durations.append(seconds)
+
+    def busy(self, wait: float) -> HTTPException:
+        retry = max(1, math.ceil(wait))
+        reason = (f"{self.waiting} requests are already waiting" if self.waiting >= self.max_queued
+                  else f"a prediction would wait about {wait:.1f} s for its turn, over this server's {self.max_wait_s:g} s")
+        return HTTPException(503, f"the server is busy: {reason}; retry in {retry} s", headers={"Retry-After": str(retry)})
 
     async def run(self, function, *args):
-        if self.turns.value == 0 and self.turns.statistics().tasks_waiting >= self.max_waiting:
-            raise busy(f"the server is busy: {self.max_waiting} requests are already waiting; retry shortly")
+        wait = self.expected_wait()
+        if wait > self.max_wait_s or self.waiting >= self.max_queued:
+            raise self.busy(wait)
+        self.admitted += 1
         try:
-            with anyio.fail_after(self.wait_s):
-                await self.turns.acquire()
-        except TimeoutError:
-            raise busy(f"the server is busy: no prediction slot freed up within {self.wait_s:g} s; retry shortly") from None
-        try:
-            return await anyio.to_thread.run_sync(function, *args, limiter=self.threads)
+            async with self.turns:
+                began = time.perf_counter()
+                try:
+                    return await anyio.to_thread.run_sync(function, *args, limiter=self.threads)
+                finally:
+                    self.record(time.perf_counter() - began)
         finally:
-            self.turns.release()
-
-
-def busy(reason: str) -> HTTPException:
-    return HTTPException(503, reason, headers={"Retry-After": "1"})
+            self.admitted -= 1
 
 
 def load(choice: str, root) -> Classifier:
@@ -181,7 +217,10 @@ def model_info(choice: str, card: dict) -> dict:
     return {"id": choice, "test_acc": accuracy if isinstance(accuracy, (int, float)) else None}
 
 
-def predict_one(root, data: bytes, choice: str, with_logits: bool) -> dict:
+def predict_one(root, upload, limit: int, choice: str, with_logits: bool) -> dict:
+    """One image's prediction from its upload (a file object), read here, in the worker, so that a request waiting
+    for its turn holds no more than the parser's spooled file (1 MB in memory, the rest on disk)."""
+    data = read_capped(upload, limit)
     classifier = load(choice, root)
     return {**prediction(classifier, classifier.logits(decode(data)), with_logits), "model": model_info(choice, classifier.card)}
 
@@ -207,8 +246,9 @@ def predict_many(root, uploads: list, choice: str, with_logits: bool) -> dict:
             "problems": [{"file": name, "reason": reason} for name, reason in problems]}
 
 
-async def read_capped(file: UploadFile, limit: int) -> bytes:
-    data = await file.read(limit + 1)
+def read_capped(upload, limit: int) -> bytes:
+    upload.seek(0)
+    data = upload.read(limit + 1)
     if len(data) > limit:
         raise HTTPException(413, f"the file is larger than the {limit / 2**20:.0f} MB limit")
     return data
@@ -218,16 +258,15 @@ def build_api(root, gate: Gate | None = None) -> APIRouter:
     """The /api/v1 routes over a runs folder (for `run:<id>` models), within this server's limits (resnet.limits:
     the byte caps and the gate are set when the routes are built, the batch caps read at each request)."""
     allowed = limits.current()
-    gate = gate or Gate(allowed.api_workers, allowed.api_queue, allowed.api_wait_s)
+    gate = gate or Gate(allowed.api_workers, allowed.api_max_wait_s, allowed.api_queue)
     router = APIRouter(prefix=PREFIX, tags=["predict"])
 
-    async def predict(file: UploadFile = File(description="one image, any format Pillow reads"),
+    async def predict(file: UploadFile = File(description=f"one image: {FORMATS_IN_WORDS}"),
                       model: str = MODEL_QUERY, logits: bool = LOGITS_QUERY) -> PredictResult:
         """Classify one image: the top class, every class's probability, and the model's id and test accuracy."""
-        data = await read_capped(file, allowed.upload_bytes)
-        return await gate.run(predict_one, root, data, model, logits)
+        return await gate.run(predict_one, root, file.file, allowed.upload_bytes, model, logits)
 
-    async def predict_batch(files: list[UploadFile] = File(description="images and/or .zip archives of images"),
+    async def predict_batch(files: list[UploadFile] = File(description="images and/or .zip archives of images", min_length=1),
                             model: str = MODEL_QUERY, logits: bool = LOGITS_QUERY) -> BatchResult:
         """Classify several images or the images of zip archives, one row each, with the app's caps."""
         uploads = [(file.filename or f"file-{index}", file.file) for index, file in enumerate(files)]
@@ -247,13 +286,37 @@ def build_api(root, gate: Gate | None = None) -> APIRouter:
     router.add_api_route("/predict_batch", predict_batch, methods=["POST"],
                          route_class_override=capped_route(allowed.request_bytes + MULTIPART_SLACK), **common)
     router.add_api_route("/health", health, methods=["GET"], response_model_exclude_none=True)
+    refuse_other_methods(router)
     return router
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+
+
+def refuse_other_methods(router: APIRouter) -> None:
+    """405 with an Allow header for a known path's other methods, as a plain HTTP service answers. Starlette would
+    answer so itself, but only where no later route matches the path, and the Gradio app mounted at / matches
+    every path: without these routes it answers them 404."""
+    taken: dict[str, set] = {}
+    for route in router.routes:
+        taken.setdefault(route.path.removeprefix(PREFIX), set()).update(route.methods)
+    for path, methods in taken.items():
+        router.add_api_route(path, method_refusal(", ".join(sorted(methods))), methods=[m for m in METHODS if m not in methods],
+                             include_in_schema=False)
+
+
+def method_refusal(allow: str):
+    async def refuse() -> None:
+        raise HTTPException(405, "Method Not Allowed", headers={"Allow": allow})
+
+    return refuse
 
 
 def create_app(demo: gr.Blocks, root, gate: Gate | None = None, **launch_options) -> FastAPI:
     """The API routes, then the Gradio UI mounted at / with the app's launch() options (see the module's docstring)."""
     app = FastAPI(title="CIFAR-10 ResNet studio API", version="1",
-                  description="Predict with the studio's models over plain HTTP; the Gradio UI is served at /.")
+                  description="Predict with the studio's models over plain HTTP; the Gradio UI is served at /. "
+                              "Query parameters not listed here are ignored.")
     app.include_router(build_api(root, gate))
     return gr.mount_gradio_app(app, demo, path="/", ssr_mode=False, **launch_options)
 
@@ -272,6 +335,9 @@ class Running:
 def start(app: FastAPI, host: str, port: int) -> Running:
     """Serve ``app`` from a daemon thread, as launch() serves Gradio: the main thread keeps its signal
     handlers (app.py's SIGTERM handler stops a training child first). Port 0 takes a free one."""
+    # A malformed multipart body is the client's error, answered 400 with the reason; python-multipart also logs
+    # it as a warning, which with no logging set up reaches stderr as a bare line, one per such request.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="http-server", daemon=True)
     thread.start()

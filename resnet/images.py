@@ -3,10 +3,16 @@
 The choice: apply EXIF orientation, flatten alpha onto white, convert every mode to RGB, take
 the largest centred square and resize it to 32 x 32 with antialiasing (the way CIFAR-10's own
 pictures were made: whole objects, roughly centred, no distortion).
+
+The network sees 32 x 32 pixels, so a large image is made small as early as its format allows: a JPEG
+is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's draft mode), and any image's centre square is
+box-averaged by a whole factor right after decoding, before the conversions that copy it. What an
+upload costs is then its decoder's buffers and the decoded image, bounded by the pixel cap checked
+before decoding and by reading only the formats in FORMATS, whose decoders were measured at that cap
+(tests/test_upload_memory.py): JPEG 2000's decoder, for one, takes well over a second on a 6 MP image.
 """
 
 import io
-import warnings
 
 import numpy as np
 import torch
@@ -26,7 +32,20 @@ class ImageError(ValueError):
 
 
 class TooManyPixels(ImageError):
-    """The header announces more pixels than the cap allows; nothing was decoded."""
+    """The header announces more pixels than the cap allows; nothing was decoded. One sentence for every such
+    image, whichever check caught it; ``pixels`` is None where Pillow's own bomb check refused it first."""
+
+    def __init__(self, max_pixels: int, pixels: int | None):
+        super().__init__(f"the image has more pixels than this server's limit of {max_pixels / 1e6:g} MP")
+        self.pixels = pixels
+
+
+# Pillow's name of each format read -> the name a visitor knows it by (a phone's multi-picture JPEG opens as JPEG)
+FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "GIF": "GIF", "BMP": "BMP", "TIFF": "TIFF", "AVIF": "AVIF"}
+_NAMES = list(dict.fromkeys(FORMATS.values()))
+FORMATS_IN_WORDS = f"{', '.join(_NAMES[:-1])} or {_NAMES[-1]}"
+REDUCING_GAP = 3  # the final resize box-reduces to at least 3x the network's size, then resamples with Lanczos
+SHRUNK_SIDE = IMAGE_SIZE * REDUCING_GAP  # so the early reduction stops there too, and changes nothing the resize would keep
 
 
 def refusal(reason) -> str:
@@ -48,21 +67,25 @@ def open_image(source, max_pixels: int | None = None, max_bytes: int | None = No
         if len(data) > max_bytes:
             raise ImageError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
         try:
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=list(FORMATS))
+        except Image.DecompressionBombError:  # Pillow's own check (about 179 MP) comes before this server's
+            raise TooManyPixels(max_pixels, None) from None
         except UnidentifiedImageError:
-            raise ImageError("not an image file that Pillow can read") from None
+            raise ImageError(f"not an image file in a format read here ({FORMATS_IN_WORDS})") from None
         except Exception as error:  # see ImageError
             raise ImageError(f"unreadable image: {_reason(error)}") from None
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageError("the image has no pixels")
     if width * height > max_pixels:
-        raise TooManyPixels(f"the image has {width * height / 1e6:.1f} MP; the limit is {max_pixels / 1e6:g} MP")
+        raise TooManyPixels(max_pixels, width * height)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.load()
-    except Exception as error:  # see ImageError; the decompression-bomb warning is raised as an error here
+        image.draft(image.mode, (SHRUNK_SIDE, SHRUNK_SIDE))  # a JPEG decodes at the smallest scale that keeps this size
+    except Exception as error:  # see ImageError
+        raise ImageError(f"unreadable image: {_reason(error)}") from None
+    try:
+        image.load()
+    except Exception as error:  # see ImageError
         raise ImageError(f"the image is damaged or truncated ({_reason(error)})") from None
     return image
 
@@ -82,11 +105,15 @@ def _read_capped(path, max_bytes: int) -> bytes:
     return data
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Orientation from EXIF, first frame of an animation, any mode (16-bit, CMYK, palette) to RGB."""
+def first_frame_upright(image: Image.Image) -> Image.Image:
+    """The first frame of an animation, turned as its EXIF orientation says."""
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)
-    image = ImageOps.exif_transpose(image)
+    return ImageOps.exif_transpose(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode (16-bit, CMYK, palette) to RGB, alpha flattened onto white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
@@ -100,11 +127,27 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def shrink(image: Image.Image) -> Image.Image:
+    """The centre square, box-averaged by the largest whole factor that keeps its side at least SHRUNK_SIDE (the
+    image itself when that factor is 1): the conversions that follow copy only this. Box-averaging a palette or a
+    bilevel image would pick pixels, not average them, so those become RGBA and L first."""
+    width, height = image.size
+    side = min(width, height)
+    factor = side // SHRUNK_SIDE
+    if factor < 2:
+        return image
+    if image.mode in ("1", "P"):
+        image = image.convert("L" if image.mode == "1" else "RGBA")
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.resize((side // factor, side // factor), Image.Resampling.BOX, box=(left, top, left + side, top + side))
+
+
 def center_square(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
-    return image.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side), reducing_gap=3.0)
+    return image.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side),
+                        reducing_gap=REDUCING_GAP)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -116,6 +159,6 @@ def prepare(source, max_pixels: int | None = None, max_bytes: int | None = None)
     """Anything image-like -> uint8 [3, 32, 32]; ImageError with the reason otherwise."""
     image = open_image(source, max_pixels, max_bytes)
     try:
-        return to_tensor(center_square(to_rgb(image)))
+        return to_tensor(center_square(to_rgb(shrink(first_frame_upright(image)))))
     except Exception as error:  # see ImageError; a damaged EXIF block or frame fails only here
         raise ImageError(f"the image could not be converted to RGB ({_reason(error)})") from None

@@ -31,14 +31,14 @@ LIMITS = {
     "budget_s": Limit("STUDIO_MAX_BUDGET_MIN", 60, "minutes of a time-budgeted run started from the studio", unit=60),
     "queue": Limit("STUDIO_MAX_QUEUE", 4, "runs waiting for the trainer"),
     "upload_bytes": Limit("STUDIO_MAX_UPLOAD_MB", 20, "megabytes of one image (an upload, a zip member)", unit=2**20),
-    "pixels": Limit("STUDIO_MAX_PIXELS", 40_000_000, "pixels of one image, checked before it is decoded"),
+    "pixels": Limit("STUDIO_MAX_PIXELS", 6_000_000, "pixels of one image, checked before it is decoded"),
     "batch_images": Limit("STUDIO_MAX_BATCH_IMAGES", 500, "images in one batch request, zip members counted"),
     "batch_pixels": Limit("STUDIO_MAX_BATCH_MP", 500, "megapixels decoded over one batch request", unit=10**6),
     "weights_bytes": Limit("STUDIO_MAX_WEIGHTS_MB", 128, "megabytes of uploaded weights", unit=2**20),
     "api_workers": Limit("STUDIO_API_WORKERS", 1, "HTTP API predictions computed at once"),
-    "api_queue": Limit("STUDIO_API_QUEUE", 32, "HTTP API predictions that may wait for a worker"),
-    "api_wait_s": Limit("STUDIO_API_WAIT_S", 2.0, "seconds an HTTP API prediction waits for a worker before a 503",
-                        whole=False),
+    "api_max_wait_s": Limit("STUDIO_API_MAX_WAIT_S", 3.0, "seconds an HTTP API prediction may expect to wait for a worker "
+                            "(requests ahead x measured prediction time / workers); past it, 503", whole=False),
+    "api_queue": Limit("STUDIO_API_QUEUE", 128, "HTTP API predictions that may wait for a worker, whatever their expected wait"),
 }
 
 
@@ -72,8 +72,8 @@ class ServerLimits:
     batch_pixels: int
     weights_bytes: int
     api_workers: int
+    api_max_wait_s: float
     api_queue: int
-    api_wait_s: float
     data_source: str
 
     @property

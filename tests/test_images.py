@@ -171,8 +171,38 @@ def test_text_named_jpg_is_refused(tmp_path):
 
 def test_pixel_cap_is_checked_before_decoding():
     data = encode(Image.new("RGB", (300, 300)), "PNG")
-    refused(data, "0.1 MP", "limit", max_pixels=50_000)
+    refused(data, "the image has more pixels than this server's limit of 0.05 MP", max_pixels=50_000)
     assert_cifar_tensor(prepare(data, max_pixels=90_000))
+
+
+def test_an_image_over_pillows_own_bomb_limit_gets_the_servers_sentence():
+    """20000 x 20000 (400 MP, a 48 kB file) is past Pillow's decompression-bomb check, which refuses it first."""
+    bomb = encode(Image.new("1", (20000, 20000)), "PNG")
+    over = encode(Image.new("L", (2000, 2000)), "PNG")
+    assert refused(bomb, max_pixels=1_000_000) == refused(over, max_pixels=1_000_000) \
+        == "the image has more pixels than this server's limit of 1 MP"
+
+
+def test_only_the_listed_formats_are_decoded():
+    data = encode(gradient("RGB"), "JPEG2000")
+    assert Image.open(io.BytesIO(data)).format == "JPEG2000"  # Pillow reads it, this server does not
+    refused(data, "not an image file in a format read here (PNG, JPEG, WebP, GIF, BMP, TIFF or AVIF)")
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_size():
+    data = encode(gradient("RGB", (2000, 1600)), "JPEG")
+    assert images.open_image(data).size == (250, 200)  # 1/8: still more than 3x the network's 32 pixels a side
+    assert_cifar_tensor(prepare(data))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "1", "I;16", "F"])
+def test_shrinking_early_keeps_what_the_network_sees(mode):
+    """A large image shrunk right after decoding gives the tensor that converting it at full size gives, within
+    rounding: the early box-averaging stops where the final resize's own reduction starts."""
+    image = gradient("RGB", (1500, 1000)).convert(mode)
+    early = prepare(image).int()
+    late = images.to_tensor(images.center_square(images.to_rgb(image))).int()
+    assert (early - late).abs().max() <= (12 if mode in ("P", "1") else 3)
 
 
 def test_byte_cap(tmp_path):
