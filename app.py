@@ -40,9 +40,10 @@ FIELD_NOTES = {"limit_train": f" (0 = all {TRAIN_IMAGES:,})", "limit_test": f" (
 PRESET_NOTES = {"quick": "a run that learns in minutes on a CPU", "original": "the published recipe",
                 "fast": "the shipped weights' recipe (hours on a CPU)"}
 RUN_SHAPE = (*config.SIZE_SETTINGS, "resolution")  # the form's second row: how long the run is and at what size
-REFERENCE_NOTE = ("Grey lines are committed reference runs on the quick-run budget (results/reference-curves.json): "
-                  "the quick preset and the published recipe. The probe is a fixed set of held-out images scored in eval "
-                  "mode between steps; the test score comes at each epoch's end.")
+REFERENCE_NOTE = ("Grey lines are committed reference runs of one pass over 10,000 training images "
+                  "(results/reference-curves.json): the quick preset and the published recipe. The probe is a fixed set of "
+                  "held-out images scored in eval mode, evenly through the run; a budgeted run scores the test set once, at "
+                  "its end, a run of epochs at each epoch's end.")
 BATCH_NOTE_PROBLEMS = 20  # unreadable files named in the batch note; the rest are counted
 
 

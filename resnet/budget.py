@@ -20,12 +20,6 @@ from .config import ConfigError, parse_resolution
 from .constants import IMAGE_SIZE
 
 MARGIN = 0.04  # of the budget, kept free: the speed of a long run wanders a few percent from a few measured steps
-# A run's steps go slower than the median of a few measured ones: the loop reads results back every few steps,
-# the probes evict the caches, the allocator and the garbage collector step in. On the 2-core EPYC of the README,
-# the recipe search's runs of 1, 5 and 15 minutes trained at 84-106% of their measured rate at each size, 92% at
-# the median (results/budget-search.json: each run's plan beside its trained_rates; 1m-lowres left out, its
-# measurement disturbed).
-SUSTAINED = 0.93
 PROBE_SHARE = 0.05  # the probes' cost, as a share of the training compute between two of them
 # A short run should not spend a quarter of its time scoring once it has stopped learning: on a slow CPU the
 # 10,000 test images alone would take most of a minute, so a budget scores as many of them as a fifth of it affords.
@@ -125,7 +119,7 @@ def plan(budget_s: float, spent_s: float, rates: Rates, *, batch_size: int, trai
     calibration temperature's fit). Held-out sets are not scored between epochs (``score_every`` 0): the probes
     draw the curve.
     """
-    seconds_per_image = sum(share / (SUSTAINED * rates.train[size]) for size, share in size_shares(resolution).items())
+    seconds_per_image = sum(share / rates.train[size] for size, share in size_shares(resolution).items())
     passes = 2 if tta else 1
     affordable = math.floor(FINAL_SHARE * budget_s * rates.score / passes)
     test_images = min(test_images, max(MIN_TEST_IMAGES, affordable))
