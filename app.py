@@ -32,6 +32,7 @@ OPERATOR_HEADER = "x-studio-operator"  # carries $STUDIO_OPERATOR_SECRET; a head
 CHOICE_LABELS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
 BUDGET_CHOICES = [("1 minute", "1m"), ("2 minutes", "2m"), ("5 minutes", "5m"), ("15 minutes", "15m"),
                   ("none: train for the epochs set here", "")]
+RUN_TABLE_WIDTHS = ["215px", "90px", "95px", "115px", "80px", "65px", "75px", "75px", "125px", "105px", "80px", "260px"]
 X_AXIS_CHOICES = [("training images seen", "images"), ("wall-clock time", "time")]
 RESOLUTION_CHOICES = [("32 px throughout", ""), ("16 px, 24 px, then 32 px (quarters: 2, 1, 1)", "16:0.5,24:0.75"),
                       ("24 px for the first half, then 32 px", "24:0.5"), ("16 px for three quarters, then 32 px", "16:0.75")]
@@ -442,8 +443,9 @@ def train_tab(studio: Studio):
 
 
 def runs_tab(studio: Studio):
+    # Headers on one line and the message last: narrow columns otherwise wrap their headers letter by letter.
     table = gr.Dataframe(studio.list_runs(), label="All runs (click one to add it to the comparison)", interactive=False,
-                         wrap=True, max_height=320)
+                         wrap=False, max_height=320, column_widths=RUN_TABLE_WIDTHS)
     with gr.Row():
         chosen = gr.Dropdown(choices=studio.run_ids(), multiselect=True, label="Compare runs", allow_custom_value=True, scale=3)
         x_axis = gr.Radio(X_AXIS_CHOICES, value="images", label="Curves against")

@@ -274,7 +274,7 @@ def test_a_failed_fetch_is_a_sentence_with_a_retry_button_and_runs_still_queue(n
     assert note.startswith("⚠️") and "could not be reached" in note and poll.active
     assert str(tmp_path) not in note and "127.0.0.1" not in note
     run_id = studio.start_run(None, "original", *form_values(), OWNER)
-    assert studio.list_runs().loc[0, "status"] == "queued"
+    assert studio.list_runs().loc[0, "Status"] == "queued"
     assert "waiting for the data set (the image server could not be reached" in studio.progress(run_id)
 
 
@@ -304,6 +304,7 @@ def test_runs_table_metrics_curves_and_details(studio, tiny_weights):
     table = studio.list_runs()
     assert list(table.columns) == list(jobs.RUN_TABLE.values()) and table.loc[0, "Run"] == "run-a"
     assert not any("_" in header for header in table.columns)  # words, not the summary's keys
+    assert len(app.RUN_TABLE_WIDTHS) == len(table.columns)  # a width for every column, none left to wrap
     assert all(value == "" or value.endswith("%") for value in table["Test accuracy"])
     assert studio.run_metrics("run-a").loc[0, "epoch"] == 1
     accuracy, loss = studio.compare(["run-a"])
