@@ -83,7 +83,7 @@ def test_a_killed_server_leaves_an_interrupted_run_that_resumes_to_the_end(tmp_p
         assert table_row(client, run_id)["Status"] == "interrupted"
         metrics = client.predict(run_id, api_name="/run_metrics")
         served = [dict(zip(metrics["headers"], row)) for row in metrics["data"]]
-        key = lambda row: (row["kind"], row["step"], row["train_loss"])  # noqa: E731
+        key = lambda row: (row["kind"], row["step"], row["probe_acc" if row["kind"] == "probe" else "train_loss"])  # noqa: E731
         assert [key(r) for r in served] == [key(r) for r in before]
         with pytest.raises(AppError, match="belongs to whoever started it"):
             client.predict(run_id, api_name="/resume_run")

@@ -311,10 +311,10 @@ def test_damaged_run_folders_are_listed_and_read_safely(server, client, tiny_wei
     (garbage / runs.STATUS).write_bytes(b"\xff\xfe\x00garbage")
     table = client.predict(api_name="/list_runs")
     rows = {row[0]: dict(zip(table["headers"], row)) for row in table["data"]}
-    assert rows["run-torn"]["status"] == "finished"
-    assert rows["run-noconfig"]["status"] == "damaged" and "no config.json" in rows["run-noconfig"]["message"]
-    assert rows["run-oddstatus"]["status"] == "damaged" and "unknown status" in rows["run-oddstatus"]["message"]
-    assert rows["run-garbage"]["status"] == "damaged"
+    assert rows["run-torn"]["Status"] == "finished"
+    assert rows["run-noconfig"]["Status"] == "damaged" and "no config.json" in rows["run-noconfig"]["Message"]
+    assert rows["run-oddstatus"]["Status"] == "damaged" and "unknown status" in rows["run-oddstatus"]["Message"]
+    assert rows["run-garbage"]["Status"] == "damaged"
     metrics = client.predict("run-torn", api_name="/run_metrics")
     assert len(metrics["data"]) == 1 and metrics["data"][0][metrics["headers"].index("epoch")] == 1
     for run_id in ("run-oddstatus", "run-garbage", "run-noconfig"):
