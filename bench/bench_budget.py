@@ -4,9 +4,9 @@ Each budget is the Train tab's run (``resnet.config.QUICK_RUN``: the quick prese
 probes) with that budget, started through the server's own run queue (``resnet.jobs.RunQueue``: a child
 ``python -m resnet train`` process, as Start does). The wall time counts from the moment the child leaves the
 queue to the moment its run reads ``finished``, which is what the budget promises. Reports, for each budget: the
-plan (where the trainer meant its seconds to go), the wall time and its ratio to the budget, the final test
-accuracy on all 10,000 test images (eval mode, the training precision, no test-time augmentation), the probes'
-share of the training time, and the machine.
+plan (where the trainer meant its seconds to go, and where it re-fitted its length to its pace), the wall time and
+its ratio to the budget, the final test accuracy on all 10,000 test images (eval mode, the training precision, no
+test-time augmentation), the probes' share of the training time, and the machine.
 
     python bench/bench_budget.py --data-dir ../shared/data/cifar10 --budgets 1m 2m 5m 15m --json bench/results/budget.json
 """
@@ -51,7 +51,8 @@ def budget_run(text: str, timeout_s: float) -> dict:
             status = runs.read_status(run_dir)
             rows = runs.read_metrics(run_dir)
             card = json.loads((run_dir / runs.CARD).read_text()) if (run_dir / runs.CARD).is_file() else {}
-            plan = runs.read_config(run_dir).get("plan") or {}
+            stored = runs.read_config(run_dir)
+            plan = stored.get("plan") or {}
             all_test = None
             if (run_dir / runs.WEIGHTS).is_file():  # the run's weights on every test image, whatever its plan scored
                 images, labels = load_split(None, train=False)
@@ -66,7 +67,8 @@ def budget_run(text: str, timeout_s: float) -> dict:
         "budget": text, "budget_s": parse_budget(text), "status": status["status"], "message": status.get("message"),
         "wall_s": round(wall, 1), "wall_over_budget": round(wall / parse_budget(text), 3),
         "test_acc": card.get("test_acc"), "test_images": card.get("test_images"), "all_10000_test_acc": all_test,
-        "steps": plan.get("steps"), "epochs": plan.get("epochs"), "images": rows[-1]["images"] if rows else None,
+        "planned_steps": plan.get("steps"), "steps": stored.get("steps"), "epochs": stored.get("epochs"),
+        "images": rows[-1]["images"] if rows else None,
         "plan": plan, "train_s": round(train_s, 1), "probes": sum(r["kind"] == "probe" for r in rows),
         "probe_share_of_training": round(probe_s / train_s, 4) if train_s else None,
         "device": card.get("provenance", {}).get("device"),

@@ -8,12 +8,18 @@ steps: a one-cycle or cosine schedule needs its length before the first step, an
 schedule is a fraction of that length. The plan is then part of the run's config, so a stopped run
 resumes to the same steps, schedule and resolution phases whatever machine it resumes on.
 
+A few steps measured at the start miss what a long run meets (another process on the cores, a phase slower than
+its first steps), so a budgeted run re-fits its length to its own pace at a few points of its progress
+(``REPLAN_AT``). The schedules are functions of progress, and a re-fit bends progress from that step on
+(``progress_at``): the lr and the resolution carry on from where they were, and the steps left follow the same
+schedule shape, faster or slower. Each re-fit is recorded in the plan, so a resume follows it too.
+
 Everything here is a pure function of numbers, except ``process_age_s``, which reads the clock.
 """
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, parse_resolution
@@ -27,6 +33,10 @@ FINAL_SHARE = 0.2
 MIN_TEST_IMAGES = 500  # fewer would make the final figure a coin toss (a 95% interval of about +-4 points)
 # Scoring an image is its forward pass; training it is a forward and a backward pass, about three forwards.
 TRAIN_PER_SCORE = 3.0
+# Where a budgeted run re-fits its length, as progress through its schedules. Each size of the default resolution
+# schedule (16 px to 0.5, 24 px to 0.75) has been trained for a while by the re-fit after its phase begins.
+REPLAN_AT = (0.2, 0.4, 0.6, 0.8)
+MIN_STEPS_MET = 5  # a size's own pace counts once it has trained this many steps; before, the measured one, scaled
 
 
 def describe_budget(seconds: float) -> str:
@@ -48,14 +58,24 @@ def process_age_s() -> float:
     return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
-def size_shares(resolution: str) -> dict:
-    """{training size: share of the steps} of a resolution schedule: ``"16:0.5,24:0.75"`` -> {16: .5, 24: .25, 32: .25}."""
-    shares, start = {}, 0.0
-    for size, until in parse_resolution(resolution):
-        shares[size] = shares.get(size, 0.0) + until - start
-        start = until
-    shares[IMAGE_SIZE] = shares.get(IMAGE_SIZE, 0.0) + 1 - start
-    return {size: share for size, share in shares.items() if share > 0}
+def size_shares(resolution: str, start: float = 0.0) -> dict:
+    """{training size: share of the progress from ``start`` to the end} of a resolution schedule:
+    ``"16:0.5,24:0.75"`` -> {16: .5, 24: .25, 32: .25}, and from 0.6 on -> {24: .15, 32: .25}."""
+    shares, begin = {}, 0.0
+    for size, until in [*parse_resolution(resolution), (IMAGE_SIZE, 1.0)]:
+        span = min(until, 1.0) - max(begin, start)
+        if span > 0:
+            shares[size] = shares.get(size, 0.0) + span
+        begin = max(begin, until)
+    return shares
+
+
+def progress_at(step: int, knots: list) -> float:
+    """A step's progress through its run's schedules, 0 at the first step and 1 at the last: linear between the
+    knots [(step, progress), ..., (total steps, 1.0)], so a run re-fitted at a knot keeps its lr and resolution
+    continuous there."""
+    (s0, p0), (s1, p1) = next(((a, b) for a, b in zip(knots, knots[1:]) if step < b[0]), knots[-2:])
+    return p0 + (p1 - p0) * (step - s0) / max(1, s1 - s0)
 
 
 def probe_images(probe_size: int, images_between: float, resolution: str) -> int:
@@ -72,6 +92,27 @@ def probe_images(probe_size: int, images_between: float, resolution: str) -> int
 def probe_interval(total_steps: int, probes: int) -> int:
     """Steps between probes: at least ``probes`` of them, evenly spaced by progress, whatever the machine's speed."""
     return max(1, total_steps // max(1, probes)) if probes else 0
+
+
+def step_seconds(rates: dict, batch_size: int, met: dict) -> dict:
+    """{size: seconds one step takes}: as this run has met it, where it has trained that size for MIN_STEPS_MET
+    steps (``met``: size -> (seconds, steps)), else as measured at the start (``rates``: size -> images/s), scaled
+    by how far the sizes met so far ran from their measurement."""
+    measured = {size: batch_size / rate for size, rate in rates.items()}
+    known = {size: seconds / steps for size, (seconds, steps) in met.items() if steps >= MIN_STEPS_MET}
+    expected = sum(measured[size] * met[size][1] for size in known)
+    scale = sum(met[size][0] for size in known) / expected if known else 1.0
+    return {size: known.get(size, each * scale) for size, each in measured.items()}
+
+
+def refit(seconds_left: float, step: int, progress: float, resolution: str, step_s: dict, overhead_s: float) -> int:
+    """The step a run at ``step``, ``progress`` of the way through its schedules, should end at to spend
+    ``seconds_left`` more: the progress left is spread evenly over the steps left, each size's share of it at that
+    size's seconds a step, plus ``overhead_s`` a step for what comes between steps (probes, checkpoints, logging).
+    At least one more step: the schedules end at the last one."""
+    left = 1.0 - progress
+    each = sum(share / left * step_s[size] for size, share in size_shares(resolution, progress).items()) + overhead_s
+    return step + max(1, math.floor(seconds_left / each))
 
 
 @dataclass(frozen=True)
@@ -106,11 +147,8 @@ class Plan:
         return {"steps": self.steps, "epochs": self.epochs, "score_every": 0,
                 **({"limit_test": self.test_images} if self.test_images else {})}
 
-    def record(self) -> dict:
-        return asdict(self)
 
-
-def plan(budget_s: float, spent_s: float, rates: Rates, *, batch_size: int, train_images: int, resolution: str,
+def plan(budget_s: float, spent_s: float, rates: Rates, *, batch_size: int, steps_per_epoch: int, resolution: str,
          probes: int, probe_size: int, test_images: int, val_images: int = 0, tta: bool = False) -> Plan:
     """The number of steps that ends the run, scoring included, at the budget less a margin.
 
@@ -127,8 +165,7 @@ def plan(budget_s: float, spent_s: float, rates: Rates, *, batch_size: int, trai
     final_s = final_images / rates.score + rates.checkpoint_s  # the weights file: one more write
     margin_s = MARGIN * budget_s
     available = budget_s - spent_s - final_s - margin_s
-    steps_per_epoch = max(1, train_images // batch_size)
-    steps, probe_s, checkpoint_s, each = 0, 0.0, 0.0, 0
+    steps, epochs, probe_s, checkpoint_s, each = 0, 1, 0.0, 0.0, 0
     for _ in range(4):  # the probes and checkpoints depend on the length they take time from: settle it
         steps = max(0, math.floor((available - probe_s - checkpoint_s) / (batch_size * seconds_per_image)))
         epochs = max(1, math.ceil(steps / steps_per_epoch))
@@ -139,8 +176,7 @@ def plan(budget_s: float, spent_s: float, rates: Rates, *, batch_size: int, trai
     if steps < 1:
         raise ConfigError(f"a {describe_budget(budget_s)} budget leaves no time to train here: {spent_s:.0f} s went to "
                           f"starting and measuring, and scoring {final_images:,} images takes {final_s:.0f} s")
-    return Plan(budget_s=budget_s, spent_s=spent_s, steps=steps, epochs=max(1, math.ceil(steps / steps_per_epoch)),
-                test_images=test_images,
+    return Plan(budget_s=budget_s, spent_s=spent_s, steps=steps, epochs=epochs, test_images=test_images,
                 train_s=steps * batch_size * seconds_per_image, probe_s=probe_s, checkpoint_s=checkpoint_s, final_s=final_s,
                 margin_s=margin_s, probe_images=each,
                 rates={"train": {str(size): rate for size, rate in rates.train.items()}, "score": rates.score,
@@ -151,7 +187,9 @@ def summary(plan_record: dict) -> str:
     """The plan in one sentence for the Train tab: what the budget bought and where its seconds go."""
     p = plan_record
     scored = f" of {p['test_images']:,} test images" if p.get("test_images") else ""
-    return (f"{describe_budget(p['budget_s'])} budget: {p['steps']:,} steps over {p['epochs']} epoch"
+    refits = ", ".join(f"{r['steps']:,} at {r['progress']:.0%}" for r in p.get("refits", []))
+    refitted = f" (re-fitted to this run's own pace: {refits})" if refits else ""
+    return (f"{describe_budget(p['budget_s'])} budget: {p['steps']:,} steps planned{refitted} over {p['epochs']} epoch"
             f"{'s' if p['epochs'] != 1 else ''}; {p['spent_s']:.0f} s to start and measure this machine, "
             f"{p['train_s']:.0f} s training, {p['probe_s'] + p['checkpoint_s']:.0f} s probes and checkpoints, "
             f"{p['final_s']:.0f} s final scoring{scored}")

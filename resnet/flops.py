@@ -37,7 +37,7 @@ def images_at_each_size(config: TrainConfig, steps: int | None = None) -> dict:
     """{size: training images} over the run's first ``steps`` steps (all of them when None)."""
     total = steps_per_epoch(config) * config.epochs
     phases = parse_resolution(config.resolution)
-    sizes = Counter(resolution_at(phases, step, total) for step in range(total if steps is None else min(steps, total)))
+    sizes = Counter(resolution_at(phases, step / max(1, total)) for step in range(total if steps is None else min(steps, total)))
     return {size: count * config.batch_size for size, count in sorted(sizes.items())}
 
 

@@ -6,11 +6,13 @@ exactly as if it had never stopped. The loop never waits for the device except a
 epoch ends, where it must read numbers back anyway.
 """
 
+import collections
 import contextlib
 import copy
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -107,9 +109,9 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def lr_at(config: TrainConfig, step: int, total_steps: int) -> float:
-    """The learning rate of a step: a pure function, so resuming needs no scheduler state."""
-    progress = step / max(1, total_steps)
+def lr_at(config: TrainConfig, progress: float) -> float:
+    """The learning rate at a point of a run's progress (0 to 1): a pure function, so resuming needs no scheduler
+    state."""
     if progress < config.warmup:
         return config.lr * progress / config.warmup
     if config.schedule == "constant":
@@ -174,9 +176,8 @@ def _step_seed(config: TrainConfig, epoch: int, step: int, rank: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def resolution_at(phases: list, step: int, total_steps: int) -> int:
-    """The training image size of a step under a parsed resolution schedule (a pure function of the step)."""
-    progress = step / max(1, total_steps)
+def resolution_at(phases: list, progress: float) -> int:
+    """The training image size at a point of a run's progress under a parsed resolution schedule."""
     return next((size for size, until in phases if progress < until), IMAGE_SIZE)
 
 
@@ -335,23 +336,35 @@ class Trainer:
         self.data = data or load_data(config, self.device)
         check_batch(config, len(self.data.train_x))  # shared data was loaded for another run's batch
         self.plan = None
+        self.resumed = False
         self.final_scores = {}  # the last epoch's held-out scores, by split: the run's final figures
         self._derive()
 
     def _derive(self) -> None:
-        """What follows from the config and the data: the run's length, its resolution phases, when the weight
-        average starts, and when a probe comes and how many images it scores."""
+        """What follows from the config, the plan and the data: the run's length, how its steps map to progress
+        through the schedules, when a probe comes and how many images it scores, and where the run re-fits its
+        length."""
         config = self.config
         self.resolution = parse_resolution(config.resolution)
         self.steps_per_epoch = steps_in_epoch(len(self.data.train_x), config.batch_size)
         self.total_steps = config.steps or self.steps_per_epoch * config.epochs
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.ema_start = math.ceil(config.ema_start * self.total_steps)
+        refits = (self.plan or {}).get("refits", [])
+        self.knots = [(0, 0.0), *((r["step"], r["progress"]) for r in refits), (self.total_steps, 1.0)]
         held = (self.data.val_x, self.data.val_y) if self.data.val_x is not None else (self.data.test_x, self.data.test_y)
         self.probe_split = "val" if self.data.val_x is not None else "test"
         self.probe_every = budget.probe_interval(self.total_steps, config.probes) if config.probe_size else 0
-        size = budget.probe_images(config.probe_size, self.probe_every * config.batch_size, config.resolution) if self.probe_every else 0
+        if self.plan:  # the planned probe, whatever length a re-fit gives the run: every point of its curve alike
+            size = self.plan["probe_images"]
+        else:
+            size = budget.probe_images(config.probe_size, self.probe_every * config.batch_size, config.resolution) if self.probe_every else 0
         self.probe = (held[0][:size], held[1][:size]) if size else None
+        # A run re-fits only on the clock it planned with: a resumed run follows the re-fits recorded before its stop.
+        self.refit_at = [] if not self.plan or self.resumed else [p for p in budget.REPLAN_AT if p > self.knots[-2][1]]
+
+    def progress(self, step: int) -> float:
+        """How far through its lr and resolution schedules the run is at ``step`` (0 to 1)."""
+        return budget.progress_at(step, self.knots)
 
     @property
     def writes(self) -> bool:
@@ -381,12 +394,13 @@ class Trainer:
         config = self.config
         if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if resume:  # a budgeted run keeps the plan it was started with, and its re-fits
+            self.plan, self.resumed = runs.read_config(self.run_dir).get("plan"), True
+            self._derive()
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not resume:
                 (self.run_dir / runs.METRICS).unlink(missing_ok=True)
-            else:  # a budgeted run keeps the plan it was started with
-                self.plan = runs.read_config(self.run_dir).get("plan")
             self._write_config()
             self._status("running", "resumed" if resume else "started")
         try:  # a failure anywhere from here (a bad checkpoint too) is reported, not left as "running"
@@ -451,7 +465,9 @@ class Trainer:
             trained = torch.compile(trained)
         return Parts(model, trained, optimizer, scaler, ema), position
 
-    MEASURED_STEPS = (2, 3)  # warm-up steps (they build the kernels the run then reuses), then timed steps
+    # Warm-up steps (they build the kernels the run then reuses), then timed steps: few, since the run re-fits its
+    # length to the pace it meets, and every second measuring is one not training.
+    MEASURED_STEPS = (1, 2)
 
     def measure(self, parts: Parts) -> budget.Rates:
         """This machine's speed for this run, on a throwaway copy of its network and optimizer: training images per
@@ -474,6 +490,8 @@ class Trainer:
                 seconds.append(clock.lap())
             # The median step: a moment's interruption by another process does not become the plan's speed.
             train[size] = config.batch_size / statistics.median(seconds[warm:])
+        # Scoring is timed on a whole batch as the final scoring runs it: a smaller one fits the caches better and
+        # scored 762 images/s against 595 on a 2-core EPYC, which left the end of a run 6 s short of time.
         held = self.data.test_x[: config.eval_batch_size]
         self._evaluate(model, held, self.data.test_y[: len(held)])  # warm-up
         clock = Stopwatch(self.device)
@@ -488,14 +506,15 @@ class Trainer:
         config = self.config
         rates = self.measure(parts)
         plan = budget.plan(parse_budget(config.budget), time.perf_counter() - self.clock_start, rates,
-                           batch_size=config.batch_size, train_images=len(self.data.train_x), resolution=config.resolution,
+                           batch_size=config.batch_size, steps_per_epoch=self.steps_per_epoch, resolution=config.resolution,
                            probes=config.probes, probe_size=config.probe_size,
                            test_images=len(self.data.test_y) if config.score_test else 0,
                            val_images=0 if self.data.val_x is None else len(self.data.val_y), tta=config.tta)
         self.config = dataclasses.replace(config, **plan.settings())
         if self.config.limit_test:  # the test images the plan affords scoring: the first ones, as --limit-test keeps
-            self.data.test_x, self.data.test_y = self.data.test_x[: self.config.limit_test], self.data.test_y[: self.config.limit_test]
-        self.plan = plan.record()
+            limit = self.config.limit_test
+            self.data = dataclasses.replace(self.data, test_x=self.data.test_x[:limit], test_y=self.data.test_y[:limit])
+        self.plan = dataclasses.asdict(plan)
         self._derive()
         if self.writes:
             self._write_config()
@@ -526,13 +545,14 @@ class Trainer:
         start = step_in_epoch * config.batch_size + self.rank * per_rank
         index = order[start : start + per_rank]
         images = augment(self.data.train_x[index], generator, config.augment, None if flips is None else flips[index])
-        lr = lr_at(config, step, self.total_steps)
+        progress = self.progress(step)
+        lr = lr_at(config, progress)
         for group, scale in zip(parts.optimizer.param_groups, (1.0, config.bias_lr_scale)):
             group["lr"] = lr * scale
-        size = size or resolution_at(self.resolution, step, self.total_steps)
+        size = size or resolution_at(self.resolution, progress)
         loss, correct = train_step(parts.trained, parts.optimizer, images, self.data.train_y[index], config, self.amp_dtype,
                                    self.channels_last, size, parts.scaler)
-        if parts.ema is not None and step >= self.ema_start:  # its first update copies the weights of then
+        if parts.ema is not None and progress >= config.ema_start:  # its first update copies the weights of then
             parts.ema.update_parameters(parts.model)
         return loss, correct, lr, size, len(index)
 
@@ -542,7 +562,7 @@ class Trainer:
         started = time.perf_counter() - position["elapsed_s"]
         elapsed = lambda: time.perf_counter() - started  # noqa: E731
         clock = Stopwatch(self.device)
-        pending = []  # (loss, number correct) of every step since the last check, still on the device
+        pending = []  # (loss, number correct, size) of every step since the last check, still on the device
         # The last DIVERGENCE_WINDOW step losses (on the host) and the steps since the last step row: both carried
         # through a checkpoint, so a resumed run logs and is judged as the uninterrupted one would be.
         window = list(position.get("window", []))
@@ -550,29 +570,38 @@ class Trainer:
         # Training seconds since the epoch's start and since the last step row: a row's speed is its images over
         # its own seconds, whatever epoch ends, stops and resumes came between.
         epoch_train_time, since_log_time = position.get("train_time", 0.0), position.get("since_log_time", 0.0)
-        for epoch in range(position["epoch"], self.epochs + 1):
+        met = {}  # size -> (training seconds, steps) in this process: the pace a re-fit reads
+        # A re-fit may move the run's end, so the epochs and the last epoch's steps are read afresh each time round.
+        for epoch in itertools.count(position["epoch"]):
+            if epoch > self.epochs:
+                break
             order, flips = self.epoch_order(epoch)
             first_step = position["step_in_epoch"] if epoch == position["epoch"] else 0
-            # The last epoch of a run of a fixed number of steps ends where they do.
-            epoch_steps = min(self.steps_per_epoch, self.total_steps - (epoch - 1) * self.steps_per_epoch)
             if first_step == 0:
                 epoch_sums, epoch_train_time = Sums(), 0.0
-            for step_in_epoch in range(first_step, epoch_steps):
+            for step_in_epoch in itertools.count(first_step):
+                epoch_steps = self._epoch_steps(epoch)
+                if step_in_epoch >= epoch_steps:
+                    break
                 step = (epoch - 1) * self.steps_per_epoch + step_in_epoch
                 loss, correct, lr, size, batch = self.train_one(parts, order, flips, epoch, step_in_epoch)
-                pending.append((loss, correct))
+                pending.append((loss, correct, size))
                 done = step + 1
                 epoch_end = step_in_epoch + 1 == epoch_steps
                 log_step = done % config.log_every == 0
                 probe_step = self.probe is not None and done % self.probe_every == 0
+                refit_step = bool(self.refit_at) and self.progress(done) >= self.refit_at[0]
                 asked = self.stop_event is not None and self.stop_event.is_set()
                 # Ranks agree only at steps that are the same for all of them (a stop asked in between
                 # waits for the next log step); a single process acts on a stop at once.
-                if not (log_step or epoch_end or probe_step or (asked and not self.distributed)):
+                if not (log_step or epoch_end or probe_step or refit_step or (asked and not self.distributed)):
                     continue
                 spent = clock.lap()
                 epoch_train_time += spent
                 since_log_time += spent
+                for trained_size, count in collections.Counter(size for _, _, size in pending).items():
+                    seconds, steps = met.get(trained_size, (0.0, 0))
+                    met[trained_size] = (seconds + spent * count / len(pending), steps + count)
                 step_losses, correct_now = self._read_back(pending)
                 seen_now = batch * len(pending)
                 since_log.add(float(step_losses.sum()) * batch, correct_now, seen_now)
@@ -594,6 +623,8 @@ class Trainer:
                 if diverged_ranks:
                     return self._diverged(f"at epoch {epoch}, step {done}: the training loss became non-finite, exceeded "
                                           f"{EXPLOSION_LOSS:.1f} or stayed above {DIVERGENCE_LOSS:.2f}")
+                if refit_step:
+                    self._refit(done, met, elapsed())
                 if stopped:
                     self._checkpoint(model, optimizer, scaler, ema, epoch, step_in_epoch + 1, elapsed(), epoch_sums,
                                      epoch_train_time, since_log, since_log_time, window)
@@ -605,7 +636,7 @@ class Trainer:
                         self._probe(model, ema, epoch, done, elapsed)
             # The lr of the epoch's last step (computed: a run resumed right after that step runs no step here).
             epoch_done = (epoch - 1) * self.steps_per_epoch + epoch_steps
-            lr = lr_at(config, epoch_done - 1, self.total_steps)
+            lr = lr_at(config, self.progress(epoch_done - 1))
             evaluating = time.perf_counter()
             with clock.paused():  # scoring, the broken-model check and the checkpoint are not training time
                 record = self._epoch_record(model, ema, epoch, epoch_done, epoch_sums, epoch_train_time, lr, elapsed)
@@ -624,11 +655,33 @@ class Trainer:
                 return {"status": "stopped", "message": message}
         return self._finish(model, ema, elapsed())
 
+    def _epoch_steps(self, epoch: int) -> int:
+        """Steps in ``epoch``: the last epoch of a run of a fixed number of steps ends where they do."""
+        return min(self.steps_per_epoch, self.total_steps - (epoch - 1) * self.steps_per_epoch)
+
+    def _refit(self, done: int, met: dict, loop_s: float) -> None:
+        """Re-fit a budgeted run's length to the pace it has met, so that it still finishes on its budget: the
+        seconds left, less the planned final scoring and margin, over the seconds a step now takes (each size's own,
+        and what came between steps, spread over the steps). The re-fit is recorded with the plan."""
+        plan, progress = self.plan, self.progress(done)
+        step_s = budget.step_seconds({int(size): rate for size, rate in plan["rates"]["train"].items()},
+                                     self.config.batch_size, met)
+        overhead_s = max(0.0, loop_s - sum(seconds for seconds, _ in met.values())) / max(1, done)
+        seconds_left = (plan["budget_s"] - (time.perf_counter() - self.clock_start) - plan["final_s"] - plan["margin_s"])
+        steps = budget.refit(seconds_left, done, progress, self.config.resolution, step_s, overhead_s)
+        plan["refits"] = [*plan.get("refits", []), {"step": done, "progress": progress, "steps": steps,
+                                                    "step_s": {str(size): s for size, s in step_s.items()},
+                                                    "overhead_s": overhead_s, "seconds_left": seconds_left}]
+        self.config = dataclasses.replace(self.config, steps=steps, epochs=math.ceil(steps / self.steps_per_epoch))
+        self._derive()
+        if self.writes:
+            self._write_config()
+
     @staticmethod
     def _read_back(pending: list) -> tuple:
         """(the steps' losses, their total correct) on the host, in one copy from the device."""
-        values = torch.cat([torch.stack([loss.float() for loss, _ in pending]),
-                            torch.stack([correct.float() for _, correct in pending]).sum().view(1)]).cpu()
+        values = torch.cat([torch.stack([loss.float() for loss, _, _ in pending]),
+                            torch.stack([correct.float() for _, correct, _ in pending]).sum().view(1)]).cpu()
         return values[:-1], float(values[-1])
 
     def _reduce(self, values: list) -> list:

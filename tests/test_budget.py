@@ -5,10 +5,12 @@ import math
 import threading
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from resnet import budget, runs
-from resnet.config import ConfigError, make_config, parse_budget
-from resnet.train import Trainer, resume_config
+from resnet.config import ConfigError, make_config, parse_budget, parse_resolution
+from resnet.train import Trainer, lr_at, resolution_at, resume_config
 
 # Throughputs measured here and elsewhere: (name, training images/s by size, scored images/s, checkpoint s).
 MACHINES = {
@@ -17,7 +19,8 @@ MACHINES = {
     "avx2 fp32": budget.Rates(train={16: 126.0, 24: 80.0, 32: 46.0}, score=140.0, checkpoint_s=0.05),
     "h100": budget.Rates(train={16: 60000.0, 24: 45000.0, 32: 30000.0}, score=90000.0, checkpoint_s=0.05),
 }
-RUN = dict(batch_size=64, train_images=50_000, resolution="16:0.5,24:0.75", probes=20, probe_size=500, test_images=10_000)
+RUN = dict(batch_size=64, steps_per_epoch=50_000 // 64, resolution="16:0.5,24:0.75", probes=20, probe_size=500,
+           test_images=10_000)
 
 
 def predicted_end(plan: budget.Plan) -> float:
@@ -40,6 +43,63 @@ def test_the_plan_fits_every_budget_scoring_included(machine, text):
     assert plan.final_s <= 0.2 * seconds + rates.checkpoint_s or plan.test_images == 500
     assert plan.probe_s <= 0.06 * plan.train_s  # 5% of the training compute: about as much of its time
     assert plan.settings() == {"steps": plan.steps, "epochs": plan.epochs, "score_every": 0, "limit_test": plan.test_images}
+
+
+def run_on(true: budget.Rates, measured: budget.Rates, budget_s: float, refits=budget.REPLAN_AT) -> float:
+    """When a planned run would finish on a machine whose speed is ``true`` where it measured ``measured``: its
+    steps one by one at the true pace, re-fitted as the trainer does at ``refits``."""
+    plan = budget.plan(budget_s, 9.0, measured, **RUN)
+    phases, batch = parse_resolution(RUN["resolution"]), RUN["batch_size"]
+    knots, clock, step, met, points = [(0, 0.0), (plan.steps, 1.0)], plan.spent_s, 0, {}, list(refits)
+    overhead_s = (plan.probe_s + plan.checkpoint_s) / plan.steps * measured.score / true.score
+    while step < knots[-1][0]:
+        size = resolution_at(phases, budget.progress_at(step, knots))
+        clock += batch / true.train[size] + overhead_s
+        seconds, steps = met.get(size, (0.0, 0))
+        met[size] = (seconds + batch / true.train[size], steps + 1)
+        step += 1
+        progress = budget.progress_at(step, knots)
+        if points and progress >= points[0]:
+            end = budget.refit(budget_s - clock - plan.final_s - plan.margin_s, step, progress, RUN["resolution"],
+                               budget.step_seconds(measured.train, batch, met), overhead_s)
+            knots = [*knots[:-1], (step, progress), (end, 1.0)]
+            points = [p for p in points if p > progress]
+    return clock + (plan.final_s - measured.checkpoint_s) * measured.score / true.score + true.checkpoint_s
+
+
+def scaled(rates: budget.Rates, factor: float, sizes=(16, 24, 32)) -> budget.Rates:
+    return budget.Rates(train={size: rate * (factor if size in sizes else 1) for size, rate in rates.train.items()},
+                        score=rates.score * factor, checkpoint_s=rates.checkpoint_s)
+
+
+@pytest.mark.parametrize("text", ["1m", "5m", "15m"])
+@pytest.mark.parametrize("factor, sizes", [(0.8, (16, 24, 32)), (1.2, (16, 24, 32)), (0.7, (32,)), (0.85, (24, 32))])
+def test_refits_end_a_run_on_its_budget_on_a_machine_not_as_measured(text, factor, sizes):
+    measured, seconds = MACHINES["avx512-bf16 epyc"], parse_budget(text)
+    true = scaled(measured, factor, sizes)
+    fitted, unfitted = run_on(true, measured, seconds), run_on(true, measured, seconds, refits=())
+    margin = budget.MARGIN * seconds
+    # The score's own pace is not re-fitted (it comes after the last step), so its error is what remains.
+    final_error = abs(budget.plan(seconds, 9.0, measured, **RUN).final_s * (1 / factor - 1))
+    assert seconds - margin - 0.02 * seconds - final_error <= fitted <= seconds - margin + 0.01 * seconds + final_error
+    assert abs(fitted - (seconds - margin)) < abs(unfitted - (seconds - margin))  # the plan alone misses by more
+    if sizes == (16, 24, 32):
+        assert abs(unfitted / seconds - 1) > 0.1  # what the re-fits mend: 10% and more
+
+
+def test_progress_bends_at_a_knot_and_stays_continuous():
+    knots = [(0, 0.0), (100, 1.0)]
+    assert [budget.progress_at(s, knots) for s in (0, 50, 100)] == [0.0, 0.5, 1.0]
+    bent = [(0, 0.0), (20, 0.2), (60, 1.0)]  # re-fitted at step 20 to end at 60: the last 80% over 40 steps
+    assert budget.progress_at(20, bent) == pytest.approx(0.2) and budget.progress_at(40, bent) == pytest.approx(0.6)
+    assert budget.progress_at(19, bent) == pytest.approx(0.19) and budget.progress_at(60, bent) == 1.0
+    assert budget.size_shares("16:0.5,24:0.75", 0.6) == pytest.approx({24: 0.15, 32: 0.25})
+    assert budget.size_shares("16:0.5,24:0.75", 0.8) == pytest.approx({32: 0.2})
+    # A size met for long enough counts at its own pace; one not met yet at its measurement, scaled as the others ran.
+    met = {16: (2.0, 10)}  # 0.2 s a step where 0.1 s was measured: twice as slow
+    paces = budget.step_seconds({16: 640.0, 32: 320.0}, 64, met)
+    assert paces == pytest.approx({16: 0.2, 32: 0.4})
+    assert budget.step_seconds({16: 640.0, 32: 320.0}, 64, {16: (0.4, 2)}) == pytest.approx({16: 0.1, 32: 0.2})
 
 
 def test_a_faster_machine_buys_more_steps_and_a_longer_budget_more():
@@ -97,6 +157,7 @@ def budgeted(tiny_data, **changes):
 
 def test_a_budgeted_run_records_its_plan_and_trains_exactly_its_steps(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "measure", lambda self, parts: FIXED_RATES)
+    monkeypatch.setattr(budget, "REPLAN_AT", ())  # the plan as made: this run trains far faster than FIXED_RATES
     outcome = Trainer(budgeted(tiny_data), tmp_path).run()
     assert outcome["status"] == "finished"
     stored = runs.read_config(tmp_path)
@@ -118,6 +179,7 @@ def test_a_budgeted_run_records_its_plan_and_trains_exactly_its_steps(tiny_data,
 def test_a_stopped_budget_run_resumes_to_the_same_plan(tiny_data, tmp_path, monkeypatch):
     measured = []
     monkeypatch.setattr(Trainer, "measure", lambda self, parts: measured.append(1) or FIXED_RATES)
+    monkeypatch.setattr(budget, "REPLAN_AT", ())
     event = threading.Event()
 
     def stop_at_ten(record):
@@ -157,3 +219,55 @@ def test_a_partial_last_epoch_ends_where_the_steps_do(tiny_data, tmp_path):
     epochs = [r for r in runs.read_metrics(tmp_path) if r["kind"] == "epoch"]
     assert [(r["epoch"], r["step"], r["images"]) for r in epochs] == [(1, 3, 24), (2, 5, 40)]
     assert "test_acc" not in epochs[0] and "test_acc" in epochs[1]
+
+
+def fixed_refit(seconds_left, step, progress, resolution, step_s, overhead_s):
+    """A re-fit that reads no clock, so that two runs re-fit alike: the progress left over 25 steps, plus 10."""
+    return step + round((1 - progress) * 25) + 10
+
+
+def test_a_refitted_run_bends_its_schedules_continuously(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "measure", lambda self, parts: FIXED_RATES)
+    monkeypatch.setattr(budget, "refit", fixed_refit)
+    assert Trainer(budgeted(tiny_data), tmp_path).run()["status"] == "finished"
+    stored = runs.read_config(tmp_path)
+    refits = stored["plan"]["refits"]
+    assert [round(r["progress"], 1) for r in refits] == [0.2, 0.4, 0.6, 0.8]
+    assert stored["steps"] == refits[-1]["steps"] != stored["plan"]["steps"]
+    rows = [r for r in runs.read_metrics(tmp_path) if r["kind"] == "step"]
+    last = [r for r in runs.read_metrics(tmp_path) if r["kind"] == "epoch"][-1]
+    assert last["step"] == stored["steps"] and rows[-1]["total_steps"] == stored["steps"]
+    lrs = [r["lr"] for r in rows]  # one-cycle: up to the peak, then down to 0, with no jump at a re-fit
+    peak = lrs.index(max(lrs))
+    assert all(b >= a for a, b in zip(lrs[:peak], lrs[1 : peak + 1])) and all(b <= a for a, b in zip(lrs[peak:], lrs[peak + 1 :]))
+    knots = [(0, 0.0), *((r["step"], r["progress"]) for r in refits), (stored["steps"], 1.0)]
+    config = resume_config(tmp_path)  # each step's lr is the schedule's at its progress along the bent line
+    assert lrs == [pytest.approx(lr_at(config, budget.progress_at(r["step"] - 1, knots))) for r in rows]
+    assert [r["resolution"] for r in rows] == sorted(r["resolution"] for r in rows)
+    assert "re-fitted to this run's own pace" in budget.summary(stored["plan"])
+
+
+def test_a_run_stopped_after_a_refit_resumes_to_the_same_weights(tiny_data, tmp_path, monkeypatch):
+    """A resume follows the re-fits recorded before its stop and makes none of its own: it ends as a run that
+    re-fitted at those points only."""
+    monkeypatch.setattr(Trainer, "measure", lambda self, parts: FIXED_RATES)
+    monkeypatch.setattr(budget, "refit", fixed_refit)
+    monkeypatch.setattr(budget, "REPLAN_AT", (0.2, 0.4))
+    straight = tmp_path / "straight"
+    assert Trainer(budgeted(tiny_data, ema=0.9), straight).run()["status"] == "finished"
+    second_refit = runs.read_config(straight)["plan"]["refits"][1]["step"]
+
+    monkeypatch.setattr(budget, "REPLAN_AT", (0.2, 0.4, 0.6, 0.8))
+    stopped, event = tmp_path / "stopped", threading.Event()
+    stop = lambda record: record["kind"] == "step" and record["step"] >= second_refit and event.set()  # noqa: E731
+    assert Trainer(budgeted(tiny_data, ema=0.9), stopped, callbacks=[stop], stop_event=event).run()["status"] == "stopped"
+    assert len(runs.read_config(stopped)["plan"]["refits"]) == 2
+    monkeypatch.setattr(budget, "refit", lambda *args: pytest.fail("a resumed run re-fitted"))
+    assert Trainer(resume_config(stopped), stopped).run(resume=True)["status"] == "finished"
+    settings = lambda run: {k: v for k, v in runs.read_config(run).items() if k != "plan"}  # noqa: E731
+    refitted = lambda run: [(r["step"], r["progress"], r["steps"]) for r in runs.read_config(run)["plan"]["refits"]]  # noqa: E731
+    assert settings(stopped) == settings(straight) and refitted(stopped) == refitted(straight)
+    straight_weights, resumed_weights = load_file(straight / runs.WEIGHTS), load_file(stopped / runs.WEIGHTS)
+    assert all(torch.equal(straight_weights[key], resumed_weights[key]) for key in straight_weights)
+    rows = lambda run: [(r["step"], r["lr"], r["resolution"]) for r in runs.read_metrics(run) if r["kind"] == "step"]  # noqa: E731
+    assert rows(stopped) == rows(straight)

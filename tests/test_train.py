@@ -345,14 +345,14 @@ def test_batch_larger_than_the_data_is_refused(tiny_data):
 
 def test_learning_rate_schedules():
     constant = make_config("original", lr=0.1)
-    assert {lr_at(constant, s, 100) for s in range(100)} == {0.1}
+    assert {lr_at(constant, s / 100) for s in range(100)} == {0.1}
     warmed = make_config("original", lr=0.1, warmup=0.2)  # a warmup ramps every schedule, the constant one too
-    assert lr_at(warmed, 10, 100) == pytest.approx(0.05) and {lr_at(warmed, s, 100) for s in range(20, 100)} == {0.1}
+    assert lr_at(warmed, 0.1) == pytest.approx(0.05) and {lr_at(warmed, s / 100) for s in range(20, 100)} == {0.1}
     onecycle = make_config("fast", lr=0.4, warmup=0.25)
-    assert lr_at(onecycle, 0, 100) == 0 and lr_at(onecycle, 25, 100) == pytest.approx(0.4)
-    assert lr_at(onecycle, 50, 100) < lr_at(onecycle, 25, 100) and lr_at(onecycle, 100, 100) == pytest.approx(0)
+    assert lr_at(onecycle, 0.0) == 0 and lr_at(onecycle, 0.25) == pytest.approx(0.4)
+    assert lr_at(onecycle, 0.5) < lr_at(onecycle, 0.25) and lr_at(onecycle, 1.0) == pytest.approx(0)
     cosine = make_config("original", schedule="cosine", lr=1.0)
-    assert lr_at(cosine, 50, 100) == pytest.approx(0.5) and lr_at(cosine, 100, 100) == pytest.approx(0)
+    assert lr_at(cosine, 0.5) == pytest.approx(0.5) and lr_at(cosine, 1.0) == pytest.approx(0)
 
 
 def test_a_seed_too_large_for_the_generators_is_refused_before_training(tiny_data):
@@ -407,8 +407,8 @@ def test_non_finite_weights_end_the_run_diverged(tiny_data, tmp_path, monkeypatc
 # ---- resolution schedule, probe, init -----------------------------------------------------------
 def test_the_resolution_schedule_is_a_pure_function_of_the_step():
     phases = parse_resolution("16:0.5,24:0.75")
-    assert [resolution_at(phases, step, 8) for step in range(8)] == [16, 16, 16, 16, 24, 24, 32, 32]
-    assert resolution_at(parse_resolution(""), 0, 8) == 32
+    assert [resolution_at(phases, step / 8) for step in range(8)] == [16, 16, 16, 16, 24, 24, 32, 32]
+    assert resolution_at(parse_resolution(""), 0.0) == 32
     x = torch.randn(2, 3, 32, 32)
     assert resize(x, 16).shape == (2, 3, 16, 16) and resize(x, 32) is x
     assert torch.allclose(resize(torch.ones(1, 3, 32, 32), 24), torch.ones(1, 3, 24, 24))
