@@ -36,8 +36,8 @@ RUN_TABLE_WIDTHS = ["215px", "90px", "95px", "115px", "80px", "65px", "75px", "7
 X_AXIS_CHOICES = [("training images seen", "images"), ("wall-clock time", "time")]
 RESOLUTION_CHOICES = [("32 px throughout", ""), ("16 px, 24 px, then 32 px (quarters: 2, 1, 1)", "16:0.5,24:0.75"),
                       ("24 px for the first half, then 32 px", "24:0.5"), ("16 px for three quarters, then 32 px", "16:0.75")]
-FIELD_NOTES = {"limit_train": f" (0 = all {TRAIN_IMAGES:,})", "limit_test": f" (0 = all {TEST_IMAGES:,})",
-               "epochs": " (without a time budget)"}
+FIELD_NOTES = {"limit_train": f"0 = all {TRAIN_IMAGES:,}", "limit_test": f"0 = all {TEST_IMAGES:,}",
+               "epochs": "without a time budget"}
 PRESET_NOTES = {"quick": "a run that learns in minutes on a CPU", "original": "the published recipe",
                 "fast": "the shipped weights' recipe (hours on a CPU)"}
 RUN_SHAPE = (*config.SIZE_SETTINGS, "resolution")  # the form's second row: how long the run is and at what size
@@ -374,7 +374,9 @@ def predict_tab(studio: Studio) -> None:
 def setting_field(name: str, value, caps: dict):
     """The form field of one training setting, built from its declaration in resnet.config."""
     meta = config.SETTINGS[name].metadata
-    label = meta["form"] + (f" (at most {caps[name]})" if name in caps else "") + FIELD_NOTES.get(name, "")
+    # The server's cap and the field's note share one parenthesis: two in a row read as a typo.
+    notes = ([f"at most {caps[name]}"] if name in caps else []) + ([FIELD_NOTES[name]] if name in FIELD_NOTES else [])
+    label = meta["form"] + (f" ({'; '.join(notes)})" if notes else "")
     kind = config.kind(name)
     if name == "blocks":
         return gr.Dropdown([(str(list(b)), to_form(name, b)) for b in BLOCK_CHOICES], value=to_form(name, value),
@@ -385,7 +387,8 @@ def setting_field(name: str, value, caps: dict):
         return gr.Dropdown(BUDGET_CHOICES, value=value, label=label, allow_custom_value=True,
                            info="from Start to finished, scoring included; or your own, such as 90s or 10m")
     if name == "resolution":
-        return gr.Dropdown(RESOLUTION_CHOICES, value=value, label=label, allow_custom_value=True,
+        # Twice a field's width: its choices' names are long, and a narrower field hid their end and its arrow.
+        return gr.Dropdown(RESOLUTION_CHOICES, value=value, label=label, allow_custom_value=True, scale=2,
                            info="or your own: 16:0.5,24:0.75 is 16 px for the first half of the steps, 24 px to three quarters")
     if kind is float and meta["minimum"] is not None and meta["below"] is not None:
         return form_field(gr.Slider(meta["minimum"], meta["below"] - 0.05, value, step=0.05, label=label))

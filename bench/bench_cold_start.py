@@ -2,6 +2,7 @@
 Train tab, the data set fetched from a local HTTP server (the Space's fast path to a copy).
 
     python bench/bench_cold_start.py --data ../shared/data/cifar10 [--repeats 3] [--json bench/results/cold_start.json]
+        [--note "what else ran on the machine"]
 
 The archive is packed once from the extracted batches in --data (tar.gz, as cifar-10-python.tar.gz is laid out; its
 own MD5, since a repacked archive is not byte for byte the published one) and served by http.server on 127.0.0.1.
@@ -111,6 +112,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cifar-archive")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json")
+    parser.add_argument("--note", help="what else this machine ran meanwhile, recorded with the figures: it bounds them")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     archive, md5 = pack(args.data, args.cache)
@@ -125,7 +127,7 @@ def main() -> None:
     server.shutdown()
     report({"machine": machine(), "archive_bytes": archive.stat().st_size, "runs": runs,
             **{f"median_{key}": statistics.median(r[key] for r in runs) for key in runs[0]},
-            "load_average_1m_after": round(os.getloadavg()[0], 2)}, args.json)
+            "load_average_1m_after": round(os.getloadavg()[0], 2), **({"note": args.note} if args.note else {})}, args.json)
 
 
 if __name__ == "__main__":

@@ -257,6 +257,13 @@ def test_the_train_tab_says_the_data_set_is_here(studio):
     assert note.startswith("✅") and "training is available" in note and not retry.visible and not poll.active
 
 
+def test_the_fetch_replaces_the_download_button_the_train_tab_keeps_only_try_again(studio):
+    with gr.Blocks() as demo:
+        app.train_tab(studio)
+    buttons = [block.value for block in demo.blocks.values() if isinstance(block, gr.Button)]
+    assert "Try again" in buttons and not any("Download" in label or "CIFAR" in label for label in buttons)
+
+
 def test_without_the_data_set_and_its_fetch_start_run_is_refused_in_words(no_data_studio, tmp_path):
     studio = no_data_studio(None)
     note, retry, poll = studio.data_status()

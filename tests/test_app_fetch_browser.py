@@ -4,8 +4,15 @@ data set is fetched (from a real HTTP server on this machine), when the fetch fa
 Each test saves a screenshot of the Train tab in its state (train-<state>.png in its tmp_path)."""
 
 import contextlib
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import httpx
 import pytest
 
 from resnet import fetch, jobs
@@ -44,6 +51,73 @@ def fresh_server(monkeypatch, tmp_path, tiny_weights, source, **options):
         studio.queue.close()
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def app_process(tmp_path, name, tiny_weights, data_source) -> tuple:
+    """(process, url): `python app.py` as a host starts it, over the shared data folder and runs of its own."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False", "STUDIO_WEIGHTS": str(tiny_weights), "CIFAR10_DIR": str(tmp_path / "data"),
+           "RUNS_DIR": str(tmp_path / name / "runs"), "STUDIO_DATA_SOURCE": data_source, "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path / f"{name}.log", "wb")
+    with log:
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    return process, f"http://127.0.0.1:{port}/"
+
+
+def wait_until_served(process, url, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-2000:]
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"{url} not served within {timeout} s: {log.read_text()[-2000:]}")
+
+
+def test_two_app_servers_started_at_once_share_one_fetch(tmp_path, tiny_weights, archive):
+    server = ArchiveServer(archive, ["hold"])
+    apps = [app_process(tmp_path, name, tiny_weights, f"{server.url}#md5={archive.md5}") for name in ("first", "second")]
+    try:
+        for (process, url), name in zip(apps, ("first", "second")):
+            wait_until_served(process, url, tmp_path / f"{name}.log")
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+            pages = [browser.new_page() for _ in apps]
+            for page, (_, url) in zip(pages, apps):
+                page.set_default_timeout(60_000)
+                page.goto(url)
+                page.get_by_role("tab", name="Train").click()
+            # Each page follows the one download: one server from its own transfer, the other from the part file.
+            for page in pages:
+                expect(page.locator("#data-note")).to_contain_text(re.compile(r"Fetching the CIFAR-10 training images "
+                                                                              r"\(\d+ MB of \d+ MB, [1-9]\d*%\)"))
+            server.release()
+            for page in pages:
+                expect(page.locator("#data-note")).to_contain_text("The CIFAR-10 training images are here",
+                                                                   timeout=120_000)
+            browser.close()
+    finally:
+        for process, _ in apps:
+            process.terminate()
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        server.close()
+    assert server.requests == [None]  # one download, whatever the number of servers
+
+
 def no_error_badge(page) -> None:
     expect(page.get_by_text("Error", exact=True)).to_have_count(0)
 
@@ -64,9 +138,10 @@ def test_the_train_tab_shows_the_fetch_then_a_run_started_meanwhile_trains(monke
             expect(page.get_by_text(re.compile(r"waiting for the data set \(\d+%\)"))).to_be_attached()
             server.release()
             expect(note).to_contain_text("The CIFAR-10 training images are here", timeout=240_000)  # checked, unpacked
-            page.get_by_role("tab", name="Train").scroll_into_view_if_needed()
-            page.screenshot(path=tmp_path / "train-ready.png")
             expect(page.get_by_text(re.compile(r"running ·|finished: test accuracy"))).to_be_attached(timeout=240_000)
+            page.get_by_role("button", name="Advanced").click()  # closed again, so the run's line fits the shot
+            page.get_by_role("tab", name="Train").scroll_into_view_if_needed()
+            page.screenshot(path=tmp_path / "train-ready.png")  # the run that waited, now training under the note
             no_error_badge(page)
             assert str(tmp_path) not in note.inner_text() and "--" not in note.inner_text()
     finally:

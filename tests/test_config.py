@@ -33,6 +33,13 @@ def test_every_form_setting_builds_a_field_with_the_preset_value():
         assert field.label.startswith(config.SETTINGS[name].metadata["form"]), name
 
 
+def test_a_fields_cap_and_note_read_as_one_parenthesis():
+    assert app.setting_field("epochs", 1, {"epochs": 200}).label == "Epochs (at most 200; without a time budget)"
+    assert app.setting_field("epochs", 1, {}).label == "Epochs (without a time budget)"
+    assert app.setting_field("batch_size", 64, {"batch_size": 1024}).label == "Batch size (at most 1024)"
+    assert app.setting_field("limit_train", 0, {}).label == "Training images (0 = all 50,000)"
+
+
 def test_cli_args_and_the_parser_agree_on_every_setting():
     overrides = dict(optimizer="rmsprop", lr=0.003, blocks=(2, 2, 2, 2), nesterov=False, resolution="16:0.5", probe_size=10,
                      whiten_stem=True, channels_last=False, data_dir="somewhere")
