@@ -18,7 +18,8 @@ import pandas as pd
 from resnet import ablation, batch, catalog, config, downloads, fetch, http_api, jobs, limits, model_card, plots, \
     robustness_plots, runs, showcase, stress, study, time_to_accuracy
 from resnet.classifier import Classifier
-from resnet.config import QUICK_RUN, from_form, make_config, to_form
+from resnet.budget import describe_budget
+from resnet.config import QUICK_RUN, from_form, make_config, parse_budget, to_form
 from resnet.constants import TEST_IMAGES, TRAIN_IMAGES
 from resnet.errors import USER_ERRORS
 from resnet.explain import enlarge, overlay
@@ -41,8 +42,9 @@ FIELD_NOTES = {"limit_train": f"0 = all {TRAIN_IMAGES:,}", "limit_test": f"0 = a
 PRESET_NOTES = {"quick": "a run that learns in minutes on a CPU", "original": "the published recipe",
                 "fast": "the shipped weights' recipe (hours on a CPU)"}
 RUN_SHAPE = (*config.SIZE_SETTINGS, "resolution")  # the form's second row: how long the run is and at what size
-REFERENCE_NOTE = ("Grey lines are committed reference runs of one pass over 10,000 training images "
-                  "(results/reference-curves.json): the quick preset and the published recipe. The probe is a fixed set of "
+REFERENCE_NOTE = (f"Grey lines are committed reference runs on the default {describe_budget(parse_budget(QUICK_RUN['size']['budget']))} "
+                  "budget, measured on a 2-core CPU (results/reference-curves.json): the quick preset and the published "
+                  "recipe. The probe is a fixed set of "
                   "held-out images scored in eval mode, evenly through the run; a budgeted run scores the test set once, at "
                   "its end, a run of epochs at each epoch's end.")
 BATCH_NOTE_PROBLEMS = 20  # unreadable files named in the batch note; the rest are counted
