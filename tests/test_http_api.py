@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import tiny_card
 from test_app import ODD_UPLOADS, UNUSABLE, finished_run, odd_upload
+from test_images import phone_photo
 
 gradio_client = pytest.importorskip("gradio_client")
 schemathesis = pytest.importorskip("schemathesis")
@@ -125,6 +126,14 @@ def test_predict_returns_the_apps_probabilities_and_the_model(api):
         assert body["model"]["id"] == "shipped" and "logits" not in body
         right += body["label"] == entry["label"]
     assert right >= 0.8 * len(index)  # the shipped model scores 93.8% on the test set these come from
+
+
+def test_a_phone_photo_is_predicted(api):
+    """A 12 MP camera JPEG, twice the pixel cap at full size, is decoded at 1/8 of it."""
+    photo = phone_photo()
+    answer = api.post("/predict", files={"file": ("IMG_0001.jpg", photo)})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["probabilities"] == pytest.approx(expected(DEFAULT_WEIGHTS, photo), abs=1e-6)
 
 
 def test_logits_when_asked(api):
