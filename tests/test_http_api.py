@@ -442,6 +442,50 @@ def test_the_queue_stays_bounded_whatever_the_estimate():
     assert refusal.headers == {"Retry-After": "1"}
 
 
+@pytest.mark.parametrize("max_wait_s, max_queued, bound, retry", [
+    (1.0, 100, 11, "2"),  # held by the expected wait: admitted x 0.1 s is at most 1 s for one running and ten waiting
+    (100, 5, 6, "1"),  # held by the queue's bound: one running, five waiting
+])
+def test_a_sustained_overload_is_refused_and_the_queue_stays_bounded(monkeypatch, max_wait_s, max_queued, bound, retry):
+    """Ten rounds of 50 arrivals at a gate whose one worker finishes a single prediction between rounds: far more
+    than it can serve. Whatever arrives, no more than ``bound`` are ever admitted, each round admits only what the
+    finished prediction freed, and every other request is refused with the expected wait as its Retry-After."""
+    gate = http_api.Gate(workers=1, max_wait_s=max_wait_s, max_queued=max_queued, service_s=0.1)
+    monkeypatch.setattr(gate, "record", lambda seconds: None)  # the estimate stays 0.1 s, however long a test thread takes
+    finished = threading.Semaphore(0)  # each release lets the running prediction end
+
+    async def scenario():
+        outcomes, peak = collections.Counter(), 0
+
+        async def call():
+            try:
+                await gate.run(finished.acquire, True, 30)
+                outcomes["served"] += 1
+            except HTTPException as refusal:
+                outcomes[f"{refusal.status_code} Retry-After {refusal.headers['Retry-After']}"] += 1
+
+        async def settle(condition):
+            while not condition():
+                await anyio.sleep(0.001)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(10):
+                for _ in range(50):
+                    before = sum(outcomes.values()) + gate.admitted
+                    group.start_soon(call)
+                    await settle(lambda: sum(outcomes.values()) + gate.admitted > before)  # admitted or refused
+                    peak = max(peak, gate.admitted)
+                admitted = gate.admitted
+                finished.release()
+                await settle(lambda: gate.admitted < admitted)
+            finished.release(bound)
+        return outcomes, peak
+
+    outcomes, peak = anyio.run(scenario)
+    assert peak == bound and gate.admitted == 0
+    assert outcomes == {"served": bound + 9, f"503 Retry-After {retry}": 500 - bound - 9}
+
+
 def test_the_service_time_is_the_median_of_the_recent_durations():
     gate = http_api.Gate(workers=1, max_wait_s=1, max_queued=1, service_s=1.0)
     assert gate.service_s == 1.0  # the first guess, until a prediction is measured
