@@ -442,16 +442,17 @@ def test_the_queue_stays_bounded_whatever_the_estimate():
     assert refusal.headers == {"Retry-After": "1"}
 
 
+# The limits are minutes of real time, so that no admitted request here waits past them, however slow the machine.
 @pytest.mark.parametrize("max_wait_s, max_queued, bound, retry", [
-    (1.0, 100, 11, "2"),  # held by the expected wait: admitted x 0.1 s is at most 1 s for one running and ten waiting
-    (100, 5, 6, "1"),  # held by the queue's bound: one running, five waiting
+    (600, 100, 11, "660"),  # held by the expected wait: admitted x 60 s is at most 600 s for one running and ten waiting
+    (6000, 5, 6, "360"),  # held by the queue's bound: one running, five waiting
 ])
 def test_a_sustained_overload_is_refused_and_the_queue_stays_bounded(monkeypatch, max_wait_s, max_queued, bound, retry):
     """Ten rounds of 50 arrivals at a gate whose one worker finishes a single prediction between rounds: far more
     than it can serve. Whatever arrives, no more than ``bound`` are ever admitted, each round admits only what the
     finished prediction freed, and every other request is refused with the expected wait as its Retry-After."""
-    gate = http_api.Gate(workers=1, max_wait_s=max_wait_s, max_queued=max_queued, service_s=0.1)
-    monkeypatch.setattr(gate, "record", lambda seconds: None)  # the estimate stays 0.1 s, however long a test thread takes
+    gate = http_api.Gate(workers=1, max_wait_s=max_wait_s, max_queued=max_queued, service_s=60)
+    monkeypatch.setattr(gate, "record", lambda seconds: None)  # the estimate stays 60 s, however long a test thread takes
     finished = threading.Semaphore(0)  # each release lets the running prediction end
 
     async def scenario():
@@ -484,6 +485,38 @@ def test_a_sustained_overload_is_refused_and_the_queue_stays_bounded(monkeypatch
     outcomes, peak = anyio.run(scenario)
     assert peak == bound and gate.admitted == 0
     assert outcomes == {"served": bound + 9, f"503 Retry-After {retry}": 500 - bound - 9}
+
+
+def test_an_admitted_request_whose_turn_does_not_come_in_time_is_refused_then():
+    """The estimate runs low (a first guess of 1 ms, never updated) while one prediction holds the only worker: four
+    requests are admitted behind it, and each is refused once it has waited the limit, not served late."""
+    gate = http_api.Gate(workers=1, max_wait_s=0.2, max_queued=100, service_s=0.001)
+    gate.record = lambda seconds: None
+    release = threading.Event()
+
+    async def scenario():
+        outcomes = []
+
+        async def call():
+            try:
+                await gate.run(release.wait, 60)
+                outcomes.append("served")
+            except HTTPException as refusal:
+                outcomes.append((refusal.status_code, refusal.detail, refusal.headers))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(5):
+                group.start_soon(call)
+            while len(outcomes) < 4:  # the four behind the running one, each once its wait ran out
+                await anyio.sleep(0.01)
+            release.set()
+        return outcomes
+
+    outcomes = anyio.run(scenario)
+    assert outcomes.count("served") == 1 and gate.admitted == 0
+    refusals = [o for o in outcomes if o != "served"]
+    assert len(refusals) == 4 and all(status == 503 and "Retry-After" in headers for status, _, headers in refusals)
+    assert all("its turn did not come within this server's 0.2 s" in detail for _, detail, _ in refusals)
 
 
 def test_the_service_time_is_the_median_of_the_recent_durations():
