@@ -9,13 +9,18 @@ with --while-training the images/s of a run the app trains meanwhile, alone vs u
 (POST /api/v1/predict, resnet.http_api) for as long, and both loads are reported side by side. With
 --burst, after a warm-up of the HTTP API, --requests requests are sent at once through --parallel
 clients, each on a connection of its own (as `xargs -P 50 curl` sends them): the status counts, the
-Retry-After values and the latencies, the slowest included.
+Retry-After values and the latencies, the slowest included. With --overload, after that warm-up (whose
+rate is taken as the capacity), requests are sent on a schedule at --factor times that rate for --seconds,
+each when it is due whatever the answers to the earlier ones (an open loop, as independent clients send):
+the share refused (503 with Retry-After), the time to a refusal, the most requests admitted at once (served
+ones whose requests overlapped), the longest wait for an answer, and a health check and a prediction after.
 
     python bench/bench_load.py                        # 16 clients, 60 s, idle server
     python bench/bench_load.py --while-training       # the same while a run trains
     python bench/bench_load.py --seconds 5 --clients 4 --json bench/out/load.json
     python bench/bench_load.py --http --json bench/results/http_load.json   # gradio_client, then the HTTP API
     python bench/bench_load.py --burst --warmup 5 --json bench/results/load_burst.json   # 200 at once, 50 clients
+    python bench/bench_load.py --overload --seconds 30 --warmup 10 --json bench/results/load_overload.json   # 10x
 """
 
 import argparse
@@ -206,6 +211,65 @@ def burst(url: str, image: str, requests: int, parallel: int) -> dict:
             "max_ms": round(1000 * max(latencies), 1)}
 
 
+def overload(url: str, image: str, rate: float, seconds: float, senders: int) -> dict:
+    """POSTs to the HTTP API at ``rate`` per second for ``seconds``, request i sent at i / rate by whichever of
+    ``senders`` threads (each on its own keep-alive connection) is free, none after ``seconds`` (senders that
+    fall behind send fewer: ``sent_per_s`` is the load achieved); how each was answered, and how fast."""
+    data, lock = Path(image).read_bytes(), threading.Lock()
+    due, answers, late = iter(range(int(rate * seconds))), [], []
+    began = time.monotonic()
+
+    def sender():
+        with httpx.Client(base_url=url, timeout=120) as client:
+            while True:
+                with lock:
+                    index = next(due, None)
+                if index is None or time.monotonic() > began + seconds:  # the rest were due when the load is over
+                    return
+                delay = began + index / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                else:
+                    late.append(-delay)
+                start = time.monotonic()
+                try:
+                    response = client.post("api/v1/predict", files={"file": (Path(image).name, data)})
+                    answer = (response.status_code, response.headers.get("retry-after"), response.text[:200])
+                except httpx.HTTPError as error:
+                    answer = (None, None, f"{type(error).__name__}: {error}"[:200])
+                with lock:
+                    answers.append((start, time.monotonic(), *answer))
+
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.monotonic() - began
+    statuses = collections.Counter(status for _, _, status, _, _ in answers)
+    refusals = [(end - start, retry) for start, end, status, retry, _ in answers if status == 503]
+    served = [(start, end) for start, end, status, _, _ in answers if status == 200]
+    overlap, most = 0, 0  # served requests in flight at once: those running or waiting for a worker, at most
+    for _, step in sorted([(start, 1) for start, _ in served] + [(end, -1) for _, end in served]):  # an end first on a tie
+        overlap += step
+        most = max(most, overlap)
+    served_s = [end - start for start, end in served]
+    refused_s = [seconds for seconds, _ in refusals]
+    return {"target_per_s": round(rate, 1), "sent": len(answers), "sent_per_s": round(len(answers) / wall, 1),
+            "senders": senders, "wall_s": round(wall, 1), "sent_late_p99_ms": round(1000 * percentile(late, 99), 1) if late else 0,
+            "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)},
+            "refused_share": round(len(refusals) / len(answers), 3) if answers else None,
+            "refused_with_retry_after": sum(1 for _, retry in refusals if retry),
+            "retry_after_s": dict(sorted(collections.Counter(retry for _, retry in refusals).items(), key=str)),
+            "refusal_p50_ms": round(1000 * percentile(refused_s, 50), 1) if refused_s else None,
+            "refusal_p99_ms": round(1000 * percentile(refused_s, 99), 1) if refused_s else None,
+            "served_per_s": round(len(served) / wall, 1),
+            "served_p99_ms": round(1000 * percentile(served_s, 99), 1) if served_s else None,
+            "served_max_ms": round(1000 * max(served_s), 1) if served_s else None,
+            "most_admitted_at_once": most,
+            "other_examples": sorted({text for _, _, status, _, text in answers if status not in (200, 503)})[:5]}
+
+
 def rows_speed(rows) -> float | None:
     speeds = [r["images_per_s"] for r in rows if r.get("images_per_s")]  # step and epoch rows alike
     return round(statistics.median(speeds), 1) if speeds else None
@@ -225,6 +289,10 @@ def main(argv=None) -> int:
     parser.add_argument("--burst", action="store_true", help="only the HTTP API: a warm-up, then --requests at once")
     parser.add_argument("--requests", type=int, default=200, help="with --burst: requests sent at once (default 200)")
     parser.add_argument("--parallel", type=int, default=50, help="with --burst: clients sending them (default 50)")
+    parser.add_argument("--overload", action="store_true", help="only the HTTP API: a warm-up, then --factor times its "
+                        "rate for --seconds")
+    parser.add_argument("--factor", type=float, default=10, help="with --overload: times the warm-up's rate (default 10)")
+    parser.add_argument("--senders", type=int, default=64, help="with --overload: threads sending (default 64)")
     parser.add_argument("--json", metavar="OUT", help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -246,6 +314,18 @@ def main(argv=None) -> int:
             result["burst"] = burst(server.url, args.image, args.requests, args.parallel)
             result["memory_after"] = memory(server.process.pid)
             return finish(result, args.json, 1 if set(result["burst"]["statuses"]) != {"200"} else 0)
+        if args.overload:
+            warm = hammer(server.url, args.image, args.clients, args.warmup, http_caller)
+            result["http_warmup"] = {k: warm[k] for k in ("served", "errors", "requests_per_s")}
+            result["overload"] = overload(server.url, args.image, args.factor * warm["requests_per_s"], args.seconds,
+                                          args.senders)
+            result["overload"]["sent_over_capacity"] = round(result["overload"]["sent_per_s"] / warm["requests_per_s"], 1)
+            result["health_after"] = httpx.get(server.url + "api/v1/health", timeout=30).status_code
+            result["predict_after"] = httpx.post(server.url + "api/v1/predict", timeout=30,
+                                                 files={"file": (Path(args.image).name, Path(args.image).read_bytes())}).status_code
+            result["memory_after"] = memory(server.process.pid)
+            healthy = result["health_after"] == result["predict_after"] == 200
+            return finish(result, args.json, 0 if healthy and set(result["overload"]["statuses"]) <= {"200", "503"} else 1)
         run_dir = None
         if args.while_training:
             client = Client(server.url, verbose=False)

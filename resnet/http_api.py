@@ -137,8 +137,10 @@ class Gate:
     taking ``service_s``: the median of the last RECENT predictions' measured durations (a median, so that one
     slow prediction on a busy machine does not turn a burst away). It waits for its turn while
     that is at most ``max_wait_s`` and fewer than ``max_queued`` wait (the queue's bound where the estimate runs
-    low); any other request gets 503 at once, with the expected wait as its Retry-After. So a burst the server
-    would finish within ``max_wait_s`` is served, and a sustained overload is refused as fast as it comes."""
+    low); any other request gets 503 at once, with the expected wait as its Retry-After. An admitted request whose
+    turn has not come within ``max_wait_s`` (the machine slowed under the load, and the estimate lags behind) gets
+    the same 503 then, rather than an answer later still. So a burst the server would finish within ``max_wait_s``
+    is served, a sustained overload is refused as fast as it comes, and no request waits longer than the limit."""
 
     RECENT = 16  # durations the estimate is the median of: it follows a lasting change within eight predictions
 
@@ -164,10 +166,14 @@ class Gate:
     def record(self, seconds: float) -> None:
         self.durations.append(seconds)
 
-    def busy(self, wait: float) -> HTTPException:
+    def busy(self, wait: float, waited: bool = False) -> HTTPException:
         retry = max(1, math.ceil(wait))
-        reason = (f"{self.waiting} requests are already waiting" if self.waiting >= self.max_queued
-                  else f"a prediction would wait about {wait:.1f} s for its turn, over this server's {self.max_wait_s:g} s")
+        if waited:
+            reason = f"its turn did not come within this server's {self.max_wait_s:g} s"
+        elif self.waiting >= self.max_queued:
+            reason = f"{self.waiting} requests are already waiting"
+        else:
+            reason = f"a prediction would wait about {wait:.1f} s for its turn, over this server's {self.max_wait_s:g} s"
         return HTTPException(503, f"the server is busy: {reason}; retry in {retry} s", headers={"Retry-After": str(retry)})
 
     async def run(self, function, *args):
@@ -176,12 +182,20 @@ class Gate:
             raise self.busy(wait)
         self.admitted += 1
         try:
-            async with self.turns:
+            turn = False
+            with anyio.move_on_after(self.max_wait_s):
+                await self.turns.acquire()
+                turn = True
+            if not turn:
+                raise self.busy(self.expected_wait(), waited=True)
+            try:
                 began = time.perf_counter()
                 try:
                     return await anyio.to_thread.run_sync(function, *args, limiter=self.threads)
                 finally:
                     self.record(time.perf_counter() - began)
+            finally:
+                self.turns.release()
         finally:
             self.admitted -= 1
 

@@ -7,9 +7,15 @@ pictures were made: whole objects, roughly centred, no distortion).
 The network sees 32 x 32 pixels, so a large image is made small as early as its format allows: a JPEG
 is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's draft mode), and any image's centre square is
 box-averaged by a whole factor right after decoding, before the conversions that copy it. What an
-upload costs is then its decoder's buffers and the decoded image, bounded by the pixel cap checked
-before decoding and by reading only the formats in FORMATS, whose decoders were measured at that cap
+upload costs is then its decoder's buffers and the decoded image, bounded by the pixel caps checked
+before decoding and by reading only the formats in FORMATS, whose decoders were measured at those caps
 (tests/test_upload_memory.py): JPEG 2000's decoder, for one, takes well over a second on a 6 MP image.
+The cap on what is decoded applies to a JPEG at the size draft mode decodes, so a 12 MP phone photo
+(decoded at 1/8) is read. What a JPEG costs at any scale is held by caps of its own, checked before decoding:
+its full size (a progressive or multi-scan JPEG's decoder holds every DCT coefficient of the full-size image,
+2 bytes a pixel and channel), its scans (each one a pass over all those coefficients, and a scan can take
+under 30 bytes) and, for a progressive one, its bytes (its entropy decoding is several times slower per byte
+than a baseline JPEG's).
 """
 
 import io
@@ -32,11 +38,14 @@ class ImageError(ValueError):
 
 
 class TooManyPixels(ImageError):
-    """The header announces more pixels than the cap allows; nothing was decoded. One sentence for every such
-    image, whichever check caught it; ``pixels`` is None where Pillow's own bomb check refused it first."""
+    """The header announces more pixels than a cap allows; nothing was decoded. One sentence for every such
+    image, whichever check caught it; ``pixels`` is what would have been decoded, None where the full size alone
+    refused it (past the JPEG cap, or Pillow's own bomb check, which comes first)."""
 
-    def __init__(self, max_pixels: int, pixels: int | None):
-        super().__init__(f"the image has more pixels than this server's limit of {max_pixels / 1e6:g} MP")
+    def __init__(self, max_pixels: int, pixels: int | None, max_jpeg_pixels: int | None = None):
+        max_jpeg_pixels = limits.current().jpeg_pixels if max_jpeg_pixels is None else max_jpeg_pixels
+        super().__init__(f"the image has more pixels than this server's limit of {max_pixels / 1e6:g} MP "
+                         f"({max_jpeg_pixels / 1e6:g} MP for a JPEG, which is decoded at reduced size)")
         self.pixels = pixels
 
 
@@ -53,11 +62,13 @@ def refusal(reason) -> str:
     return f"cannot use this image: {reason}"
 
 
-def open_image(source, max_pixels: int | None = None, max_bytes: int | None = None) -> Image.Image:
+def open_image(source, max_pixels: int | None = None, max_bytes: int | None = None,
+               max_jpeg_pixels: int | None = None) -> Image.Image:
     """Open a path, bytes or PIL image safely: size and pixel caps (this server's, unless given) are checked
-    before decoding."""
+    before decoding; ``max_pixels`` holds the size a JPEG is decoded at, ``max_jpeg_pixels`` its full size."""
     max_pixels = limits.current().pixels if max_pixels is None else max_pixels
     max_bytes = limits.current().upload_bytes if max_bytes is None else max_bytes
+    max_jpeg_pixels = limits.current().jpeg_pixels if max_jpeg_pixels is None else max_jpeg_pixels
     if isinstance(source, Image.Image):
         image = source
     else:
@@ -69,7 +80,7 @@ def open_image(source, max_pixels: int | None = None, max_bytes: int | None = No
         try:
             image = Image.open(io.BytesIO(data), formats=list(FORMATS))
         except Image.DecompressionBombError:  # Pillow's own check (about 179 MP) comes before this server's
-            raise TooManyPixels(max_pixels, None) from None
+            raise TooManyPixels(max_pixels, None, max_jpeg_pixels) from None
         except UnidentifiedImageError:
             raise ImageError(f"not an image file in a format read here ({FORMATS_IN_WORDS})") from None
         except Exception as error:  # see ImageError
@@ -77,17 +88,36 @@ def open_image(source, max_pixels: int | None = None, max_bytes: int | None = No
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageError("the image has no pixels")
-    if width * height > max_pixels:
-        raise TooManyPixels(max_pixels, width * height)
+    if image.format == "JPEG" and width * height > max_jpeg_pixels:
+        raise TooManyPixels(max_pixels, None, max_jpeg_pixels)
+    if image.format == "JPEG" and not isinstance(source, Image.Image):
+        _check_jpeg_work(data, image.info.get("progressive", False), max_bytes)
     try:
         image.draft(image.mode, (SHRUNK_SIDE, SHRUNK_SIDE))  # a JPEG decodes at the smallest scale that keeps this size
     except Exception as error:  # see ImageError
         raise ImageError(f"unreadable image: {_reason(error)}") from None
+    width, height = image.size  # a JPEG's size as it will be decoded (a long thin one is not reduced)
+    if width * height > max_pixels:
+        raise TooManyPixels(max_pixels, width * height, max_jpeg_pixels)
     try:
         image.load()
     except Exception as error:  # see ImageError
         raise ImageError(f"the image is damaged or truncated ({_reason(error)})") from None
     return image
+
+
+def _check_jpeg_work(data: bytes, progressive: bool, max_bytes: int) -> None:
+    """Refuse a JPEG whose scans or bytes would take its decoder too long at any scale. Every start-of-scan
+    marker in the file is counted (entropy-coded data cannot hold one), an embedded thumbnail's too: a few
+    more than the image's own, never fewer."""
+    allowed = limits.current()
+    scans = data.count(b"\xff\xda")
+    if scans > allowed.jpeg_scans:
+        raise ImageError(f"the JPEG has {scans} scans; this server decodes at most {allowed.jpeg_scans}")
+    if progressive and len(data) > allowed.progressive_bytes:
+        raise ImageError(f"the file is a progressive JPEG of {len(data) / 2**20:.1f} MB; the limit for one is "
+                         f"{allowed.progressive_bytes / 2**20:g} MB (a baseline JPEG may have "
+                         f"{max_bytes / 2**20:g} MB)")
 
 
 def _reason(error: Exception) -> str:

@@ -31,7 +31,13 @@ LIMITS = {
     "budget_s": Limit("STUDIO_MAX_BUDGET_MIN", 60, "minutes of a time-budgeted run started from the studio", unit=60),
     "queue": Limit("STUDIO_MAX_QUEUE", 4, "runs waiting for the trainer"),
     "upload_bytes": Limit("STUDIO_MAX_UPLOAD_MB", 20, "megabytes of one image (an upload, a zip member)", unit=2**20),
-    "pixels": Limit("STUDIO_MAX_PIXELS", 6_000_000, "pixels of one image, checked before it is decoded"),
+    "pixels": Limit("STUDIO_MAX_PIXELS", 6_000_000, "pixels of one image as decoded, checked before it is decoded"),
+    "jpeg_pixels": Limit("STUDIO_MAX_JPEG_PIXELS", 13_000_000, "pixels of one JPEG at full size (a 12 MP phone photo), "
+                         "checked before it is decoded at 1/2 to 1/8 of that size"),
+    "jpeg_scans": Limit("STUDIO_MAX_JPEG_SCANS", 24, "scans of one JPEG, each a pass over every block of the full-size "
+                        "image whatever the scale (a camera writes 1, libjpeg's progressive JPEGs have up to 18)"),
+    "progressive_bytes": Limit("STUDIO_MAX_PROGRESSIVE_MB", 6, "megabytes of one progressive JPEG, whose decoding time "
+                               "grows with its bytes whatever the scale", unit=2**20),
     "batch_images": Limit("STUDIO_MAX_BATCH_IMAGES", 500, "images in one batch request, zip members counted"),
     "batch_pixels": Limit("STUDIO_MAX_BATCH_MP", 500, "megapixels decoded over one batch request", unit=10**6),
     "weights_bytes": Limit("STUDIO_MAX_WEIGHTS_MB", 128, "megabytes of uploaded weights", unit=2**20),
@@ -68,6 +74,9 @@ class ServerLimits:
     queue: int
     upload_bytes: int
     pixels: int
+    jpeg_pixels: int
+    jpeg_scans: int
+    progressive_bytes: int
     batch_images: int
     batch_pixels: int
     weights_bytes: int

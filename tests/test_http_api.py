@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import tiny_card
 from test_app import ODD_UPLOADS, UNUSABLE, finished_run, odd_upload
+from test_images import phone_photo
 
 gradio_client = pytest.importorskip("gradio_client")
 schemathesis = pytest.importorskip("schemathesis")
@@ -125,6 +126,14 @@ def test_predict_returns_the_apps_probabilities_and_the_model(api):
         assert body["model"]["id"] == "shipped" and "logits" not in body
         right += body["label"] == entry["label"]
     assert right >= 0.8 * len(index)  # the shipped model scores 93.8% on the test set these come from
+
+
+def test_a_phone_photo_is_predicted(api):
+    """A 12 MP camera JPEG, twice the pixel cap at full size, is decoded at 1/8 of it."""
+    photo = phone_photo()
+    answer = api.post("/predict", files={"file": ("IMG_0001.jpg", photo)})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["probabilities"] == pytest.approx(expected(DEFAULT_WEIGHTS, photo), abs=1e-6)
 
 
 def test_logits_when_asked(api):
@@ -431,6 +440,83 @@ def test_the_queue_stays_bounded_whatever_the_estimate():
     refusal = next(answer for answer in answers if isinstance(answer, HTTPException))
     assert refusal.detail == "the server is busy: 2 requests are already waiting; retry in 1 s"
     assert refusal.headers == {"Retry-After": "1"}
+
+
+# The limits are minutes of real time, so that no admitted request here waits past them, however slow the machine.
+@pytest.mark.parametrize("max_wait_s, max_queued, bound, retry", [
+    (600, 100, 11, "660"),  # held by the expected wait: admitted x 60 s is at most 600 s for one running and ten waiting
+    (6000, 5, 6, "360"),  # held by the queue's bound: one running, five waiting
+])
+def test_a_sustained_overload_is_refused_and_the_queue_stays_bounded(monkeypatch, max_wait_s, max_queued, bound, retry):
+    """Ten rounds of 50 arrivals at a gate whose one worker finishes a single prediction between rounds: far more
+    than it can serve. Whatever arrives, no more than ``bound`` are ever admitted, each round admits only what the
+    finished prediction freed, and every other request is refused with the expected wait as its Retry-After."""
+    gate = http_api.Gate(workers=1, max_wait_s=max_wait_s, max_queued=max_queued, service_s=60)
+    monkeypatch.setattr(gate, "record", lambda seconds: None)  # the estimate stays 60 s, however long a test thread takes
+    finished = threading.Semaphore(0)  # each release lets the running prediction end
+
+    async def scenario():
+        outcomes, peak = collections.Counter(), 0
+
+        async def call():
+            try:
+                await gate.run(finished.acquire, True, 30)
+                outcomes["served"] += 1
+            except HTTPException as refusal:
+                outcomes[f"{refusal.status_code} Retry-After {refusal.headers['Retry-After']}"] += 1
+
+        async def settle(condition):
+            while not condition():
+                await anyio.sleep(0.001)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(10):
+                for _ in range(50):
+                    before = sum(outcomes.values()) + gate.admitted
+                    group.start_soon(call)
+                    await settle(lambda: sum(outcomes.values()) + gate.admitted > before)  # admitted or refused
+                    peak = max(peak, gate.admitted)
+                admitted = gate.admitted
+                finished.release()
+                await settle(lambda: gate.admitted < admitted)
+            finished.release(bound)
+        return outcomes, peak
+
+    outcomes, peak = anyio.run(scenario)
+    assert peak == bound and gate.admitted == 0
+    assert outcomes == {"served": bound + 9, f"503 Retry-After {retry}": 500 - bound - 9}
+
+
+def test_an_admitted_request_whose_turn_does_not_come_in_time_is_refused_then():
+    """The estimate runs low (a first guess of 1 ms, never updated) while one prediction holds the only worker: four
+    requests are admitted behind it, and each is refused once it has waited the limit, not served late."""
+    gate = http_api.Gate(workers=1, max_wait_s=0.2, max_queued=100, service_s=0.001)
+    gate.record = lambda seconds: None
+    release = threading.Event()
+
+    async def scenario():
+        outcomes = []
+
+        async def call():
+            try:
+                await gate.run(release.wait, 60)
+                outcomes.append("served")
+            except HTTPException as refusal:
+                outcomes.append((refusal.status_code, refusal.detail, refusal.headers))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(5):
+                group.start_soon(call)
+            while len(outcomes) < 4:  # the four behind the running one, each once its wait ran out
+                await anyio.sleep(0.01)
+            release.set()
+        return outcomes
+
+    outcomes = anyio.run(scenario)
+    assert outcomes.count("served") == 1 and gate.admitted == 0
+    refusals = [o for o in outcomes if o != "served"]
+    assert len(refusals) == 4 and all(status == 503 and "Retry-After" in headers for status, _, headers in refusals)
+    assert all("its turn did not come within this server's 0.2 s" in detail for _, detail, _ in refusals)
 
 
 def test_the_service_time_is_the_median_of_the_recent_durations():

@@ -180,7 +180,7 @@ def test_an_image_over_pillows_own_bomb_limit_gets_the_servers_sentence():
     bomb = encode(Image.new("1", (20000, 20000)), "PNG")
     over = encode(Image.new("L", (2000, 2000)), "PNG")
     assert refused(bomb, max_pixels=1_000_000) == refused(over, max_pixels=1_000_000) \
-        == "the image has more pixels than this server's limit of 1 MP"
+        == "the image has more pixels than this server's limit of 1 MP (13 MP for a JPEG, which is decoded at reduced size)"
 
 
 def test_only_the_listed_formats_are_decoded():
@@ -193,6 +193,72 @@ def test_a_large_jpeg_is_decoded_at_reduced_size():
     data = encode(gradient("RGB", (2000, 1600)), "JPEG")
     assert images.open_image(data).size == (250, 200)  # 1/8: still more than 3x the network's 32 pixels a side
     assert_cifar_tensor(prepare(data))
+
+
+def phone_photo(size=(4032, 3024)) -> bytes:
+    """A 12 MP camera JPEG's worth of detail: noise over a gradient, at quality 90 (about 9 MB)."""
+    rng = np.random.default_rng(0)
+    array = np.asarray(gradient("RGB", size), dtype=np.int16) + rng.integers(-40, 40, (size[1], size[0], 3))
+    return encode(Image.fromarray(array.clip(0, 255).astype(np.uint8), "RGB"), "JPEG", quality=90)
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A small JPEG whose header announces ``width`` x ``height``: the caps must refuse it before decoding."""
+    data = bytearray(encode(gradient("RGB", (64, 64)), "JPEG"))
+    frame = data.index(b"\xff\xc0")  # baseline frame header: marker, length, precision, height, width
+    data[frame + 5:frame + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_a_phone_photo_is_held_to_the_pixel_cap_at_the_size_it_is_decoded():
+    """12 MP is past the 6 MP cap on what is decoded, but a JPEG that size is decoded at 1/8: 504 x 378."""
+    data = phone_photo()
+    assert images.open_image(data).size == (504, 378)
+    assert_cifar_tensor(prepare(data))
+
+
+def test_a_jpeg_that_draft_mode_cannot_reduce_is_held_to_the_pixel_cap():
+    """Draft mode keeps both sides at least 96 pixels, so a long thin JPEG decodes at full size."""
+    refused(encode(gradient("RGB", (3000, 20)), "JPEG"), "more pixels than this server's limit of 0.05 MP",
+            max_pixels=50_000)
+    assert_cifar_tensor(prepare(encode(gradient("RGB", (2000, 1600)), "JPEG"), max_pixels=50_000))  # decoded: 250 x 200
+
+
+@pytest.mark.parametrize("width, height", [(4000, 4000), (65000, 65000)])  # past the JPEG cap; past Pillow's bomb check too
+def test_a_jpeg_past_its_full_size_cap_gets_the_servers_sentence(width, height):
+    with pytest.raises(images.TooManyPixels) as caught:
+        images.open_image(jpeg_claiming(width, height))
+    assert str(caught.value) == "the image has more pixels than this server's limit of 6 MP (13 MP for a JPEG, which is " \
+                                "decoded at reduced size)"
+    assert caught.value.pixels is None  # refused on its full size, whatever a batch's decoding budget
+    small = encode(gradient("RGB", (400, 300)), "JPEG")
+    with pytest.raises(images.TooManyPixels, match=r"limit of 6 MP \(0.1 MP for a JPEG"):
+        images.open_image(small, max_jpeg_pixels=100_000)
+    assert images.open_image(small, max_jpeg_pixels=120_000).size == (200, 150)
+
+
+def with_scans(data: bytes, scans: int) -> bytes:
+    """A JPEG with its last scan repeated until it has ``scans``: each repeat is a valid pass over every block."""
+    last = data[data.rindex(b"\xff\xda"):-2]  # up to the end-of-image marker
+    return data[:-2] + last * (scans - data.count(b"\xff\xda")) + data[-2:]
+
+
+def test_a_jpeg_with_more_scans_than_the_cap_is_refused_before_decoding():
+    """A 100 kB progressive JPEG of 1,000 scans at 13 MP keeps a decoder busy for seconds."""
+    progressive = encode(gradient("RGB", (400, 300)), "JPEG", progressive=True)
+    assert progressive.count(b"\xff\xda") == 10  # libjpeg's script for a colour image
+    assert_cifar_tensor(prepare(with_scans(progressive, 24)))
+    refused(with_scans(progressive, 25), "the JPEG has 25 scans; this server decodes at most 24")
+
+
+def test_a_progressive_jpeg_over_its_byte_cap_is_refused(server_limits):
+    allowed = server_limits(progressive_bytes=50_000)
+    detailed = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8), "RGB")
+    progressive, baseline = encode(detailed, "JPEG", progressive=True), encode(detailed, "JPEG")
+    assert len(progressive) > allowed.progressive_bytes and len(baseline) > allowed.progressive_bytes
+    refused(progressive, f"the file is a progressive JPEG of {len(progressive) / 2**20:.1f} MB; the limit for one is "
+                         f"{50_000 / 2**20:g} MB (a baseline JPEG may have 20 MB)")
+    assert_cifar_tensor(prepare(baseline))
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "1", "I;16", "F"])
