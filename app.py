@@ -18,10 +18,10 @@ import pandas as pd
 from resnet import ablation, batch, catalog, config, downloads, fetch, http_api, jobs, limits, model_card, plots, \
     robustness_plots, runs, showcase, stress, study, time_to_accuracy
 from resnet.classifier import Classifier
-from resnet.budget import describe_budget
+from resnet.budget import describe_duration
 from resnet.config import QUICK_RUN, from_form, make_config, parse_budget, to_form
 from resnet.constants import TEST_IMAGES, TRAIN_IMAGES
-from resnet.errors import USER_ERRORS
+from resnet.errors import UserError
 from resnet.explain import enlarge, overlay
 from resnet.images import ImageError, prepare, refusal
 from resnet.model import BLOCK_CHOICES
@@ -42,7 +42,7 @@ FIELD_NOTES = {"limit_train": f"0 = all {TRAIN_IMAGES:,}", "limit_test": f"0 = a
 PRESET_NOTES = {"quick": "a run that learns in minutes on a CPU", "original": "the published recipe",
                 "fast": "the shipped weights' recipe (hours on a CPU)"}
 RUN_SHAPE = (*config.SIZE_SETTINGS, "resolution")  # the form's second row: how long the run is and at what size
-REFERENCE_NOTE = (f"Grey lines are committed reference runs on the default {describe_budget(parse_budget(QUICK_RUN['size']['budget']))} "
+REFERENCE_NOTE = (f"Grey lines are committed reference runs on the default {describe_duration(parse_budget(QUICK_RUN['size']['budget']))} "
                   "budget, measured on a 2-core CPU (results/reference-curves.json): the quick preset and the published "
                   "recipe. The probe is a fixed set of "
                   "held-out images scored in eval mode, evenly through the run; a budgeted run scores the test set once, at "
@@ -55,7 +55,7 @@ def user_errors():
     """Expected failures reach the visitor as a sentence (gr.Error), never as a stack trace."""
     try:
         yield
-    except USER_ERRORS as error:
+    except UserError as error:
         raise gr.Error(str(error), print_exception=False) from None
 
 

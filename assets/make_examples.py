@@ -11,7 +11,7 @@ from PIL import Image
 
 from resnet.constants import CLASSES
 from resnet.data import load_split
-from resnet.weights import atomic_write_json
+from resnet.atomic import atomic_write_json
 
 PER_CLASS = 3
 OUT = Path(__file__).resolve().parent / "examples"

@@ -10,7 +10,8 @@ from pathlib import Path
 from PIL import Image
 
 from resnet.data import load_split
-from resnet.weights import DEFAULT_WEIGHTS, atomic_write_json, load_weights
+from resnet.atomic import atomic_write_json
+from resnet.weights import DEFAULT_WEIGHTS, load_weights
 
 COUNT = 12
 OUT = Path(__file__).resolve().parent / "mistakes"

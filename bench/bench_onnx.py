@@ -18,9 +18,8 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from machine import machine, report
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from machine import machine, report  # noqa: E402  (bench/, beside this file)
 from resnet.export import INPUT, export_onnx  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, load_weights  # noqa: E402
 

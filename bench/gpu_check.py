@@ -117,7 +117,7 @@ GPU_RESULTS, GPU_RUNS = "bench/results/time-to-accuracy-gpu.json", "time-to-accu
 
 
 def time_to_accuracy(data_dir, root, results) -> dict:
-    """Every recipe of the experiment on this GPU (each run's device is 'auto'): its rows as the README shows them,
+    """Every recipe of the experiment on this GPU (each run's device is 'auto'): its rows as docs/results.md shows them,
     or the error that stopped it (the checks before it are kept either way)."""
     try:
         return {"table": table(TIME_TO_ACCURACY.run(TIME_TO_ACCURACY.budget, Options(root, results, data_dir)))}

@@ -2,21 +2,15 @@
 
 import json
 import os
-import platform
-import subprocess
 from pathlib import Path
 
 import torch
 
+from resnet.train import cpu_model
+
 
 def machine() -> dict:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except OSError:
-        lscpu = ""
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    return {"cpu": fields.get("Model name", platform.processor()).strip(), "avx512_bf16": "avx512_bf16" in flags,
+    return {"cpu": cpu_model(), "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "load_average_1m": round(os.getloadavg()[0], 2)}
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from . import limits
 from .classifier import Classifier
+from .errors import UserError
 from .evaluate import metrics_from_logits
 from .images import FORMATS, ImageError, TooManyPixels, open_image, prepare
 
@@ -27,11 +28,11 @@ IMAGE_SUFFIXES = frozenset(suffix for suffix, kind in Image.registered_extension
 READ_ERRORS = (ImageError, OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError)
 
 
-class FolderError(ValueError):
+class FolderError(UserError, ValueError):
     """A folder that is not the ImageFolder layout evaluate --folder needs."""
 
 
-class BatchError(ValueError):
+class BatchError(UserError, ValueError):
     """A server's batch request it does not answer; ``status`` is the HTTP status that says why."""
 
     status = 400
@@ -215,22 +216,20 @@ def csv_header(classes) -> list:
     return ["path", "prediction", "probability", *classes]
 
 
-def csv_row(name: str, probabilities: torch.Tensor, classes) -> list:
-    """One CSV line: the name, the top class, its probability and every class's, as text to 6 decimals."""
-    top = int(probabilities.argmax())
-    return [name, classes[top], f"{probabilities[top]:.6f}", *(f"{p:.6f}" for p in probabilities.tolist())]
+def table_row(name: str, probabilities: torch.Tensor, classes) -> list:
+    """[name, top class, its probability, *every class's probability], the probabilities rounded to 6 decimals."""
+    values = [round(p, 6) for p in probabilities.tolist()]
+    top = int(probabilities.argmax())  # before rounding: two classes 1e-7 apart stay in the model's order
+    return [name, classes[top], values[top], *values]
 
 
 def write_csv(handle, classes, predicted) -> list:
-    """Write (name, probabilities [C]) pairs as CSV (csv_header, then csv_row each) to a text handle, returning
-    the rows as numbers: [name, top class, its probability, *probabilities] (the server's table)."""
+    """Write (name, probabilities [C]) pairs as CSV (csv_header, then a row each, probabilities as text to 6
+    decimals) to a text handle, returning the rows as numbers (the server's table)."""
     writer = csv.writer(handle)
     writer.writerow(csv_header(classes))
-    rows = []
-    for name, probabilities in predicted:
-        writer.writerow(csv_row(name, probabilities, classes))
-        top = int(probabilities.argmax())
-        rows.append([name, classes[top], round(float(probabilities[top]), 6), *(round(p, 6) for p in probabilities.tolist())])
+    rows = [table_row(name, probabilities, classes) for name, probabilities in predicted]
+    writer.writerows([name, top, *(f"{p:.6f}" for p in numbers)] for name, top, *numbers in rows)
     return rows
 
 

@@ -39,8 +39,13 @@ REPLAN_AT = (0.2, 0.4, 0.6, 0.8)
 MIN_STEPS_MET = 5  # a size's own pace counts once it has trained this many steps; before, the measured one, scaled
 
 
-def describe_budget(seconds: float) -> str:
-    """90 -> '1 min 30 s', 300 -> '5 min', 3600 -> '1 h'."""
+def describe_duration(seconds: float) -> str:
+    """A time span in words: 90 -> '1 min 30 s', 300 -> '5 min', 3600 -> '1 h', 8857 -> '2 h 28 min' (seconds only
+    under an hour), and '?' where it is not known (an estimate from no progress)."""
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds >= 3600:
+        seconds = round(seconds / 60) * 60
     minutes, rest = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     parts = [f"{hours} h"] * bool(hours) + [f"{minutes} min"] * bool(minutes) + [f"{rest} s"] * bool(rest)
@@ -174,7 +179,7 @@ def plan(budget_s: float, spent_s: float, rates: Rates, *, batch_size: int, step
         probe_s = (steps // interval if interval else 0) * each / rates.score
         checkpoint_s = epochs * rates.checkpoint_s
     if steps < 1:
-        raise ConfigError(f"a {describe_budget(budget_s)} budget leaves no time to train here: {spent_s:.0f} s went to "
+        raise ConfigError(f"a {describe_duration(budget_s)} budget leaves no time to train here: {spent_s:.0f} s went to "
                           f"starting and measuring, and scoring {final_images:,} images takes {final_s:.0f} s")
     return Plan(budget_s=budget_s, spent_s=spent_s, steps=steps, epochs=epochs, test_images=test_images,
                 train_s=steps * batch_size * seconds_per_image, probe_s=probe_s, checkpoint_s=checkpoint_s, final_s=final_s,
@@ -184,12 +189,12 @@ def plan(budget_s: float, spent_s: float, rates: Rates, *, batch_size: int, step
 
 
 def summary(plan_record: dict) -> str:
-    """The plan in one sentence for the Train tab: what the budget bought and where its seconds go."""
+    """The plan in one sentence for the Train tab: what the budget bought and where its seconds were planned to go."""
     p = plan_record
     scored = f" of {p['test_images']:,} test images" if p.get("test_images") else ""
     refits = ", ".join(f"{r['steps']:,} at {r['progress']:.0%}" for r in p.get("refits", []))
-    refitted = f" (re-fitted to this run's own pace: {refits})" if refits else ""
-    return (f"{describe_budget(p['budget_s'])} budget: {p['steps']:,} steps planned{refitted} over {p['epochs']} epoch"
-            f"{'s' if p['epochs'] != 1 else ''}; {p['spent_s']:.0f} s to start and measure this machine, "
-            f"{p['train_s']:.0f} s training, {p['probe_s'] + p['checkpoint_s']:.0f} s probes and checkpoints, "
-            f"{p['final_s']:.0f} s final scoring{scored}")
+    refitted = f", re-fitted to this run's own pace ({refits})" if refits else ""
+    return (f"{describe_duration(p['budget_s'])} budget: {p['steps']:,} steps planned over {p['epochs']} epoch"
+            f"{'s' if p['epochs'] != 1 else ''}{refitted}; as first planned, {p['spent_s']:.0f} s to start and measure "
+            f"this machine, {p['train_s']:.0f} s training, {p['probe_s'] + p['checkpoint_s']:.0f} s probes and "
+            f"checkpoints, {p['final_s']:.0f} s final scoring{scored}")

@@ -19,12 +19,12 @@ from .budget import process_age_s
 from .config import SEED_LIMIT, ConfigError
 from .constants import CLASSES
 from .data import download, load_split
-from .errors import USER_ERRORS
+from .errors import UserError
 from .images import FORMATS_IN_WORDS
 from .train import Trainer, resolve_device, resume_config
 from .weights import DEFAULT_WEIGHTS, WeightsError, card_path, load_weights, save_weights
 
-EXPECTED_ERRORS = (*USER_ERRORS, FileNotFoundError)  # and a path on this machine that is not there
+EXPECTED_ERRORS = (UserError, FileNotFoundError)  # and a path on this machine that is not there
 
 
 def _finite_float(text: str) -> float:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from .constants import IMAGE_SIZE, MEAN, PUBLISHED_MEAN, PUBLISHED_STD, STD, TRAIN_IMAGES
 from .data import AUGMENTATIONS
+from .errors import UserError
 from .model import MAX_BLOCKS
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
@@ -23,7 +24,7 @@ RESOLUTIONS = tuple(range(8, IMAGE_SIZE + 1, 8))
 BLOCKS_RULE = f"four whole numbers from 1 to {MAX_BLOCKS}, like 1,1,1,1"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 
@@ -148,7 +149,7 @@ PRESETS = {
     ),
     # The published recipe exactly: Adam 0.01, batch 64, 200 epochs, constant lr, its crop.
     "original": {},
-    # The shipped weights' recipe (README "Shipped weights"); `python -m resnet ablation` measures what each part of
+    # The shipped weights' recipe (docs/training.md, "Shipped weights"); `python -m resnet ablation` measures what each part of
     # it, with a whitened stem, buys.
     "fast": dict(
         dropout=0.0,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .constants import IMAGE_SIZE
+from .errors import UserError
 
 BATCHES_FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -29,7 +30,7 @@ PADDINGS = {"standard": (4, 4, 4, 4), "original": ORIGINAL_PADDING, "light": (2,
 AUGMENTATIONS = (*PADDINGS, "none")
 
 
-class DataMissingError(FileNotFoundError):
+class DataMissingError(UserError, FileNotFoundError):
     pass
 
 

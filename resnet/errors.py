@@ -1,15 +1,7 @@
-"""The errors a person's input can cause, in one tuple: each says what is wrong in one sentence, and every
-front end (the studio, the command line) shows that sentence instead of a stack trace."""
+"""The one base of every error a person's input can cause (a setting, a file, a run folder, a limit): its message
+says what is wrong in one sentence, and every front end (the studio, the command line) shows that sentence
+instead of a stack trace. Each module's own error derives from it; this module imports nothing."""
 
-from .batch import BatchError, FolderError
-from .config import ConfigError
-from .data import DataMissingError
-from .export import ExportError
-from .images import ImageError
-from .limits import LimitError
-from .runs import RunError
-from .stress import StressError
-from .weights import WeightsError
 
-USER_ERRORS = (ConfigError, DataMissingError, RunError, WeightsError, ImageError, FolderError, BatchError, StressError,
-               ExportError, LimitError)
+class UserError(Exception):
+    """Something a person gave is wrong; the message says what, in one sentence."""

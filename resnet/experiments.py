@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Callable
 
 from . import runs
+from .atomic import atomic_write_json
 from .config import ConfigError, differences
 from .train import Trainer, load_data, resolve_device
-from .weights import atomic_write_json
 
 DONE = ("finished", "diverged")
 BUDGET_FILE = "budget.json"

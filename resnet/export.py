@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .constants import IMAGE_SIZE
+from .errors import UserError
 from .weights import DEFAULT_WEIGHTS, load_weights
 
 EXPORTER_PACKAGES = ("onnx", "onnxscript")
@@ -27,7 +28,7 @@ INPUT, OUTPUTS = "images", ("logits", "probabilities")
 FORMAT = "cifar-resnet-studio/onnx-1"
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export that cannot be done here, with the reason."""
 
 

@@ -26,9 +26,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import limits
 from .constants import IMAGE_SIZE
+from .errors import UserError
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An upload that cannot become an image, with the reason in words.
 
     Pillow's decoders and plug-ins raise many kinds of error on damaged or hostile files (OSError,

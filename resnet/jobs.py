@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import math
 import os
 import secrets
 import shlex
@@ -23,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import budget, fetch, limits, runs
+from .atomic import atomic_write_json
 from .config import ConfigError, TrainConfig, cli_args, make_config, parse_budget
 from .data import DataMissingError
-from .train import resume_config, training_images
-from .weights import atomic_write_json
+from .train import check_batch, resume_config, training_images
 
 TRAINING_CAPS = ("epochs", "batch_size")  # the training settings a server caps (resnet.limits), shown on the form
 BROWSER_SECRET = ".browser-secret"  # in the runs folder, beside the runs
@@ -50,11 +49,9 @@ def check_settings(preset: str, overrides: dict) -> TrainConfig:
             raise ConfigError(f"{name} {getattr(config, name)} is above this server's limit of {cap}")
     cap = limits.current().budget_s
     if parse_budget(config.budget) > cap:
-        raise ConfigError(f"budget {config.budget.strip()} is above this server's limit of {budget.describe_budget(cap)}")
+        raise ConfigError(f"budget {config.budget.strip()} is above this server's limit of {budget.describe_duration(cap)}")
     # Checked here, not only in the trainer, so a request that can never train leaves no run folder behind.
-    images = training_images(config)
-    if config.batch_size > images:
-        raise ConfigError(f"batch_size {config.batch_size} is larger than the {images} training images")
+    check_batch(config, training_images(config))
     return config
 
 
@@ -366,7 +363,7 @@ def runs_table(root) -> list:
             value = row.get(key)
             shown[RUN_TABLE[key]] = f"{value:.2%}" if isinstance(value, (int, float)) else ""
         elapsed = row.get("elapsed_s")
-        shown[RUN_TABLE["elapsed_s"]] = _duration(elapsed) if isinstance(elapsed, (int, float)) else ""
+        shown[RUN_TABLE["elapsed_s"]] = budget.describe_duration(elapsed) if isinstance(elapsed, (int, float)) else ""
         table.append(shown)
     return table
 
@@ -399,9 +396,9 @@ def progress(run_dir) -> dict:
         parts.append(f"epoch {last['epoch']}/{total_epochs or '?'}, step {last['step']}" + (f"/{total_steps}" if total_steps else ""))
         parts.append(f"{last.get('images_per_s', 0):,.0f} images/s")
     if elapsed is not None:
-        parts.append(f"{_duration(elapsed)} elapsed")
+        parts.append(f"{budget.describe_duration(elapsed)} elapsed")
     if seconds_left is not None:
-        parts.append(f"about {_duration(seconds_left)} left")
+        parts.append(f"about {budget.describe_duration(seconds_left)} left")
     if probe_acc is not None:
         parts.append(f"probe accuracy {probe_acc:.1%} ({latest('probe', 'probe_images')} {latest('probe', 'probe_split')} images)")
     if test_acc is not None:
@@ -415,11 +412,3 @@ def progress(run_dir) -> dict:
     return {"status": status["status"], "epoch": last.get("epoch"), "step": last.get("step"), "total_epochs": total_epochs,
             "total_steps": total_steps, "images_per_s": last.get("images_per_s"), "elapsed_s": elapsed,
             "seconds_left": seconds_left, "probe_acc": probe_acc, "test_acc": test_acc, "plan": plan, "text": text}
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"

@@ -3,7 +3,7 @@
 A public host lowers them for a busy Space (``STUDIO_MAX_EPOCHS=20 python app.py``). Everything that
 enforces one (the upload checks, batch prediction, the run queue, the HTTP API) asks ``current()``,
 which reads the environment on first use and keeps that one object; a test swaps the object, not
-the places that read it. The README's list of variables is checked against ``LIMITS``.
+the places that read it. The list of variables in docs/studio.md is checked against ``LIMITS``.
 """
 
 import math
@@ -11,8 +11,10 @@ import os
 import re
 from dataclasses import dataclass
 
+from .errors import UserError
 
-class LimitError(ValueError):
+
+class LimitError(UserError, ValueError):
     pass
 
 

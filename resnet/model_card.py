@@ -6,6 +6,8 @@ uploaded file's card may hold anything in them, so each is read through ``_numbe
 ``_mapping``, and a field of the wrong kind is left out of the words rather than failing the page.
 """
 
+from .budget import describe_duration
+
 LOW_CONFIDENCE = 0.5  # the threshold for a card that chose none: below it the picture may show none of the classes
 SHOWN_TEXT = 200  # characters of a card's free-text field shown in a sentence
 
@@ -93,9 +95,9 @@ def shipped_summary(card: dict) -> str:
     if _number(card.get("tta_test_acc")) is not None:
         lines.append(f"With flip test-time augmentation: {card['tta_test_acc']:.2%}.")
     if training:
-        hours = (_number(provenance.get("elapsed_s")) or 0) / 3600
+        took = describe_duration(_number(provenance.get("elapsed_s")) or 0)
         lines.append(f"Trained with {training.get('optimizer')} lr {training.get('lr')}, batch {training.get('batch_size')}, "
-                     f"{training.get('epochs')} epochs, {hours:.1f} h on {provenance.get('device', 'an unrecorded device')}.")
+                     f"{training.get('epochs')} epochs, {took} on {provenance.get('device', 'an unrecorded device')}.")
     if card.get("storage_choice"):
         lines.append(f"Stored as {card['storage_choice']}.")
     if card.get("reproduce"):

@@ -10,7 +10,8 @@ import re
 import time
 from pathlib import Path
 
-from .weights import atomic_write_json
+from .atomic import atomic_write_json
+from .errors import UserError
 
 STATUSES = ("queued", "running", "finished", "stopped", "diverged", "failed", "interrupted")
 RESUMABLE = ("stopped", "interrupted", "failed")  # a checkpoint, if there is one, continues these
@@ -22,7 +23,7 @@ PERSISTENT = Path("/data")
 ROW_KINDS = ("step", "probe", "epoch")  # metrics.jsonl: training every few steps, a held-out probe, each epoch's end
 
 
-class RunError(ValueError):
+class RunError(UserError, ValueError):
     pass
 
 

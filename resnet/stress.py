@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .errors import UserError
 
 SEVERITIES = (1, 2, 3, 4, 5)
 DEFAULT_SEED = 0  # the same noise for the same request: a stressed image can be shown again and compared
 
 
-class StressError(ValueError):
+class StressError(UserError, ValueError):
     """A corruption, severity or image this module cannot stress, with the reason in words."""
 
 

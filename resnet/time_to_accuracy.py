@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
+from .budget import describe_duration
 from .config import config_from_dict, make_config
 from .experiments import Budget, Experiment, Options, counted, mean_speed
 from .flops import steps_per_epoch, training_flops
@@ -135,10 +136,6 @@ def reached(curve: list, target: float) -> dict | None:
 TIME_TO_ACCURACY = TimeToAccuracy()
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
-
-
 def table(results: dict) -> list:
     """One row per recipe: its change, FLOPs against the baseline's, final validation accuracy, and for each
     target the wall time, images and PFLOPs to it (or why there is none), and the machine it ran on."""
@@ -153,7 +150,7 @@ def table(results: dict) -> list:
             "final val": f"{run['final_val_acc']:.2%}" if run["final_val_acc"] is not None else run["status"],
         }
         for target, hit in run["reached"].items():
-            row[f"to {target}"] = (f"{_duration(hit['elapsed_s'])}, {hit['images'] / 1e6:.2f}M images, "
+            row[f"to {target}"] = (f"{describe_duration(hit['elapsed_s'])}, {hit['images'] / 1e6:.2f}M images, "
                                    f"{hit['flops'] / 1e15:.2f} PFLOPs (epoch {hit['epoch']})") if hit else \
                 ("not reached" if run["status"] == "finished" else run["status"])
         row["machine"] = run["timed_on"] or ""
@@ -171,7 +168,7 @@ def note(results: dict) -> str:
 
 
 def markdown(results: dict) -> str:
-    """The table as the README shows it."""
+    """The table as docs/results.md shows it."""
     rows = table(results)
     if not rows:
         return ""

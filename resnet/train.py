@@ -29,13 +29,14 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import budget, runs
+from .atomic import atomic_write_bytes, atomic_write_json
+from .calibration import fit_run_temperature
 from .config import ConfigError, TrainConfig, config_from_dict, parse_budget, parse_resolution, validate, validation_seed
 from .constants import IMAGE_SIZE, TRAIN_IMAGES
 from .data import augment, load_split, normalize, split_validation
-from .calibration import fit_run_temperature
 from .evaluate import autocast, evaluate
 from .model import build_model, count_parameters
-from .weights import atomic_write_bytes, atomic_write_json, make_card, non_finite_key, save_weights
+from .weights import make_card, non_finite_key, save_weights
 
 DIVERGENCE_WINDOW = 50
 CHANCE_LOSS = math.log(10)  # the loss of a uniform guess over 10 classes
@@ -98,10 +99,11 @@ def describe_device(device: torch.device) -> str:
     if device.type != "cpu":
         return device.type
     bf16 = " with bf16" if torch.cpu._is_avx512_bf16_supported() else ""
-    return f"cpu: {_cpu_model()} ({torch.backends.cpu.get_cpu_capability()}{bf16}, {torch.get_num_threads()} threads)"
+    return f"cpu: {cpu_model()} ({torch.backends.cpu.get_cpu_capability()}{bf16}, {torch.get_num_threads()} threads)"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name, as the kernel reports it."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -8,9 +8,7 @@ A visitor's upload never gets that far as a ``.pt``: resnet.catalog takes upload
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,8 +16,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from .constants import CLASSES, IMAGE_SIZE, MEAN, PUBLISHED_MEAN, PUBLISHED_STD, STD
+from .atomic import atomic_write_bytes, atomic_write_json
 from .classifier import Classifier
+from .constants import CLASSES, IMAGE_SIZE, MEAN, PUBLISHED_MEAN, PUBLISHED_STD, STD
+from .errors import UserError
 from .model import FEATURES, MAX_BLOCKS, ResNet, build_model, state_bytes
 
 # The largest network a training config allows, in fp32, and room for the header: a larger file is no weights of ours.
@@ -29,32 +29,12 @@ EMBEDDED_CARD_KEYS = ("blocks", "dropout", "num_classes", "classes", "mean", "st
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A weights file or card that cannot be used, with the reason."""
 
 
 def card_path(weights_path) -> Path:
     return Path(weights_path).with_suffix(".json")
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a torn file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; weights and cards are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def make_card(model: ResNet, mean=MEAN, std=STD, **fields) -> dict:

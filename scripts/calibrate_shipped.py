@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resnet.calibration import calibration_fields, halves  # noqa: E402
 from resnet.data import load_split  # noqa: E402
-from resnet.weights import DEFAULT_WEIGHTS, atomic_write_json, card_path, load_weights  # noqa: E402
+from resnet.atomic import atomic_write_json  # noqa: E402
+from resnet.weights import DEFAULT_WEIGHTS, card_path, load_weights  # noqa: E402
 
 HALVES = ("the {:,} even-index test images", "the {:,} odd-index test images")
 

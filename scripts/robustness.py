@@ -36,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from resnet.constants import IMAGE_SIZE  # noqa: E402
 from resnet.data import load_split  # noqa: E402
 from resnet.stress import stress  # noqa: E402
-from resnet.weights import DEFAULT_WEIGHTS, atomic_write_json, load_weights  # noqa: E402
+from resnet.atomic import atomic_write_json  # noqa: E402
+from resnet.train import cpu_model  # noqa: E402
+from resnet.weights import DEFAULT_WEIGHTS, load_weights  # noqa: E402
 
 SEVERITIES = (1, 2, 3, 4, 5)
 PARAMETER_SETS = ("cifar-10-c", "imagenet-c")
@@ -204,14 +206,7 @@ def package_versions() -> dict:
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, {platform.system()} {platform.release()}"
+    return f"{cpu_model()}, {torch.get_num_threads()} torch threads, {platform.system()} {platform.release()}"
 
 
 def main(argv=None) -> int:

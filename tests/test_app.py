@@ -431,7 +431,7 @@ def test_model_card_tab_reads_the_committed_card(monkeypatch, tmp_path, tiny_wei
         app.card_tab()
     text = "\n".join(block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown))
     assert f"test accuracy {card['test_acc']:.2%}" in text and "flip test-time augmentation: 12.34%" in text
-    assert "sgd lr 0.4, batch 512, 30 epochs, 2.0 h on cpu: x86_64" in text and "Stored as float16" in text
+    assert "sgd lr 0.4, batch 512, 30 epochs, 2 h on cpu: x86_64" in text and "Stored as float16" in text
     assert "`python -m resnet train --out runs/weights-fast --preset fast`" in text
     assert "same 20,000 images for 5 epochs at resolution schedule 16:0.875, with 2 seed(s)" in text
     assert "(the fast preset with whiten_stem=True)" in text and "smaller than the seeds' spread is noise" in text
@@ -476,7 +476,7 @@ def test_model_card_tab_shows_the_time_to_accuracy_table_once_it_has_run(monkeyp
     text, tables = tab()
     assert "on 45,000 training images and is scored at every epoch on 5,000 validation images" in text
     assert tables[0]["data"] == [["fast", "none: the fast preset", "0.15 (1.00x)", "91.00%",
-                                  "2.0 min, 0.09M images, 0.15 PFLOPs (epoch 2)", "not reached", "cuda: a GPU"]]
+                                  "2 min, 0.09M images, 0.15 PFLOPs (epoch 2)", "not reached", "cuda: a GPU"]]
 
 
 def test_model_card_tab_without_shipped_weights_says_so(monkeypatch, tmp_path):

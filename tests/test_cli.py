@@ -255,3 +255,23 @@ def test_predict_json_and_a_bad_file(capsys, tmp_path, weights):
     assert row["path"].endswith("red.png") and len(row["top"]) == 2
     assert abs(sum(row["top"].values())) <= 1.0 + 1e-6
     assert "notes.jpg" in err and "not an image" in err and "Traceback" not in err
+
+
+def test_every_error_a_person_can_cause_is_a_user_error(capsys):
+    """One base for them all: the command line and the studio each catch it once and show its sentence."""
+    from resnet.batch import BatchError, FolderError
+    from resnet.config import ConfigError
+    from resnet.data import DataMissingError
+    from resnet.errors import UserError
+    from resnet.export import ExportError
+    from resnet.images import ImageError
+    from resnet.jobs import OwnerError, QueueFullError
+    from resnet.limits import LimitError
+    from resnet.runs import RunError
+    from resnet.stress import StressError
+    from resnet.weights import WeightsError
+    for error in (BatchError, FolderError, ConfigError, DataMissingError, ExportError, ImageError, OwnerError,
+                  QueueFullError, LimitError, RunError, StressError, WeightsError):
+        assert issubclass(error, UserError), error
+    assert main(["train", "--budget", "5 min", "--out", "unused"]) == 2
+    assert "budget" in capsys.readouterr().err and not Path("unused").exists()

@@ -121,7 +121,7 @@ def test_the_cli_functions_export_and_name_missing_packages(tmp_path, monkeypatc
 
 
 def test_the_onnxruntime_example_runs(shipped):
-    """scripts/onnx_predict.py, the README's example: onnxruntime, numpy and Pillow only."""
+    """scripts/onnx_predict.py, the example in docs/http-api.md: onnxruntime, numpy and Pillow only."""
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "onnx_predict.py"), str(shipped[1]), str(EXAMPLE)],
                             capture_output=True, text=True, timeout=120, check=True)
     loaded = load_weights(DEFAULT_WEIGHTS)

@@ -85,8 +85,8 @@ def test_progress_in_numbers_and_words(tmp_path):
     progress = jobs.progress(tmp_path / "run-p")
     assert progress["seconds_left"] == pytest.approx(180) and progress["test_acc"] == 0.41
     assert "epoch 1/4, step 78" in progress["text"] and "1,000 images/s" in progress["text"]
-    assert "about 3m 00s left" in progress["text"] and "test accuracy 41.0% (epoch 1)" in progress["text"]
-    assert "step 78/312" in progress["text"] and "1m 00s elapsed" in progress["text"]
+    assert "about 3 min left" in progress["text"] and "test accuracy 41.0% (epoch 1)" in progress["text"]
+    assert "step 78/312" in progress["text"] and "1 min elapsed" in progress["text"]
     assert "probe accuracy 33.0% (500 test images)" in progress["text"] and progress["probe_acc"] == 0.33
 
 

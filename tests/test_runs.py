@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -126,3 +127,10 @@ def test_trained_on_is_none_without_a_readable_device(tmp_path, card):
     if card is not None:
         (tmp_path / runs.CARD).write_text(card)
     assert runs.trained_on(tmp_path) is None
+
+
+def test_reading_runs_and_limits_imports_no_torch():
+    """The studio polls run folders and reads its limits often; neither should cost importing torch."""
+    code = ("import sys, resnet.runs, resnet.limits, resnet.errors, resnet.atomic; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent).returncode == 0

@@ -87,7 +87,7 @@ def test_the_table_of_a_partial_experiment():
          "reached": {"90%": None, "94%": None}, "timed_on": None}]}
     assert time_to_accuracy.table(results) == [
         {"recipe": "fast", "change": "none: the fast preset", "PFLOPs": "2.00 (1.00x)", "final val": "94.12%",
-         "to 90%": "1.50 h, 0.14M images, 0.25 PFLOPs (epoch 3)", "to 94%": "not reached", "machine": "cpu: a CPU"},
+         "to 90%": "1 h 30 min, 0.14M images, 0.25 PFLOPs (epoch 3)", "to 94%": "not reached", "machine": "cpu: a CPU"},
         {"recipe": "lowres", "change": "epochs=29", "PFLOPs": "1.00 (0.50x)", "final val": "pending",
          "to 90%": "pending", "to 94%": "pending", "machine": ""}]
     lines = time_to_accuracy.markdown(results).splitlines()
