@@ -1,4 +1,4 @@
-"""Server limits: declared once (resnet.limits), read from the environment once, listed in the README as declared."""
+"""Server limits: declared once (resnet.limits), read from the environment once, listed in docs/studio.md as declared."""
 
 import dataclasses
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 
 from resnet import limits
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+LIMITS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "studio.md"
 
 
 def test_every_declared_limit_is_a_field_and_has_a_default():
@@ -44,8 +44,8 @@ def test_they_are_read_once(monkeypatch):
     assert limits.current().queue == 7 and limits.current() is limits.current()
 
 
-def test_the_readme_lists_every_limit_with_its_default():
-    text = README.read_text()
+def test_the_docs_list_every_limit_with_its_default():
+    text = LIMITS_PAGE.read_text()
     for limit in limits.LIMITS.values():
         assert f"| `{limit.env}` | {limit.default:g} | {limit.help} |" in text, limit.env
     for word in limits.WORDS.values():
