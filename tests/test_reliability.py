@@ -61,7 +61,11 @@ class AppProcess:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=environment, stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:  # no one holds a server that never came up: stop it here, or it outlives the test
+            self.kill_group()
+            raise
 
     def wait_ready(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
