@@ -6,9 +6,10 @@ export CIFAR10_DIR ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../share
 
 .PHONY: app test lint
 
-$(VENV)/.runtime: requirements.txt
+$(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt

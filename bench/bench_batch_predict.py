@@ -8,7 +8,6 @@ images go through the model per forward pass. Prints one JSON line.
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,10 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing the package
-from resnet import Classifier, batch, build_model, load_weights  # noqa: E402
-from resnet.images import prepare  # noqa: E402
-from resnet.weights import make_card  # noqa: E402
+from resnet import Classifier, batch, build_model, load_weights
+from resnet.images import prepare
+from resnet.weights import make_card
 
 
 def write_images(folder: Path, n: int, side: int) -> None:

@@ -19,16 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing the package
-from machine import machine, report  # noqa: E402  (bench/, beside this file)
+from machine import machine, report  # bench/, beside this file
 
-import torch  # noqa: E402
+import torch
 
-from resnet import jobs, runs  # noqa: E402
-from resnet.config import QUICK_RUN, parse_budget  # noqa: E402
-from resnet.data import load_split  # noqa: E402
-from resnet.train import resolve_precision  # noqa: E402
-from resnet.weights import load_weights  # noqa: E402
+from resnet import jobs, runs
+from resnet.config import QUICK_RUN, parse_budget
+from resnet.data import load_split
+from resnet.train import resolve_precision
+from resnet.weights import load_weights
 
 POLL_S = 0.05  # how precisely the moment the child leaves the queue is seen
 # While it trains, look rarely: a poll costs this process some CPU that the run would otherwise have, and the end

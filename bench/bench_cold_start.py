@@ -34,11 +34,11 @@ from pathlib import Path
 
 import httpx
 
+from machine import machine, report  # bench/, beside this file
+from resnet.data import BATCHES_FOLDER
+from resnet.fetch import present
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from machine import machine, report  # noqa: E402  (bench/, beside this file)
-from resnet.data import BATCHES_FOLDER  # noqa: E402
-from resnet.fetch import present  # noqa: E402
 
 ARCHIVE = "cifar-10-python.tar.gz"
 

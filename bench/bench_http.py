@@ -15,17 +15,14 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import httpx
 from gradio_client import Client
 
-from bench_predict import framework_floor, percentile, trivial_demo
+from bench_predict import app, framework_floor, percentile, trivial_demo  # the studio's app.py, loaded there
 from machine import machine, report
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import app  # noqa: E402
-from resnet import catalog, http_api, showcase  # noqa: E402
+from resnet import catalog, http_api, showcase
 
 IMAGE = showcase.EXAMPLES / "cat-0.png"  # a CIFAR-10 test image: a 32 x 32 PNG
 GOAL = {"p50_ms": 30, "p99_ms": 80}  # the HTTP path's target on an idle machine

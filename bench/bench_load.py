@@ -41,10 +41,10 @@ from pathlib import Path
 import httpx
 from gradio_client import Client, handle_file
 
+from machine import machine  # bench/, beside this file
+from resnet import runs
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from machine import machine  # noqa: E402  (bench/, beside this file)
-from resnet import runs  # noqa: E402
 
 
 def free_port() -> int:

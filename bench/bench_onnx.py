@@ -18,10 +18,9 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from machine import machine, report  # noqa: E402  (bench/, beside this file)
-from resnet.export import INPUT, export_onnx  # noqa: E402
-from resnet.weights import DEFAULT_WEIGHTS, load_weights  # noqa: E402
+from machine import machine, report  # bench/, beside this file
+from resnet.export import INPUT, export_onnx
+from resnet.weights import DEFAULT_WEIGHTS, load_weights
 
 
 def timed(function, calls: int) -> list:

@@ -9,9 +9,9 @@ to a do-nothing Gradio app with the same components (the framework's floor on th
 """
 
 import argparse
+import importlib.util
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +21,11 @@ import numpy as np
 from gradio_client import Client, handle_file
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import app  # noqa: E402
+# app.py is the Space's entry file, beside the package rather than in it: loaded from the checkout.
+_spec = importlib.util.spec_from_file_location("app", Path(__file__).resolve().parent.parent / "app.py")
+app = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(app)
+
 
 SIZES = {"32x32": (32, 32), "12MP": (4000, 3000)}
 

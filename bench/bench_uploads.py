@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from machine import machine, report  # noqa: E402  (bench/, beside this file)
-from resnet import limits  # noqa: E402
+from machine import machine, report  # bench/, beside this file
+from resnet import limits
 
+REPO = Path(__file__).resolve().parent.parent
 PHONE = (4032, 3024)  # a phone camera's 12 MP photo
 
 # The peak is VmHWM, reset just before decoding (clear_refs 5), over VmRSS then: getrusage's ru_maxrss would carry

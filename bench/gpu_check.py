@@ -31,15 +31,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing the package
-from bench_train import our_steps, race  # noqa: E402
+from bench_train import our_steps, race
 
-from resnet.config import make_config  # noqa: E402
-from resnet.data import load_split  # noqa: E402
-from resnet.experiments import Options  # noqa: E402
-from resnet.time_to_accuracy import TIME_TO_ACCURACY, table  # noqa: E402
-from resnet.train import Trainer, describe_device  # noqa: E402
-from resnet.weights import DEFAULT_WEIGHTS, load_weights  # noqa: E402
+from resnet.config import make_config
+from resnet.data import load_split
+from resnet.experiments import Options
+from resnet.time_to_accuracy import TIME_TO_ACCURACY, table
+from resnet.train import Trainer, describe_device
+from resnet.weights import DEFAULT_WEIGHTS, load_weights
 
 
 def no_hidden_syncs(data_dir, device, steps: int = 30) -> dict:

@@ -19,11 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run from anywhere without installing the package
+from resnet import runs
+from resnet.config import QUICK_RUN, flag
 
-from resnet import runs  # noqa: E402
-from resnet.config import QUICK_RUN, flag  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 RESULTS = REPO / "results" / "budget-search.json"
 VAL_SIZE = 5000

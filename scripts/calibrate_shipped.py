@@ -17,12 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from resnet.calibration import calibration_fields, halves  # noqa: E402
-from resnet.data import load_split  # noqa: E402
-from resnet.atomic import atomic_write_json  # noqa: E402
-from resnet.weights import DEFAULT_WEIGHTS, card_path, load_weights  # noqa: E402
+from resnet.calibration import calibration_fields, halves
+from resnet.data import load_split
+from resnet.atomic import atomic_write_json
+from resnet.weights import DEFAULT_WEIGHTS, card_path, load_weights
 
 HALVES = ("the {:,} even-index test images", "the {:,} odd-index test images")
 

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run from anywhere without installing the package
+from resnet import runs
+from resnet.config import QUICK_RUN, config_from_dict, make_config
+from resnet.flops import steps_per_epoch
+from resnet.train import Trainer, describe_device
+from resnet.weights import DEFAULT_WEIGHTS, card_path
 
-from resnet import runs  # noqa: E402
-from resnet.config import QUICK_RUN, config_from_dict, make_config  # noqa: E402
-from resnet.flops import steps_per_epoch  # noqa: E402
-from resnet.train import Trainer, describe_device  # noqa: E402
-from resnet.weights import DEFAULT_WEIGHTS, card_path  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 KEPT = ("kind", "epoch", "step", "images", "train_loss", "train_acc", "probe_acc", "probe_loss", "probe_images", "probe_split",
         "test_loss", "test_acc", "elapsed_s")

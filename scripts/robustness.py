@@ -31,14 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from resnet.constants import IMAGE_SIZE  # noqa: E402
-from resnet.data import load_split  # noqa: E402
-from resnet.stress import stress  # noqa: E402
-from resnet.atomic import atomic_write_json  # noqa: E402
-from resnet.train import cpu_model  # noqa: E402
-from resnet.weights import DEFAULT_WEIGHTS, load_weights  # noqa: E402
+from resnet.constants import IMAGE_SIZE
+from resnet.data import load_split
+from resnet.stress import stress
+from resnet.atomic import atomic_write_json
+from resnet.train import cpu_model
+from resnet.weights import DEFAULT_WEIGHTS, load_weights
 
 SEVERITIES = (1, 2, 3, 4, 5)
 PARAMETER_SETS = ("cifar-10-c", "imagenet-c")

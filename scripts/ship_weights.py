@@ -20,18 +20,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from resnet import runs  # noqa: E402
-from resnet.calibration import calibration_fields, confidence_split  # noqa: E402
-from resnet.config import PRESETS, config_from_dict, make_config, validation_seed  # noqa: E402
-from resnet.jobs import cli_command  # noqa: E402
-from resnet.data import load_split  # noqa: E402
-from resnet.classifier import Classifier  # noqa: E402
-from resnet.evaluate import metrics_from_logits  # noqa: E402
-from resnet.model_card import LOW_CONFIDENCE  # noqa: E402
-from resnet.train import load_data, measured_on  # noqa: E402
-from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights  # noqa: E402
+from resnet import runs
+from resnet.calibration import calibration_fields, confidence_split
+from resnet.config import PRESETS, config_from_dict, make_config, validation_seed
+from resnet.jobs import cli_command
+from resnet.data import load_split
+from resnet.classifier import Classifier
+from resnet.evaluate import metrics_from_logits
+from resnet.model_card import LOW_CONFIDENCE
+from resnet.train import load_data, measured_on
+from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights
 
 
 def stored_as(model, dtype):
