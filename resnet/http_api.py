@@ -332,7 +332,11 @@ def create_app(demo: gr.Blocks, root, gate: Gate | None = None, **launch_options
                   description="Predict with the studio's models over plain HTTP; the Gradio UI is served at /. "
                               "Query parameters not listed here are ignored.")
     app.include_router(build_api(root, gate))
-    return gr.mount_gradio_app(app, demo, path="/", ssr_mode=False, **launch_options)
+    served = gr.mount_gradio_app(app, demo, path="/", ssr_mode=False, **launch_options)
+    # Gradio refuses a file path a client did not upload only in Blocks marked launched, which launch() does and
+    # mount_gradio_app does not: unmarked, any path a request names (/etc/passwd, a run's files) reaches a handler.
+    demo.has_launched = True
+    return served
 
 
 @dataclasses.dataclass

@@ -1,6 +1,5 @@
 """The studio's handler functions, called directly: no server, no browser."""
 
-import io
 import json
 import os
 import pickle
@@ -11,9 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_card
-from test_jobs import wait_for
-
 from resnet import downloads, fetch, jobs, limits, model_card, runs, showcase
 from resnet.constants import CLASSES, PUBLISHED_MEAN
 from resnet.evaluate import predict_logits
@@ -22,26 +18,10 @@ from resnet.model import build_model
 from resnet.cli import main
 from resnet.weights import embedded_card, save_weights
 
+from helpers import BROWSER_KEY, ODD_UPLOADS, UNUSABLE, example, finished_run, form_values, odd_upload, tiny_card, wait_for
+
 gr = pytest.importorskip("gradio")
 import app  # noqa: E402
-
-
-def example(name="cat-0.png"):
-    return str(showcase.EXAMPLES / name)
-
-
-def finished_run(root, run_id, weights):
-    """A run folder as a finished training leaves it (copied from the tiny weights)."""
-    run_dir = runs.run_path(root, run_id)
-    run_dir.mkdir(parents=True)
-    (run_dir / runs.CONFIG).write_text(json.dumps({"optimizer": "adam", "lr": 0.01, "epochs": 1, "blocks": [1, 1, 1, 1]}))
-    card = json.loads(weights.with_suffix(".json").read_text())
-    (run_dir / runs.METRICS).write_text(json.dumps({"kind": "epoch", "epoch": 1, "step": 5, "images": 320, **card["curve"][0],
-                                                    "images_per_s": 100.0, "elapsed_s": 3.0}) + "\n")
-    (run_dir / runs.WEIGHTS).write_bytes(weights.read_bytes())
-    (run_dir / runs.CARD).write_text(json.dumps(card))
-    runs.write_status(run_dir, "finished", "finished: test accuracy 10.00% after 1 epochs", pid=0)
-    return run_dir
 
 
 # ---- Predict -------------------------------------------------------------------------------------
@@ -65,53 +45,6 @@ def test_confidence_note_warns_when_unsure_and_says_the_tiny_model_is_uncalibrat
     sure = studio.confidence_note({"cat": 0.9, "dog": 0.05})
     assert sure.startswith("Best guess: cat (90%") and "uncalibrated" in sure  # the tiny card has no temperature
     assert studio.confidence_note(None) == ""
-
-
-def odd_upload(kind: str, folder) -> str:
-    """A file a visitor might upload; returns its path."""
-    path = folder / f"upload-{kind}"
-    rgb = Image.new("RGB", (40, 30), (200, 30, 30))
-    if kind == "grayscale":
-        rgb.convert("L").save(path, "PNG")
-    elif kind == "alpha":
-        Image.new("RGBA", (40, 30), (0, 0, 255, 100)).save(path, "PNG")
-    elif kind == "palette":
-        rgb.convert("P").save(path, "GIF")
-    elif kind == "cmyk":
-        rgb.convert("CMYK").save(path, "JPEG")
-    elif kind == "16-bit":
-        Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50).save(path, "PNG")
-    elif kind == "animated-gif":
-        frames = [Image.new("P", (20, 20), i) for i in range(3)]
-        frames[0].save(path, "GIF", save_all=True, append_images=frames[1:])
-    elif kind == "webp":
-        rgb.save(path, "WEBP")
-    elif kind == "1x1":
-        Image.new("RGB", (1, 1), (9, 9, 9)).save(path, "PNG")
-    elif kind == "40mp":
-        Image.new("L", (8000, 6000)).save(path, "PNG")  # 48 MP of zeros: a small file, too many pixels
-    elif kind == "bomb":
-        png = io.BytesIO()
-        Image.new("1", (30000, 30000)).save(png, "PNG")  # 900 MP claimed by a tiny file
-        path.write_bytes(png.getvalue())
-    elif kind == "truncated":
-        buffer = io.BytesIO()
-        Image.new("RGB", (200, 200), (10, 200, 10)).save(buffer, "JPEG")
-        path.write_bytes(buffer.getvalue()[:300])
-    elif kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "text":
-        path.write_text("this is not a picture, only named like one")
-    elif kind == "too-large":
-        path.write_bytes(b"\xff\xd8" + b"\0" * (limits.current().upload_bytes + 10))
-    return str(path)
-
-
-ODD_UPLOADS = ["grayscale", "alpha", "palette", "cmyk", "16-bit", "animated-gif", "webp", "1x1", "40mp", "bomb",
-               "truncated", "empty", "text", "too-large"]
-
-
-UNUSABLE = {"40mp", "bomb", "truncated", "empty", "text", "too-large"}
 
 
 @pytest.mark.parametrize("kind", ODD_UPLOADS)
@@ -194,23 +127,6 @@ def test_bad_weights_uploads_are_refused_in_words(studio, data, capsys):
 
 
 # ---- Train ---------------------------------------------------------------------------------------
-# The Train form as it opens with the published recipe, in FORM_SETTINGS order.
-FORM = {name: app.to_form(name, getattr(app.make_config("original", epochs=2, limit_train=2000, limit_test=1000), name))
-        for name in app.config.FORM_SETTINGS}
-OWNER = "a-browsers-key"
-
-
-# Long enough to be watched and stopped; each epoch of the tiny data takes seconds.
-TINY_RUN = dict(epochs=20, batch_size=64, limit_train=0, limit_test=50, dropout=0.0)
-
-
-def form_values(**changes):
-    """The Train form's values in order, as the handlers and /start_run take them."""
-    unknown = set(changes) - set(FORM)
-    assert not unknown, f"not form fields: {unknown}"
-    return [changes.get(name, FORM[name]) for name in app.config.FORM_SETTINGS]
-
-
 def test_command_is_the_cli_line(studio):
     line = studio.command("original", *form_values(blocks="2,2,2,2", epochs=3.0))
     # Only what differs from the preset, whole numbers as such, and the watching every run from the page gets.
@@ -234,7 +150,7 @@ def test_preset_values_fill_the_recipe_and_keep_the_size():
 ])
 def test_start_run_refuses_bad_settings_in_words(studio, changes, message):
     with pytest.raises(gr.Error, match=message):
-        studio.start_run(None, "original", *form_values(**changes), OWNER)
+        studio.start_run(None, "original", *form_values(**changes), BROWSER_KEY)
     assert studio.list_runs().empty
 
 
@@ -269,7 +185,7 @@ def test_without_the_data_set_and_its_fetch_start_run_is_refused_in_words(no_dat
     note, retry, poll = studio.data_status()
     assert note.startswith("ℹ️ Training is off on this server") and not retry.visible and not poll.active
     with pytest.raises(gr.Error, match="Training is off on this server: it has no copy") as refused:
-        studio.start_run(None, "original", *form_values(), OWNER)
+        studio.start_run(None, "original", *form_values(), BROWSER_KEY)
     for text in (note, refused.value.message):
         assert str(tmp_path) not in text and "--" not in text and "CIFAR10_DIR" not in text
     assert studio.list_runs().empty
@@ -280,7 +196,7 @@ def test_a_failed_fetch_is_a_sentence_with_a_retry_button_and_runs_still_queue(n
     note, retry, poll = wait_for(lambda: (shown := studio.data_status())[1].visible and shown, 60, "the failure")
     assert note.startswith("⚠️") and "could not be reached" in note and poll.active
     assert str(tmp_path) not in note and "127.0.0.1" not in note
-    run_id = studio.start_run(None, "original", *form_values(), OWNER)
+    run_id = studio.start_run(None, "original", *form_values(), BROWSER_KEY)
     assert studio.list_runs().loc[0, "Status"] == "queued"
     assert "waiting for the data set (the image server could not be reached" in studio.progress(run_id)
 
@@ -288,19 +204,19 @@ def test_a_failed_fetch_is_a_sentence_with_a_retry_button_and_runs_still_queue(n
 def test_start_queues_and_stop_dequeues(studio, monkeypatch):
     monkeypatch.setattr(studio.queue, "_launch", lambda run_id: None)  # keep it waiting: this test trains nothing
     studio.queue._closed.set()
-    run_id = studio.start_run(None, "original", *form_values(), OWNER)
+    run_id = studio.start_run(None, "original", *form_values(), BROWSER_KEY)
     assert runs.RUN_ID.match(run_id) and run_id.startswith("run-")
     assert "position 1 in the queue" in studio.progress(run_id)
     assert studio.list_runs().loc[0, "Status"] == "queued"
     with pytest.raises(gr.Error, match="belongs to whoever started it"):
         studio.stop_run(None, run_id, "another-browsers-key")
-    assert "taken off the queue" in studio.stop_run(None, run_id, OWNER)
+    assert "taken off the queue" in studio.stop_run(None, run_id, BROWSER_KEY)
     assert studio.list_runs().loc[0, "Status"] == "stopped"
 
 
 @pytest.mark.parametrize("run_id", ["../etc", "RUN", "a/b", "", "x" * 65])
 def test_run_ids_are_checked(studio, run_id):
-    for handler in (lambda r: studio.stop_run(None, r, OWNER), lambda r: studio.resume_run(None, r, OWNER), studio.run_metrics):
+    for handler in (lambda r: studio.stop_run(None, r, BROWSER_KEY), lambda r: studio.resume_run(None, r, BROWSER_KEY), studio.run_metrics):
         with pytest.raises(gr.Error):
             handler(run_id)
 

@@ -5,8 +5,6 @@ import time
 import pytest
 from PIL import Image
 
-from test_app import TINY_RUN, UNUSABLE, form_values, odd_upload
-
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
@@ -14,12 +12,9 @@ import app  # noqa: E402
 from resnet import showcase  # noqa: E402
 from resnet.data import load_split  # noqa: E402
 
-pytestmark = pytest.mark.slow
+from helpers import TINY_RUN, UNUSABLE, form_values, odd_upload  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server[0], verbose=False)
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def test_predict_returns_the_label_only(client, real_data, tmp_path):

@@ -5,8 +5,6 @@ test_batch.py; these tests cover what the app adds: names, the table, the CSV, t
 """
 
 import csv
-import io
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -14,22 +12,15 @@ from PIL import Image
 
 from resnet import batch
 from resnet.constants import CLASSES
-from test_app import example
+from helpers import encode, example_bytes, image_bytes, zip_bytes
 
 gr = pytest.importorskip("gradio")
-import app  # noqa: E402
 
 HEADER = ["path", "prediction", "probability", *CLASSES]
 
 
-def png_bytes(name="cat-0.png") -> bytes:
-    return Path(example(name)).read_bytes()
-
-
 def make_zip(path: Path, members: dict) -> str:
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
+    path.write_bytes(zip_bytes(members))
     return str(path)
 
 
@@ -38,10 +29,10 @@ def uploads(tmp_path):
     """Two pictures and an archive as Gradio hands them over: paths in an upload folder."""
     folder = tmp_path / "gradio-cache" / "0123abcd"
     folder.mkdir(parents=True)
-    (folder / "cat-0.png").write_bytes(png_bytes("cat-0.png"))
-    (folder / "ship-1.png").write_bytes(png_bytes("ship-1.png"))
+    (folder / "cat-0.png").write_bytes(example_bytes("cat-0.png"))
+    (folder / "ship-1.png").write_bytes(example_bytes("ship-1.png"))
     archive = make_zip(folder / "set.zip", {
-        "pets/dog-12.png": png_bytes("dog-12.png"),
+        "pets/dog-12.png": example_bytes("dog-12.png"),
         "notes.txt": b"not a picture, and not named like one: skipped",
         "broken.png": b"a text file named like a picture",
         "__MACOSX/._dog-12.png": b"resource fork",
@@ -77,13 +68,9 @@ def test_the_per_request_cap_counts_zip_members(studio, uploads, server_limits):
 
 def test_pixel_and_byte_caps_apply_to_each_image(studio, tmp_path, server_limits):
     server_limits(upload_bytes=200_000)  # zip members are checked by their header and while inflating
-    huge = io.BytesIO()
-    Image.new("L", (8000, 6000)).save(huge, "PNG")  # 48 MP in a small file: over the 40 MP cap
-    big = Image.effect_noise((512, 512), 60).convert("RGB")
-    big_png = io.BytesIO()
-    big.save(big_png, "PNG")
-    archive = make_zip(tmp_path / "caps.zip", {"huge.png": huge.getvalue(), "noise.png": big_png.getvalue(),
-                                               "ok.png": png_bytes()})
+    huge = encode(Image.new("L", (8000, 6000)))  # 48 MP in a small file: over the 40 MP cap
+    noise = encode(Image.effect_noise((512, 512), 60).convert("RGB"))
+    archive = make_zip(tmp_path / "caps.zip", {"huge.png": huge, "noise.png": noise, "ok.png": example_bytes()})
     table, _, note = studio.predict_batch([archive])
     assert list(table["path"]) == ["caps.zip:ok.png"]
     assert "caps.zip:noise.png" in note and "MB" in note and "caps.zip:huge.png" in note and "MP" in note
@@ -91,12 +78,8 @@ def test_pixel_and_byte_caps_apply_to_each_image(studio, tmp_path, server_limits
 
 def test_a_request_decodes_at_most_its_pixel_budget(studio, tmp_path, server_limits):
     server_limits(batch_pixels=2_500_000)  # room for two 1 MP images, not three
-    members = {}
-    for name in ("a.png", "b.png", "c.png"):
-        picture = io.BytesIO()
-        Image.new("RGB", (1000, 1000), (200, 30, 30)).save(picture, "PNG")  # small file, 1 MP decoded
-        members[name] = picture.getvalue()
-    members["tiny.png"] = png_bytes()  # 32 x 32 still fits in what is left
+    members = {name: image_bytes((1000, 1000)) for name in ("a.png", "b.png", "c.png")}  # small files, 1 MP decoded
+    members["tiny.png"] = example_bytes()  # 32 x 32 still fits in what is left
     table, _, note = studio.predict_batch([make_zip(tmp_path / "many.zip", members)])
     assert list(table["path"]) == ["many.zip:a.png", "many.zip:b.png", "many.zip:tiny.png"]
     assert "many.zip:c.png" in note and "decoding budget" in note
@@ -123,30 +106,23 @@ def test_nothing_readable_is_one_message(studio, tmp_path):
 
 
 def test_names_from_the_archive_cannot_inject_markdown_or_paths(studio, tmp_path):
-    archive = make_zip(tmp_path / "odd.zip", {"../../etc/<b>x</b>`y`.png": b"not an image", "ok.png": png_bytes()})
+    archive = make_zip(tmp_path / "odd.zip", {"../../etc/<b>x</b>`y`.png": b"not an image", "ok.png": example_bytes()})
     table, _, note = studio.predict_batch([archive])
     assert list(table["path"]) == ["odd.zip:ok.png"]
     assert "<b>" not in note and "\\<b\\>" in note and "`y`" not in note
     assert not (tmp_path.parent.parent / "etc").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
-def test_predict_batch_over_the_api(studio_env, uploads):
+def test_predict_batch_over_the_api(client, uploads):
     gradio_client = pytest.importorskip("gradio_client")
-    studio = app.Studio()
-    demo = app.build_demo(studio)
-    try:
-        _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options())
-        client = gradio_client.Client(url, verbose=False)
-        files = [gradio_client.handle_file(path) for path in uploads]
-        table, csv_path, note = client.predict(files, "shipped", api_name="/predict_batch")
-        assert table["headers"] == HEADER and [row[0] for row in table["data"]] == ["cat-0.png", "ship-1.png",
-                                                                                      "set.zip:pets/dog-12.png"]
-        assert Path(csv_path).read_text().splitlines()[0] == ",".join(HEADER)
-        assert note.startswith("3 images predicted")
-        with pytest.raises(gradio_client.exceptions.AppError, match="invalid run id"):
-            client.predict(files, "run:../../etc", api_name="/predict_batch")
-        assert client.predict(gradio_client.handle_file(uploads[0]), api_name="/predict")["label"] in CLASSES
-    finally:
-        demo.close()
-        studio.queue.close()
+    files = [gradio_client.handle_file(path) for path in uploads]
+    table, csv_path, note = client.predict(files, "shipped", api_name="/predict_batch")
+    assert table["headers"] == HEADER and [row[0] for row in table["data"]] == ["cat-0.png", "ship-1.png",
+                                                                                  "set.zip:pets/dog-12.png"]
+    assert Path(csv_path).read_text().splitlines()[0] == ",".join(HEADER)
+    assert note.startswith("3 images predicted")
+    with pytest.raises(gradio_client.exceptions.AppError, match="invalid run id"):
+        client.predict(files, "run:../../etc", api_name="/predict_batch")
+    assert client.predict(gradio_client.handle_file(uploads[0]), api_name="/predict")["label"] in CLASSES

@@ -1,29 +1,20 @@
 """One real visitor in headless Chromium: predict an uploaded picture, start a run, watch its curve grow."""
 
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 
-
+from helpers import CHROMIUM, launch_chromium
 from resnet import showcase
 
-CHROMIUM = Path("/usr/bin/chromium")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.is_file() and not shutil.which("chromium"), reason="chromium is not installed"),
-]
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")]
 
 
 @pytest.fixture(scope="module")
 def page(server):
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM if CHROMIUM.is_file() else shutil.which("chromium")),
-                                             args=ARGS, headless=True)
+        browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         page.goto(server[0])

@@ -1,7 +1,6 @@
 """Batch prediction over files, folders and zips, and evaluation of an ImageFolder layout."""
 
 import csv
-import io
 import json
 import zipfile
 
@@ -15,6 +14,8 @@ from resnet.constants import CLASSES
 from resnet.data import load_split
 from resnet.weights import make_card
 
+from helpers import encode
+
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
@@ -24,14 +25,13 @@ def weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_images(tiny_data):
+def tiny_test_split(tiny_data):
+    """(images, labels): the tiny data set's test split."""
     return load_split(tiny_data, train=False)
 
 
 def png_bytes(image: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode(Image.fromarray(image.permute(1, 2, 0).numpy()))
 
 
 def probabilities_one_at_a_time(weights_path, image: torch.Tensor) -> torch.Tensor:
@@ -39,8 +39,8 @@ def probabilities_one_at_a_time(weights_path, image: torch.Tensor) -> torch.Tens
     return classifier.probabilities(classifier.logits(image))
 
 
-def test_files_folders_and_zips_are_predicted_in_batches(weights, test_images, tmp_path, capsys):
-    images, _ = test_images
+def test_files_folders_and_zips_are_predicted_in_batches(weights, tiny_test_split, tmp_path, capsys):
+    images, _ = tiny_test_split
     folder = tmp_path / "photos"
     (folder / "a" / "b").mkdir(parents=True)
     expected = {}
@@ -80,8 +80,8 @@ def test_files_folders_and_zips_are_predicted_in_batches(weights, test_images, t
     assert not list(tmp_path.parent.glob("escape.png")) and not list(tmp_path.glob("**/escape.png"))
 
 
-def test_zip_caps_are_reasons_not_crashes(test_images, tmp_path, monkeypatch, server_limits):
-    images, _ = test_images
+def test_zip_caps_are_reasons_not_crashes(tiny_test_split, tmp_path, monkeypatch, server_limits):
+    images, _ = tiny_test_split
     small, large = tmp_path / "small.zip", tmp_path / "large.zip"
     picture = png_bytes(images[0])
     with zipfile.ZipFile(small, "w", zipfile.ZIP_DEFLATED) as zipped:
@@ -99,8 +99,8 @@ def test_zip_caps_are_reasons_not_crashes(test_images, tmp_path, monkeypatch, se
     assert reasons[str(large)] == "the archive has 3 members; the limit is 2"
 
 
-def test_single_image_keeps_its_top_k_output_and_published_weights_work(weights, test_images, tmp_path, capsys):
-    images, _ = test_images
+def test_single_image_keeps_its_top_k_output_and_published_weights_work(weights, tiny_test_split, tmp_path, capsys):
+    images, _ = tiny_test_split
     picture = tmp_path / "cat.png"
     picture.write_bytes(png_bytes(images[0]))
     published = tmp_path / "project1_model.pt"
@@ -119,8 +119,8 @@ def write_image_folder(root, images, labels, classes=CLASSES):
         (root / classes[label] / f"{index}.png").write_bytes(png_bytes(image))
 
 
-def test_evaluate_folder_matches_the_tensor_evaluation(weights, test_images, tmp_path, capsys):
-    images, labels = test_images
+def test_evaluate_folder_matches_the_tensor_evaluation(weights, tiny_test_split, tmp_path, capsys):
+    images, labels = tiny_test_split
     keep = labels != 3  # no cat images: its accuracy is unknown, not zero
     images, labels = images[keep], labels[keep]
     write_image_folder(tmp_path / "set", images, labels)
@@ -133,8 +133,8 @@ def test_evaluate_folder_matches_the_tensor_evaluation(weights, test_images, tmp
     assert result["unreadable"] == 0
 
 
-def test_evaluate_folder_refuses_unknown_class_folders(weights, test_images, tmp_path, capsys):
-    images, labels = test_images
+def test_evaluate_folder_refuses_unknown_class_folders(weights, tiny_test_split, tmp_path, capsys):
+    images, labels = tiny_test_split
     write_image_folder(tmp_path / "set", images[:4], labels[:4])
     (tmp_path / "set" / "kangaroo").mkdir()
     assert main(["evaluate", "--weights", str(weights), "--folder", str(tmp_path / "set")]) == 2

@@ -1,6 +1,5 @@
 """The command line: bad input fails with one clear line before any work; evaluate --json is machine-readable."""
 
-import io
 import json
 import shutil
 import signal
@@ -10,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from resnet import build_model, runs
 from resnet.cli import main
 from resnet.constants import CLASSES
 from resnet.weights import load_weights, make_card, save_weights
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO, image_bytes
 
 FAST = ["--data-dir", "{data}", "--limit-train", "24", "--limit-test", "16", "--batch-size", "8", "--epochs", "1",
         "--precision", "fp32", "--device", "cpu", "--log-every", "1"]
@@ -53,6 +51,7 @@ def test_help_for_each_subcommand(capsys, command, flag):
     assert code == 0 and flag in out and out.startswith(f"usage: python -m resnet {command}")
 
 
+@pytest.mark.e2e
 def test_help_as_a_module_in_a_subprocess():
     done = subprocess.run([sys.executable, "-m", "resnet", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and all(c in done.stdout for c in ("train", "evaluate", "predict"))
@@ -245,9 +244,7 @@ def test_evaluate_with_missing_data(capsys, tmp_path, weights):
 
 
 def test_predict_json_and_a_bad_file(capsys, tmp_path, weights):
-    buffer = io.BytesIO()
-    Image.new("RGB", (50, 40), (200, 30, 30)).save(buffer, "PNG")
-    (tmp_path / "red.png").write_bytes(buffer.getvalue())
+    (tmp_path / "red.png").write_bytes(image_bytes((50, 40)))
     (tmp_path / "notes.jpg").write_text("hello")
     code, out, err = run_cli(capsys, "predict", "--weights", weights, "--json", "--top", "2", tmp_path / "red.png", tmp_path / "notes.jpg")
     assert code == 1  # one of the two failed

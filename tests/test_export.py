@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from test_weights import PublishedResNet, randomize_batchnorm
+from helpers import REPO, PublishedResNet, example, randomize_batchnorm
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -20,8 +20,6 @@ from resnet.images import prepare  # noqa: E402
 from resnet.model import build_model  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, WeightsError, load_weights, make_card, save_weights  # noqa: E402
 
-REPO = DEFAULT_WEIGHTS.parent.parent
-EXAMPLE = REPO / "assets" / "examples" / "cat-0.png"
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +96,7 @@ def test_a_calibrated_card_puts_its_temperature_in_the_graph(tmp_path):
     path = save_weights(model, tmp_path / "calibrated.safetensors", make_card(model, temperature=1.7))
     session = ort.InferenceSession(str(export.export_onnx(path, tmp_path / "c.onnx")), providers=["CPUExecutionProvider"])
     assert session.get_modelmeta().custom_metadata_map["temperature"] == "1.7"
-    logits, probabilities = run(session, prepare(str(EXAMPLE))[None])
+    logits, probabilities = run(session, prepare(example())[None])
     assert torch.allclose(probabilities, (logits / 1.7).softmax(1), atol=1e-6)
     assert not torch.allclose(probabilities, logits.softmax(1), atol=1e-3)
     card = json.loads(path.with_suffix(".json").read_text())
@@ -120,13 +118,14 @@ def test_the_cli_functions_export_and_name_missing_packages(tmp_path, monkeypatc
         export.cmd_export(args)
 
 
+@pytest.mark.e2e
 def test_the_onnxruntime_example_runs(shipped):
     """scripts/onnx_predict.py, the example in docs/http-api.md: onnxruntime, numpy and Pillow only."""
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "onnx_predict.py"), str(shipped[1]), str(EXAMPLE)],
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "onnx_predict.py"), str(shipped[1]), example()],
                             capture_output=True, text=True, timeout=120, check=True)
     loaded = load_weights(DEFAULT_WEIGHTS)
     model, card = loaded.net, loaded.card
-    logits = predict_logits(model, prepare(str(EXAMPLE))[None], card["mean"], card["std"])
+    logits = predict_logits(model, prepare(example())[None], card["mean"], card["std"])
     probabilities = (logits / (card.get("temperature") or 1.0)).softmax(1)[0]
     assert result.stdout.strip() == f"{card['classes'][int(probabilities.argmax())]} {float(probabilities.max()):.1%}"
     assert "torch" not in (REPO / "scripts" / "onnx_predict.py").read_text()

@@ -22,12 +22,10 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from resnet import jobs, runs
-from test_app import form_values
-from test_jobs import wait_for
-from test_reliability import AppProcess
 
-pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO, AppProcess, form_values, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def status(run_dir) -> str:

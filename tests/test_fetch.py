@@ -4,123 +4,21 @@ Nothing of the network layer is replaced: urllib talks to ``ArchiveServer`` (htt
 corrupt, truncate, drop or hold its answer, honour or ignore Range requests, and records what it was asked.
 """
 
-import hashlib
 import os
 import re
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_cifar_format
 
 from resnet import fetch, jobs, limits, runs
-from resnet.data import BATCHES_FOLDER, TEST_FILES, TRAIN_FILES, DataMissingError, load_split
-from test_jobs import TINY, status_of, wait_for
+from resnet.data import BATCHES_FOLDER, DataMissingError, load_split
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-class Archive:
-    """A tiny data set in the official layout, packed as cifar-10-python.tar.gz is, with its checksums."""
-
-    def __init__(self, root: Path):
-        self.source_dir = write_cifar_format(root, train_per_file=100, test_count=100, seed=3)
-        path = root / "cifar-10-python.tar.gz"
-        with tarfile.open(path, "w:gz") as archive:
-            archive.add(root / BATCHES_FOLDER, arcname=BATCHES_FOLDER)
-        self.body = path.read_bytes()
-        self.md5 = md5(self.body)
-        self.files = {name: md5((root / BATCHES_FOLDER / name).read_bytes()) for name in TRAIN_FILES + TEST_FILES}
-
-
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        server = self.server
-        with server.lock:
-            server.requests.append(self.headers.get("Range"))
-            behaviour = server.plan.pop(0) if server.plan else "ok"
-        body = server.archive.body
-        if behaviour == "missing":
-            self.send_error(404)
-            return
-        if behaviour == "corrupt":  # one byte flipped in the middle
-            body = body[: len(body) // 2] + bytes([body[len(body) // 2] ^ 0xFF]) + body[len(body) // 2 + 1:]
-        if behaviour == "truncated":  # half the file, served as if it were all of it
-            body = body[: len(body) // 2]
-        start = 0
-        wanted = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-        if wanted and server.ranges:
-            start = int(wanted.group(1))
-            if start >= len(body):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(body)}")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
-        self.end_headers()
-        rest, half = body[start:], (len(body) - start) // 2
-        try:
-            self.wfile.write(rest[:half])
-            self.wfile.flush()
-            if behaviour == "drop":  # the connection closes with half of what was announced sent
-                self.close_connection = True
-                return
-            while behaviour == "hold" and not server.release.wait(1) and half < len(rest) - 1:
-                # The rest only when the test says so; meanwhile a byte a second, so the connection never falls
-                # silent for as long as the fetcher's timeout however long the test takes.
-                self.wfile.write(rest[half:half + 1])
-                self.wfile.flush()
-                half += 1
-            self.wfile.write(rest[half:])
-        except OSError:  # the client went away (a killed process)
-            pass
-
-
-class ArchiveServer:
-    """http.server in a thread, serving ``archive`` at ``url``; ``plan`` lists how to answer the next requests."""
-
-    def __init__(self, archive: Archive, plan=(), ranges=True):
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.archive, self.httpd.plan, self.httpd.ranges = archive, list(plan), ranges
-        self.httpd.requests, self.httpd.lock, self.httpd.release = [], threading.Lock(), threading.Event()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/cifar-10-python.tar.gz"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def requests(self) -> list:
-        return list(self.httpd.requests)
-
-    def release(self):
-        self.httpd.release.set()
-
-    def close(self):
-        self.release()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Archive:
-    return Archive(tmp_path_factory.mktemp("source"))
+from helpers import REPO, TINY, ArchiveServer, source_of, status_of, wait_for
 
 
 @pytest.fixture
@@ -134,10 +32,6 @@ def serve(archive):
     yield start
     for server in servers:
         server.close()
-
-
-def source_of(server: ArchiveServer, archive: Archive) -> fetch.Source:
-    return fetch.source(f"{server.url}#md5={archive.md5}")
 
 
 def same_data(data_dir, archive) -> bool:
@@ -245,6 +139,7 @@ def fetch_process(data_dir, url, md5_sum) -> subprocess.Popen:
                             text=True, start_new_session=True)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_two_servers_at_once_share_one_fetch(archive, serve, tmp_path):
     server = serve(["hold"])
@@ -272,6 +167,7 @@ def test_two_servers_at_once_share_one_fetch(archive, serve, tmp_path):
     assert same_data(tmp_path / "data", archive) and leftovers(tmp_path / "data") == []
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("ranges", [True, False], ids=["resumed", "restarted"])
 def test_a_server_killed_during_the_fetch_is_continued_by_the_next_start(archive, serve, tmp_path, ranges):
@@ -338,6 +234,7 @@ def test_the_data_set_follows_the_runs_to_persistent_storage(monkeypatch, tmp_pa
     assert fetch.DataFetch().data_dir == tmp_path / "mounted" / "cifar10" and runs.runs_dir() == tmp_path / "mounted" / "runs"
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_run_started_during_the_fetch_waits_for_it_then_trains(archive, serve, tmp_path, monkeypatch):
     server = serve(["hold"])

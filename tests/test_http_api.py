@@ -1,23 +1,15 @@
 """The plain HTTP API (resnet.http_api) through a real server: httpx requests, the Gradio UI beside it."""
 
 import collections
-import io
 import json
 import logging
 import threading
 import time
-import zipfile
 
-import anyio
 import httpx
 import pytest
 import torch
-from fastapi import FastAPI, HTTPException
-from PIL import Image
-
-from conftest import tiny_card
-from test_app import ODD_UPLOADS, UNUSABLE, finished_run, odd_upload
-from test_images import phone_photo
+from fastapi import FastAPI
 
 gradio_client = pytest.importorskip("gradio_client")
 schemathesis = pytest.importorskip("schemathesis")
@@ -37,7 +29,10 @@ from resnet.images import prepare  # noqa: E402
 from resnet.model import build_model  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights  # noqa: E402
 
-pytestmark = pytest.mark.slow
+from helpers import (ODD_UPLOADS, UNUSABLE, example_bytes, finished_run, image_bytes, odd_upload, phone_photo,  # noqa: E402
+                     serving, tiny_card, zip_bytes)
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 BATCH_IMAGES, BATCH_MP = 4, 0.01  # small caps, set through the app's own limits (resnet.limits)
 
 
@@ -50,8 +45,9 @@ def run_weights(tmp_path_factory, tiny_data):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_data, run_weights):
-    """(url, runs folder): the studio as app.py serves it, the shipped weights, a finished run and one still training."""
+def shipped_server(tmp_path_factory, tiny_data, run_weights):
+    """(url, runs folder): the studio served as app.py serves it, but with the shipped weights (whose predictions
+    the tests know), a finished run and one still training."""
     root = tmp_path_factory.mktemp("runs")
     finished_run(root, "run-a", run_weights)
     runs.run_path(root, "run-busy").mkdir()
@@ -60,35 +56,17 @@ def server(tmp_path_factory, tiny_data, run_weights):
         env.setenv("CIFAR10_DIR", str(tiny_data))
         env.setenv("RUNS_DIR", str(root))
         studio = app.Studio()
-        served = http_api.create_app(app.build_demo(studio), studio.root, **app.launch_options())
-        running = http_api.start(served, "127.0.0.1", 0)
-        yield running.url, root
-        running.close()
-        studio.queue.close()
+        try:
+            with serving(studio) as url:
+                yield url, root
+        finally:
+            studio.queue.close()
 
 
 @pytest.fixture(scope="module")
-def api(server):
-    with httpx.Client(base_url=server[0] + "api/v1", timeout=120) as client:
+def api(shipped_server):
+    with httpx.Client(base_url=shipped_server[0] + "api/v1", timeout=120) as client:
         yield client
-
-
-def png(name="cat-0.png") -> bytes:
-    return (showcase.EXAMPLES / name).read_bytes()
-
-
-def image_bytes(size, color=(200, 30, 30), kind="PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, kind)
-    return buffer.getvalue()
-
-
-def make_zip(members: dict) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def refused(response, status: int, *words) -> str:
@@ -118,8 +96,8 @@ def test_predict_returns_the_apps_probabilities_and_the_model(api):
     index = json.loads((showcase.EXAMPLES / "index.json").read_text())["images"]
     right = 0
     for entry in index:
-        body = api.post("/predict", files={"file": (entry["file"], png(entry["file"]))}).json()
-        probabilities = expected(DEFAULT_WEIGHTS, png(entry["file"]))
+        body = api.post("/predict", files={"file": (entry["file"], example_bytes(entry["file"]))}).json()
+        probabilities = expected(DEFAULT_WEIGHTS, example_bytes(entry["file"]))
         assert body["probabilities"] == pytest.approx(probabilities, abs=1e-6)
         assert list(body["probabilities"]) == sorted(probabilities, key=probabilities.get, reverse=True)
         assert body["label"] == max(probabilities, key=probabilities.get) and body["probability"] == max(probabilities.values())
@@ -137,7 +115,7 @@ def test_a_phone_photo_is_predicted(api):
 
 
 def test_logits_when_asked(api):
-    body = api.post("/predict", files={"file": ("cat.png", png())}, params={"logits": "true"}).json()
+    body = api.post("/predict", files={"file": ("cat.png", example_bytes())}, params={"logits": "true"}).json()
     assert list(body["logits"]) == list(CLASSES)
     logits = torch.tensor(list(body["logits"].values()))
     temperature = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text()).get("temperature") or 1.0  # 1: uncalibrated
@@ -145,11 +123,11 @@ def test_logits_when_asked(api):
 
 
 def test_a_finished_run_by_id(api, run_weights):
-    body = api.post("/predict", files={"file": ("cat.png", png())}, params={"model": "run:run-a"}).json()
+    body = api.post("/predict", files={"file": ("cat.png", example_bytes())}, params={"model": "run:run-a"}).json()
     card = json.loads(run_weights.with_suffix(".json").read_text())
     assert body["model"] == {"id": "run:run-a", "test_acc": card["test_acc"]}
-    assert body["probabilities"] == pytest.approx(expected(run_weights, png()), abs=1e-6)
-    assert body["probabilities"] != pytest.approx(expected(DEFAULT_WEIGHTS, png()), abs=1e-3)
+    assert body["probabilities"] == pytest.approx(expected(run_weights, example_bytes()), abs=1e-6)
+    assert body["probabilities"] != pytest.approx(expected(DEFAULT_WEIGHTS, example_bytes()), abs=1e-3)
 
 
 @pytest.mark.parametrize("kind", ODD_UPLOADS)
@@ -162,7 +140,7 @@ def test_odd_uploads_predict_or_say_why(api, tmp_path, kind):
         assert refused(response, 400).startswith("cannot use this image: ")
     else:
         assert response.status_code == 200 and response.json()["label"] in CLASSES
-    assert api.post("/predict", files={"file": ("cat.png", png())}).status_code == 200  # the next request is served
+    assert api.post("/predict", files={"file": ("cat.png", example_bytes())}).status_code == 200  # the next request is served
 
 
 # ---- refusals --------------------------------------------------------------------------------------
@@ -170,16 +148,16 @@ def test_odd_uploads_predict_or_say_why(api, tmp_path, kind):
                                            ("run:../../etc", "invalid run id"), ("run:no-such-run", "no finished weights"),
                                            ("run:run-busy", "no finished weights"), ("uploaded", "unknown model")])
 def test_unknown_models_are_404(api, choice, words):
-    refused(api.post("/predict", files={"file": ("cat.png", png())}, params={"model": choice}), 404, words)
-    refused(api.post("/predict_batch", files={"files": ("cat.png", png())}, params={"model": choice}), 404, words)
+    refused(api.post("/predict", files={"file": ("cat.png", example_bytes())}, params={"model": choice}), 404, words)
+    refused(api.post("/predict_batch", files={"files": ("cat.png", example_bytes())}, params={"model": choice}), 404, words)
 
 
 def test_missing_or_malformed_fields_are_422(api):
-    for response in (api.post("/predict"), api.post("/predict", files={"image": ("cat.png", png())}),
+    for response in (api.post("/predict"), api.post("/predict", files={"image": ("cat.png", example_bytes())}),
                      api.post("/predict_batch", data={"x": "1"})):
         assert response.status_code == 422
         assert response.json()["detail"][0]["type"] == "missing"
-    response = api.post("/predict", files={"file": ("cat.png", png())}, params={"logits": "maybe"})
+    response = api.post("/predict", files={"file": ("cat.png", example_bytes())}, params={"logits": "maybe"})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "logits"]
 
 
@@ -188,7 +166,7 @@ def test_a_batch_without_files_is_refused_as_the_schema_says(api):
 
 
 def test_query_parameters_not_listed_are_ignored(api):
-    assert api.post("/predict", files={"file": ("cat.png", png())}, params={"colour": "blue"}).json()["label"] == "cat"
+    assert api.post("/predict", files={"file": ("cat.png", example_bytes())}, params={"colour": "blue"}).json()["label"] == "cat"
 
 
 @pytest.mark.parametrize("method, path, allow", [("DELETE", "/predict", "POST"), ("GET", "/predict", "POST"),
@@ -223,15 +201,15 @@ def test_bodies_over_the_byte_cap_are_413_before_they_are_read(api):
 
 # ---- batches ---------------------------------------------------------------------------------------
 def test_a_zip_and_a_file_give_one_row_per_image(api):
-    archive = make_zip({"a.png": png("cat-0.png"), "sub/b.png": png("ship-1.png"), "notes.txt": b"skipped: not an image name",
+    archive = zip_bytes({"a.png": example_bytes("cat-0.png"), "sub/b.png": example_bytes("ship-1.png"), "notes.txt": b"skipped: not an image name",
                         "../../evil.png": b"not an image", "__MACOSX/._a.png": b"resource fork"})
-    response = api.post("/predict_batch", files=[("files", ("photos.zip", archive)), ("files", ("dog.png", png("dog-12.png")))],
+    response = api.post("/predict_batch", files=[("files", ("photos.zip", archive)), ("files", ("dog.png", example_bytes("dog-12.png")))],
                         params={"logits": "true"})
     body = response.json()
     assert response.status_code == 200 and body["model"]["id"] == "shipped"
     rows = {row["file"]: row for row in body["predictions"]}
     assert list(rows) == ["photos.zip:a.png", "photos.zip:sub/b.png", "dog.png"]
-    assert rows["dog.png"]["probabilities"] == pytest.approx(expected(DEFAULT_WEIGHTS, png("dog-12.png")), abs=1e-6)
+    assert rows["dog.png"]["probabilities"] == pytest.approx(expected(DEFAULT_WEIGHTS, example_bytes("dog-12.png")), abs=1e-6)
     assert all(list(row["logits"]) == list(CLASSES) for row in rows.values())
     assert [p["file"] for p in body["problems"]] == ["photos.zip:../../evil.png"]
 
@@ -244,18 +222,18 @@ def test_a_batch_goes_through_the_network_in_one_pass(api, monkeypatch):
         return logits(self, images, *args, **kwargs)
 
     monkeypatch.setattr(Classifier, "logits", counted)
-    files = [("files", (name, png(name))) for name in ("cat-0.png", "ship-1.png", "dog-12.png")]
+    files = [("files", (name, example_bytes(name))) for name in ("cat-0.png", "ship-1.png", "dog-12.png")]
     body = api.post("/predict_batch", files=files).json()
     assert [row["file"] for row in body["predictions"]] == ["cat-0.png", "ship-1.png", "dog-12.png"]
     assert passes == [(3, 3, 32, 32)]
     for row in body["predictions"]:
-        assert row["probabilities"] == pytest.approx(expected(DEFAULT_WEIGHTS, png(row["file"])), abs=1e-5)
+        assert row["probabilities"] == pytest.approx(expected(DEFAULT_WEIGHTS, example_bytes(row["file"])), abs=1e-5)
 
 
 def test_batch_caps_are_the_apps(api, server_limits):
     server_limits(batch_images=BATCH_IMAGES, batch_pixels=int(BATCH_MP * 1e6))  # read at each request, as the app reads them
-    images = {f"{i}.png": png() for i in range(BATCH_IMAGES + 1)}
-    refused(api.post("/predict_batch", files={"files": ("many.zip", make_zip(images))}), 413,
+    images = {f"{i}.png": example_bytes() for i in range(BATCH_IMAGES + 1)}
+    refused(api.post("/predict_batch", files={"files": ("many.zip", zip_bytes(images))}), 413,
             f"{BATCH_IMAGES + 1} images in this request", f"at most {BATCH_IMAGES}")
     side = int((BATCH_MP * 1e6 / 2.5) ** 0.5)  # two of these fit in the decoding budget, a third does not
     files = [("files", (f"{i}.png", image_bytes((side, side)))) for i in range(3)]
@@ -263,18 +241,18 @@ def test_batch_caps_are_the_apps(api, server_limits):
     assert [row["file"] for row in body["predictions"]] == ["0.png", "1.png"]
     assert body["problems"] == [{"file": "2.png", "reason": "this request has used up its decoding budget; "
                                                             "send the rest in another request"}]
-    refused(api.post("/predict_batch", files={"files": ("x.zip", make_zip({"a.png": b"no"}))}), 400, "none of the files")
+    refused(api.post("/predict_batch", files={"files": ("x.zip", zip_bytes({"a.png": b"no"}))}), 400, "none of the files")
 
 
 # ---- the Gradio UI on the same port ------------------------------------------------------------------
-def test_the_ui_keeps_serving_while_the_api_is_hammered(server, api):
-    url, _ = server
+def test_the_ui_keeps_serving_while_the_api_is_hammered(shipped_server, api):
+    url, _ = shipped_server
     statuses, done, lock = [], [], threading.Lock()
 
     def hammer():
         with httpx.Client(base_url=url + "api/v1", timeout=120) as client:
             for _ in range(20):
-                status = client.post("/predict", files={"file": ("cat.png", png())}).status_code
+                status = client.post("/predict", files={"file": ("cat.png", example_bytes())}).status_code
                 with lock:
                     statuses.append(status)
                     done.append(time.monotonic())
@@ -294,8 +272,8 @@ def test_the_ui_keeps_serving_while_the_api_is_hammered(server, api):
     assert api.get("/health").json()["ready"]
 
 
-def test_openapi_schema_and_docs(server):
-    url, _ = server
+def test_openapi_schema_and_docs(shipped_server):
+    url, _ = shipped_server
     schema = httpx.get(url + "openapi.json").json()
     assert {"/api/v1/predict", "/api/v1/predict_batch", "/api/v1/health"} <= set(schema["paths"])
     assert "413" in schema["paths"]["/api/v1/predict"]["post"]["responses"]
@@ -309,7 +287,7 @@ def test_openapi_schema_and_docs(server):
 # ---- the contract: schemathesis against the server's own OpenAPI document ----------------------------------
 # Besides generated requests, ones with a real PNG where a file is expected and the shipped model, so that 200
 # responses are checked too (a generated file is never an image, a generated model name never a model).
-REAL_BODIES = {"/api/v1/predict": {"file": png()}, "/api/v1/predict_batch": {"files": [png()]}}
+REAL_BODIES = {"/api/v1/predict": {"file": example_bytes()}, "/api/v1/predict_batch": {"files": [example_bytes()]}}
 CONTRACT_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 CONTRACT_EXAMPLES = 50  # per operation, valid and invalid requests together
 
@@ -320,10 +298,10 @@ def contract_statuses():
     return collections.Counter()
 
 
-def test_every_response_keeps_the_contract(server, contract_statuses):
+def test_every_response_keeps_the_contract(shipped_server, contract_statuses):
     """No 5xx, only documented statuses, each response as its schema says. (schemathesis's own pytest loader,
     ``from_fixture``, does not run under pytest 9: hence Hypothesis over each operation's strategy here.)"""
-    schema = schemathesis.openapi.from_url(server[0] + "openapi.json")
+    schema = schemathesis.openapi.from_url(shipped_server[0] + "openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {operation.label for operation in operations} >= {"POST /api/v1/predict", "POST /api/v1/predict_batch",
                                                               "GET /api/v1/health"}
@@ -346,7 +324,7 @@ def test_the_server_is_healthy_after_the_contract_test(api, contract_statuses):
     print("contract test responses:", dict(sorted(contract_statuses.items())))
     assert contract_statuses[("POST /api/v1/predict", 200)] > 0 and contract_statuses[("POST /api/v1/predict_batch", 200)] > 0
     assert api.get("/health").json()["ready"]
-    assert api.post("/predict", files={"file": ("cat.png", png())}).json()["label"] == "cat"
+    assert api.post("/predict", files={"file": ("cat.png", example_bytes())}).json()["label"] == "cat"
 
 
 # ---- admission by expected wait --------------------------------------------------------------------
@@ -383,7 +361,7 @@ def test_a_burst_the_server_finishes_within_the_wait_limit_is_served_in_full(ste
         with httpx.Client(base_url=steady_server, timeout=120) as session:
             go.wait()
             for _ in range(2):
-                status = session.post("/predict", files={"file": ("cat.png", png())}).status_code
+                status = session.post("/predict", files={"file": ("cat.png", example_bytes())}).status_code
                 with lock:
                     statuses.append(status)
 
@@ -395,148 +373,11 @@ def test_a_burst_the_server_finishes_within_the_wait_limit_is_served_in_full(ste
     assert statuses == [200] * 100
 
 
-def admitted_in_turn(gate, count: int, release: threading.Event) -> list:
-    """Send ``count`` calls through ``gate`` one after another, each blocked until ``release``, noting before each
-    the wait the gate expected; then what each call got: True, or the HTTPException that refused it."""
-
-    async def scenario():
-        expected, answers = [], []
-
-        async def call():
-            try:
-                answers.append(await gate.run(release.wait, 30))
-            except HTTPException as refusal:
-                answers.append(refusal)
-
-        async with anyio.create_task_group() as group:
-            for _ in range(count):
-                expected.append(gate.expected_wait())
-                before = len(answers) + gate.admitted
-                group.start_soon(call)
-                while len(answers) + gate.admitted == before:
-                    await anyio.sleep(0.001)
-            release.set()
-        return expected, answers
-
-    return anyio.run(scenario)
-
-
-def test_requests_are_admitted_while_their_expected_wait_is_within_the_limit():
-    gate = http_api.Gate(workers=2, max_wait_s=1.0, max_queued=100, service_s=0.4)
-    expected, answers = admitted_in_turn(gate, 8, threading.Event())
-    assert expected == pytest.approx([0, 0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2])  # (admitted - 2 + 1) x 0.4 s / 2 workers
-    refusals = [answer for answer in answers if isinstance(answer, HTTPException)]
-    assert answers.count(True) == 7 and len(refusals) == 1  # the eighth would wait 1.2 s
-    assert refusals[0].status_code == 503 and refusals[0].headers == {"Retry-After": "2"}  # ceil(1.2 s)
-    assert refusals[0].detail == "the server is busy: a prediction would wait about 1.2 s for its turn, over this server's 1 s; " \
-                                 "retry in 2 s"
-    assert gate.admitted == 0 and gate.service_s < 0.4  # the seven were measured: each held its turn a few ms
-
-
-def test_the_queue_stays_bounded_whatever_the_estimate():
-    gate = http_api.Gate(workers=1, max_wait_s=100, max_queued=2, service_s=0.01)
-    _, answers = admitted_in_turn(gate, 4, threading.Event())
-    assert answers.count(True) == 3  # one running, two waiting
-    refusal = next(answer for answer in answers if isinstance(answer, HTTPException))
-    assert refusal.detail == "the server is busy: 2 requests are already waiting; retry in 1 s"
-    assert refusal.headers == {"Retry-After": "1"}
-
-
-# The limits are minutes of real time, so that no admitted request here waits past them, however slow the machine.
-@pytest.mark.parametrize("max_wait_s, max_queued, bound, retry", [
-    (600, 100, 11, "660"),  # held by the expected wait: admitted x 60 s is at most 600 s for one running and ten waiting
-    (6000, 5, 6, "360"),  # held by the queue's bound: one running, five waiting
-])
-def test_a_sustained_overload_is_refused_and_the_queue_stays_bounded(monkeypatch, max_wait_s, max_queued, bound, retry):
-    """Ten rounds of 50 arrivals at a gate whose one worker finishes a single prediction between rounds: far more
-    than it can serve. Whatever arrives, no more than ``bound`` are ever admitted, each round admits only what the
-    finished prediction freed, and every other request is refused with the expected wait as its Retry-After."""
-    gate = http_api.Gate(workers=1, max_wait_s=max_wait_s, max_queued=max_queued, service_s=60)
-    monkeypatch.setattr(gate, "record", lambda seconds: None)  # the estimate stays 60 s, however long a test thread takes
-    finished = threading.Semaphore(0)  # each release lets the running prediction end
-
-    async def scenario():
-        outcomes, peak = collections.Counter(), 0
-
-        async def call():
-            try:
-                await gate.run(finished.acquire, True, 30)
-                outcomes["served"] += 1
-            except HTTPException as refusal:
-                outcomes[f"{refusal.status_code} Retry-After {refusal.headers['Retry-After']}"] += 1
-
-        async def settle(condition):
-            while not condition():
-                await anyio.sleep(0.001)
-
-        async with anyio.create_task_group() as group:
-            for _ in range(10):
-                for _ in range(50):
-                    before = sum(outcomes.values()) + gate.admitted
-                    group.start_soon(call)
-                    await settle(lambda: sum(outcomes.values()) + gate.admitted > before)  # admitted or refused
-                    peak = max(peak, gate.admitted)
-                admitted = gate.admitted
-                finished.release()
-                await settle(lambda: gate.admitted < admitted)
-            finished.release(bound)
-        return outcomes, peak
-
-    outcomes, peak = anyio.run(scenario)
-    assert peak == bound and gate.admitted == 0
-    assert outcomes == {"served": bound + 9, f"503 Retry-After {retry}": 500 - bound - 9}
-
-
-def test_an_admitted_request_whose_turn_does_not_come_in_time_is_refused_then():
-    """The estimate runs low (a first guess of 1 ms, never updated) while one prediction holds the only worker: four
-    requests are admitted behind it, and each is refused once it has waited the limit, not served late."""
-    gate = http_api.Gate(workers=1, max_wait_s=0.2, max_queued=100, service_s=0.001)
-    gate.record = lambda seconds: None
-    release = threading.Event()
-
-    async def scenario():
-        outcomes = []
-
-        async def call():
-            try:
-                await gate.run(release.wait, 60)
-                outcomes.append("served")
-            except HTTPException as refusal:
-                outcomes.append((refusal.status_code, refusal.detail, refusal.headers))
-
-        async with anyio.create_task_group() as group:
-            for _ in range(5):
-                group.start_soon(call)
-            while len(outcomes) < 4:  # the four behind the running one, each once its wait ran out
-                await anyio.sleep(0.01)
-            release.set()
-        return outcomes
-
-    outcomes = anyio.run(scenario)
-    assert outcomes.count("served") == 1 and gate.admitted == 0
-    refusals = [o for o in outcomes if o != "served"]
-    assert len(refusals) == 4 and all(status == 503 and "Retry-After" in headers for status, _, headers in refusals)
-    assert all("its turn did not come within this server's 0.2 s" in detail for _, detail, _ in refusals)
-
-
-def test_the_service_time_is_the_median_of_the_recent_durations():
-    gate = http_api.Gate(workers=1, max_wait_s=1, max_queued=1, service_s=1.0)
-    assert gate.service_s == 1.0  # the first guess, until a prediction is measured
-    for _ in range(20):
-        gate.record(0.01)
-    assert gate.service_s == 0.01
-    gate.record(5.0)
-    assert gate.service_s == 0.01  # one slow prediction moves nothing
-    for _ in range(8):
-        gate.record(0.2)
-    assert gate.service_s == 0.2  # a lasting change does, within half of RECENT
-
-
 SMALL_BYTES = 4096  # room for the example PNG (2.5 kB), not for much more
 
 
 @pytest.fixture
-def small_server(server, monkeypatch, server_limits):
+def small_server(shipped_server, monkeypatch, server_limits):
     """The routes alone with one prediction slot, an estimate of 0.1 s a prediction and 0.25 s of expected wait
     allowed; 4 kB byte caps; the model load blocks until ``release`` is set, so a request can hold the slot as long
     as a test needs."""
@@ -550,7 +391,7 @@ def small_server(server, monkeypatch, server_limits):
     monkeypatch.setattr(http_api, "load", slow_load)
     small = FastAPI()
     server_limits(upload_bytes=SMALL_BYTES, weights_bytes=SMALL_BYTES)  # before the routes are built: their byte caps
-    small.include_router(http_api.build_api(server[1], gate))
+    small.include_router(http_api.build_api(shipped_server[1], gate))
     running = http_api.start(small, "127.0.0.1", 0)
     yield running.url + "api/v1", gate, release
     release.set()
@@ -569,13 +410,13 @@ def test_over_the_expected_wait_a_request_gets_503_at_once_with_retry_after(smal
     answers = {}
 
     def call(name):
-        answers[name] = httpx.post(url + "/predict", files={"file": ("cat.png", png())}, timeout=60)
+        answers[name] = httpx.post(url + "/predict", files={"file": ("cat.png", example_bytes())}, timeout=60)
 
     callers = [threading.Thread(target=call, args=(name,)) for name in ("holder", "first", "second")]
     for admitted, caller in enumerate(callers, 1):
         caller.start()
         wait_for(lambda: gate.admitted == admitted)  # the holder runs; the others expect 0.1 and 0.2 s of wait
-    refused_now = httpx.post(url + "/predict", files={"file": ("cat.png", png())}, timeout=60)  # it would expect 0.3 s
+    refused_now = httpx.post(url + "/predict", files={"file": ("cat.png", example_bytes())}, timeout=60)  # it would expect 0.3 s
     refused(refused_now, 503, "would wait about 0.3 s", "over this server's 0.25 s")
     assert refused_now.headers["retry-after"] == "1"
     release.set()
@@ -587,6 +428,6 @@ def test_over_the_expected_wait_a_request_gets_503_at_once_with_retry_after(smal
 def test_the_batch_byte_cap_is_the_servers(small_server):
     url, _, release = small_server
     release.set()
-    assert httpx.post(url + "/predict_batch", files={"files": ("cat.png", png())}).status_code == 200
+    assert httpx.post(url + "/predict_batch", files={"files": ("cat.png", example_bytes())}).status_code == 200
     big = SMALL_BYTES + http_api.MULTIPART_SLACK
     refused(httpx.post(url + "/predict_batch", files={"files": ("a.png", b"\0" * big)}), 413, "request body is larger")

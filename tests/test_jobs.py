@@ -12,8 +12,8 @@ from resnet import config
 from resnet.cli import build_parser
 from resnet.config import ConfigError, make_config
 
-# A run the tiny data set finishes in seconds on one CPU thread.
-TINY = dict(epochs=1, batch_size=64, limit_test=50, log_every=1, dropout=0.0)
+from helpers import TINY, status_of, wait_for
+
 OWNER = jobs.Actor(key="the-owners-key")
 OPERATOR = jobs.Actor(operator=True)
 
@@ -28,20 +28,6 @@ def queue(tmp_path, data_env):
     queue = jobs.RunQueue(tmp_path / "runs", max_queue=2)
     yield queue
     queue.close()
-
-
-def wait_for(condition, timeout=120, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def status_of(queue, run_id):
-    return runs.read_status(queue.root / run_id)["status"]
 
 
 def test_cli_args_parse_back_to_the_same_config():
@@ -117,6 +103,7 @@ def test_a_full_queue_refuses(queue):
         queue.start("original", **TINY)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_runs_train_one_at_a_time_to_the_end(queue):
     first, second = queue.start("original", **TINY), queue.start("original", **TINY)
@@ -129,6 +116,7 @@ def test_runs_train_one_at_a_time_to_the_end(queue):
     assert rows[first]["final_test_acc"] is not None and rows[first]["epochs"] == "1/1"
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_stop_checkpoints_and_resume_finishes(queue, monkeypatch):
     run_id = queue.start("original", owner=OWNER.key, **{**TINY, "epochs": 6})
@@ -151,6 +139,7 @@ def test_stop_checkpoints_and_resume_finishes(queue, monkeypatch):
     assert max(r["epoch"] for r in runs.read_metrics(queue.root / run_id)) == 6
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_child_that_fails_before_training_reports_why(queue, monkeypatch, tmp_path):
     monkeypatch.setenv("CIFAR10_DIR", str(tmp_path / "no-data"))  # the child inherits it
@@ -159,6 +148,7 @@ def test_a_child_that_fails_before_training_reports_why(queue, monkeypatch, tmp_
     assert "CIFAR-10 not found" in runs.read_status(queue.root / run_id)["message"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_queued_runs_survive_a_server_restart(tmp_path, data_env):
     root = tmp_path / "runs"

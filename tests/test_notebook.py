@@ -19,6 +19,7 @@ def test_notebook_is_stored_without_outputs():
     assert code and all(cell.outputs == [] and cell.execution_count is None for cell in code)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_notebook_runs_top_to_bottom(tiny_data, tmp_path, monkeypatch):
     torch.manual_seed(0)

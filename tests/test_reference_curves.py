@@ -2,7 +2,6 @@
 only that curve leaves the trained references as they were."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,7 +10,8 @@ from resnet.config import config_from_dict
 from resnet.constants import TRAIN_IMAGES
 from resnet.weights import DEFAULT_WEIGHTS, card_path
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
+
 COMMITTED = REPO / "results" / "reference-curves.json"
 
 

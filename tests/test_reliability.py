@@ -10,11 +10,6 @@ import json
 import math
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,73 +23,17 @@ from resnet.constants import CLASSES
 from resnet import limits
 from resnet.config import ConfigError
 from resnet.model import build_model
-from test_app import ODD_UPLOADS, UNUSABLE, example, finished_run, form_values, odd_upload
-from test_weights import Payload
 
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 httpx = pytest.importorskip("httpx")
-from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client import handle_file  # noqa: E402
 
 import app  # noqa: E402
+from helpers import (REPO, ODD_UPLOADS, UNUSABLE, AppProcess, Payload, example, finished_run, form_values,  # noqa: E402
+                     odd_upload)
 
-REPO = Path(__file__).resolve().parent.parent
 AppError = gradio_client.exceptions.AppError
-
-
-# ---- helpers shared with test_faults.py -----------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class AppProcess:
-    """``python app.py`` in its own process group (so a kill reaches its training child too)."""
-
-    def __init__(self, tmp_path: Path, **env):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log_path = tmp_path / f"app-{self.port}.log"
-        environment = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(self.port),
-                       "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in env.items()}}
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=environment, stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            self.wait_ready()
-        except BaseException:  # no one holds a server that never came up: stop it here, or it outlives the test
-            self.kill_group()
-            raise
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"app.py exited: {self.log_path.read_text()[-2000:]}"
-            try:
-                if httpx.get(self.url + "gradio_api/info", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"app.py did not start in {timeout}s: {self.log_path.read_text()[-2000:]}")
-
-    def client(self) -> Client:
-        return Client(self.url, verbose=False)
-
-    def kill_group(self, signum=signal.SIGKILL) -> None:
-        """Signal the server and every process it started (its group), and reap the server."""
-        try:
-            os.killpg(self.process.pid, signum)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=60)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.kill_group()
 
 
 def raw_call(url: str, name: str, body: bytes) -> tuple:
@@ -129,11 +68,6 @@ def area(server):
     return folder
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server[0], verbose=False)
-
-
 def extra_upload(kind: str, folder: Path) -> str:
     path = folder / f"upload-{kind}"
     if kind == "exif-rotated":
@@ -152,6 +86,7 @@ API_TESTED = {"cmyk", "16-bit", "animated-gif", "text", "bomb", "truncated"}  # 
 MUST_FAIL = UNUSABLE - {"too-large"}  # too-large is tested on its own below
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", [k for k in ODD_UPLOADS if k not in API_TESTED and k != "too-large"]
                          + ["exif-rotated", "palette-transparent"])
@@ -167,6 +102,7 @@ def test_odd_uploads_over_the_api_then_the_next_request(client, tmp_path, kind):
     good_prediction(client)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_an_image_over_the_size_limit_is_refused(server, client, tmp_path):
     """Gradio's own cap must let weights files through, so images are held to theirs by resnet.images
@@ -177,6 +113,7 @@ def test_an_image_over_the_size_limit_is_refused(server, client, tmp_path):
     good_prediction(client)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_paths_the_client_did_not_upload_are_refused(server, client):
     url, studio = server
@@ -195,6 +132,7 @@ FIELDS = ["optimizer", "lr", "dropout", "epochs", "batch_size", "blocks", "limit
           "schedule", "label_smoothing", "seed", "limit_test"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("changes, message", [
     (dict(lr=-0.01), "lr must be positive, got -0.01"),
@@ -226,6 +164,7 @@ def test_start_run_refuses_bad_settings_before_any_work(server, client, changes,
     assert sorted(os.listdir(root)) == before  # no run folder, no request file
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("field, literal, message", [
     ("lr", "NaN", "lr must be finite, got nan"),
@@ -301,6 +240,7 @@ def test_a_run_whose_card_disagrees_with_its_weights_is_refused(studio, tiny_wei
 
 
 # ---- run folders and run ids from the API -----------------------------------------------------------
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_damaged_run_folders_are_listed_and_read_safely(server, client, tiny_weights):
     root = server[1].root
@@ -331,6 +271,7 @@ BAD_IDS = ["../", "..", "../../etc/passwd", "/etc/passwd", "/tmp", "run-a/../../
            "%2e%2e%2fsentinel.txt", "..\\sentinel.txt", "", "x" * 65, "run-a\x00", "~root", "sentinel.txt", "../sentinel.txt"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_run_ids_that_name_paths_are_refused_and_nothing_outside_is_touched(server, client, area):
     url, studio = server
@@ -348,6 +289,7 @@ def test_run_ids_that_name_paths_are_refused_and_nothing_outside_is_touched(serv
 
 
 # ---- what the file route serves ---------------------------------------------------------------------
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_the_file_route_serves_neither_run_files_nor_anything_outside(server, tiny_weights, area):
     url, studio = server
@@ -381,6 +323,7 @@ def test_weights_are_only_read_as_tensors():
 
 
 # ---- server-wide caps from the environment, in a fresh app.py ---------------------------------------
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_server_caps_from_the_environment(tmp_path, tiny_data, tiny_weights):
     root = tmp_path / "runs"

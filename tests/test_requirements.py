@@ -3,9 +3,9 @@
 import ast
 import re
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
+
 DISTRIBUTIONS = {"PIL": "pillow"}  # import name -> the name it is installed by, where the two differ
 
 

@@ -4,7 +4,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,8 @@ from resnet.model import build_model
 from resnet.robustness_plots import robustness_figure, robustness_text
 from resnet.weights import make_card, save_weights
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
+
 SCRIPT = REPO / "scripts" / "robustness.py"
 COMMITTED = REPO / "results" / "robustness.json"
 needs_package = pytest.mark.skipif(
@@ -51,6 +51,7 @@ def check_results(results: dict, images: int) -> None:
     assert results["machine"] and results["reference"]["mean_acc"] == 0.7465
 
 
+@pytest.mark.e2e
 @needs_package
 @pytest.mark.slow
 def test_the_script_runs_end_to_end_on_tiny_data(tiny_data, tiny_model, tmp_path):
@@ -65,6 +66,7 @@ def test_the_script_runs_end_to_end_on_tiny_data(tiny_data, tiny_model, tmp_path
     assert json.loads(done.stdout.strip().splitlines()[-1])["mean_acc"] == results["mean_acc"]
 
 
+@pytest.mark.e2e
 def test_the_script_refuses_a_negative_limit_before_any_work(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--limit", "-1", "--out", str(tmp_path / "r.json")], cwd=REPO,
                           capture_output=True, text=True, timeout=120)

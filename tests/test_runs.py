@@ -4,10 +4,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import REPO
 from resnet import runs
 
 
@@ -133,4 +133,4 @@ def test_reading_runs_and_limits_imports_no_torch():
     """The studio polls run folders and reads its limits often; neither should cost importing torch."""
     code = ("import sys, resnet.runs, resnet.limits, resnet.errors, resnet.atomic; "
             "sys.exit('torch' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

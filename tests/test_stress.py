@@ -3,7 +3,6 @@
 import colorsys
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +14,8 @@ from resnet.model import build_model
 from resnet.stress import CORRUPTIONS, SEVERITIES, StressError, stress_predict
 from resnet.weights import make_card
 
-from conftest import pattern_images
+from helpers import REPO, pattern_images
 
-REPO = Path(__file__).resolve().parent.parent
 NO_SEVERITY = {"horizontal_flip"}  # a flip is a flip: every severity gives the same image
 
 

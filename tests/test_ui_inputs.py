@@ -2,11 +2,9 @@
 keep, and the Train form's fields, whose advertised bounds must be ones resnet.config enforces."""
 
 import base64
-import io
 import math
 
 import pytest
-from PIL import Image
 
 from resnet import config
 from resnet.config import make_config
@@ -17,7 +15,7 @@ from gradio.data_classes import FileData, ImageData, ListFiles  # noqa: E402
 
 import app  # noqa: E402
 from resnet import ui_inputs  # noqa: E402
-from test_app import OWNER, example, form_values  # noqa: E402
+from helpers import BROWSER_KEY, example, form_values, image_bytes  # noqa: E402
 
 FILE_META = {"_type": "gradio.FileData"}  # what marks a payload as a file for Gradio to check and move to its cache
 NUMERIC = [n for n in config.FORM_SETTINGS if config.kind(n) in (int, float) and not config.SETTINGS[n].metadata["choices"]]
@@ -31,12 +29,6 @@ def as_received(component, payload):
 def pasted(data: bytes, component=None) -> ImageData:
     """An inline pasted image: a data: URL, no file meta, so no path."""
     return as_received(component or ui_inputs.image_input(), {"url": "data:image/png;base64," + base64.b64encode(data).decode()})
-
-
-def png_bytes() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (5, 5), "red").save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -69,10 +61,10 @@ def test_an_uploaded_image_reaches_the_handler_as_its_path():
 
 
 def test_a_pasted_image_reaches_the_handler_as_its_bytes():
-    payload = pasted(png_bytes())
+    payload = pasted(image_bytes())
     assert payload.path is None and payload.url.startswith("data:")
     data = ui_inputs.undecoded_upload(payload)
-    assert data == png_bytes() and prepare(data).shape == (3, 32, 32)
+    assert data == image_bytes() and prepare(data).shape == (3, 32, 32)
 
 
 @pytest.mark.parametrize("cap", [999, 1000, 1001])
@@ -147,7 +139,7 @@ def test_a_value_past_an_advertised_bound_is_refused_by_name(demo, studio):
             beyond.append(field.maximum + step(name))
         for value in beyond:
             with pytest.raises(gr.Error) as refusal:
-                studio.start_run(None, "original", *form_values(**{name: field.preprocess(value)}), OWNER)
+                studio.start_run(None, "original", *form_values(**{name: field.preprocess(value)}), BROWSER_KEY)
             assert refusal.value.message.startswith(f"{name} must"), (name, refusal.value.message)
             refused += 1
     assert refused >= len([n for n in NUMERIC if config.SETTINGS[n].metadata["minimum"] is not None])  # none skipped

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from resnet import limits
 
 MAX_GROWTH = 150 * 2**20  # bytes of peak RSS one upload may add, against the same process decoding a 32 x 32 PNG
@@ -21,6 +21,7 @@ def bench_uploads():
         sys.path.remove(str(REPO / "bench"))
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_the_costliest_accepted_uploads_stay_within_the_memory_budget(tmp_path):
     bench = bench_uploads()

@@ -5,7 +5,6 @@ import pickle
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as safetensors_save
 from torch import nn
@@ -14,67 +13,7 @@ from resnet import build_model, count_parameters, load_weights, save_weights
 from resnet.constants import PUBLISHED_MEAN, PUBLISHED_STD
 from resnet.weights import WeightsError, make_card
 
-
-# ---- an independent copy of the published model (the names its state_dict uses) ----------------
-class PublishedBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, in_planes, planes, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(planes))
-        self.drop = nn.Dropout(0.1)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out = self.drop(out + self.shortcut(x))
-        return F.relu(out)
-
-
-class PublishedResNet(nn.Module):
-    def __init__(self, num_blocks=(1, 1, 1, 1), num_classes=10):
-        super().__init__()
-        self.in_planes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = self._make_layer(64, num_blocks[0], stride=1)
-        self.layer2 = self._make_layer(128, num_blocks[1], stride=2)
-        self.layer3 = self._make_layer(256, num_blocks[2], stride=2)
-        self.layer4 = self._make_layer(512, num_blocks[3], stride=2)
-        self.linear = nn.Linear(512, num_classes)
-
-    def _make_layer(self, planes, num_blocks, stride):
-        layers = []
-        for s in [stride] + [1] * (num_blocks - 1):
-            layers.append(PublishedBlock(self.in_planes, planes, s))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.avg_pool2d(out, 4)
-        out = out.view(out.size(0), -1)
-        return self.linear(out)
-
-
-def randomize_batchnorm(model, seed=0):
-    """Non-trivial running statistics, so a loader that dropped the buffers would show."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-            module.num_batches_tracked.fill_(123)
-    return model
+from helpers import Payload, PublishedResNet, randomize_batchnorm
 
 
 @pytest.fixture(scope="module")
@@ -242,16 +181,6 @@ def test_a_card_that_is_not_json_is_refused(tmp_path):
     path, _ = good_safetensors(tmp_path)
     (tmp_path / "good.json").write_text("{not json")
     assert_refused(path, "good.json", "not valid JSON")
-
-
-class Payload:
-    """Unpickling this creates ``marker``: a stand-in for arbitrary code execution."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def test_the_payload_is_real(tmp_path):
