@@ -15,10 +15,27 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from resnet import ablation, batch, catalog, config, downloads, fetch, http_api, jobs, limits, model_card, plots, \
-    robustness_plots, runs, showcase, stress, study, time_to_accuracy
-from resnet.classifier import Classifier
+from resnet import (
+    ablation,
+    batch,
+    catalog,
+    config,
+    downloads,
+    fetch,
+    http_api,
+    jobs,
+    limits,
+    model_card,
+    plots,
+    robustness_plots,
+    runs,
+    showcase,
+    stress,
+    study,
+    time_to_accuracy,
+)
 from resnet.budget import describe_duration
+from resnet.classifier import Classifier
 from resnet.config import QUICK_RUN, from_form, make_config, parse_budget, to_form
 from resnet.constants import TEST_IMAGES, TRAIN_IMAGES
 from resnet.errors import UserError

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from resnet.atomic import atomic_write_json
 from resnet.constants import CLASSES
 from resnet.data import load_split
-from resnet.atomic import atomic_write_json
 
 PER_CLASS = 3
 OUT = Path(__file__).resolve().parent / "examples"

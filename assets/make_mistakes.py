@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from resnet.data import load_split
 from resnet.atomic import atomic_write_json
+from resnet.data import load_split
 from resnet.weights import DEFAULT_WEIGHTS, load_weights
 
 COUNT = 12

@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import machine, report  # bench/, beside this file
-
 import torch
+from machine import machine, report  # bench/, beside this file
 
 from resnet import jobs, runs
 from resnet.config import QUICK_RUN, parse_budget

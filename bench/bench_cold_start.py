@@ -33,8 +33,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
-
 from machine import machine, report  # bench/, beside this file
+
 from resnet.data import BATCHES_FOLDER
 from resnet.fetch import present
 

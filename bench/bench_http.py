@@ -17,9 +17,8 @@ import sys
 import time
 
 import httpx
-from gradio_client import Client
-
 from bench_predict import app, framework_floor, percentile, trivial_demo  # the studio's app.py, loaded there
+from gradio_client import Client
 from machine import machine, report
 
 from resnet import catalog, http_api, showcase

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import httpx
 from gradio_client import Client, handle_file
-
 from machine import machine  # bench/, beside this file
+
 from resnet import runs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,7 +156,7 @@ def hammer(url: str, image: str, clients: int, seconds: float, caller=gradio_cal
     def worker():
         try:
             call = caller(url, image)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             with lock:
                 errors.append(f"connect: {error}")
             ready.wait()
@@ -166,7 +166,7 @@ def hammer(url: str, image: str, clients: int, seconds: float, caller=gradio_cal
             start = time.perf_counter()
             try:
                 call()
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 with lock:
                     errors.append(f"{type(error).__name__}: {str(error)[:200]}")
                 continue

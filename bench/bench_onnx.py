@@ -17,8 +17,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-
 from machine import machine, report  # bench/, beside this file
+
 from resnet.export import INPUT, export_onnx
 from resnet.weights import DEFAULT_WEIGHTS, load_weights
 

@@ -27,13 +27,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from resnet.constants import PUBLISHED_MEAN, PUBLISHED_STD
+from resnet.config import PRECISIONS, RESOLUTIONS, make_config, parse_blocks
+from resnet.constants import IMAGE_SIZE, PUBLISHED_MEAN, PUBLISHED_STD
 from resnet.data import ORIGINAL_PADDING, augment, load_split, resolve_data_dir
 from resnet.model import BLOCK_CHOICES, BasicBlock, build_model
-from resnet.config import PRECISIONS, RESOLUTIONS, make_config, parse_blocks
-from resnet.constants import IMAGE_SIZE
-from resnet.train import (build_optimizer, default_channels_last, describe_device, resolve_device,
-                          resolve_precision, steps_in_epoch, train_step)
+from resnet.train import (
+    build_optimizer,
+    default_channels_last,
+    describe_device,
+    resolve_device,
+    resolve_precision,
+    steps_in_epoch,
+    train_step,
+)
 
 PUBLISHED = make_config("original")  # Adam 0.01 at batch 64: the published loop's settings
 BATCH, LR = PUBLISHED.batch_size, PUBLISHED.lr

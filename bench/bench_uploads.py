@@ -24,9 +24,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from machine import machine, report  # bench/, beside this file
 from PIL import Image
 
-from machine import machine, report  # bench/, beside this file
 from resnet import limits
 
 REPO = Path(__file__).resolve().parent.parent

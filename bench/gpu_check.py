@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_train import our_steps, race
 
 from resnet.config import make_config

@@ -145,7 +145,7 @@ def figure(results: dict) -> go.Figure:
     figure = go.Figure(go.Bar(x=means, y=names, orientation="h", text=[f"{m:.1%}" for m in means], marker_color=colors,
                               name="mean of seeds"), layout=LAYOUT)
     figure.add_trace(go.Scatter(x=[s for n in names for s in variants[n]], y=[n for n in names for _ in variants[n]],
-                                mode="markers", marker=dict(color="black", size=7), name="each seed"))
+                                mode="markers", marker={"color": "black", "size": 7}, name="each seed"))
     if BASELINE in variants:
         figure.add_vline(x=statistics.mean(variants[BASELINE]), line_dash="dash", line_color=COLORS[0])
     budget = results.get("budget", {})

@@ -36,8 +36,8 @@ def setting(default, help: str, *, choices=None, minimum=None, maximum=None, abo
     Train tab's label (None: not on the form; ``advanced`` puts it in the Advanced accordion).
     ``resume``: a resumed run may be given a new value (it does not change the run's math).
     """
-    meta = dict(help=help, choices=choices, minimum=minimum, maximum=maximum, above=above, below=below, form=form,
-                advanced=advanced, resume=resume, cli=cli)
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "above": above, "below": below, "form": form,
+                "advanced": advanced, "resume": resume, "cli": cli}
     return field(default=default, metadata=meta)
 
 
@@ -130,44 +130,44 @@ PRESETS = {
     # Learns within minutes on a CPU (the Train tab's default, under a time budget): see QUICK_RUN. Each choice was
     # measured on a validation split: for one pass over 10,000 images (results/quick-recipe-search.json), then
     # against its alternatives under 1, 5 and 15-minute budgets (results/budget-search.json, docs/training-budgets.md).
-    "quick": dict(
-        dropout=0.0,
-        whiten_stem=True,  # +7.8 points at this budget: the first steps see decorrelated patches
-        optimizer="sgd",
-        lr=0.05,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        batch_size=64,
-        schedule="onecycle",
-        warmup=0.2,
-        label_smoothing=0.2,
-        augment="none",  # one pass over 10,000 images does not overfit; crops and flips only slow the start
-        resolution="16:0.5,24:0.75",
-        mean=MEAN,
-        std=STD,
-    ),
+    "quick": {
+        "dropout": 0.0,
+        "whiten_stem": True,  # +7.8 points at this budget: the first steps see decorrelated patches
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "batch_size": 64,
+        "schedule": "onecycle",
+        "warmup": 0.2,
+        "label_smoothing": 0.2,
+        "augment": "none",  # one pass over 10,000 images does not overfit; crops and flips only slow the start
+        "resolution": "16:0.5,24:0.75",
+        "mean": MEAN,
+        "std": STD,
+    },
     # The published recipe exactly: Adam 0.01, batch 64, 200 epochs, constant lr, its crop.
     "original": {},
     # The shipped weights' recipe (docs/training.md, "Shipped weights"); `python -m resnet ablation` measures what each part of
     # it, with a whitened stem, buys.
-    "fast": dict(
-        dropout=0.0,
-        optimizer="sgd",
-        lr=0.4,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        batch_size=512,
-        epochs=30,
-        schedule="onecycle",
-        warmup=0.15,
-        label_smoothing=0.2,
-        augment="standard",
-        alternate_flip=True,
-        mean=MEAN,
-        std=STD,
-    ),
+    "fast": {
+        "dropout": 0.0,
+        "optimizer": "sgd",
+        "lr": 0.4,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "batch_size": 512,
+        "epochs": 30,
+        "schedule": "onecycle",
+        "warmup": 0.15,
+        "label_smoothing": 0.2,
+        "augment": "standard",
+        "alternate_flip": True,
+        "mean": MEAN,
+        "std": STD,
+    },
 }
 
 

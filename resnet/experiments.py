@@ -13,9 +13,9 @@ import contextlib
 import dataclasses
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import runs
 from .atomic import atomic_write_json
@@ -48,10 +48,10 @@ class Budget:
     def settings(self, data_dir=None, seed: int | None = None) -> dict:
         """The make_config settings that hold a run to this budget (``seed``: one of its seeds, else the first).
         Runs of an experiment choose, so they score the validation split alone, never the test set."""
-        return dict(epochs=self.epochs, val_size=self.val_size, limit_train=self.train_size, limit_test=self.test_size,
-                    seed=self.seed if seed is None else seed, split_seed=self.seed, batch_size=self.batch_size,
-                    resolution=self.resolution, score_test=False,
-                    data_dir=str(data_dir) if data_dir else None)
+        return {"epochs": self.epochs, "val_size": self.val_size, "limit_train": self.train_size, "limit_test": self.test_size,
+                    "seed": self.seed if seed is None else seed, "split_seed": self.seed, "batch_size": self.batch_size,
+                    "resolution": self.resolution, "score_test": False,
+                    "data_dir": str(data_dir) if data_dir else None}
 
     def run_seeds(self) -> range:
         return range(self.seed, self.seed + self.seeds)

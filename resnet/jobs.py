@@ -287,7 +287,7 @@ class RunQueue:
                             self._launch(self._waiting.pop(0))
                         else:
                             self._note_data_wait()
-                except Exception as error:  # noqa: BLE001  (a full disk, a vanished folder: the queue must live on)
+                except Exception as error:  # a full disk, a vanished folder: the queue must live on
                     print(f"run queue: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
 
     def _launch(self, run_id: str) -> None:

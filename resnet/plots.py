@@ -8,8 +8,8 @@ COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
 # Past the palette a series repeats a colour with another marker shape, so no two series of a figure look alike.
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x")
 # The legend sits below the x axis's title, never on it (plotly grows the bottom margin to fit it).
-LAYOUT = dict(template="plotly_white", height=380, margin=dict(l=50, r=20, t=50, b=40),
-              legend=dict(orientation="h", y=-0.28, yanchor="top", x=0))
+LAYOUT = {"template": "plotly_white", "height": 380, "margin": {"l": 50, "r": 20, "t": 50, "b": 40},
+              "legend": {"orientation": "h", "y": -0.28, "yanchor": "top", "x": 0}}
 # The x axes a run's curves can be drawn against: the row key, its scale and the axis title.
 X_AXES = {"images": ("images", 1 / 1000, "training images seen (thousands)"),
           "time": ("elapsed_s", 1 / 60, "wall-clock time since the run started (minutes)")}
@@ -23,7 +23,7 @@ def series_style(index: int) -> dict:
 
 def empty_figure(message: str) -> go.Figure:
     figure = go.Figure(layout=LAYOUT)
-    figure.add_annotation(text=message, showarrow=False, font=dict(size=14), xref="paper", yref="paper", x=0.5, y=0.5)
+    figure.add_annotation(text=message, showarrow=False, font={"size": 14}, xref="paper", yref="paper", x=0.5, y=0.5)
     figure.update_xaxes(visible=False)
     figure.update_yaxes(visible=False)
     return figure
@@ -46,7 +46,7 @@ def curves_figure(series: dict, metric: str = "acc") -> go.Figure:
             if points:
                 x, y = zip(*points)
                 figure.add_scatter(x=x, y=y, name=f"{name} {split}", mode="lines+markers",
-                                   line=dict(color=style["color"], dash=dash), marker=dict(symbol=style["symbol"]))
+                                   line={"color": style["color"], "dash": dash}, marker={"symbol": style["symbol"]})
     figure.update_layout(title=f"{title} per epoch", xaxis_title="epoch", yaxis_title=title.lower())
     last = max((x for trace in figure.data for x in trace.x), default=1)
     figure.update_xaxes(range=[0.5, last + 0.5])  # the last point whole, never cut at the edge
@@ -98,26 +98,26 @@ def live_figure(rows: list, metric: str = "acc", total_images: int | None = None
             x, y = _points(reference, kind, key)
             if x:
                 figure.add_scatter(x=x, y=y, name=f"{name} ({'probe' if kind == 'probe' else 'test'})", mode="lines",
-                                   line=dict(color="#b0b0b0", dash=("dot", "dash", "dashdot")[index % 3], width=1.5),
+                                   line={"color": "#b0b0b0", "dash": ("dot", "dash", "dashdot")[index % 3], "width": 1.5},
                                    opacity=0.8, legendgroup="references")
     x, y = _points(rows, "step", f"train_{metric}")
     shown = smoothed(y)
     if x:
-        figure.add_scatter(x=x, y=y, name="train (each log step)", mode="markers", marker=dict(color=COLORS[0], size=4),
+        figure.add_scatter(x=x, y=y, name="train (each log step)", mode="markers", marker={"color": COLORS[0], "size": 4},
                            opacity=0.3)
-        figure.add_scatter(x=x, y=shown, name="train (smoothed)", mode="lines", line=dict(color=COLORS[0], width=2))
+        figure.add_scatter(x=x, y=shown, name="train (smoothed)", mode="lines", line={"color": COLORS[0], "width": 2})
     probes = [r for r in rows if r.get("kind") == "probe"]
     x, y = _points(rows, "probe", f"probe_{metric}")
     shown += y
     if x:
         label = f"probe ({probes[-1].get('probe_images')} {probes[-1].get('probe_split', 'held-out')} images)"
-        figure.add_scatter(x=x, y=y, name=label, mode="lines+markers", line=dict(color=COLORS[1]), marker=dict(size=7))
+        figure.add_scatter(x=x, y=y, name=label, mode="lines+markers", line={"color": COLORS[1]}, marker={"size": 7})
     for split, color in (("test", COLORS[3]), ("val", COLORS[2])):
         x, y = _points(rows, "epoch", f"{split}_{metric}")
         shown += y
         if x:
-            figure.add_scatter(x=x, y=y, name=f"{split} (each epoch)", mode="lines+markers", line=dict(color=color),
-                               marker=dict(size=10, symbol="diamond"))
+            figure.add_scatter(x=x, y=y, name=f"{split} (each epoch)", mode="lines+markers", line={"color": color},
+                               marker={"size": 10, "symbol": "diamond"})
     own = [r["images"] for r in rows if "images" in r]
     if not own:
         return empty_figure(status or "waiting for the first logged step")
@@ -141,7 +141,7 @@ def compare_figure(series: dict, metric: str = "acc", x: str = "images") -> go.F
     shown = []
     for index, (name, rows) in enumerate(series.items()):
         style = series_style(index)
-        line = dict(color=style["color"])
+        line = {"color": style["color"]}
         steps_x, steps_y = _points(rows, "step", f"train_{metric}", x)
         if steps_x:
             shown += smoothed(steps_y)
@@ -151,14 +151,14 @@ def compare_figure(series: dict, metric: str = "acc", x: str = "images") -> go.F
         if probe_x:
             shown += probe_y
             figure.add_scatter(x=probe_x, y=probe_y, name=f"{name} probe", mode="lines+markers", line={**line, "dash": "dot"},
-                               marker=dict(symbol=style["symbol"], size=6), legendgroup=name)
+                               marker={"symbol": style["symbol"], "size": 6}, legendgroup=name)
         for split in ("test", "val"):
             epoch_x, epoch_y = _points(rows, "epoch", f"{split}_{metric}", x)
             if epoch_x:
                 shown += epoch_y
                 figure.add_scatter(x=epoch_x, y=epoch_y, name=f"{name} {split}", mode="markers",
-                                   marker=dict(color=style["color"], symbol="diamond", size=11,
-                                               line=dict(color="white", width=1)), legendgroup=name)
+                                   marker={"color": style["color"], "symbol": "diamond", "size": 11,
+                                               "line": {"color": "white", "width": 1}}, legendgroup=name)
     if not figure.data:
         return empty_figure("no logged step yet")
     figure.update_layout(title=f"{title} of the runs compared", xaxis_title=X_AXES[x][2], yaxis_title=title.lower())
@@ -182,7 +182,7 @@ def confusion_figure(confusion: list, classes=CLASSES) -> go.Figure:
     """Rows are true classes, columns predictions; cells show counts, colour the row fraction."""
     fractions = [[count / max(1, sum(row)) for count in row] for row in confusion]
     figure = go.Figure(go.Heatmap(z=fractions, x=list(classes), y=list(classes), text=confusion, texttemplate="%{text}",
-                                  colorscale="Blues", zmin=0, zmax=1, colorbar=dict(title="row share")),
+                                  colorscale="Blues", zmin=0, zmax=1, colorbar={"title": "row share"}),
                        layout={**LAYOUT, "height": 480})
     figure.update_layout(title="Confusion matrix (true class down, prediction across)")
     figure.update_yaxes(autorange="reversed")

@@ -17,7 +17,7 @@ def reliability_figure(card: dict) -> go.Figure:
     if not isinstance(card.get("temperature"), (int, float)) or not tables:
         return empty_figure("uncalibrated: no temperature in this model's card")
     figure = go.Figure(layout=LAYOUT)
-    figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line=dict(color="#999", dash="dot"))
+    figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line={"color": "#999", "dash": "dot"})
     for (key, name), color in zip((("before", "softmax"), ("after", f"T = {card['temperature']:.3f}")), COLORS):
         table = tables.get(key) or {}
         columns = (table.get("confidence", []), table.get("accuracy", []), table.get("count", []))
@@ -25,8 +25,8 @@ def reliability_figure(card: dict) -> go.Figure:
         if points:
             confidence, accuracy, count = zip(*points)
             sizes = [5 + 15 * math.sqrt(n / max(count)) for n in count]  # area grows with the images: sparse bins look sparse
-            figure.add_scatter(x=confidence, y=accuracy, mode="lines+markers", name=name, line=dict(color=color),
-                               marker=dict(size=sizes), customdata=count,
+            figure.add_scatter(x=confidence, y=accuracy, mode="lines+markers", name=name, line={"color": color},
+                               marker={"size": sizes}, customdata=count,
                                hovertemplate="confidence %{x:.1%}<br>right %{y:.1%}<br>%{customdata} images")
     before, after = (block.get(key) or {} for key in ("before", "after"))
     ece = f": ECE {before['ece']:.3f} before, {after['ece']:.3f} after" if "ece" in before and "ece" in after else ""
@@ -75,7 +75,7 @@ def robustness_figure(results: dict | None) -> go.Figure:
     figure = go.Figure(go.Heatmap(
         z=[table[name] for name in names], x=[f"severity {s}" for s in severities], y=[_label(name) for name in names],
         text=[[f"{value:.0%}" for value in table[name]] for name in names], texttemplate="%{text}",
-        colorscale="RdYlGn", zmin=0, zmax=1, colorbar=dict(title="accuracy", tickformat=".0%"),
+        colorscale="RdYlGn", zmin=0, zmax=1, colorbar={"title": "accuracy", "tickformat": ".0%"},
         hovertemplate="%{y}, %{x}: %{z:.1%}<extra></extra>"), layout={**LAYOUT, "height": 560})
     figure.update_layout(title=f"Accuracy under corruption ({results.get('images', '?')} test images): mean "
                                f"{results.get('mean_acc', float('nan')):.1%}, clean {results.get('clean_acc', float('nan')):.1%}")

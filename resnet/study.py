@@ -63,7 +63,7 @@ def _tag(number: float) -> str:
     return f"{number:g}".replace(".", "p").replace("+", "")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parameters(blocks: tuple) -> int:
     return count_parameters(build_model(blocks))
 
@@ -102,7 +102,7 @@ def heatmap_figure(results: dict) -> go.Figure:
     z = [[(cell.get((o, lr)) or {}).get("final_val_acc") for lr in lrs] for o in optimizers]
     text = [[_cell_text(cell.get((o, lr))) for lr in lrs] for o in optimizers]
     figure = go.Figure(go.Heatmap(z=z, x=[f"{lr:g}" for lr in lrs], y=optimizers, text=text, texttemplate="%{text}",
-                                  colorscale="Viridis", zmin=0, zmax=1, colorbar=dict(title="val acc", tickformat=".0%")),
+                                  colorscale="Viridis", zmin=0, zmax=1, colorbar={"title": "val acc", "tickformat": ".0%"}),
                        layout=LAYOUT)
     figure.update_layout(title="Final validation accuracy per optimizer and learning rate", xaxis_title="learning rate")
     figure.update_xaxes(type="category")
@@ -130,7 +130,7 @@ def curves_figure(results: dict) -> go.Figure:
         x, y = zip(*points)
         style = series_style(index)
         figure.add_scatter(x=x, y=y, mode="lines+markers", name=f"{optimizer} lr={winner['lr']:g}",
-                           line=dict(color=style["color"]), marker=dict(symbol=style["symbol"]))
+                           line={"color": style["color"]}, marker={"symbol": style["symbol"]})
     if not figure.data:
         return empty_figure("no optimizer run has finished yet")
     figure.update_layout(title="Validation accuracy per epoch, each optimizer at its best lr", xaxis_title="epoch",
@@ -147,7 +147,7 @@ def dropout_figure(results: dict) -> go.Figure:
     first = members[0]
     figure = go.Figure(go.Scatter(x=[r["dropout"] for r in members], y=[r["final_val_acc"] for r in members],
                                   text=[_percent(r["final_val_acc"]) for r in members], mode="lines+markers+text",
-                                  textposition="top center", line=dict(color=COLORS[0])), layout=LAYOUT)
+                                  textposition="top center", line={"color": COLORS[0]}), layout=LAYOUT)
     figure.update_layout(title=f"Final validation accuracy against dropout ({first['optimizer']} lr={first['lr']:g})",
                          xaxis_title="dropout", yaxis_title="val accuracy")
     figure.update_yaxes(tickformat=".0%")
@@ -167,7 +167,7 @@ def size_figure(results: dict) -> go.Figure:
     machines = {r.get("timed_on") for r in members}
     if len(machines) == 1 and None not in machines:  # seconds from two machines would compare the machines
         figure.add_scatter(x=labels, y=[r["train_s_per_epoch"] for r in members], name="train s / epoch",
-                           mode="lines+markers", line=dict(color=COLORS[1]), secondary_y=True)
+                           mode="lines+markers", line={"color": COLORS[1]}, secondary_y=True)
         title = f"Model size: final validation accuracy and training time per epoch ({machines.pop()})"
     else:
         title = "Model size: final validation accuracy (sizes timed on different machines: no time line)"

@@ -187,8 +187,8 @@ def figure(results: dict) -> go.Figure:
         if points:
             x, y = zip(*points)
             style = series_style(index)
-            figure.add_scatter(x=x, y=y, name=run["run_id"], mode="lines+markers", line=dict(color=style["color"]),
-                               marker=dict(symbol=style["symbol"]))
+            figure.add_scatter(x=x, y=y, name=run["run_id"], mode="lines+markers", line={"color": style["color"]},
+                               marker={"symbol": style["symbol"]})
     for target in TARGETS:
         figure.add_hline(y=target, line_dash="dot", line_color="#999")
     figure.update_layout(title="Validation accuracy against training compute", xaxis_title="PFLOPs", yaxis_title="val accuracy")

@@ -17,10 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-
+from resnet.atomic import atomic_write_json
 from resnet.calibration import calibration_fields, halves
 from resnet.data import load_split
-from resnet.atomic import atomic_write_json
 from resnet.weights import DEFAULT_WEIGHTS, card_path, load_weights
 
 HALVES = ("the {:,} even-index test images", "the {:,} odd-index test images")

@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
+from resnet.atomic import atomic_write_json
 from resnet.constants import IMAGE_SIZE
 from resnet.data import load_split
 from resnet.stress import stress
-from resnet.atomic import atomic_write_json
 from resnet.train import cpu_model
 from resnet.weights import DEFAULT_WEIGHTS, load_weights
 

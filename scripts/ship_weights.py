@@ -20,14 +20,13 @@ from pathlib import Path
 
 import torch
 
-
 from resnet import runs
 from resnet.calibration import calibration_fields, confidence_split
-from resnet.config import PRESETS, config_from_dict, make_config, validation_seed
-from resnet.jobs import cli_command
-from resnet.data import load_split
 from resnet.classifier import Classifier
+from resnet.config import PRESETS, config_from_dict, make_config, validation_seed
+from resnet.data import load_split
 from resnet.evaluate import metrics_from_logits
+from resnet.jobs import cli_command
 from resnet.model_card import LOW_CONFIDENCE
 from resnet.train import load_data, measured_on
 from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights

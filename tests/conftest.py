@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import REPO, Archive, serving, tiny_card, write_cifar_format
+
 from resnet import limits
 from resnet.data import BATCHES_FOLDER
 from resnet.model import build_model

@@ -84,9 +84,9 @@ def tiny_card(model, data_dir) -> dict:
 
 # ---- runs ------------------------------------------------------------------------------------------------------
 # A run the tiny data set finishes in seconds on one CPU thread.
-TINY = dict(epochs=1, batch_size=64, limit_test=50, log_every=1, dropout=0.0)
+TINY = {"epochs": 1, "batch_size": 64, "limit_test": 50, "log_every": 1, "dropout": 0.0}
 # Long enough to be watched and stopped; each epoch of the tiny data takes seconds.
-TINY_RUN = dict(epochs=20, batch_size=64, limit_train=0, limit_test=50, dropout=0.0)
+TINY_RUN = {"epochs": 20, "batch_size": 64, "limit_train": 0, "limit_test": 50, "dropout": 0.0}
 BROWSER_KEY = "a-browsers-key"  # the owner key a visitor's browser sends with its runs
 
 

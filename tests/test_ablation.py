@@ -34,14 +34,18 @@ def test_every_variant_changes_only_what_it_names_at_every_seed():
     experiment = ablation.ABLATION
     variants, waiting = experiment.plan(None, experiment.budget, {})
     seeds = list(experiment.budget.run_seeds())
-    assert len(seeds) >= 2 and waiting is None
+    assert len(seeds) >= 2
+    assert waiting is None
     assert [v.run_id for v in variants] == [ablation.run_id(name, seed) for seed in seeds for name in ablation.VARIANTS]
     recipe = {seed: dataclasses.asdict(experiment.config_for(variants[i * len(ablation.VARIANTS)], experiment.budget))
               for i, seed in enumerate(seeds)}
     for seed, config in recipe.items():
-        assert config["whiten_stem"] and config["seed"] == seed and not config["score_test"]
+        assert config["whiten_stem"]
+        assert config["seed"] == seed
+        assert not config["score_test"]
         assert config["split_seed"] == experiment.budget.seed  # a run resumed on its own holds out the same images
-        assert config["resolution"] == experiment.budget.resolution and config["limit_train"] == experiment.budget.train_size
+        assert config["resolution"] == experiment.budget.resolution
+        assert config["limit_train"] == experiment.budget.train_size
     for variant in variants:
         config = dataclasses.asdict(experiment.config_for(variant, experiment.budget))
         changed = {key for key in config if config[key] != recipe[variant.seed][key]}
@@ -54,7 +58,8 @@ def test_every_run_shares_the_budgets_validation_split_whatever_its_seed(tiny_da
     later = next(p for p in planned if p.seed == 1)
     split = load_shared_data(first.config_for(later, BUDGET, tiny_data), BUDGET)
     reference = load_shared_data(first.config_for(planned[0], BUDGET, tiny_data), BUDGET)
-    assert torch.equal(split.val_x, reference.val_x) and torch.equal(split.train_x, reference.train_x)
+    assert torch.equal(split.val_x, reference.val_x)
+    assert torch.equal(split.train_x, reference.train_x)
 
 
 @pytest.mark.slow
@@ -66,7 +71,8 @@ def test_ablation_stops_resumes_skips_and_continues_from_its_results(tiny_data, 
     assert first == [("recipe-seed0", False), ("no-label-smoothing-seed0", False)]
     assert runs.read_status(root / "no-label-smoothing-seed0")["status"] == "stopped"
     written = {r["run_id"]: r for r in json.loads(results_path.read_text())["runs"]}
-    assert written["recipe-seed0"]["status"] == "finished" and written["recipe-seed1"]["status"] == "pending"
+    assert written["recipe-seed0"]["status"] == "finished"
+    assert written["recipe-seed1"]["status"] == "pending"
 
     second = []
     results = TINY_ABLATION.run(BUDGET, Options(root, results_path, tiny_data, watch=recorder(second)))
@@ -77,24 +83,28 @@ def test_ablation_stops_resumes_skips_and_continues_from_its_results(tiny_data, 
                for r in results["runs"])
     assert by_id["no-label-smoothing-seed1"]["config"]["label_smoothing"] == 0.0
     assert [by_id[i]["config"]["seed"] for i in ORDER] == [0, 0, 1, 1]
-    assert results["budget"]["seeds"] == 2 and results["budget"]["recipe"] == "the fast preset with whiten_stem=True"
+    assert results["budget"]["seeds"] == 2
+    assert results["budget"]["recipe"] == "the fast preset with whiten_stem=True"
 
     rows = {row["variant"]: row for row in ablation.table(results)}
     scores = {name: [by_id[f"{name}-seed{seed}"]["final_val_acc"] for seed in (0, 1)] for name in TINY}
-    assert rows["recipe"]["vs recipe"] == "" and rows["recipe"]["seeds"] == " / ".join(f"{s:.2%}" for s in scores["recipe"])
+    assert rows["recipe"]["vs recipe"] == ""
+    assert rows["recipe"]["seeds"] == " / ".join(f"{s:.2%}" for s in scores["recipe"])
     expected = (sum(scores["no-label-smoothing"]) - sum(scores["recipe"])) / 2 * 100
     assert rows["no-label-smoothing"]["vs recipe"] == f"{expected:+.2f} pts"
     spread = (max(scores["recipe"]) - min(scores["recipe"])) * 50
     assert rows["recipe"]["± (half range)"] == f"{spread:.2f} pts"
     assert rows["no-label-smoothing"]["change"] == "batch_size=32, label_smoothing=0"
     bars, dots = ablation.figure(results).data
-    assert list(bars.y) == list(TINY) and list(bars.x) == pytest.approx([sum(scores[n]) / 2 for n in TINY])
+    assert list(bars.y) == list(TINY)
+    assert list(bars.x) == pytest.approx([sum(scores[n]) / 2 for n in TINY])
     assert sorted(dots.x) == sorted(s for n in TINY for s in scores[n])
 
     # A fresh checkout: no run folders, the committed results file; nothing is trained again.
     third = []
     again = TINY_ABLATION.run(BUDGET, Options(tmp_path / "fresh-checkout", results_path, tiny_data, watch=recorder(third)))
-    assert third == [] and json.loads(json.dumps(again)) == json.loads(json.dumps(results))
+    assert third == []
+    assert json.loads(json.dumps(again)) == json.loads(json.dumps(results))
 
 
 def test_unknown_variants_and_other_budgets_are_refused(tiny_data, tmp_path):
@@ -106,12 +116,14 @@ def test_unknown_variants_and_other_budgets_are_refused(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="epochs 3 -> 1"):
         TINY_ABLATION.run(BUDGET, Options(tmp_path / "a", results_path, tiny_data))
     assert BUDGET.changes({**BUDGET.fields(), "seeds": 1}) == ""  # more seeds add runs to the same budget
-    assert results_path.read_text() == content and not (tmp_path / "a").exists()
+    assert results_path.read_text() == content
+    assert not (tmp_path / "a").exists()
     study_results = json.dumps({"experiment": "study", "budget": BUDGET.fields(), "runs": []})
     results_path.write_text(study_results)
     with pytest.raises(ConfigError, match="holds results of the study, not the ablation;"):
         TINY_ABLATION.run(BUDGET, Options(tmp_path / "a", results_path, tiny_data))
-    assert results_path.read_text() == study_results and not (tmp_path / "a").exists()
+    assert results_path.read_text() == study_results
+    assert not (tmp_path / "a").exists()
 
 
 def test_the_figure_and_table_of_an_empty_ablation():
@@ -138,17 +150,20 @@ def test_cli_ablation_trains_the_chosen_variants(tiny_data, tmp_path, monkeypatc
     assert code == 0
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["recipe-seed3"]
     results = json.loads(results_path.read_text())
-    assert results["budget"]["seed"] == 3 and json.loads((root / "recipe-seed3" / "config.json").read_text())["seed"] == 3
+    assert results["budget"]["seed"] == 3
+    assert json.loads((root / "recipe-seed3" / "config.json").read_text())["seed"] == 3
     statuses = {r["run_id"]: r["status"] for r in results["runs"]}
     assert statuses == {"recipe-seed3": "finished", "no-label-smoothing-seed3": "pending"}
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "training recipe-seed3" and any(line.startswith("recipe ") and "%" in line for line in out)
+    assert out[0] == "training recipe-seed3"
+    assert any(line.startswith("recipe ") and "%" in line for line in out)
 
 
 def test_cli_ablation_rejects_bad_flags_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["ablation", "--out", str(tmp_path), "--only", "no-such-variant"])
-    assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["ablation", "--out", str(tmp_path), "--epochs", "0"])
     assert "at least 1" in capsys.readouterr().err
@@ -165,4 +180,5 @@ def test_the_figure_spans_the_scores_not_the_bars_base():
              "final_val_acc": score}
             for name, pair in {"recipe": (0.72, 0.74), "no-whiten-stem": (0.69, 0.70)}.items() for seed, score in enumerate(pair)]
     low, high = ablation.figure({"runs": runs}).layout.xaxis.range
-    assert 0.6 < low < 0.69 and 0.74 < high <= 1.0
+    assert 0.6 < low < 0.69
+    assert 0.74 < high <= 1.0

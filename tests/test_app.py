@@ -8,17 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import BROWSER_KEY, ODD_UPLOADS, UNUSABLE, example, finished_run, form_values, odd_upload, tiny_card, wait_for
 from PIL import Image
 
 from resnet import downloads, fetch, jobs, limits, model_card, runs, showcase
+from resnet.cli import main
 from resnet.constants import CLASSES, PUBLISHED_MEAN
 from resnet.evaluate import predict_logits
 from resnet.images import prepare
 from resnet.model import build_model
-from resnet.cli import main
 from resnet.weights import embedded_card, save_weights
-
-from helpers import BROWSER_KEY, ODD_UPLOADS, UNUSABLE, example, finished_run, form_values, odd_upload, tiny_card, wait_for
 
 gr = pytest.importorskip("gradio")
 import app  # noqa: E402
@@ -34,7 +33,8 @@ def test_predict_gives_every_class_best_first(studio):
 
 def test_explain_shows_the_input_and_the_map_enlarged(studio):
     seen, heat = studio.explain(example())
-    assert seen.shape == heat.shape == (256, 256, 3) and seen.dtype == heat.dtype == np.uint8
+    assert seen.shape == heat.shape == (256, 256, 3)
+    assert seen.dtype == heat.dtype == np.uint8
     original = np.asarray(Image.open(example()).convert("RGB"))
     assert (seen[::8, ::8] == original).all()  # what the network saw is the 32 x 32 image itself
 
@@ -43,7 +43,8 @@ def test_confidence_note_warns_when_unsure_and_says_the_tiny_model_is_uncalibrat
     unsure = {name: 0.3 if name == "cat" else 0.7 / 9 for name in CLASSES}
     assert "none of the 10 classes" in studio.confidence_note(unsure)
     sure = studio.confidence_note({"cat": 0.9, "dog": 0.05})
-    assert sure.startswith("Best guess: cat (90%") and "uncalibrated" in sure  # the tiny card has no temperature
+    assert sure.startswith("Best guess: cat (90%")
+    assert "uncalibrated" in sure
     assert studio.confidence_note(None) == ""
 
 
@@ -53,7 +54,8 @@ def test_odd_uploads_predict_or_say_why(studio, tmp_path, kind):
     if kind in UNUSABLE:
         with pytest.raises(gr.Error) as error:
             studio.predict(path)
-        assert error.value.message.startswith("cannot use this image: ") and len(error.value.message) > 30
+        assert error.value.message.startswith("cannot use this image: ")
+        assert len(error.value.message) > 30
     else:
         assert sum(studio.predict(path).values()) == pytest.approx(1, abs=1e-5)
 
@@ -67,7 +69,9 @@ def test_files_handed_out_are_cleaned_up_after_an_hour(monkeypatch, tmp_path):
     recent = downloads.fresh_file("predictions.csv")
     recent.write_text("path,prediction\n")
     second = downloads.fresh_file("predictions.csv")
-    assert not first.parent.exists() and recent.is_file() and second.parent.is_dir()
+    assert not first.parent.exists()
+    assert recent.is_file()
+    assert second.parent.is_dir()
     assert second.parent.parent == recent.parent.parent == tmp_path / "scratch"
 
 
@@ -100,7 +104,8 @@ def test_picker_offers_finished_runs_and_predicts_with_them(studio, tiny_data, t
 
 def test_uploaded_weights_ours_and_published_once_converted(studio, tiny_weights, tmp_path):
     key, picker, about = studio.upload_weights(tiny_weights.read_bytes())
-    assert picker.value == "uploaded" and "blocks" in about
+    assert picker.value == "uploaded"
+    assert "blocks" in about
     assert set(studio.predict(example(), "uploaded", key)) == set(CLASSES)
     torch.save(build_model().state_dict(), tmp_path / "project1_model.pt")  # how project1_model.pt was written
     with pytest.raises(gr.Error, match=r"uploads must be .safetensors \(a .pt file is a pickle\); for a published .pt, run `python -m resnet convert"):
@@ -109,7 +114,8 @@ def test_uploaded_weights_ours_and_published_once_converted(studio, tiny_weights
     converted = (tmp_path / "project1_model.safetensors").read_bytes()
     assert embedded_card(converted)["mean"] == list(PUBLISHED_MEAN)  # uploaded alone, it keeps the published normalization
     key, _, about = studio.upload_weights(converted)
-    assert "blocks [1, 1, 1, 1]" in about and set(studio.predict(example(), "uploaded", key)) == set(CLASSES)
+    assert "blocks [1, 1, 1, 1]" in about
+    assert set(studio.predict(example(), "uploaded", key)) == set(CLASSES)
 
 
 class Boom:
@@ -142,11 +148,11 @@ def test_preset_values_fill_the_recipe_and_keep_the_size():
     assert not set(app.recipe_fields()) & {"epochs", "limit_train", "limit_test", "seed"}
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(lr=-1.0), "lr must be positive"),
-    (dict(dropout=1.0), "dropout must be in"),
-    (dict(epochs=10_000), "above this server's limit"),
-    (dict(batch_size=100_000), "above this server's limit"),
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"lr": -1.0}, "lr must be positive"),
+    ({"dropout": 1.0}, "dropout must be in"),
+    ({"epochs": 10_000}, "above this server's limit"),
+    ({"batch_size": 100_000}, "above this server's limit"),
 ])
 def test_start_run_refuses_bad_settings_in_words(studio, changes, message):
     with pytest.raises(gr.Error, match=message):
@@ -170,32 +176,43 @@ def no_data_studio(studio_env, tmp_path):
 
 def test_the_train_tab_says_the_data_set_is_here(studio):
     note, retry, poll = studio.data_status()
-    assert note.startswith("✅") and "training is available" in note and not retry.visible and not poll.active
+    assert note.startswith("✅")
+    assert "training is available" in note
+    assert not retry.visible
+    assert not poll.active
 
 
 def test_the_fetch_replaces_the_download_button_the_train_tab_keeps_only_try_again(studio):
     with gr.Blocks() as demo:
         app.train_tab(studio)
     buttons = [block.value for block in demo.blocks.values() if isinstance(block, gr.Button)]
-    assert "Try again" in buttons and not any("Download" in label or "CIFAR" in label for label in buttons)
+    assert "Try again" in buttons
+    assert not any("Download" in label or "CIFAR" in label for label in buttons)
 
 
 def test_without_the_data_set_and_its_fetch_start_run_is_refused_in_words(no_data_studio, tmp_path):
     studio = no_data_studio(None)
     note, retry, poll = studio.data_status()
-    assert note.startswith("ℹ️ Training is off on this server") and not retry.visible and not poll.active
+    assert note.startswith("ℹ️ Training is off on this server")
+    assert not retry.visible
+    assert not poll.active
     with pytest.raises(gr.Error, match="Training is off on this server: it has no copy") as refused:
         studio.start_run(None, "original", *form_values(), BROWSER_KEY)
     for text in (note, refused.value.message):
-        assert str(tmp_path) not in text and "--" not in text and "CIFAR10_DIR" not in text
+        assert str(tmp_path) not in text
+        assert "--" not in text
+        assert "CIFAR10_DIR" not in text
     assert studio.list_runs().empty
 
 
 def test_a_failed_fetch_is_a_sentence_with_a_retry_button_and_runs_still_queue(no_data_studio, tmp_path):
     studio = no_data_studio(fetch.Source("http://127.0.0.1:9/cifar-10-python.tar.gz", "0" * 32), backoff_s=600)
     note, retry, poll = wait_for(lambda: (shown := studio.data_status())[1].visible and shown, 60, "the failure")
-    assert note.startswith("⚠️") and "could not be reached" in note and poll.active
-    assert str(tmp_path) not in note and "127.0.0.1" not in note
+    assert note.startswith("⚠️")
+    assert "could not be reached" in note
+    assert poll.active
+    assert str(tmp_path) not in note
+    assert "127.0.0.1" not in note
     run_id = studio.start_run(None, "original", *form_values(), BROWSER_KEY)
     assert studio.list_runs().loc[0, "Status"] == "queued"
     assert "waiting for the data set (the image server could not be reached" in studio.progress(run_id)
@@ -205,7 +222,8 @@ def test_start_queues_and_stop_dequeues(studio, monkeypatch):
     monkeypatch.setattr(studio.queue, "_launch", lambda run_id: None)  # keep it waiting: this test trains nothing
     studio.queue._closed.set()
     run_id = studio.start_run(None, "original", *form_values(), BROWSER_KEY)
-    assert runs.RUN_ID.match(run_id) and run_id.startswith("run-")
+    assert runs.RUN_ID.match(run_id)
+    assert run_id.startswith("run-")
     assert "position 1 in the queue" in studio.progress(run_id)
     assert studio.list_runs().loc[0, "Status"] == "queued"
     with pytest.raises(gr.Error, match="belongs to whoever started it"):
@@ -225,7 +243,8 @@ def test_run_ids_are_checked(studio, run_id):
 def test_runs_table_metrics_curves_and_details(studio, tiny_weights):
     finished_run(studio.root, "run-a", tiny_weights)
     table = studio.list_runs()
-    assert list(table.columns) == list(jobs.RUN_TABLE.values()) and table.loc[0, "Run"] == "run-a"
+    assert list(table.columns) == list(jobs.RUN_TABLE.values())
+    assert table.loc[0, "Run"] == "run-a"
     assert not any("_" in header for header in table.columns)  # words, not the summary's keys
     assert len(app.RUN_TABLE_WIDTHS) == len(table.columns)  # a width for every column, none left to wrap
     assert all(value == "" or value.endswith("%") for value in table["Test accuracy"])
@@ -233,9 +252,11 @@ def test_runs_table_metrics_curves_and_details(studio, tiny_weights):
     accuracy, loss = studio.compare(["run-a"])
     assert [trace.name for trace in accuracy.data] == ["run-a test"]  # its only rows are an epoch's
     by_time, _ = studio.compare(["run-a"], "time")
-    assert "wall-clock" in by_time.layout.xaxis.title.text and "images" in accuracy.layout.xaxis.title.text
+    assert "wall-clock" in by_time.layout.xaxis.title.text
+    assert "images" in accuracy.layout.xaxis.title.text
     confusion, per_class, files = studio.run_details("run-a")
-    assert len(confusion.data[0].z) == 10 and len(per_class.data[0].y) == 10
+    assert len(confusion.data[0].z) == 10
+    assert len(per_class.data[0].y) == 10
     assert sorted(f.rsplit("/", 1)[1] for f in files) == ["run-a.json", "run-a.safetensors"]
     assert "finished" in studio.progress("run-a")
 
@@ -243,7 +264,8 @@ def test_runs_table_metrics_curves_and_details(studio, tiny_weights):
 def test_watch_redraws_only_on_change(studio, tiny_weights):
     run_dir = finished_run(studio.root, "run-b", tiny_weights)
     *figures, seen = studio.watch(["run-b"], "images", "")
-    assert seen and figures[0].data
+    assert seen
+    assert figures[0].data
     assert studio.watch(["run-b"], "images", seen)[2] == seen
     assert isinstance(studio.watch(["run-b"], "images", seen)[0], type(gr.skip()))
     assert studio.watch(["run-b"], "time", seen)[2] != seen  # another x axis is another figure
@@ -256,14 +278,16 @@ def test_a_typed_id_that_names_no_run_is_refused_once_not_at_every_poll(studio, 
     with pytest.raises(gr.Error, match="invalid run id 'My Run'"):
         studio.compare(["run-b", "My Run"])  # the choice itself says why
     *figures, seen = studio.watch(["run-b", "My Run"], "images", "")  # the poll draws the runs it can
-    assert [trace.name for trace in figures[0].data if trace.name] and seen == studio.watch(["run-b"], "images", "")[2]
+    assert [trace.name for trace in figures[0].data if trace.name]
+    assert seen == studio.watch(["run-b"], "images", "")[2]
     assert studio.watch(["My Run"], "images", "")[2] == '["images"]'  # nothing to draw, and no error
 
 
 def test_use_this_model_makes_a_finished_run_the_predict_tabs_model(studio, tiny_weights):
     finished_run(studio.root, "run-done", tiny_weights)
     tabs, picker = studio.use_model("run-done", None)
-    assert tabs.selected == "predict" and picker.value == "run:run-done"
+    assert tabs.selected == "predict"
+    assert picker.value == "run:run-done"
     assert "run:run-done" in [value for _, value in picker.choices]
     run_dir = studio.root / "run-busy"
     run_dir.mkdir(parents=True)
@@ -279,7 +303,8 @@ def test_details_of_an_unfinished_run_say_so(studio):
     run_dir.mkdir(parents=True)
     runs.write_status(run_dir, "stopped", "stopped at epoch 1", pid=0)
     confusion, _, files = studio.run_details("run-c")
-    assert files is None and "no model card" in confusion.layout.annotations[0].text
+    assert files is None
+    assert "no model card" in confusion.layout.annotations[0].text
 
 
 # ---- Pages ---------------------------------------------------------------------------------------
@@ -346,11 +371,14 @@ def test_model_card_tab_reads_the_committed_card(monkeypatch, tmp_path, tiny_wei
     with gr.Blocks() as demo:
         app.card_tab()
     text = "\n".join(block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown))
-    assert f"test accuracy {card['test_acc']:.2%}" in text and "flip test-time augmentation: 12.34%" in text
-    assert "sgd lr 0.4, batch 512, 30 epochs, 2 h on cpu: x86_64" in text and "Stored as float16" in text
+    assert f"test accuracy {card['test_acc']:.2%}" in text
+    assert "flip test-time augmentation: 12.34%" in text
+    assert "sgd lr 0.4, batch 512, 30 epochs, 2 h on cpu: x86_64" in text
+    assert "Stored as float16" in text
     assert "`python -m resnet train --out runs/weights-fast --preset fast`" in text
     assert "same 20,000 images for 5 epochs at resolution schedule 16:0.875, with 2 seed(s)" in text
-    assert "(the fast preset with whiten_stem=True)" in text and "smaller than the seeds' spread is noise" in text
+    assert "(the fast preset with whiten_stem=True)" in text
+    assert "smaller than the seeds' spread is noise" in text
     plots = [block for block in demo.blocks.values() if isinstance(block, gr.Plot)]
     # per class, confusion, two curves; the study's four; the ablation's bars; reliability diagram, robustness heatmap
     assert len(plots) == 4 + 4 * showcase.STUDY.is_file() + 1 + 2
@@ -383,7 +411,8 @@ def test_model_card_tab_shows_the_time_to_accuracy_table_once_it_has_run(monkeyp
         return text, [block.value for block in demo.blocks.values() if isinstance(block, gr.Dataframe)]
 
     text, tables = tab()
-    assert "The time-to-accuracy experiment has not run yet" in text and not tables
+    assert "The time-to-accuracy experiment has not run yet" in text
+    assert not tables
     hit = {"epoch": 2, "elapsed_s": 120.0, "images": 90_000, "flops": 1.5e14}
     curve = [{"epoch": 1, "val_acc": 0.85, "flops": 7.5e13}, {"epoch": 2, "val_acc": 0.91, "flops": 1.5e14}]
     showcase.TIME_TO_ACCURACY.write_text(json.dumps({"budget": {"train_size": 45000, "val_size": 5000}, "runs": [

@@ -7,12 +7,11 @@ from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
+from helpers import TINY_RUN, UNUSABLE, form_values, odd_upload  # noqa: E402
 
 import app  # noqa: E402
 from resnet import showcase  # noqa: E402
 from resnet.data import load_split  # noqa: E402
-
-from helpers import TINY_RUN, UNUSABLE, form_values, odd_upload  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -39,7 +38,8 @@ def test_odd_uploads_get_a_label_or_a_sentence(client, tmp_path, kind):
     if kind in UNUSABLE:
         with pytest.raises(gradio_client.exceptions.AppError) as error:
             client.predict(upload, api_name="/predict")
-        assert str(error.value).startswith("cannot use this image: ") and "exception" not in str(error.value)
+        assert str(error.value).startswith("cannot use this image: ")
+        assert "exception" not in str(error.value)
     else:
         assert client.predict(upload, api_name="/predict")["label"]
 
@@ -53,7 +53,8 @@ def test_a_started_run_shows_step_rows_then_a_probe_over_the_api(server, client)
         metrics = client.predict(run_id, api_name="/run_metrics")
         kinds = {row[metrics["headers"].index("kind")] for row in metrics["data"]}
         time.sleep(0.5)
-    assert "step" in kinds and "probe_acc" in metrics["headers"]
+    assert "step" in kinds
+    assert "probe_acc" in metrics["headers"]
     assert "is stopping" in client.predict(run_id, api_name="/stop_run")
     _wait_until_settled(client, run_id)
 
@@ -78,7 +79,9 @@ def test_only_the_client_that_started_a_run_or_the_operator_may_stop_or_resume_i
     assert "is stopping" in client.predict(run_id, api_name="/stop_run")
     _wait_until_settled(client, run_id)
     log = (server[1].root / run_id / app.jobs.LOG).read_bytes()
-    assert log and b"\r" not in log and b"step " in log  # plain lines, one per record: no progress-bar redraws
+    assert log
+    assert b"\r" not in log
+    assert b"step " in log
 
 
 def _wait_for_steps(client, run_id, more_than: int = 0, timeout: float = 180) -> None:

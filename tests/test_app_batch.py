@@ -8,11 +8,11 @@ import csv
 from pathlib import Path
 
 import pytest
+from helpers import encode, example_bytes, image_bytes, zip_bytes
 from PIL import Image
 
 from resnet import batch
 from resnet.constants import CLASSES
-from helpers import encode, example_bytes, image_bytes, zip_bytes
 
 gr = pytest.importorskip("gradio")
 
@@ -47,16 +47,19 @@ def test_a_table_and_a_csv_of_every_readable_image(studio, uploads):
     for _, row in table.iterrows():
         probabilities = row[list(CLASSES)].astype(float)
         assert probabilities.sum() == pytest.approx(1, abs=1e-4)
-        assert row["prediction"] == probabilities.idxmax() and row["probability"] == pytest.approx(probabilities.max())
+        assert row["prediction"] == probabilities.idxmax()
+        assert row["probability"] == pytest.approx(probabilities.max())
     # the same numbers as a single upload of the same picture
     single = studio.predict(uploads[0])
     assert table.loc[0, list(CLASSES)].astype(float).to_dict() == pytest.approx(single, abs=1e-5)
     with open(csv_path, newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == HEADER == batch.csv_header(CLASSES)
-    assert [r[0] for r in rows[1:]] == list(table["path"]) and [r[1] for r in rows[1:]] == list(table["prediction"])
+    assert [r[0] for r in rows[1:]] == list(table["path"])
+    assert [r[1] for r in rows[1:]] == list(table["prediction"])
     assert not Path(csv_path).resolve().is_relative_to(studio.root.resolve())
-    assert note.startswith("3 images predicted; 1 could not be used") and "set.zip:broken.png" in note
+    assert note.startswith("3 images predicted; 1 could not be used")
+    assert "set.zip:broken.png" in note
 
 
 def test_the_per_request_cap_counts_zip_members(studio, uploads, server_limits):
@@ -73,7 +76,10 @@ def test_pixel_and_byte_caps_apply_to_each_image(studio, tmp_path, server_limits
     archive = make_zip(tmp_path / "caps.zip", {"huge.png": huge, "noise.png": noise, "ok.png": example_bytes()})
     table, _, note = studio.predict_batch([archive])
     assert list(table["path"]) == ["caps.zip:ok.png"]
-    assert "caps.zip:noise.png" in note and "MB" in note and "caps.zip:huge.png" in note and "MP" in note
+    assert "caps.zip:noise.png" in note
+    assert "MB" in note
+    assert "caps.zip:huge.png" in note
+    assert "MP" in note
 
 
 def test_a_request_decodes_at_most_its_pixel_budget(studio, tmp_path, server_limits):
@@ -82,10 +88,11 @@ def test_a_request_decodes_at_most_its_pixel_budget(studio, tmp_path, server_lim
     members["tiny.png"] = example_bytes()  # 32 x 32 still fits in what is left
     table, _, note = studio.predict_batch([make_zip(tmp_path / "many.zip", members)])
     assert list(table["path"]) == ["many.zip:a.png", "many.zip:b.png", "many.zip:tiny.png"]
-    assert "many.zip:c.png" in note and "decoding budget" in note
+    assert "many.zip:c.png" in note
+    assert "decoding budget" in note
 
 
-@pytest.mark.parametrize("files, words", [
+@pytest.mark.parametrize(("files", "words"), [
     (None, "upload images or a .zip archive first"),
     ([], "upload images or a .zip archive first"),
 ])
@@ -109,7 +116,9 @@ def test_names_from_the_archive_cannot_inject_markdown_or_paths(studio, tmp_path
     archive = make_zip(tmp_path / "odd.zip", {"../../etc/<b>x</b>`y`.png": b"not an image", "ok.png": example_bytes()})
     table, _, note = studio.predict_batch([archive])
     assert list(table["path"]) == ["odd.zip:ok.png"]
-    assert "<b>" not in note and "\\<b\\>" in note and "`y`" not in note
+    assert "<b>" not in note
+    assert "\\<b\\>" in note
+    assert "`y`" not in note
     assert not (tmp_path.parent.parent / "etc").exists()
 
 
@@ -119,7 +128,8 @@ def test_predict_batch_over_the_api(client, uploads):
     gradio_client = pytest.importorskip("gradio_client")
     files = [gradio_client.handle_file(path) for path in uploads]
     table, csv_path, note = client.predict(files, "shipped", api_name="/predict_batch")
-    assert table["headers"] == HEADER and [row[0] for row in table["data"]] == ["cat-0.png", "ship-1.png",
+    assert table["headers"] == HEADER
+    assert [row[0] for row in table["data"]] == ["cat-0.png", "ship-1.png",
                                                                                   "set.zip:pets/dog-12.png"]
     assert Path(csv_path).read_text().splitlines()[0] == ",".join(HEADER)
     assert note.startswith("3 images predicted")

@@ -3,8 +3,8 @@
 import re
 
 import pytest
-
 from helpers import CHROMIUM, launch_chromium
+
 from resnet import showcase
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")

@@ -7,8 +7,8 @@ import contextlib
 import re
 
 import pytest
-
 from helpers import CHROMIUM, AppProcess, ArchiveServer, launch_chromium, serving, source_of
+
 from resnet import fetch, jobs
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -94,7 +94,8 @@ def test_the_train_tab_shows_the_fetch_then_a_run_started_meanwhile_trains(monke
             page.get_by_role("tab", name="Train").scroll_into_view_if_needed()
             page.screenshot(path=tmp_path / "train-ready.png")  # the run that waited, now training under the note
             no_error_badge(page)
-            assert str(tmp_path) not in note.inner_text() and "--" not in note.inner_text()
+            assert str(tmp_path) not in note.inner_text()
+            assert "--" not in note.inner_text()
     finally:
         server.close()
     assert server.requests == [None]

@@ -6,6 +6,7 @@ import zipfile
 
 import pytest
 import torch
+from helpers import encode
 from PIL import Image
 
 from resnet import batch, build_model, load_weights, save_weights
@@ -13,8 +14,6 @@ from resnet.cli import main
 from resnet.constants import CLASSES
 from resnet.data import load_split
 from resnet.weights import make_card
-
-from helpers import encode
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +67,8 @@ def test_files_folders_and_zips_are_predicted_in_batches(weights, tiny_test_spli
 
     assert code == 1  # some inputs were unreadable; the rest were still predicted
     error = capsys.readouterr().err
-    assert f"{folder / 'broken.png'}: " in error and "missing.png: no such file or folder" in error
+    assert f"{folder / 'broken.png'}: " in error
+    assert "missing.png: no such file or folder" in error
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["path", "prediction", "probability", *CLASSES]
     assert sorted(row[0] for row in rows[1:]) == sorted(expected)
@@ -77,7 +77,8 @@ def test_files_folders_and_zips_are_predicted_in_batches(weights, tiny_test_spli
         assert torch.allclose(torch.tensor([float(p) for p in per_class]), reference, atol=1e-5)
         assert prediction == CLASSES[int(reference.argmax())]
         assert float(probability) == pytest.approx(float(reference.max()), abs=1e-5)
-    assert not list(tmp_path.parent.glob("escape.png")) and not list(tmp_path.glob("**/escape.png"))
+    assert not list(tmp_path.parent.glob("escape.png"))
+    assert not list(tmp_path.glob("**/escape.png"))
 
 
 def test_zip_caps_are_reasons_not_crashes(tiny_test_split, tmp_path, monkeypatch, server_limits):
@@ -110,7 +111,8 @@ def test_single_image_keeps_its_top_k_output_and_published_weights_work(weights,
         lines = capsys.readouterr().out.strip().splitlines()
         assert len(lines) == 1
         line = json.loads(lines[0])
-        assert line["path"] == str(picture) and len(line["top"]) == 2
+        assert line["path"] == str(picture)
+        assert len(line["top"]) == 2
 
 
 def write_image_folder(root, images, labels, classes=CLASSES):
@@ -127,9 +129,11 @@ def test_evaluate_folder_matches_the_tensor_evaluation(weights, tiny_test_split,
     assert main(["evaluate", "--weights", str(weights), "--folder", str(tmp_path / "set"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     reference = load_weights(weights).evaluate(images, labels)  # PNG round trip is lossless
-    assert result["confusion"] == reference["confusion"] and result["count"] == len(labels)
+    assert result["confusion"] == reference["confusion"]
+    assert result["count"] == len(labels)
     assert result["acc"] == pytest.approx(reference["acc"])
-    assert result["per_class_acc"][3] is None and result["per_class_count"][3] == 0
+    assert result["per_class_acc"][3] is None
+    assert result["per_class_count"][3] == 0
     assert result["unreadable"] == 0
 
 
@@ -139,4 +143,6 @@ def test_evaluate_folder_refuses_unknown_class_folders(weights, tiny_test_split,
     (tmp_path / "set" / "kangaroo").mkdir()
     assert main(["evaluate", "--weights", str(weights), "--folder", str(tmp_path / "set")]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("error: ") and "kangaroo" in error and error.count("\n") == 1
+    assert error.startswith("error: ")
+    assert "kangaroo" in error
+    assert error.count("\n") == 1

@@ -19,8 +19,8 @@ MACHINES = {
     "avx2 fp32": budget.Rates(train={16: 126.0, 24: 80.0, 32: 46.0}, score=140.0, checkpoint_s=0.05),
     "h100": budget.Rates(train={16: 60000.0, 24: 45000.0, 32: 30000.0}, score=90000.0, checkpoint_s=0.05),
 }
-RUN = dict(batch_size=64, steps_per_epoch=50_000 // 64, resolution="16:0.5,24:0.75", probes=20, probe_size=500,
-           test_images=10_000)
+RUN = {"batch_size": 64, "steps_per_epoch": 50_000 // 64, "resolution": "16:0.5,24:0.75", "probes": 20, "probe_size": 500,
+           "test_images": 10_000}
 
 
 def predicted_end(plan: budget.Plan) -> float:
@@ -33,7 +33,8 @@ def test_the_plan_fits_every_budget_scoring_included(machine, text):
     rates, seconds = MACHINES[machine], parse_budget(text)
     plan = budget.plan(seconds, 9.0, rates, **RUN)
     one_step = RUN["batch_size"] / min(rates.train.values())
-    assert plan.steps >= 1 and plan.epochs == math.ceil(plan.steps / (50_000 // 64))
+    assert plan.steps >= 1
+    assert plan.epochs == math.ceil(plan.steps / (50_000 // 64))
     # It ends within the budget less its margin, and leaves no more than a step and a probe of it unused.
     assert predicted_end(plan) <= seconds - plan.margin_s + 1e-6
     assert predicted_end(plan) >= seconds - plan.margin_s - one_step - plan.probe_s / 20 - 0.01 * seconds
@@ -73,7 +74,7 @@ def scaled(rates: budget.Rates, factor: float, sizes=(16, 24, 32)) -> budget.Rat
 
 
 @pytest.mark.parametrize("text", ["1m", "5m", "15m"])
-@pytest.mark.parametrize("factor, sizes", [(0.8, (16, 24, 32)), (1.2, (16, 24, 32)), (0.7, (32,)), (0.85, (24, 32))])
+@pytest.mark.parametrize(("factor", "sizes"), [(0.8, (16, 24, 32)), (1.2, (16, 24, 32)), (0.7, (32,)), (0.85, (24, 32))])
 def test_refits_end_a_run_on_its_budget_on_a_machine_not_as_measured(text, factor, sizes):
     measured, seconds = MACHINES["avx512-bf16 epyc"], parse_budget(text)
     true = scaled(measured, factor, sizes)
@@ -91,8 +92,10 @@ def test_progress_bends_at_a_knot_and_stays_continuous():
     knots = [(0, 0.0), (100, 1.0)]
     assert [budget.progress_at(s, knots) for s in (0, 50, 100)] == [0.0, 0.5, 1.0]
     bent = [(0, 0.0), (20, 0.2), (60, 1.0)]  # re-fitted at step 20 to end at 60: the last 80% over 40 steps
-    assert budget.progress_at(20, bent) == pytest.approx(0.2) and budget.progress_at(40, bent) == pytest.approx(0.6)
-    assert budget.progress_at(19, bent) == pytest.approx(0.19) and budget.progress_at(60, bent) == 1.0
+    assert budget.progress_at(20, bent) == pytest.approx(0.2)
+    assert budget.progress_at(40, bent) == pytest.approx(0.6)
+    assert budget.progress_at(19, bent) == pytest.approx(0.19)
+    assert budget.progress_at(60, bent) == 1.0
     assert budget.size_shares("16:0.5,24:0.75", 0.6) == pytest.approx({24: 0.15, 32: 0.25})
     assert budget.size_shares("16:0.5,24:0.75", 0.8) == pytest.approx({32: 0.2})
     # A size met for long enough counts at its own pace; one not met yet at its measurement, scaled as the others ran.
@@ -114,7 +117,7 @@ def test_a_budget_too_short_to_train_is_one_clear_error():
         budget.plan(20, 16.0, MACHINES["avx2 fp32"], **RUN)  # 500 images at 140/s take 3.6 s, 16 s are gone
 
 
-@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1.5h", 5400), (" 2m ", 120), ("", 0)])
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("5m", 300), ("1.5h", 5400), (" 2m ", 120), ("", 0)])
 def test_budgets_are_read_in_seconds_minutes_or_hours(text, seconds):
     assert parse_budget(text) == seconds
 
@@ -135,7 +138,8 @@ def test_probes_come_evenly_by_progress_and_cost_at_most_five_percent():
             # A probe scores images at full size (one forward each); a training image costs three forwards at its size.
             assert images == 1 or images <= 0.05 * 3 * every * 64 * scale
     assert budget.size_shares("16:0.5,24:0.75") == {16: 0.5, 24: 0.25, 32: 0.25}
-    assert budget.probe_interval(100, 0) == 0 and budget.probe_images(0, 1000, "") == 0
+    assert budget.probe_interval(100, 0) == 0
+    assert budget.probe_images(0, 1000, "") == 0
 
 
 def test_a_run_on_tiny_data_gets_at_least_ten_probe_points(tiny_data, tmp_path):
@@ -143,7 +147,8 @@ def test_a_run_on_tiny_data_gets_at_least_ten_probe_points(tiny_data, tmp_path):
                          probes=10, precision="fp32", device="cpu", eval_batch_size=20, log_every=4)
     assert Trainer(config, tmp_path).run()["status"] == "finished"
     probes = [r for r in runs.read_metrics(tmp_path) if r["kind"] == "probe"]
-    assert len(probes) >= 10 and [r["step"] for r in probes] == list(range(1, 13))
+    assert len(probes) >= 10
+    assert [r["step"] for r in probes] == list(range(1, 13))
 
 
 FIXED_RATES = budget.Rates(train={16: 16.0, 32: 8.0}, score=1000.0, checkpoint_s=0.0)  # one 8-image step a 0.5-1 s
@@ -163,16 +168,21 @@ def test_a_budgeted_run_records_its_plan_and_trains_exactly_its_steps(tiny_data,
     stored = runs.read_config(tmp_path)
     plan = stored["plan"]
     # 30 s less the margin and the scoring, at 0.5 s a step for half of them and 1 s for the other half: about 37 steps.
-    assert 30 <= plan["steps"] <= 38 and stored["steps"] == plan["steps"] and stored["score_every"] == 0
+    assert 30 <= plan["steps"] <= 38
+    assert stored["steps"] == plan["steps"]
+    assert stored["score_every"] == 0
     assert stored["epochs"] == math.ceil(plan["steps"] / 6)  # 48 images, 8 a step
     rows = runs.read_metrics(tmp_path)
     epochs = [r for r in rows if r["kind"] == "epoch"]
-    assert epochs[-1]["step"] == plan["steps"] and epochs[-1]["images"] == plan["steps"] * 8  # the last epoch cut short
+    assert epochs[-1]["step"] == plan["steps"]
+    assert epochs[-1]["images"] == plan["steps"] * 8
     assert [r for r in epochs if "test_acc" in r] == epochs[-1:]  # held-out sets scored once, at the end
     assert len([r for r in rows if r["kind"] == "probe"]) >= 10
     card = json.loads((tmp_path / runs.CARD).read_text())
-    assert card["provenance"]["plan"] == plan and card["test_acc"] == epochs[-1]["test_acc"]
-    assert "fp32, eval mode" in card["measured"] and "tta_test_acc" not in card
+    assert card["provenance"]["plan"] == plan
+    assert card["test_acc"] == epochs[-1]["test_acc"]
+    assert "fp32, eval mode" in card["measured"]
+    assert "tta_test_acc" not in card
     assert f"after {plan['steps']} steps" in runs.read_status(tmp_path)["message"]
 
 
@@ -189,7 +199,8 @@ def test_a_stopped_budget_run_resumes_to_the_same_plan(tiny_data, tmp_path, monk
     assert Trainer(budgeted(tiny_data), tmp_path, callbacks=[stop_at_ten], stop_event=event).run()["status"] == "stopped"
     before = runs.read_config(tmp_path)
     config = resume_config(tmp_path)
-    assert config.budget == "30s" and config.steps == before["plan"]["steps"]
+    assert config.budget == "30s"
+    assert config.steps == before["plan"]["steps"]
     assert Trainer(config, tmp_path).run(resume=True)["status"] == "finished"
     assert measured == [1]  # the resumed run measured nothing and planned nothing: it follows the recorded plan
     assert runs.read_config(tmp_path) == before
@@ -205,8 +216,10 @@ def test_a_budget_run_measures_this_machine_for_real(tiny_data, tmp_path):
     parts, _ = trainer.build()
     before = {k: v.clone() for k, v in parts.model.state_dict().items()}
     rates = trainer.measure(parts)
-    assert set(rates.train) == {16, 32} and all(rate > 0 for rate in rates.train.values())
-    assert rates.score > 0 and rates.checkpoint_s >= 0
+    assert set(rates.train) == {16, 32}
+    assert all(rate > 0 for rate in rates.train.values())
+    assert rates.score > 0
+    assert rates.checkpoint_s >= 0
     # Measured on a copy: the run's own network and optimizer are untouched.
     assert all((parts.model.state_dict()[k] == v).all() for k, v in before.items())
     assert not parts.optimizer.state
@@ -218,7 +231,8 @@ def test_a_partial_last_epoch_ends_where_the_steps_do(tiny_data, tmp_path):
     assert Trainer(config, tmp_path).run()["status"] == "finished"
     epochs = [r for r in runs.read_metrics(tmp_path) if r["kind"] == "epoch"]
     assert [(r["epoch"], r["step"], r["images"]) for r in epochs] == [(1, 3, 24), (2, 5, 40)]
-    assert "test_acc" not in epochs[0] and "test_acc" in epochs[1]
+    assert "test_acc" not in epochs[0]
+    assert "test_acc" in epochs[1]
 
 
 def fixed_refit(seconds_left, step, progress, resolution, step_s, overhead_s):
@@ -236,10 +250,12 @@ def test_a_refitted_run_bends_its_schedules_continuously(tiny_data, tmp_path, mo
     assert stored["steps"] == refits[-1]["steps"] != stored["plan"]["steps"]
     rows = [r for r in runs.read_metrics(tmp_path) if r["kind"] == "step"]
     last = [r for r in runs.read_metrics(tmp_path) if r["kind"] == "epoch"][-1]
-    assert last["step"] == stored["steps"] and rows[-1]["total_steps"] == stored["steps"]
+    assert last["step"] == stored["steps"]
+    assert rows[-1]["total_steps"] == stored["steps"]
     lrs = [r["lr"] for r in rows]  # one-cycle: up to the peak, then down to 0, with no jump at a re-fit
     peak = lrs.index(max(lrs))
-    assert all(b >= a for a, b in zip(lrs[:peak], lrs[1 : peak + 1])) and all(b <= a for a, b in zip(lrs[peak:], lrs[peak + 1 :]))
+    assert all(b >= a for a, b in zip(lrs[:peak], lrs[1 : peak + 1]))
+    assert all(b <= a for a, b in zip(lrs[peak:], lrs[peak + 1 :]))
     knots = [(0, 0.0), *((r["step"], r["progress"]) for r in refits), (stored["steps"], 1.0)]
     config = resume_config(tmp_path)  # each step's lr is the schedule's at its progress along the bent line
     assert lrs == [pytest.approx(lr_at(config, budget.progress_at(r["step"] - 1, knots))) for r in rows]
@@ -268,7 +284,8 @@ def test_a_run_stopped_after_a_refit_resumes_to_the_same_weights(tiny_data, tmp_
     assert Trainer(resume_config(stopped), stopped).run(resume=True)["status"] == "finished"
     settings = lambda run: {k: v for k, v in runs.read_config(run).items() if k != "plan"}  # noqa: E731
     refitted = lambda run: [(r["step"], r["progress"], r["steps"]) for r in runs.read_config(run)["plan"]["refits"]]  # noqa: E731
-    assert settings(stopped) == settings(straight) and refitted(stopped) == refitted(straight)
+    assert settings(stopped) == settings(straight)
+    assert refitted(stopped) == refitted(straight)
     straight_weights, resumed_weights = load_file(straight / runs.WEIGHTS), load_file(stopped / runs.WEIGHTS)
     assert all(torch.equal(straight_weights[key], resumed_weights[key]) for key in straight_weights)
     rows = lambda run: [(r["step"], r["lr"], r["resolution"]) for r in runs.read_metrics(run) if r["kind"] == "step"]  # noqa: E731

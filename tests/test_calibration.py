@@ -6,11 +6,20 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import import_script
+
 from resnet import calibration, evaluate, model_card
-from resnet.calibration import (calibrated_probabilities, calibration_fields, choose_threshold, expected_calibration_error,
-                                fit_run_temperature, fit_temperature, halves, nll, reliability)
+from resnet.calibration import (
+    calibrated_probabilities,
+    calibration_fields,
+    choose_threshold,
+    expected_calibration_error,
+    fit_run_temperature,
+    fit_temperature,
+    halves,
+    nll,
+    reliability,
+)
 from resnet.classifier import Classifier
 from resnet.constants import CLASSES
 from resnet.data import load_split
@@ -54,7 +63,8 @@ def test_the_temperature_depends_only_on_the_split_it_is_fitted_on():
     assert one["low_confidence"]["threshold"] == two["low_confidence"]["threshold"]
     assert one["calibration"]["after"] != two["calibration"]["after"]  # what is reported does come from the other split
     assert fit_temperature(other_logits, other_labels) == pytest.approx(3.0, rel=0.15)  # and that split alone says otherwise
-    assert set(fit.tolist()).isdisjoint(held.tolist()) and len(fit) + len(held) == len(labels)
+    assert set(fit.tolist()).isdisjoint(held.tolist())
+    assert len(fit) + len(held) == len(labels)
 
 
 def test_calibrated_probabilities_sum_to_one_and_keep_the_arg_max():
@@ -78,8 +88,10 @@ def test_ece_has_one_home_and_known_values():
     labels[:5] = 1
     assert expected_calibration_error(sure, labels) == pytest.approx(0.4)  # 90% sure, right half the time
     table = reliability(sure, labels)
-    assert sum(table["count"]) == 10 and len(table["lower"]) == len(table["upper"]) == calibration.ECE_BINS
-    assert table["accuracy"][13] == pytest.approx(0.5) and table["confidence"][0] is None  # 0.9 is in (0.867, 0.933]
+    assert sum(table["count"]) == 10
+    assert len(table["lower"]) == len(table["upper"]) == calibration.ECE_BINS
+    assert table["accuracy"][13] == pytest.approx(0.5)
+    assert table["confidence"][0] is None
 
 
 def test_ece_of_well_drawn_probabilities_is_small_and_of_sharpened_ones_large():
@@ -97,7 +109,8 @@ def test_the_threshold_pools_the_least_confident_guesses():
     assert choose_threshold(probs, torch.zeros(10, dtype=torch.long), level=0.5) == 0.0  # always right: nothing flagged
     assert choose_threshold(probs, torch.ones(10, dtype=torch.long), level=0.5) == 1.0  # always wrong: everything flagged
     split = calibration.confidence_split(probs, labels, 0.80)
-    assert split["share_below"] == pytest.approx(0.6) and split["accuracy_below"] == pytest.approx(0.5)
+    assert split["share_below"] == pytest.approx(0.6)
+    assert split["accuracy_below"] == pytest.approx(0.5)
     assert split["accuracy_above"] == 1.0
 
 
@@ -168,7 +181,7 @@ def test_shown_card_fields_of_any_kind_leave_out_what_they_cannot_say(tmp_path, 
     torch.manual_seed(0)
     model = build_model().eval()
     shown = ("source", "test_acc", "ece", "calibration", "low_confidence", "training", "provenance", "tta_test_acc")
-    odd = {**uncalibrated_card(model), **{key: value for key in shown}}
+    odd = {**uncalibrated_card(model), **dict.fromkeys(shown, value)}
     path = save_weights(model, tmp_path / "w.safetensors", odd)
     card = load_weights(path).card
     for described in (card, {**card, "temperature": 0.5}):
@@ -193,7 +206,8 @@ def test_a_run_is_calibrated_on_its_validation_split(tiny_data):
     assert set(fields) == {"temperature", "calibration", "low_confidence"}
     block = fields["calibration"]
     assert block["fit_images"] == block["eval_images"] == 50
-    assert "even-position validation" in block["fitted_on"] and "odd-position validation" in block["evaluated_on"]
+    assert "even-position validation" in block["fitted_on"]
+    assert "odd-position validation" in block["evaluated_on"]
     assert block["before"]["acc"] == block["after"]["acc"]
     assert block["after"]["nll"] <= block["before"]["nll"] + 0.5  # fitted on the other half: no worse by much
     json.dumps(fields)  # the card is JSON
@@ -211,8 +225,10 @@ def test_the_reliability_figure_draws_a_card_or_says_it_is_uncalibrated():
     card = calibration_fields(logits[fit], labels[fit], logits[held], labels[held], "half A", "half B")
     figure = reliability_figure(card)
     assert [trace.name for trace in figure.data] == ["perfect calibration", "softmax", f"T = {card['temperature']:.3f}"]
-    assert "ECE" in figure.layout.title.text and "half B" in figure.layout.title.text
-    assert "calibrated" in calibration_text(card) and "half A" in calibration_text(card)
+    assert "ECE" in figure.layout.title.text
+    assert "half B" in figure.layout.title.text
+    assert "calibrated" in calibration_text(card)
+    assert "half A" in calibration_text(card)
     assert "uncalibrated" in reliability_figure({}).layout.annotations[0].text
     assert "uncalibrated" in calibration_text({})
 
@@ -224,10 +240,14 @@ SHIPPED = json.loads(card_path(DEFAULT_WEIGHTS).read_text()) if card_path(DEFAUL
 def test_the_shipped_card_is_calibrated_on_held_out_test_images():
     block, low = SHIPPED["calibration"], SHIPPED["low_confidence"]
     assert 0 < SHIPPED["temperature"] < 1  # label smoothing made it under-confident: T sharpens
-    assert block["fit_images"] == block["eval_images"] == 5_000 and block["fitted_on"] != block["evaluated_on"]
+    assert block["fit_images"] == block["eval_images"] == 5_000
+    assert block["fitted_on"] != block["evaluated_on"]
     assert block["after"]["ece"] <= 0.02 < block["before"]["ece"]
-    assert block["after"]["nll"] < block["before"]["nll"] and block["after"]["acc"] == block["before"]["acc"]
-    assert low["calibrated"] and low["measured_on"] == block["evaluated_on"] and 0 < low["threshold"] < 1
+    assert block["after"]["nll"] < block["before"]["nll"]
+    assert block["after"]["acc"] == block["before"]["acc"]
+    assert low["calibrated"]
+    assert low["measured_on"] == block["evaluated_on"]
+    assert 0 < low["threshold"] < 1
     assert sum(block["reliability"]["after"]["count"]) == 5_000
     assert "calibrated (T=" in model_card.describe_card(SHIPPED)
 

@@ -27,8 +27,11 @@ def images():
 def test_a_loaded_classifier_carries_its_cards_normalization_classes_and_temperature(saved):
     _, path = saved
     classifier = load_weights(path)
-    assert isinstance(classifier, Classifier) and not classifier.net.training
-    assert classifier.mean == MEAN and classifier.std == STD and classifier.temperature == 0.5
+    assert isinstance(classifier, Classifier)
+    assert not classifier.net.training
+    assert classifier.mean == MEAN
+    assert classifier.std == STD
+    assert classifier.temperature == 0.5
     assert len(classifier.classes) == 10
     assert classifier.to("cpu").card is classifier.card
 
@@ -49,7 +52,8 @@ def test_probabilities_divide_by_the_temperature_and_predict_ranks_every_class(s
     logits = classifier.logits(images[0])
     assert torch.allclose(classifier.probabilities(logits), (logits / 0.5).softmax(0))
     ranked = classifier.predict(images[0])
-    assert list(ranked.values()) == sorted(ranked.values(), reverse=True) and set(ranked) == set(classifier.classes)
+    assert list(ranked.values()) == sorted(ranked.values(), reverse=True)
+    assert set(ranked) == set(classifier.classes)
     assert max(ranked, key=ranked.get) == classifier.classes[int(logits.argmax())]
     with pytest.raises(ValueError, match="one image"):
         classifier.predict(images)
@@ -65,4 +69,5 @@ def test_evaluate_and_explain_are_the_module_functions_with_the_cards_facts(save
     assert classifier.evaluate(images, labels) == evaluate(model, images, labels, MEAN, STD)
     cam, target = classifier.explain(images[0], target=3)
     expected, _ = grad_cam(model, images[0], MEAN, STD, target=3)
-    assert target == 3 and torch.allclose(cam, expected)
+    assert target == 3
+    assert torch.allclose(cam, expected)

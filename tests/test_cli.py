@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, image_bytes
 
 from resnet import build_model, runs
 from resnet.cli import main
 from resnet.constants import CLASSES
 from resnet.weights import load_weights, make_card, save_weights
-
-from helpers import REPO, image_bytes
 
 FAST = ["--data-dir", "{data}", "--limit-train", "24", "--limit-test", "16", "--batch-size", "8", "--epochs", "1",
         "--precision", "fp32", "--device", "cpu", "--log-every", "1"]
@@ -45,20 +44,23 @@ def fast(data):
 
 
 # ---- help ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command, flag", [("train", "--resume"), ("evaluate", "--json"), ("predict", "--top")])
+@pytest.mark.parametrize(("command", "flag"), [("train", "--resume"), ("evaluate", "--json"), ("predict", "--top")])
 def test_help_for_each_subcommand(capsys, command, flag):
     code, out, _ = run_cli(capsys, command, "--help")
-    assert code == 0 and flag in out and out.startswith(f"usage: python -m resnet {command}")
+    assert code == 0
+    assert flag in out
+    assert out.startswith(f"usage: python -m resnet {command}")
 
 
 @pytest.mark.e2e
 def test_help_as_a_module_in_a_subprocess():
     done = subprocess.run([sys.executable, "-m", "resnet", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and all(c in done.stdout for c in ("train", "evaluate", "predict"))
+    assert done.returncode == 0
+    assert all(c in done.stdout for c in ("train", "evaluate", "predict"))
 
 
 # ---- train: refused before any work -------------------------------------------------------------
-@pytest.mark.parametrize("flags, words", [
+@pytest.mark.parametrize(("flags", "words"), [
     (["--lr", "0"], "lr must be positive"),
     (["--lr", "-0.1"], "lr must be positive"),
     (["--dropout", "1"], "dropout must be in [0, 1)"),
@@ -80,11 +82,13 @@ def test_help_as_a_module_in_a_subprocess():
 def test_invalid_train_settings_fail_with_one_line(capsys, tiny_data, tmp_path, flags, words):
     code, out, err = run_cli(capsys, "train", "--out", tmp_path / "run", *fast(tiny_data), *flags)
     assert code == 2
-    assert err.strip().splitlines() == [err.strip()] and err.startswith("error: ") and words in err
+    assert err.strip().splitlines() == [err.strip()]
+    assert err.startswith("error: ")
+    assert words in err
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("flags, words", [
+@pytest.mark.parametrize(("flags", "words"), [
     (["--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
     (["--lr", "inf"], "argument --lr: 'inf' is not a finite number"),
     (["--lr", "fast"], "argument --lr: 'fast' is not a number"),
@@ -103,28 +107,36 @@ def test_malformed_train_flags_fail_in_the_parser(capsys, tiny_data, tmp_path, f
 
 def test_missing_data_names_the_folder_and_download(capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", "--out", tmp_path / "run", "--data-dir", tmp_path / "nothing", "--precision", "fp32")
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "CIFAR-10 not found" in err and str(tmp_path / "nothing") in err and "--download" in err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "CIFAR-10 not found" in err
+    assert str(tmp_path / "nothing") in err
+    assert "--download" in err
     assert not (tmp_path / "run").exists()
 
 
 def test_out_is_required(capsys):
     code, _, err = run_cli(capsys, "train")
-    assert code == 2 and err == "error: --out RUN_DIR is required (or --resume RUN_DIR)\n"
+    assert code == 2
+    assert err == "error: --out RUN_DIR is required (or --resume RUN_DIR)\n"
 
 
-@pytest.mark.parametrize("flags, named", [(["--lr", "0.1"], "--lr"), (["--batch-size", "8"], "--batch-size"),
+@pytest.mark.parametrize(("flags", "named"), [(["--lr", "0.1"], "--lr"), (["--batch-size", "8"], "--batch-size"),
                                           (["--out", "x"], "--out"), (["--preset", "fast"], "--preset"),
                                           (["--lr", "0.1", "--data-dir", "d", "--seed", "3"], "--lr, --seed")])
 def test_resume_refuses_flags_that_change_the_run_naming_exactly_those(capsys, tmp_path, flags, named):
     code, _, err = run_cli(capsys, "train", "--resume", tmp_path, *flags)
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "it takes only --epochs, --device, --data-dir" in err and err.strip().endswith(f"(got {named})")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "it takes only --epochs, --device, --data-dir" in err
+    assert err.strip().endswith(f"(got {named})")
 
 
 def test_resume_of_a_folder_without_a_run(capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", "--resume", tmp_path / "none")
-    assert code == 2 and "no config.json" in err and "Traceback" not in err
+    assert code == 2
+    assert "no config.json" in err
+    assert "Traceback" not in err
 
 
 # ---- train: runs ----------------------------------------------------------------------------
@@ -133,18 +145,21 @@ def test_train_then_resume_with_more_epochs(capsys, tiny_data, tmp_path):
     run = tmp_path / "run"
     code, out, err = run_cli(capsys, "train", "--preset", "original", "--out", run, *fast(tiny_data))
     assert code == 0, err
-    assert "finished: test accuracy" in out and runs.read_status(run)["status"] == "finished"
+    assert "finished: test accuracy" in out
+    assert runs.read_status(run)["status"] == "finished"
     assert json.loads((run / runs.CONFIG).read_text())["batch_size"] == 8
 
     code, _, err = run_cli(capsys, "train", "--out", run, *fast(tiny_data))
-    assert code == 2 and "already holds a run" in err
+    assert code == 2
+    assert "already holds a run" in err
 
     code, out, err = run_cli(capsys, "train", "--resume", run, "--epochs", "2")
     assert code == 0, err
     assert [r["epoch"] for r in runs.read_metrics(run) if r["kind"] == "epoch"] == [1, 2]
 
     code, _, err = run_cli(capsys, "train", "--resume", run, "--epochs", "1")
-    assert code == 2 and "may only be raised" in err
+    assert code == 2
+    assert "may only be raised" in err
 
 
 def test_a_two_step_run_that_blows_up_ends_diverged_and_publishes_nothing(capsys, tiny_data, tmp_path):
@@ -152,8 +167,12 @@ def test_a_two_step_run_that_blows_up_ends_diverged_and_publishes_nothing(capsys
     code, out, err = run_cli(capsys, "train", "--out", run, *fast(tiny_data), "--limit-train", "16", "--optimizer", "sgd",
                              "--lr", "1e4")
     assert code == 3, err
-    assert runs.read_status(run)["status"] == "diverged" and "diverged" in out and "finished" not in out
-    assert not (run / runs.WEIGHTS).exists() and not (run / runs.CARD).exists() and not (run / runs.CHECKPOINT).exists()
+    assert runs.read_status(run)["status"] == "diverged"
+    assert "diverged" in out
+    assert "finished" not in out
+    assert not (run / runs.WEIGHTS).exists()
+    assert not (run / runs.CARD).exists()
+    assert not (run / runs.CHECKPOINT).exists()
     assert not runs.list_runs(tmp_path)[0]["has_weights"]
 
 
@@ -172,7 +191,8 @@ def test_resume_takes_a_moved_data_folder_and_a_device(capsys, tiny_data, tmp_pa
 def test_divergence_exits_3_with_a_message_and_no_traceback(capsys, tiny_data, tmp_path):
     code, out, err = run_cli(capsys, "train", "--out", tmp_path / "run", *fast(tiny_data), "--optimizer", "sgd", "--lr", "1e30")
     assert code == 3
-    assert "diverged at epoch 1, step " in out and "smaller learning rate" in out
+    assert "diverged at epoch 1, step " in out
+    assert "smaller learning rate" in out
     assert "Traceback" not in err + out
     assert runs.read_status(tmp_path / "run")["status"] == "diverged"
 
@@ -188,26 +208,33 @@ def test_evaluate_json_last_line(capsys, tiny_data, weights):
     code, out, _ = run_cli(capsys, "evaluate", "--weights", weights, "--data-dir", tiny_data, "--limit-test", "20", "--json")
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
-    assert isinstance(result, dict) and 0 <= result["acc"] <= 1 and result["loss"] > 0
+    assert isinstance(result, dict)
+    assert 0 <= result["acc"] <= 1
+    assert result["loss"] > 0
     assert len(result["per_class_acc"]) == 10
-    assert len(result["confusion"]) == 10 and all(len(row) == 10 for row in result["confusion"])
+    assert len(result["confusion"]) == 10
+    assert all(len(row) == 10 for row in result["confusion"])
     assert sum(map(sum, result["confusion"])) == result["count"] == 20
 
 
 def test_evaluate_text_lists_every_class(capsys, tiny_data, weights):
     code, out, _ = run_cli(capsys, "evaluate", "--weights", weights, "--data-dir", tiny_data, "--limit-test", "20", "--tta")
-    assert code == 0 and "test accuracy" in out and "flip TTA" in out
+    assert code == 0
+    assert "test accuracy" in out
+    assert "flip TTA" in out
     assert all(name in out for name in ("airplane", "truck"))
 
 
-@pytest.mark.parametrize("make, words", [
+@pytest.mark.parametrize(("make", "words"), [
     (lambda p: p.write_bytes(b"\x80\x02junk"), "not a plain PyTorch state_dict"),
     (lambda p: None, "no such weights file"),
 ])
 def test_evaluate_with_bad_weights_fails_with_one_line(capsys, tiny_data, tmp_path, make, words):
     make(tmp_path / "w.pt")
     code, _, err = run_cli(capsys, "evaluate", "--weights", tmp_path / "w.pt", "--data-dir", tiny_data)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and words in err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert words in err
 
 
 @pytest.mark.parametrize("classes", [list(CLASSES[:5]), [*CLASSES[1:], CLASSES[0]]], ids=["five", "reordered"])
@@ -215,7 +242,8 @@ def test_evaluate_refuses_weights_whose_classes_are_not_cifar10s(capsys, tiny_da
     model = build_model(num_classes=len(classes))
     path = save_weights(model, tmp_path / "w.safetensors", make_card(model, classes=classes))
     code, _, err = run_cli(capsys, "evaluate", "--weights", path, "--data-dir", tiny_data)
-    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
     assert f"classifies {len(classes)} classes ({', '.join(classes)}), not CIFAR-10's 10 in their order" in err
 
 
@@ -223,24 +251,30 @@ def test_evaluate_refuses_weights_whose_classes_are_not_cifar10s(capsys, tiny_da
 def test_a_device_that_is_not_there_fails_with_one_line(capsys, tiny_data, weights, command):
     code, _, err = run_cli(capsys, command, "--weights", weights, "--device", "gpu",
                            *(["--data-dir", tiny_data] if command == "evaluate" else ["missing.png"]))
-    assert code == 2 and err.strip().splitlines() == [err.strip()] and "unknown device 'gpu'" in err
+    assert code == 2
+    assert err.strip().splitlines() == [err.strip()]
+    assert "unknown device 'gpu'" in err
 
 
 def test_convert_writes_safetensors_that_predict_as_the_pt_did(capsys, tmp_path):
     torch.manual_seed(0)
     torch.save(build_model().eval().state_dict(), tmp_path / "project1_model.pt")
     code, out, _ = run_cli(capsys, "convert", tmp_path / "project1_model.pt", tmp_path / "out" / "model.safetensors")
-    assert code == 0 and "model.json" in out
+    assert code == 0
+    assert "model.json" in out
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     before, after = (load_weights(path).logits(images) for path in (tmp_path / "project1_model.pt", tmp_path / "out" / "model.safetensors"))
     assert torch.equal(before, after)
     code, _, err = run_cli(capsys, "convert", tmp_path / "project1_model.pt", tmp_path / "model.pt")
-    assert code == 2 and "must end in .safetensors" in err and not (tmp_path / "model.pt").exists()
+    assert code == 2
+    assert "must end in .safetensors" in err
+    assert not (tmp_path / "model.pt").exists()
 
 
 def test_evaluate_with_missing_data(capsys, tmp_path, weights):
     code, _, err = run_cli(capsys, "evaluate", "--weights", weights, "--data-dir", tmp_path)
-    assert code == 2 and "CIFAR-10 not found" in err
+    assert code == 2
+    assert "CIFAR-10 not found" in err
 
 
 def test_predict_json_and_a_bad_file(capsys, tmp_path, weights):
@@ -249,9 +283,12 @@ def test_predict_json_and_a_bad_file(capsys, tmp_path, weights):
     code, out, err = run_cli(capsys, "predict", "--weights", weights, "--json", "--top", "2", tmp_path / "red.png", tmp_path / "notes.jpg")
     assert code == 1  # one of the two failed
     row = json.loads(out.strip())
-    assert row["path"].endswith("red.png") and len(row["top"]) == 2
+    assert row["path"].endswith("red.png")
+    assert len(row["top"]) == 2
     assert abs(sum(row["top"].values())) <= 1.0 + 1e-6
-    assert "notes.jpg" in err and "not an image" in err and "Traceback" not in err
+    assert "notes.jpg" in err
+    assert "not an image" in err
+    assert "Traceback" not in err
 
 
 def test_every_error_a_person_can_cause_is_a_user_error(capsys):
@@ -271,4 +308,5 @@ def test_every_error_a_person_can_cause_is_a_user_error(capsys):
                   QueueFullError, LimitError, RunError, StressError, WeightsError):
         assert issubclass(error, UserError), error
     assert main(["train", "--budget", "5 min", "--out", "unused"]) == 2
-    assert "budget" in capsys.readouterr().err and not Path("unused").exists()
+    assert "budget" in capsys.readouterr().err
+    assert not Path("unused").exists()

@@ -23,7 +23,8 @@ def test_every_cli_setting_is_a_flag_with_its_declared_help_and_choices():
     for name in config.CLI_SETTINGS:
         assert "--" + name.replace("_", "-") in text, name
         assert " ".join(config.SETTINGS[name].metadata["help"].split()) in text, name
-    assert "{adam,sgd,rmsprop,adagrad}" in text and "--mean" not in text  # normalization comes with a preset
+    assert "{adam,sgd,rmsprop,adagrad}" in text
+    assert "--mean" not in text
 
 
 def test_every_form_setting_builds_a_field_with_the_preset_value():
@@ -41,8 +42,8 @@ def test_a_fields_cap_and_note_read_as_one_parenthesis():
 
 
 def test_cli_args_and_the_parser_agree_on_every_setting():
-    overrides = dict(optimizer="rmsprop", lr=0.003, blocks=(2, 2, 2, 2), nesterov=False, resolution="16:0.5", probe_size=10,
-                     whiten_stem=True, channels_last=False, data_dir="somewhere")
+    overrides = {"optimizer": "rmsprop", "lr": 0.003, "blocks": (2, 2, 2, 2), "nesterov": False, "resolution": "16:0.5", "probe_size": 10,
+                     "whiten_stem": True, "channels_last": False, "data_dir": "somewhere"}
     args = build_parser().parse_args(["train", "--out", "x", *config.cli_args("fast", overrides)])
     assert config.make_config(args.preset, **{n: getattr(args, n) for n in config.CLI_SETTINGS}) == make_config("fast", **overrides)
 
@@ -65,9 +66,11 @@ def test_a_new_setting_is_one_declaration(monkeypatch):
     monkeypatch.setattr(config, "CLI_SETTINGS", (*config.CLI_SETTINGS, "mixup"))
     monkeypatch.setattr(config, "FORM_SETTINGS", (*config.FORM_SETTINGS, "mixup"))
 
-    assert "--mixup MIXUP" in train_help() and "mixup alpha (0 = off)" in train_help()
+    assert "--mixup MIXUP" in train_help()
+    assert "mixup alpha (0 = off)" in train_help()
     field = app.setting_field("mixup", 0.0, {})
-    assert isinstance(field, gr.Number) and field.label == "Mixup alpha"
+    assert isinstance(field, gr.Number)
+    assert field.label == "Mixup alpha"
     values = [app.to_form(n, getattr(make_config("original"), n)) for n in config.FORM_SETTINGS[:-1]] + [0.2]
     overrides = app.Studio.settings(*values)  # the form's values, as a start from the Train tab sends them
     assert overrides["mixup"] == 0.2

@@ -28,11 +28,14 @@ def label_from_pattern(image: torch.Tensor) -> int:
 def test_training_and_test_split_shapes_and_types(tiny_data):
     train_x, train_y = load_split(tiny_data, train=True)
     test_x, test_y = load_split(tiny_data, train=False)
-    assert train_x.shape == (320, 3, 32, 32) and test_x.shape == (100, 3, 32, 32)
+    assert train_x.shape == (320, 3, 32, 32)
+    assert test_x.shape == (100, 3, 32, 32)
     assert train_x.dtype == test_x.dtype == torch.uint8
     assert train_y.dtype == test_y.dtype == torch.int64
-    assert train_y.shape == (320,) and test_y.shape == (100,)
-    assert 0 <= int(train_y.min()) and int(train_y.max()) <= 9
+    assert train_y.shape == (320,)
+    assert test_y.shape == (100,)
+    assert 0 <= int(train_y.min())
+    assert int(train_y.max()) <= 9
 
 
 def test_images_keep_their_labels_and_channel_layout(tiny_data):
@@ -52,7 +55,8 @@ def test_missing_data_names_the_folder_and_download(tmp_path):
         load_split(tmp_path / "nowhere", train=True)
     message = str(caught.value)
     assert str(tmp_path / "nowhere" / BATCHES_FOLDER) in message
-    assert "--download" in message and "data_batch_1" in message
+    assert "--download" in message
+    assert "data_batch_1" in message
 
 
 def test_real_test_batch_loads(real_data):
@@ -79,10 +83,12 @@ def test_split_validation_is_seeded_and_disjoint():
     images = torch.arange(100).view(100, 1, 1, 1).expand(100, 3, 2, 2).contiguous()
     labels = torch.arange(100)
     train_x, train_y, val_x, val_y = split_validation(images, labels, 20, seed=3)
-    assert len(val_y) == 20 and len(train_y) == 80
+    assert len(val_y) == 20
+    assert len(train_y) == 80
     assert set(train_y.tolist()).isdisjoint(val_y.tolist())
     assert sorted(train_y.tolist() + val_y.tolist()) == list(range(100))
-    assert torch.equal(train_x[:, 0, 0, 0], train_y) and torch.equal(val_x[:, 0, 0, 0], val_y)  # pairs stay together
+    assert torch.equal(train_x[:, 0, 0, 0], train_y)
+    assert torch.equal(val_x[:, 0, 0, 0], val_y)
     assert torch.equal(split_validation(images, labels, 20, seed=3)[3], val_y)
     assert not torch.equal(split_validation(images, labels, 20, seed=4)[3], val_y)
 
@@ -115,12 +121,13 @@ def crop_shifts(out: torch.Tensor):
     return shifts
 
 
-@pytest.mark.parametrize("mode, padding", [("standard", (4, 4, 4, 4)), ("light", (2, 2, 2, 2)), ("original", (0, 2, 3, 4))])
+@pytest.mark.parametrize(("mode", "padding"), [("standard", (4, 4, 4, 4)), ("light", (2, 2, 2, 2)), ("original", (0, 2, 3, 4))])
 def test_crop_offsets_cover_exactly_the_padding(mode, padding):
     left, top, right, bottom = padding
     images = coordinate_images(600)
     out = augment(images, torch.Generator().manual_seed(0), mode, flip=torch.zeros(600, dtype=torch.bool))
-    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert out.shape == images.shape
+    assert out.dtype == torch.uint8
     shifts = crop_shifts(out)
     assert {dy for dy, _ in shifts} == set(range(-top, bottom + 1))
     assert {dx for _, dx in shifts} == set(range(-left, right + 1))
@@ -173,6 +180,7 @@ def test_augment_none_is_the_identity():
 def test_normalize_scales_and_standardizes():
     images = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 2, 2)
     out = normalize(images, mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 0.5), channels_last=True)
-    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    assert out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([-1.0, -2.0, -1.0]))
     torch.testing.assert_close(out[1, :, 0, 0], torch.tensor([1.0, 2.0, 1.0]))

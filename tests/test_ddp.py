@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from helpers import REPO, free_port
+
 from resnet import runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -44,7 +44,8 @@ def test_torchrun_two_processes_finish_and_only_rank_0_writes(tiny_data, tmp_pat
     assert keys == [("step", 1), ("step", 2), ("epoch", 2), ("step", 3), ("step", 4), ("epoch", 4)]
     assert runs.read_status(run)["status"] == "finished"
     card = json.loads((run / runs.CARD).read_text())
-    assert card["provenance"]["world_size"] == 2 and card["training"]["batch_size"] == 16
+    assert card["provenance"]["world_size"] == 2
+    assert card["training"]["batch_size"] == 16
 
 
 # ---- which images each process trains on ------------------------------------------------------

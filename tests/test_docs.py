@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO
 
 README = REPO / "README.md"

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from resnet.catalog import shipped_weights
 from resnet.explain import DISPLAY_SCALE, enlarge, grad_cam, heat_colors, overlay
 from resnet.images import prepare
 from resnet.model import build_model
-from resnet.catalog import shipped_weights
 from resnet.weights import load_weights
 
 QUADRANTS = {0: (0, 0), 1: (0, 1), 2: (1, 0), 3: (1, 1)}  # index -> (row, column) half
@@ -50,8 +50,10 @@ def peak_quadrant(cam: torch.Tensor) -> int:
 def test_map_peaks_where_the_object_was_pasted(quadrant):
     image = prepare(pasted(Image.new("RGB", (8, 8), (255, 255, 255)), quadrant, fill=(0, 0, 0)))
     cam, target = grad_cam(BrightnessNet(), image, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), target=0)
-    assert target == 0 and cam.shape == (32, 32)
-    assert float(cam.max()) == pytest.approx(1.0) and float(cam.min()) >= 0
+    assert target == 0
+    assert cam.shape == (32, 32)
+    assert float(cam.max()) == pytest.approx(1.0)
+    assert float(cam.min()) >= 0
     assert peak_quadrant(cam) == quadrant
 
 
@@ -85,13 +87,15 @@ def test_grad_cam_of_the_resnet_is_the_class_activation_map():
     closed = F.interpolate(closed, size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
     assert target == 3
     torch.testing.assert_close(cam, closed / closed.max(), atol=1e-5, rtol=1e-4)
-    assert model.training is False and all(p.grad is None for p in model.parameters())
+    assert model.training is False
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_pictures_are_enlarged_pixels_and_a_blend():
     image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
     seen = enlarge(image)
-    assert seen.shape == (32 * DISPLAY_SCALE, 32 * DISPLAY_SCALE, 3) and seen.dtype == np.uint8
+    assert seen.shape == (32 * DISPLAY_SCALE, 32 * DISPLAY_SCALE, 3)
+    assert seen.dtype == np.uint8
     assert (seen[::DISPLAY_SCALE, ::DISPLAY_SCALE] == image.permute(1, 2, 0).numpy()).all()
     blended = overlay(image, torch.zeros(32, 32), alpha=0.0)
     assert (blended == seen).all()

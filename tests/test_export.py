@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-
 from helpers import REPO, PublishedResNet, example, randomize_batchnorm
 
 ort = pytest.importorskip("onnxruntime")
@@ -19,7 +18,6 @@ from resnet.evaluate import predict_logits  # noqa: E402
 from resnet.images import prepare  # noqa: E402
 from resnet.model import build_model  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, WeightsError, load_weights, make_card, save_weights  # noqa: E402
-
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +49,12 @@ def test_metadata_says_what_the_graph_expects(shipped):
     props = session.get_modelmeta().custom_metadata_map
     card = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
     assert json.loads(props["classes"]) == card["classes"] == list(CLASSES)
-    assert json.loads(props["mean"]) == card["mean"] and json.loads(props["std"]) == card["std"]
+    assert json.loads(props["mean"]) == card["mean"]
+    assert json.loads(props["std"]) == card["std"]
     assert props["temperature"] == (repr(float(card["temperature"])) if "temperature" in card else "uncalibrated")
     assert float(props["test_acc"]) == card["test_acc"]
-    assert "inside the graph" in props["normalization"] and props["format"] == export.FORMAT
+    assert "inside the graph" in props["normalization"]
+    assert props["format"] == export.FORMAT
     (graph_input,) = session.get_inputs()
     assert (graph_input.name, graph_input.type, graph_input.shape[1:]) == (export.INPUT, "tensor(uint8)", [3, 32, 32])
 
@@ -63,7 +63,8 @@ def test_dynamic_batch_takes_1_and_7_and_a_fixed_graph_only_1(shipped, tmp_path)
     images = torch.randint(0, 256, (7, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     single, _ = run(shipped[0], images[:1])
     seven, probabilities = run(shipped[0], images)
-    assert single.shape == (1, 10) and seven.shape == probabilities.shape == (7, 10)
+    assert single.shape == (1, 10)
+    assert seven.shape == probabilities.shape == (7, 10)
     assert torch.allclose(single[0], seven[0], atol=1e-4)
     fixed = ort.InferenceSession(str(export.export_onnx(DEFAULT_WEIGHTS, tmp_path / "fixed.onnx")),
                                  providers=["CPUExecutionProvider"])
@@ -80,8 +81,10 @@ def test_a_published_state_dict_exports_with_the_published_normalization(tmp_pat
     session = ort.InferenceSession(str(export.export_onnx(tmp_path / "project1_model.pt", tmp_path / "p.onnx", True)),
                                    providers=["CPUExecutionProvider"])
     props = session.get_modelmeta().custom_metadata_map
-    assert json.loads(props["std"]) == list(PUBLISHED_STD) and json.loads(props["mean"]) == list(PUBLISHED_MEAN)
-    assert props["temperature"] == "uncalibrated" and "test_acc" not in props
+    assert json.loads(props["std"]) == list(PUBLISHED_STD)
+    assert json.loads(props["mean"]) == list(PUBLISHED_MEAN)
+    assert props["temperature"] == "uncalibrated"
+    assert "test_acc" not in props
     images = torch.randint(0, 256, (5, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     with torch.no_grad():
         expected = published((images.float() / 255 - torch.tensor(PUBLISHED_MEAN).view(1, 3, 1, 1))

@@ -20,10 +20,9 @@ import pytest
 import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
+from helpers import REPO, AppProcess, form_values, wait_for
 
 from resnet import jobs, runs
-
-from helpers import REPO, AppProcess, form_values, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -61,20 +60,22 @@ def kill9(process: subprocess.Popen) -> None:
 # ---- kill -9 of the server and its training child ----------------------------------------------------
 def test_a_killed_server_leaves_an_interrupted_run_that_resumes_to_the_end(tmp_path, tiny_data, tiny_weights):
     root = tmp_path / "runs"
-    env = dict(RUNS_DIR=root, CIFAR10_DIR=tiny_data, STUDIO_WEIGHTS=tiny_weights)
+    env = {"RUNS_DIR": root, "CIFAR10_DIR": tiny_data, "STUDIO_WEIGHTS": tiny_weights}
     settings = form_values(epochs=6, batch_size=64, limit_train=0, limit_test=50, dropout=0.0)
     with AppProcess(tmp_path, **env) as server:
         run_id = server.client().predict("original", *settings, api_name="/start_run")
         run_dir = root / run_id
         wait_for(lambda: epoch_rows(run_dir) and (run_dir / runs.CHECKPOINT).is_file(), 240, "an epoch and its checkpoint")
         trainer_pid = runs.read_status(run_dir)["pid"]
-        assert trainer_pid != server.process.pid and runs.pid_alive(trainer_pid)
+        assert trainer_pid != server.process.pid
+        assert runs.pid_alive(trainer_pid)
         server.kill_group()  # the server and its training child, at once, with no chance to clean up
         wait_for(lambda: not runs.pid_alive(trainer_pid), 60, "the trainer to be gone")
     before = runs.read_metrics(run_dir)
     assert json.loads((run_dir / runs.STATUS).read_text())["status"] == "running"  # what the file says...
     assert status(run_dir) == "interrupted"  # ...and what everyone reads: never running forever
-    assert len(epoch_rows(run_dir)) < 6 and not (run_dir / runs.WEIGHTS).exists()
+    assert len(epoch_rows(run_dir)) < 6
+    assert not (run_dir / runs.WEIGHTS).exists()
 
     with AppProcess(tmp_path, **env, STUDIO_OPERATOR_SECRET="the-operators-secret") as server:
         client = server.client()  # a new client: it did not start the run, so it may watch but not resume it
@@ -137,13 +138,14 @@ def test_kill_9_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path, 
         assert set(checkpoint) == {"model", "optimizer", "position"}
         positions.append(checkpoint["position"]["epoch"])
         assert status(out) == "interrupted"
-    assert positions == sorted(positions) and positions[-1] > positions[0]  # each resume went on from the last one
+    assert positions == sorted(positions)
+    assert positions[-1] > positions[0]
 
 
 def _position(run_dir):
     try:
         return torch.load(run_dir / runs.CHECKPOINT, map_location="cpu", weights_only=True)["position"]["epoch"]
-    except Exception:  # noqa: BLE001  (being replaced right now: try again)
+    except Exception:  # being replaced right now: try again
         return None
 
 
@@ -159,7 +161,8 @@ def test_sigterm_stops_the_cli_cleanly_with_a_checkpoint(tmp_path, tiny_data):
     finally:
         kill9(process)
     record = runs.read_status(out)
-    assert record["status"] == "stopped" and "resume to continue" in record["message"]
+    assert record["status"] == "stopped"
+    assert "resume to continue" in record["message"]
     checkpoint = torch.load(out / runs.CHECKPOINT, map_location="cpu", weights_only=True)
     last_step = max(r["step"] for r in runs.read_metrics(out))
     position = checkpoint["position"]
@@ -172,16 +175,19 @@ def test_a_diverging_run_ends_diverged_and_the_queue_moves_on(tmp_path, tiny_dat
     monkeypatch.setenv("CIFAR10_DIR", str(tiny_data))
     queue = jobs.RunQueue(tmp_path / "runs", max_queue=4)
     try:
-        fixed = dict(precision="fp32", device="cpu", limit_test=16, log_every=1, dropout=0.0)
+        fixed = {"precision": "fp32", "device": "cpu", "limit_test": 16, "log_every": 1, "dropout": 0.0}
         wild = queue.start("original", optimizer="adam", lr=0.5, batch_size=4, limit_train=60, epochs=5, **fixed)
         calm = queue.start("original", epochs=1, batch_size=32, limit_train=64, **fixed)
         wait_for(lambda: status(queue.root / calm) == "finished", 400, "the next queued run to finish")
     finally:
         queue.close()
     record = runs.read_status(queue.root / wild)
-    assert record["status"] == "diverged" and "try a smaller learning rate" in record["message"]
+    assert record["status"] == "diverged"
+    assert "try a smaller learning rate" in record["message"]
     curve = runs.read_metrics(queue.root / wild)  # the curve up to the blow-up is kept, and every point of it is finite
-    assert curve and all(math.isfinite(r["train_loss"]) for r in curve) and not (queue.root / wild / runs.WEIGHTS).exists()
+    assert curve
+    assert all(math.isfinite(r["train_loss"]) for r in curve)
+    assert not (queue.root / wild / runs.WEIGHTS).exists()
     assert "diverged" in jobs.progress(queue.root / wild)["text"]
     assert (queue.root / calm / runs.WEIGHTS).is_file()
 
@@ -198,7 +204,7 @@ def test_two_clients_starting_at_once_never_train_together(tmp_path, tiny_data, 
             barrier.wait(timeout=60)
             try:
                 answers[index] = clients[index].predict("original", *settings, api_name="/start_run")
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 answers[index] = error
 
         threads = [threading.Thread(target=press, args=(i,)) for i in range(2)]

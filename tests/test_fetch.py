@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, TINY, ArchiveServer, source_of, status_of, wait_for
 
 from resnet import fetch, jobs, limits, runs
 from resnet.data import BATCHES_FOLDER, DataMissingError, load_split
-
-from helpers import REPO, TINY, ArchiveServer, source_of, status_of, wait_for
 
 
 @pytest.fixture
@@ -50,11 +49,13 @@ def for_visitors(text: str, *paths) -> bool:
 
 # ---- the setting ------------------------------------------------------------------------------------
 def test_the_setting_names_the_official_archive_a_mirror_another_archive_or_off():
-    assert fetch.source("official") == fetch.OFFICIAL and fetch.source("off") is None
+    assert fetch.source("official") == fetch.OFFICIAL
+    assert fetch.source("off") is None
     from torchvision.datasets import CIFAR10
 
     assert (fetch.OFFICIAL.url, fetch.OFFICIAL.md5) == (CIFAR10.url, CIFAR10.tgz_md5)
-    assert fetch.OFFICIAL.files["data_batch_1"] == "c99cafc152244af753f735de768cd75f" and len(fetch.OFFICIAL.files) == 7
+    assert fetch.OFFICIAL.files["data_batch_1"] == "c99cafc152244af753f735de768cd75f"
+    assert len(fetch.OFFICIAL.files) == 7
     mirror = fetch.source("https://mirror.example/cifar-10-python.tar.gz")
     assert (mirror.md5, mirror.files) == (fetch.OFFICIAL.md5, fetch.OFFICIAL.files)  # a copy: held to the published sums
     other = fetch.source("http://127.0.0.1:8000/x.tar.gz#md5=" + "AB" * 16)
@@ -73,16 +74,22 @@ def test_progress_reaches_the_status_and_the_data_set_appears_whole(archive, ser
     data = fetch.DataFetch(tmp_path / "data", source_of(server, archive)).start()
     try:
         status = wait_for(lambda: (s := data.status()).done and s, 60, "the first half to arrive")
-        assert status.state == "fetching" and status.total == len(archive.body) and 0 < status.percent < 100
+        assert status.state == "fetching"
+        assert status.total == len(archive.body)
+        assert 0 < status.percent < 100
         text = fetch.sentence(status)
-        assert f"{status.percent}%" in text and "MB" in text and for_visitors(text, tmp_path)
+        assert f"{status.percent}%" in text
+        assert "MB" in text
+        assert for_visitors(text, tmp_path)
         assert not (tmp_path / "data" / BATCHES_FOLDER).exists()  # nothing a trainer could read half of
         server.release()
         wait_for(data.ready, 60, "the data set")
     finally:
         data.close()
-    assert data.status().state == "ready" and "are here" in fetch.sentence(data.status())
-    assert same_data(tmp_path / "data", archive) and leftovers(tmp_path / "data") == []
+    assert data.status().state == "ready"
+    assert "are here" in fetch.sentence(data.status())
+    assert same_data(tmp_path / "data", archive)
+    assert leftovers(tmp_path / "data") == []
     assert server.requests == [None]
 
 
@@ -95,9 +102,12 @@ def test_a_corrupted_or_truncated_archive_is_refused_and_fetched_again(archive, 
         finally:
             data.close()
     refusals = [r.getMessage() for r in caplog.records if fetch.CHECKSUM in r.getMessage()]
-    assert len(refusals) == 2 and "attempt 1" in refusals[0] and "attempt 2" in refusals[1]
+    assert len(refusals) == 2
+    assert "attempt 1" in refusals[0]
+    assert "attempt 2" in refusals[1]
     assert server.requests == [None, None, None]  # a refused archive is never resumed: each try starts from byte 0
-    assert same_data(tmp_path / "data", archive) and leftovers(tmp_path / "data") == []
+    assert same_data(tmp_path / "data", archive)
+    assert leftovers(tmp_path / "data") == []
 
 
 def test_a_failure_reads_as_failed_with_its_reason_until_the_retry(archive, serve, tmp_path):
@@ -106,7 +116,9 @@ def test_a_failure_reads_as_failed_with_its_reason_until_the_retry(archive, serv
     try:
         status = wait_for(lambda: (s := data.status()).state == "failed" and s, 60, "the failure")
         text = fetch.sentence(status)
-        assert "could not be fetched" in text and "HTTP 404" in text and "Try again" in text
+        assert "could not be fetched" in text
+        assert "HTTP 404" in text
+        assert "Try again" in text
         assert for_visitors(text, tmp_path, server.url)
         data.retry()  # the visitor's button: no ten-minute wait
         wait_for(data.ready, 60, "the data set")
@@ -123,8 +135,10 @@ def test_a_dropped_connection_resumes_where_it_stopped(archive, serve, tmp_path)
     finally:
         data.close()
     first, second = server.requests
-    assert first is None and second == f"bytes={len(archive.body) // 2}-"  # only what was missing, asked for again
-    assert same_data(tmp_path / "data", archive) and leftovers(tmp_path / "data") == []
+    assert first is None
+    assert second == f"bytes={len(archive.body) // 2}-"
+    assert same_data(tmp_path / "data", archive)
+    assert leftovers(tmp_path / "data") == []
 
 
 def fetch_process(data_dir, url, md5_sum) -> subprocess.Popen:
@@ -164,7 +178,8 @@ def test_two_servers_at_once_share_one_fetch(archive, serve, tmp_path):
         reader.join(10)
     assert all(out[-1] == "ready 0\n" for out in lines), lines
     assert server.requests == [None]  # one download, whatever the number of servers
-    assert same_data(tmp_path / "data", archive) and leftovers(tmp_path / "data") == []
+    assert same_data(tmp_path / "data", archive)
+    assert leftovers(tmp_path / "data") == []
 
 
 @pytest.mark.e2e
@@ -187,7 +202,8 @@ def test_a_server_killed_during_the_fetch_is_continued_by_the_next_start(archive
         data.close()
     # A server that honours Range sends the rest; one that ignores it sends everything, which replaces the part.
     assert server.requests == [None, f"bytes={kept}-"]
-    assert same_data(tmp_path / "data", archive) and leftovers(tmp_path / "data") == []
+    assert same_data(tmp_path / "data", archive)
+    assert leftovers(tmp_path / "data") == []
 
 
 def test_an_incomplete_copy_and_a_crashed_unpacking_are_replaced_whole(archive, serve, tmp_path):
@@ -197,7 +213,8 @@ def test_an_incomplete_copy_and_a_crashed_unpacking_are_replaced_whole(archive, 
     (tmp_path / "data" / f"{fetch.STAGING}crashed").mkdir()
     server = serve()
     fetch.fetch_now(tmp_path / "data", source_of(server, archive))  # what `--download` does
-    assert same_data(tmp_path / "data", archive) and leftovers(tmp_path / "data") == []
+    assert same_data(tmp_path / "data", archive)
+    assert leftovers(tmp_path / "data") == []
 
 
 def test_each_batch_is_held_to_its_published_checksum(archive, serve, tmp_path):
@@ -205,7 +222,8 @@ def test_each_batch_is_held_to_its_published_checksum(archive, serve, tmp_path):
     wrong = {**archive.files, "data_batch_3": "0" * 32}
     with pytest.raises(DataMissingError, match="data_batch_3: MD5"):
         fetch.fetch_now(tmp_path / "data", fetch.Source(server.url, archive.md5, wrong))
-    assert leftovers(tmp_path / "data") == [] and not (tmp_path / "data" / BATCHES_FOLDER).exists()
+    assert leftovers(tmp_path / "data") == []
+    assert not (tmp_path / "data" / BATCHES_FOLDER).exists()
     fetch.fetch_now(tmp_path / "data", fetch.Source(server.url, archive.md5, archive.files))
     assert same_data(tmp_path / "data", archive)
 
@@ -216,7 +234,8 @@ def test_the_fetch_turned_off_fetches_nothing_and_refuses_runs_in_words(monkeypa
     monkeypatch.setenv("CIFAR10_DIR", str(tmp_path / "data"))
     queue = jobs.RunQueue(tmp_path / "runs")
     try:
-        assert queue.data.status().state == "off" and not (tmp_path / "data").exists()
+        assert queue.data.status().state == "off"
+        assert not (tmp_path / "data").exists()
         assert for_visitors(fetch.sentence(queue.data.status()), tmp_path)
         with pytest.raises(DataMissingError, match="^Training is off on this server"):
             queue.start("original", **TINY)
@@ -229,9 +248,11 @@ def test_the_data_set_follows_the_runs_to_persistent_storage(monkeypatch, tmp_pa
     monkeypatch.delenv("CIFAR10_DIR", raising=False)
     monkeypatch.delenv("RUNS_DIR", raising=False)
     monkeypatch.setattr(runs, "PERSISTENT", tmp_path / "mounted")
-    assert fetch.DataFetch().data_dir == Path("data").resolve() and runs.runs_dir() == Path("runs")
+    assert fetch.DataFetch().data_dir == Path("data").resolve()
+    assert runs.runs_dir() == Path("runs")
     (tmp_path / "mounted").mkdir()
-    assert fetch.DataFetch().data_dir == tmp_path / "mounted" / "cifar10" and runs.runs_dir() == tmp_path / "mounted" / "runs"
+    assert fetch.DataFetch().data_dir == tmp_path / "mounted" / "cifar10"
+    assert runs.runs_dir() == tmp_path / "mounted" / "runs"
 
 
 @pytest.mark.e2e
@@ -245,7 +266,8 @@ def test_a_run_started_during_the_fetch_waits_for_it_then_trains(archive, serve,
         run_id = queue.start("original", **TINY)
         message = wait_for(lambda: re.fullmatch(r"waiting for the data set \((\d+)%\)",
                                                 runs.read_status(queue.root / run_id)["message"]), 30, "the waiting note")
-        assert 0 < int(message.group(1)) < 100 and status_of(queue, run_id) == "queued"
+        assert 0 < int(message.group(1)) < 100
+        assert status_of(queue, run_id) == "queued"
         server.release()
         wait_for(lambda: status_of(queue, run_id) == "finished", 300, "the run to train")
     finally:

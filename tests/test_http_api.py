@@ -14,12 +14,27 @@ from fastapi import FastAPI
 gradio_client = pytest.importorskip("gradio_client")
 schemathesis = pytest.importorskip("schemathesis")
 from gradio_client import Client, handle_file  # noqa: E402
+from helpers import (  # noqa: E402
+    ODD_UPLOADS,
+    UNUSABLE,
+    example_bytes,
+    finished_run,
+    image_bytes,
+    odd_upload,
+    phone_photo,
+    serving,
+    tiny_card,
+    zip_bytes,
+)
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,  # noqa: E402
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 import app  # noqa: E402
 from resnet import http_api, limits, runs, showcase  # noqa: E402
@@ -28,9 +43,6 @@ from resnet.constants import CLASSES  # noqa: E402
 from resnet.images import prepare  # noqa: E402
 from resnet.model import build_model  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights  # noqa: E402
-
-from helpers import (ODD_UPLOADS, UNUSABLE, example_bytes, finished_run, image_bytes, odd_upload, phone_photo,  # noqa: E402
-                     serving, tiny_card, zip_bytes)
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 BATCH_IMAGES, BATCH_MP = 4, 0.01  # small caps, set through the app's own limits (resnet.limits)
@@ -75,7 +87,8 @@ def refused(response, status: int, *words) -> str:
     assert response.headers["content-type"] == "application/json"
     detail = response.json()["detail"]
     text = json.dumps(detail)
-    assert "Traceback" not in text and "Exception" not in text
+    assert "Traceback" not in text
+    assert "Exception" not in text
     for word in words:
         assert word in text
     return detail
@@ -100,8 +113,10 @@ def test_predict_returns_the_apps_probabilities_and_the_model(api):
         probabilities = expected(DEFAULT_WEIGHTS, example_bytes(entry["file"]))
         assert body["probabilities"] == pytest.approx(probabilities, abs=1e-6)
         assert list(body["probabilities"]) == sorted(probabilities, key=probabilities.get, reverse=True)
-        assert body["label"] == max(probabilities, key=probabilities.get) and body["probability"] == max(probabilities.values())
-        assert body["model"]["id"] == "shipped" and "logits" not in body
+        assert body["label"] == max(probabilities, key=probabilities.get)
+        assert body["probability"] == max(probabilities.values())
+        assert body["model"]["id"] == "shipped"
+        assert "logits" not in body
         right += body["label"] == entry["label"]
     assert right >= 0.8 * len(index)  # the shipped model scores 93.8% on the test set these come from
 
@@ -139,12 +154,13 @@ def test_odd_uploads_predict_or_say_why(api, tmp_path, kind):
     elif kind in UNUSABLE:
         assert refused(response, 400).startswith("cannot use this image: ")
     else:
-        assert response.status_code == 200 and response.json()["label"] in CLASSES
+        assert response.status_code == 200
+        assert response.json()["label"] in CLASSES
     assert api.post("/predict", files={"file": ("cat.png", example_bytes())}).status_code == 200  # the next request is served
 
 
 # ---- refusals --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("choice, words", [("nope", "unknown model"), ("/etc/passwd", "unknown model"),
+@pytest.mark.parametrize(("choice", "words"), [("nope", "unknown model"), ("/etc/passwd", "unknown model"),
                                            ("run:../../etc", "invalid run id"), ("run:no-such-run", "no finished weights"),
                                            ("run:run-busy", "no finished weights"), ("uploaded", "unknown model")])
 def test_unknown_models_are_404(api, choice, words):
@@ -158,7 +174,8 @@ def test_missing_or_malformed_fields_are_422(api):
         assert response.status_code == 422
         assert response.json()["detail"][0]["type"] == "missing"
     response = api.post("/predict", files={"file": ("cat.png", example_bytes())}, params={"logits": "maybe"})
-    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "logits"]
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "logits"]
 
 
 def test_a_batch_without_files_is_refused_as_the_schema_says(api):
@@ -169,7 +186,7 @@ def test_query_parameters_not_listed_are_ignored(api):
     assert api.post("/predict", files={"file": ("cat.png", example_bytes())}, params={"colour": "blue"}).json()["label"] == "cat"
 
 
-@pytest.mark.parametrize("method, path, allow", [("DELETE", "/predict", "POST"), ("GET", "/predict", "POST"),
+@pytest.mark.parametrize(("method", "path", "allow"), [("DELETE", "/predict", "POST"), ("GET", "/predict", "POST"),
                                                  ("PUT", "/predict_batch", "POST"), ("POST", "/health", "GET")])
 def test_a_known_path_answers_its_other_methods_405_with_allow(api, method, path, allow):
     response = api.request(method, path)
@@ -195,7 +212,8 @@ def test_bodies_over_the_byte_cap_are_413_before_they_are_read(api):
     big = limits.current().upload_bytes + http_api.MULTIPART_SLACK + 1
     refused(api.post("/predict", files={"file": ("big.png", b"\0" * big)}), 413, "request body is larger")  # by Content-Length
     chunked = api.post("/predict", content=multipart_stream(big), headers={"content-type": "multipart/form-data; boundary=xx"})
-    assert chunked.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in chunked.request.headers
+    assert chunked.request.headers.get("transfer-encoding") == "chunked"
+    assert "content-length" not in chunked.request.headers
     refused(chunked, 413, "request body is larger")  # counted as it streams in
 
 
@@ -206,7 +224,8 @@ def test_a_zip_and_a_file_give_one_row_per_image(api):
     response = api.post("/predict_batch", files=[("files", ("photos.zip", archive)), ("files", ("dog.png", example_bytes("dog-12.png")))],
                         params={"logits": "true"})
     body = response.json()
-    assert response.status_code == 200 and body["model"]["id"] == "shipped"
+    assert response.status_code == 200
+    assert body["model"]["id"] == "shipped"
     rows = {row["file"]: row for row in body["predictions"]}
     assert list(rows) == ["photos.zip:a.png", "photos.zip:sub/b.png", "dog.png"]
     assert rows["dog.png"]["probabilities"] == pytest.approx(expected(DEFAULT_WEIGHTS, example_bytes("dog-12.png")), abs=1e-6)
@@ -268,7 +287,8 @@ def test_the_ui_keeps_serving_while_the_api_is_hammered(shipped_server, api):
         thread.join()
     assert labels == ["cat"] * 3
     assert any(began <= t <= ended for t in done), "the API answered nothing while the UI was in use"
-    assert set(statuses) <= {200, 503} and statuses.count(200) > 0
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(200) > 0
     assert api.get("/health").json()["ready"]
 
 
@@ -322,7 +342,8 @@ def test_every_response_keeps_the_contract(shipped_server, contract_statuses):
 
 def test_the_server_is_healthy_after_the_contract_test(api, contract_statuses):
     print("contract test responses:", dict(sorted(contract_statuses.items())))
-    assert contract_statuses[("POST /api/v1/predict", 200)] > 0 and contract_statuses[("POST /api/v1/predict_batch", 200)] > 0
+    assert contract_statuses[("POST /api/v1/predict", 200)] > 0
+    assert contract_statuses[("POST /api/v1/predict_batch", 200)] > 0
     assert api.get("/health").json()["ready"]
     assert api.post("/predict", files={"file": ("cat.png", example_bytes())}).json()["label"] == "cat"
 

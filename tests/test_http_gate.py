@@ -42,11 +42,14 @@ def test_requests_are_admitted_while_their_expected_wait_is_within_the_limit():
     expected, answers = admitted_in_turn(gate, 8, threading.Event())
     assert expected == pytest.approx([0, 0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2])  # (admitted - 2 + 1) x 0.4 s / 2 workers
     refusals = [answer for answer in answers if isinstance(answer, HTTPException)]
-    assert answers.count(True) == 7 and len(refusals) == 1  # the eighth would wait 1.2 s
-    assert refusals[0].status_code == 503 and refusals[0].headers == {"Retry-After": "2"}  # ceil(1.2 s)
+    assert answers.count(True) == 7
+    assert len(refusals) == 1
+    assert refusals[0].status_code == 503
+    assert refusals[0].headers == {"Retry-After": "2"}
     assert refusals[0].detail == "the server is busy: a prediction would wait about 1.2 s for its turn, over this server's 1 s; " \
                                  "retry in 2 s"
-    assert gate.admitted == 0 and gate.service_s < 0.4  # the seven were measured: each held its turn a few ms
+    assert gate.admitted == 0
+    assert gate.service_s < 0.4
 
 
 def test_the_queue_stays_bounded_whatever_the_estimate():
@@ -59,7 +62,7 @@ def test_the_queue_stays_bounded_whatever_the_estimate():
 
 
 # The limits are minutes of real time, so that no admitted request here waits past them, however slow the machine.
-@pytest.mark.parametrize("max_wait_s, max_queued, bound, retry", [
+@pytest.mark.parametrize(("max_wait_s", "max_queued", "bound", "retry"), [
     (600, 100, 11, "660"),  # held by the expected wait: admitted x 60 s is at most 600 s for one running and ten waiting
     (6000, 5, 6, "360"),  # held by the queue's bound: one running, five waiting
 ])
@@ -99,7 +102,8 @@ def test_a_sustained_overload_is_refused_and_the_queue_stays_bounded(monkeypatch
         return outcomes, peak
 
     outcomes, peak = anyio.run(scenario)
-    assert peak == bound and gate.admitted == 0
+    assert peak == bound
+    assert gate.admitted == 0
     assert outcomes == {"served": bound + 9, f"503 Retry-After {retry}": 500 - bound - 9}
 
 
@@ -129,9 +133,11 @@ def test_an_admitted_request_whose_turn_does_not_come_in_time_is_refused_then():
         return outcomes
 
     outcomes = anyio.run(scenario)
-    assert outcomes.count("served") == 1 and gate.admitted == 0
+    assert outcomes.count("served") == 1
+    assert gate.admitted == 0
     refusals = [o for o in outcomes if o != "served"]
-    assert len(refusals) == 4 and all(status == 503 and "Retry-After" in headers for status, _, headers in refusals)
+    assert len(refusals) == 4
+    assert all(status == 503 and "Retry-After" in headers for status, _, headers in refusals)
     assert all("its turn did not come within this server's 0.2 s" in detail for _, detail, _ in refusals)
 
 

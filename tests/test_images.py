@@ -6,6 +6,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from helpers import encode, gradient, phone_photo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
@@ -13,15 +14,15 @@ from PIL import Image, ImageFile
 from resnet import images
 from resnet.images import ImageError, prepare
 
-from helpers import encode, gradient, phone_photo
-
 
 def assert_cifar_tensor(tensor):
     assert isinstance(tensor, torch.Tensor)
-    assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.uint8 and tensor.is_contiguous()
+    assert tensor.shape == (3, 32, 32)
+    assert tensor.dtype == torch.uint8
+    assert tensor.is_contiguous()
 
 
-@pytest.mark.parametrize("mode, fmt", [
+@pytest.mark.parametrize(("mode", "fmt"), [
     ("L", "PNG"), ("LA", "PNG"), ("RGBA", "PNG"), ("CMYK", "JPEG"), ("RGB", "JPEG"), ("1", "PNG"), ("P", "PNG"),
     ("RGB", "WEBP"), ("RGBA", "WEBP"), ("RGB", "BMP"), ("RGB", "TIFF"), ("CMYK", "TIFF"), ("F", "TIFF"),
 ])
@@ -37,8 +38,10 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped():
     assert image.mode == "I;16"
     out = prepare(encode(image, "PNG"))
     assert_cifar_tensor(out)
-    assert out[0, :, 0].max() < 20 and out[0, :, -1].min() > 235  # the full range is used, left dark, right bright
-    assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+    assert out[0, :, 0].max() < 20
+    assert out[0, :, -1].min() > 235
+    assert torch.equal(out[0], out[1])
+    assert torch.equal(out[1], out[2])
 
 
 def test_transparency_is_flattened_onto_white():
@@ -63,7 +66,8 @@ def test_animated_gif_uses_the_first_frame():
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     assert Image.open(io.BytesIO(data)).n_frames == 3
     out = prepare(data)
-    assert out[0].float().mean() > 200 and out[2].float().mean() < 50
+    assert out[0].float().mean() > 200
+    assert out[2].float().mean() < 50
 
 
 def two_color_landscape() -> Image.Image:
@@ -75,12 +79,14 @@ def two_color_landscape() -> Image.Image:
 
 def test_exif_orientation_is_applied():
     plain = prepare(encode(two_color_landscape(), "JPEG", quality=95))
-    assert plain[0, :, :8].float().mean() > 200 and plain[2, :, -8:].float().mean() > 200  # red left, blue right
+    assert plain[0, :, :8].float().mean() > 200
+    assert plain[2, :, -8:].float().mean() > 200
 
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     rotated = prepare(encode(two_color_landscape(), "JPEG", quality=95, exif=exif.tobytes()))
-    assert rotated[0, :8, :].float().mean() > 200 and rotated[2, -8:, :].float().mean() > 200  # red on top, blue below
+    assert rotated[0, :8, :].float().mean() > 200
+    assert rotated[2, -8:, :].float().mean() > 200
 
 
 def test_a_failure_after_decoding_is_an_image_error(monkeypatch):
@@ -93,7 +99,7 @@ def test_a_failure_after_decoding_is_an_image_error(monkeypatch):
         prepare(encode(gradient("RGB"), "JPEG"))
 
 
-@pytest.mark.parametrize("step, where", [("open", "unreadable image"), ("load", "damaged or truncated"),
+@pytest.mark.parametrize(("step", "where"), [("open", "unreadable image"), ("load", "damaged or truncated"),
                                          ("exif_transpose", "could not be converted to RGB")])
 @pytest.mark.parametrize("kind", [struct.error("unpack requires a buffer of 4 bytes"), IndexError(), KeyError("tile")])
 def test_whatever_a_pillow_plug_in_raises_is_an_image_error_naming_the_step(monkeypatch, step, where, kind):
@@ -113,7 +119,8 @@ def test_a_non_square_image_keeps_its_centre_undistorted():
     image = Image.new("RGB", (96, 32), (0, 255, 0))
     image.paste((255, 0, 0), (32, 0, 64, 32))  # only the centre square is red
     out = prepare(image)
-    assert out[0].min() > 200 and out[1].max() < 60
+    assert out[0].min() > 200
+    assert out[1].max() < 60
 
 
 def test_one_pixel_image():
@@ -202,7 +209,7 @@ def test_a_jpeg_that_draft_mode_cannot_reduce_is_held_to_the_pixel_cap():
     assert_cifar_tensor(prepare(encode(gradient("RGB", (2000, 1600)), "JPEG"), max_pixels=50_000))  # decoded: 250 x 200
 
 
-@pytest.mark.parametrize("width, height", [(4000, 4000), (65000, 65000)])  # past the JPEG cap; past Pillow's bomb check too
+@pytest.mark.parametrize(("width", "height"), [(4000, 4000), (65000, 65000)])  # past the JPEG cap; past Pillow's bomb check too
 def test_a_jpeg_past_its_full_size_cap_gets_the_servers_sentence(width, height):
     with pytest.raises(images.TooManyPixels) as caught:
         images.open_image(jpeg_claiming(width, height))
@@ -233,7 +240,8 @@ def test_a_progressive_jpeg_over_its_byte_cap_is_refused(server_limits):
     allowed = server_limits(progressive_bytes=50_000)
     detailed = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8), "RGB")
     progressive, baseline = encode(detailed, "JPEG", progressive=True), encode(detailed, "JPEG")
-    assert len(progressive) > allowed.progressive_bytes and len(baseline) > allowed.progressive_bytes
+    assert len(progressive) > allowed.progressive_bytes
+    assert len(baseline) > allowed.progressive_bytes
     refused(progressive, f"the file is a progressive JPEG of {len(progressive) / 2**20:.1f} MB; the limit for one is "
                          f"{50_000 / 2**20:g} MB (a baseline JPEG may have 20 MB)")
     assert_cifar_tensor(prepare(baseline))

@@ -6,13 +6,11 @@ import threading
 import time
 
 import pytest
+from helpers import TINY, status_of, wait_for
 
-from resnet import jobs, runs
-from resnet import config
+from resnet import config, jobs, runs
 from resnet.cli import build_parser
 from resnet.config import ConfigError, make_config
-
-from helpers import TINY, status_of, wait_for
 
 OWNER = jobs.Actor(key="the-owners-key")
 OPERATOR = jobs.Actor(operator=True)
@@ -31,8 +29,8 @@ def queue(tmp_path, data_env):
 
 
 def test_cli_args_parse_back_to_the_same_config():
-    overrides = dict(optimizer="rmsprop", lr=0.003, blocks=(2, 2, 2, 2), epochs=3, limit_train=2000, label_smoothing=0.1,
-                     nesterov=False, seed=None)
+    overrides = {"optimizer": "rmsprop", "lr": 0.003, "blocks": (2, 2, 2, 2), "epochs": 3, "limit_train": 2000, "label_smoothing": 0.1,
+                     "nesterov": False, "seed": None}
     args = build_parser().parse_args(["train", "--out", "x", *config.cli_args("fast", overrides)])
     parsed = make_config(args.preset, **{name: getattr(args, name) for name in config.CLI_SETTINGS})
     assert parsed == make_config("fast", **overrides)
@@ -50,7 +48,8 @@ def test_server_caps_apply_to_the_training_settings(server_limits):
 
 def test_run_ids_are_valid_and_distinct():
     ids = {jobs.new_run_id() for _ in range(50)}
-    assert len(ids) == 50 and all(runs.RUN_ID.match(run_id) for run_id in ids)
+    assert len(ids) == 50
+    assert all(runs.RUN_ID.match(run_id) for run_id in ids)
 
 
 def write_run(run_dir, status="running", message="", epochs=4, rows=()):
@@ -69,26 +68,35 @@ def test_progress_in_numbers_and_words(tmp_path):
              "images_per_s": 1000.0, "elapsed_s": 60.0}]
     write_run(tmp_path / "run-p", rows=rows)
     progress = jobs.progress(tmp_path / "run-p")
-    assert progress["seconds_left"] == pytest.approx(180) and progress["test_acc"] == 0.41
-    assert "epoch 1/4, step 78" in progress["text"] and "1,000 images/s" in progress["text"]
-    assert "about 3 min left" in progress["text"] and "test accuracy 41.0% (epoch 1)" in progress["text"]
-    assert "step 78/312" in progress["text"] and "1 min elapsed" in progress["text"]
-    assert "probe accuracy 33.0% (500 test images)" in progress["text"] and progress["probe_acc"] == 0.33
+    assert progress["seconds_left"] == pytest.approx(180)
+    assert progress["test_acc"] == 0.41
+    assert "epoch 1/4, step 78" in progress["text"]
+    assert "1,000 images/s" in progress["text"]
+    assert "about 3 min left" in progress["text"]
+    assert "test accuracy 41.0% (epoch 1)" in progress["text"]
+    assert "step 78/312" in progress["text"]
+    assert "1 min elapsed" in progress["text"]
+    assert "probe accuracy 33.0% (500 test images)" in progress["text"]
+    assert progress["probe_acc"] == 0.33
 
 
 def test_a_diverged_run_says_so(tmp_path):
     write_run(tmp_path / "run-d", "diverged", "diverged at epoch 1, step 50: ... try a smaller learning rate")
     text = jobs.progress(tmp_path / "run-d")["text"]
-    assert "**diverged**" in text and "try a smaller learning rate" in text
+    assert "**diverged**" in text
+    assert "try a smaller learning rate" in text
 
 
 def test_the_queue_waits_for_a_run_started_elsewhere(queue):
     write_run(queue.root / "run-cli")  # status running with this (live) pid, as the CLI leaves it
     run_id = queue.start("original", owner=OWNER.key, **TINY)
     time.sleep(3 * jobs.POLL_S)
-    assert queue.active() is None and queue.position(run_id) == 1 and status_of(queue, run_id) == "queued"
+    assert queue.active() is None
+    assert queue.position(run_id) == 1
+    assert status_of(queue, run_id) == "queued"
     assert "taken off the queue" in queue.stop(run_id, OWNER)
-    assert status_of(queue, run_id) == "stopped" and queue.waiting() == []
+    assert status_of(queue, run_id) == "stopped"
+    assert queue.waiting() == []
     with pytest.raises(jobs.OwnerError, match="belongs to whoever started it"):
         queue.stop("run-cli", OWNER)  # a run started outside the queue has no owner a visitor could be
     with pytest.raises(runs.RunError, match="not running or queued on this server"):
@@ -108,12 +116,15 @@ def test_a_full_queue_refuses(queue):
 def test_runs_train_one_at_a_time_to_the_end(queue):
     first, second = queue.start("original", **TINY), queue.start("original", **TINY)
     wait_for(lambda: queue.active() == first, what="the first run to start")
-    assert queue.position(second) == 1 and status_of(queue, second) == "queued"
+    assert queue.position(second) == 1
+    assert status_of(queue, second) == "queued"
     wait_for(lambda: status_of(queue, second) == "finished", timeout=300, what="both runs to finish")
     for run_id in (first, second):
-        assert (queue.root / run_id / runs.WEIGHTS).is_file() and status_of(queue, run_id) == "finished"
+        assert (queue.root / run_id / runs.WEIGHTS).is_file()
+        assert status_of(queue, run_id) == "finished"
     rows = {row["run_id"]: row for row in jobs.run_rows(queue.root)}
-    assert rows[first]["final_test_acc"] is not None and rows[first]["epochs"] == "1/1"
+    assert rows[first]["final_test_acc"] is not None
+    assert rows[first]["epochs"] == "1/1"
 
 
 @pytest.mark.e2e
@@ -168,11 +179,16 @@ def test_queued_runs_survive_a_server_restart(tmp_path, data_env):
 def test_owner_keys_are_kept_as_digests_and_the_operator_needs_the_secret(queue, monkeypatch):
     run_id = queue.start("original", owner=OWNER.key, **TINY)
     request = json.loads((queue.root / run_id / jobs.REQUEST).read_text())
-    assert request["owner"] == jobs.owner_digest(OWNER.key) and OWNER.key not in json.dumps(request)
+    assert request["owner"] == jobs.owner_digest(OWNER.key)
+    assert OWNER.key not in json.dumps(request)
     monkeypatch.delenv("STUDIO_OPERATOR_SECRET", raising=False)
-    assert not jobs.is_operator("") and not jobs.is_operator(None) and not jobs.is_operator("anything")  # off by default
+    assert not jobs.is_operator("")
+    assert not jobs.is_operator(None)
+    assert not jobs.is_operator("anything")
     monkeypatch.setenv("STUDIO_OPERATOR_SECRET", "s3cret")
-    assert jobs.is_operator("s3cret") and not jobs.is_operator("s3cre") and not jobs.is_operator(None)
+    assert jobs.is_operator("s3cret")
+    assert not jobs.is_operator("s3cre")
+    assert not jobs.is_operator(None)
     for stranger in (jobs.Actor(), jobs.Actor(key="guess"), jobs.Actor(key=jobs.owner_digest(OWNER.key))):
         with pytest.raises(jobs.OwnerError, match="you can watch it"):
             queue.stop(run_id, stranger)
@@ -203,7 +219,9 @@ def test_a_queue_closed_while_its_monitor_waits_for_the_lock_starts_nothing(queu
         closer.start()
         wait_for(queue._closed.is_set, timeout=10, what="close() to begin")
     closer.join(30)
-    assert not closer.is_alive() and not launched and not queue._monitor.is_alive()
+    assert not closer.is_alive()
+    assert not launched
+    assert not queue._monitor.is_alive()
 
 
 def test_the_browser_secret_is_owner_only_one_key_for_racing_servers_and_refused_when_empty(tmp_path):
@@ -218,7 +236,9 @@ def test_the_browser_secret_is_owner_only_one_key_for_racing_servers_and_refused
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(set(keys)) == 1 and len(keys[0]) == 32 and jobs.browser_secret(tmp_path) == keys[0]
+    assert len(set(keys)) == 1
+    assert len(keys[0]) == 32
+    assert jobs.browser_secret(tmp_path) == keys[0]
     assert os.stat(tmp_path / jobs.BROWSER_SECRET).st_mode & 0o777 == 0o600
     assert os.listdir(tmp_path) == [jobs.BROWSER_SECRET]  # no temporary file left behind
     (tmp_path / jobs.BROWSER_SECRET).write_text("")

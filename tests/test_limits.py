@@ -13,7 +13,9 @@ LIMITS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "studio.md"
 def test_every_declared_limit_is_a_field_and_has_a_default():
     assert [f.name for f in dataclasses.fields(limits.ServerLimits)] == list(limits.LIMITS) + list(limits.WORDS)
     defaults = limits.ServerLimits.defaults()
-    assert defaults.upload_bytes == 20 * 2**20 and defaults.batch_pixels == 500 * 10**6 and defaults.api_max_wait_s == 3.0
+    assert defaults.upload_bytes == 20 * 2**20
+    assert defaults.batch_pixels == 500 * 10**6
+    assert defaults.api_max_wait_s == 3.0
     assert defaults.request_bytes == max(defaults.upload_bytes, defaults.weights_bytes)
     assert defaults.data_source == "official"
 
@@ -25,7 +27,7 @@ def test_the_environment_sets_them_in_their_units():
     assert chosen.queue == limits.ServerLimits.defaults().queue  # blank: the default
 
 
-@pytest.mark.parametrize("env, value, words", [
+@pytest.mark.parametrize(("env", "value", "words"), [
     ("STUDIO_MAX_EPOCHS", "many", "is not a number"), ("STUDIO_MAX_EPOCHS", "2.5", "a positive whole number"),
     ("STUDIO_MAX_PIXELS", "-1", "a positive whole number"), ("STUDIO_MAX_UPLOAD_MB", "nan", "a positive number"),
     ("STUDIO_API_MAX_WAIT_S", "0", "a positive number"),
@@ -33,7 +35,8 @@ def test_the_environment_sets_them_in_their_units():
 def test_a_bad_value_is_refused_naming_the_variable(env, value, words):
     with pytest.raises(limits.LimitError) as caught:
         limits.ServerLimits.from_env({env: value})
-    assert str(caught.value).startswith(f"{env}={value!r}") and words in str(caught.value)
+    assert str(caught.value).startswith(f"{env}={value!r}")
+    assert words in str(caught.value)
 
 
 def test_they_are_read_once(monkeypatch):
@@ -41,7 +44,8 @@ def test_they_are_read_once(monkeypatch):
     monkeypatch.setenv("STUDIO_MAX_QUEUE", "7")
     assert limits.current().queue == 7
     monkeypatch.setenv("STUDIO_MAX_QUEUE", "9")
-    assert limits.current().queue == 7 and limits.current() is limits.current()
+    assert limits.current().queue == 7
+    assert limits.current() is limits.current()
 
 
 def test_the_docs_list_every_limit_with_its_default():

@@ -8,7 +8,7 @@ from resnet.model import BasicBlock, ResNet, build_model, count_parameters
 
 
 @pytest.mark.parametrize(
-    "blocks, parameters",
+    ("blocks", "parameters"),
     [((1, 1, 1, 1), 4_903_242), ((2, 2, 2, 2), 11_173_962), ((3, 3, 3, 3), 17_444_682)],
 )
 def test_parameter_count_and_output_shape(blocks, parameters):
@@ -70,7 +70,7 @@ def test_dropout_is_inert_in_eval_mode():
         assert torch.equal(model(x), model(x))
 
 
-@pytest.mark.parametrize("kwargs", [dict(blocks=(1, 1, 1)), dict(blocks=(1, 0, 1, 1)), dict(dropout=1.0), dict(dropout=-0.1)])
+@pytest.mark.parametrize("kwargs", [{"blocks": (1, 1, 1)}, {"blocks": (1, 0, 1, 1)}, {"dropout": 1.0}, {"dropout": -0.1}])
 def test_invalid_architecture_is_refused(kwargs):
     with pytest.raises(ValueError):
         ResNet(**kwargs)

@@ -15,7 +15,8 @@ ROWS = [
 def test_curves_overlay_runs_per_epoch():
     figure = plots.curves_figure({"run-a": ROWS, "run-b": ROWS[:2]}, "acc")
     assert [t.name for t in figure.data] == ["run-a train", "run-a test", "run-b train", "run-b test"]
-    assert list(figure.data[1].x) == [1, 2] and list(figure.data[1].y) == [0.4, 0.55]  # step rows are not epochs
+    assert list(figure.data[1].x) == [1, 2]
+    assert list(figure.data[1].y) == [0.4, 0.55]
     assert figure.data[0].line.color == figure.data[1].line.color != figure.data[2].line.color
     loss = plots.curves_figure({"run-a": ROWS}, "loss")
     assert list(loss.data[0].y) == [1.9, 1.5]
@@ -28,7 +29,8 @@ def test_card_curves_have_no_kind_and_still_plot():
 
 def test_no_epoch_yet_is_a_placeholder():
     figure = plots.curves_figure({"run-a": ROWS[:1]})
-    assert not figure.data and "no finished epoch" in figure.layout.annotations[0].text
+    assert not figure.data
+    assert "no finished epoch" in figure.layout.annotations[0].text
 
 
 def test_per_class_and_confusion():
@@ -36,7 +38,8 @@ def test_per_class_and_confusion():
     assert list(bars.data[0].x) == list(CLASSES)
     confusion = [[10 if i == j else 1 for j in range(10)] for i in range(10)]
     heat = plots.confusion_figure(confusion)
-    assert heat.data[0].z[0][0] == 10 / 19 and list(heat.data[0].y) == list(CLASSES)
+    assert heat.data[0].z[0][0] == 10 / 19
+    assert list(heat.data[0].y) == list(CLASSES)
 
 
 # ---- the live figure of one run ---------------------------------------------------------------------
@@ -59,35 +62,42 @@ def traces(figure) -> dict:
 def test_live_figure_draws_steps_smoothed_probes_and_epochs_against_images_seen():
     figure = plots.live_figure(LIVE, "acc", total_images=1280)
     shown = traces(figure)
-    assert list(shown["train (each log step)"].x) == [0.32, 0.64] and list(shown["train (each log step)"].y) == [0.1, 0.3]
+    assert list(shown["train (each log step)"].x) == [0.32, 0.64]
+    assert list(shown["train (each log step)"].y) == [0.1, 0.3]
     assert list(shown["train (smoothed)"].y) == pytest.approx([0.1, 0.6 * 0.1 + 0.4 * 0.3])
-    assert list(shown["probe (500 val images)"].y) == [0.25] and list(shown["test (each epoch)"].y) == [0.3]
+    assert list(shown["probe (500 val images)"].y) == [0.25]
+    assert list(shown["test (each epoch)"].y) == [0.3]
     assert list(shown["val (each epoch)"].y) == [0.28]
     assert tuple(figure.layout.xaxis.range) == pytest.approx((0, 1.28 * 1.03))  # the whole run, never cut off
     assert figure.layout.xaxis.title.text == "training images seen (thousands)"
     loss = traces(plots.live_figure(LIVE, "loss"))
-    assert list(loss["probe (500 val images)"].y) == [2.0] and list(loss["test (each epoch)"].y) == [1.9]
+    assert list(loss["probe (500 val images)"].y) == [2.0]
+    assert list(loss["test (each epoch)"].y) == [1.9]
 
 
 def test_live_figure_references_are_faint_and_behind():
     figure = plots.live_figure(LIVE[:1], "acc", total_images=1280, references={"quick preset": REFERENCE})
     names = [trace.name for trace in figure.data]
     assert names[:2] == ["quick preset (probe)", "quick preset (test)"]  # drawn first, under the run
-    assert figure.data[0].line.color == "#b0b0b0" and list(figure.data[1].x) == [1.28]
+    assert figure.data[0].line.color == "#b0b0b0"
+    assert list(figure.data[1].x) == [1.28]
 
 
 def test_live_figure_with_one_point_none_and_a_diverged_run():
     one = plots.live_figure(LIVE[:1], "acc")
-    assert list(traces(one)["train (each log step)"].x) == [0.32] and one.layout.xaxis.range[1] > 0.32
+    assert list(traces(one)["train (each log step)"].x) == [0.32]
+    assert one.layout.xaxis.range[1] > 0.32
     none = plots.live_figure([], "acc")
-    assert not none.data and "waiting for the first logged step" in none.layout.annotations[0].text
+    assert not none.data
+    assert "waiting for the first logged step" in none.layout.annotations[0].text
     diverged = plots.live_figure(LIVE[:2], "loss", status="diverged")
     assert "diverged" in diverged.layout.title.text
     assert "diverged" in plots.live_figure([], "loss", status="diverged").layout.annotations[0].text
 
 
 def test_smoothing_starts_at_the_first_value():
-    assert plots.smoothed([]) == [] and plots.smoothed([2.0]) == [2.0]
+    assert plots.smoothed([]) == []
+    assert plots.smoothed([2.0]) == [2.0]
     assert plots.smoothed([1.0, 0.0], keep=0.5) == [1.0, 0.5]
 
 
@@ -110,9 +120,11 @@ def test_the_compare_figure_draws_step_probe_and_epoch_curves_against_images_or_
             {"kind": "epoch", "epoch": 1, "step": 10, "images": 640, "test_acc": 0.3, "test_loss": 1.7, "elapsed_s": 15.0}]
     by_images = plots.compare_figure({"run-a": rows, "run-b": rows[:2]}, "acc", "images")
     assert [t.name for t in by_images.data] == ["run-a train", "run-a probe", "run-a test", "run-b train", "run-b probe"]
-    assert list(by_images.data[1].x) == [0.32] and "images" in by_images.layout.xaxis.title.text
+    assert list(by_images.data[1].x) == [0.32]
+    assert "images" in by_images.layout.xaxis.title.text
     by_time = plots.compare_figure({"run-a": rows}, "acc", "time")
-    assert list(by_time.data[0].x) == [0.1, 0.2] and "wall-clock" in by_time.layout.xaxis.title.text  # minutes
+    assert list(by_time.data[0].x) == [0.1, 0.2]
+    assert "wall-clock" in by_time.layout.xaxis.title.text
     assert by_images.data[0].line.color != by_images.data[3].line.color  # one colour a run
     assert plots.compare_figure({"run-a": []}, "acc").layout.annotations  # nothing logged yet: said, not blank
 
@@ -120,11 +132,13 @@ def test_the_compare_figure_draws_step_probe_and_epoch_curves_against_images_or_
 def test_the_loss_axis_fits_the_runs_shown_not_a_reference_start_of_90():
     live = plots.live_figure(LIVE, "loss", references={"published": [{"kind": "probe", "images": 64, "probe_loss": 90.0}]})
     top = live.layout.yaxis.range[1]
-    assert top < 10 and top >= max(r.get("train_loss", 0) for r in LIVE)
+    assert top < 10
+    assert top >= max(r.get("train_loss", 0) for r in LIVE)
     compared = plots.compare_figure({"run-a": [{"kind": "step", "images": 64, "train_loss": 3.0, "elapsed_s": 1}]}, "loss")
     assert compared.layout.yaxis.range == (0, pytest.approx(3.3))
 
 
 def test_legends_sit_below_the_axis_title_and_figures_carry_one_title():
     figure = plots.compare_figure({"run-a": [{"kind": "step", "images": 64, "train_acc": 0.3, "elapsed_s": 1}]}, "acc")
-    assert figure.layout.legend.y < -0.2 and figure.layout.legend.yanchor == "top"
+    assert figure.layout.legend.y < -0.2
+    assert figure.layout.legend.yanchor == "top"

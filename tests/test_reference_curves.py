@@ -4,13 +4,12 @@ only that curve leaves the trained references as they were."""
 import json
 
 import pytest
-
 from conftest import import_script
+from helpers import REPO
+
 from resnet.config import config_from_dict
 from resnet.constants import TRAIN_IMAGES
 from resnet.weights import DEFAULT_WEIGHTS, card_path
-
-from helpers import REPO
 
 COMMITTED = REPO / "results" / "reference-curves.json"
 

@@ -18,20 +18,18 @@ import torch
 from PIL import Image
 from safetensors.torch import save as safetensors_save
 
-from resnet import runs, showcase
-from resnet.constants import CLASSES
-from resnet import limits
+from resnet import limits, runs, showcase
 from resnet.config import ConfigError
+from resnet.constants import CLASSES
 from resnet.model import build_model
 
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 httpx = pytest.importorskip("httpx")
 from gradio_client import handle_file  # noqa: E402
+from helpers import ODD_UPLOADS, REPO, UNUSABLE, AppProcess, Payload, example, finished_run, form_values, odd_upload  # noqa: E402
 
 import app  # noqa: E402
-from helpers import (REPO, ODD_UPLOADS, UNUSABLE, AppProcess, Payload, example, finished_run, form_values,  # noqa: E402
-                     odd_upload)
 
 AppError = gradio_client.exceptions.AppError
 
@@ -56,7 +54,8 @@ def files_outside(folder: Path, skip: Path) -> dict:
 def good_prediction(client) -> None:
     """The next request is served: a normal picture still gets its top classes."""
     result = client.predict(handle_file(example()), api_name="/predict")
-    assert result["label"] in CLASSES and {c["label"] for c in result["confidences"]} <= set(CLASSES)
+    assert result["label"] in CLASSES
+    assert {c["label"] for c in result["confidences"]} <= set(CLASSES)
 
 
 # ---- one launched app for the API tests of this module ----------------------------------------------
@@ -96,9 +95,11 @@ def test_odd_uploads_over_the_api_then_the_next_request(client, tmp_path, kind):
         result = client.predict(handle_file(path), api_name="/predict")
     except AppError as error:
         assert kind in MUST_FAIL, f"{kind}: {error}"
-        assert str(error).startswith("cannot use this image: ") and "exception" not in str(error)
+        assert str(error).startswith("cannot use this image: ")
+        assert "exception" not in str(error)
     else:
-        assert kind not in MUST_FAIL and result["label"] in CLASSES
+        assert kind not in MUST_FAIL
+        assert result["label"] in CLASSES
     good_prediction(client)
 
 
@@ -134,39 +135,40 @@ FIELDS = ["optimizer", "lr", "dropout", "epochs", "batch_size", "blocks", "limit
 
 @pytest.mark.e2e
 @pytest.mark.slow
-@pytest.mark.parametrize("changes, message", [
-    (dict(lr=-0.01), "lr must be positive, got -0.01"),
-    (dict(lr=0), "lr must be positive, got 0"),
-    (dict(lr="0.01"), "lr must be a number, got '0.01'"),
-    (dict(lr="abc"), "lr must be a number, got 'abc'"),
-    (dict(dropout=1.0), "dropout must be in [0, 1), got 1.0"),
-    (dict(dropout=-0.1), "dropout must be in [0, 1), got -0.1"),
-    (dict(batch_size=0), "batch_size must be at least 1, got 0"),
-    (dict(batch_size=-5), "batch_size must be at least 1, got -5"),
-    (dict(batch_size=600, limit_train=500), "batch_size 600 is larger than the 500 training images"),
-    (dict(epochs=0), "epochs must be at least 1, got 0"),
-    (dict(epochs=2.5), "epochs must be a whole number, got 2.5"),
-    (dict(epochs=10**12), "epochs 1000000000000 is above this server's limit of 200"),
-    (dict(epochs="many"), "epochs must be a number, got 'many'"),
-    (dict(epochs=[3]), "epochs must be a number, got [3]"),
-    (dict(momentum=1.5), "momentum must be in [0, 1), got 1.5"),
-    (dict(seed=-1), "seed must be in [0, 4294967296), got -1"),
-    (dict(optimizer="lbfgs"), "Value: lbfgs is not in the list of choices"),
-    (dict(schedule="warp"), "Value: warp is not in the list of choices"),
-    (dict(blocks="9,9,9,9"), "is not in the list of choices"),
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"lr": -0.01}, "lr must be positive, got -0.01"),
+    ({"lr": 0}, "lr must be positive, got 0"),
+    ({"lr": "0.01"}, "lr must be a number, got '0.01'"),
+    ({"lr": "abc"}, "lr must be a number, got 'abc'"),
+    ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+    ({"dropout": -0.1}, "dropout must be in [0, 1), got -0.1"),
+    ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+    ({"batch_size": -5}, "batch_size must be at least 1, got -5"),
+    ({"batch_size": 600, "limit_train": 500}, "batch_size 600 is larger than the 500 training images"),
+    ({"epochs": 0}, "epochs must be at least 1, got 0"),
+    ({"epochs": 2.5}, "epochs must be a whole number, got 2.5"),
+    ({"epochs": 10**12}, "epochs 1000000000000 is above this server's limit of 200"),
+    ({"epochs": "many"}, "epochs must be a number, got 'many'"),
+    ({"epochs": [3]}, "epochs must be a number, got [3]"),
+    ({"momentum": 1.5}, "momentum must be in [0, 1), got 1.5"),
+    ({"seed": -1}, "seed must be in [0, 4294967296), got -1"),
+    ({"optimizer": "lbfgs"}, "Value: lbfgs is not in the list of choices"),
+    ({"schedule": "warp"}, "Value: warp is not in the list of choices"),
+    ({"blocks": "9,9,9,9"}, "is not in the list of choices"),
 ])
 def test_start_run_refuses_bad_settings_before_any_work(server, client, changes, message):
     root = server[1].root
     before = sorted(os.listdir(root))
     with pytest.raises(AppError) as refused:
         client.predict("original", *form_values(**changes), api_name="/start_run")
-    assert message in str(refused.value) and "exception" not in str(refused.value)
+    assert message in str(refused.value)
+    assert "exception" not in str(refused.value)
     assert sorted(os.listdir(root)) == before  # no run folder, no request file
 
 
 @pytest.mark.e2e
 @pytest.mark.slow
-@pytest.mark.parametrize("field, literal, message", [
+@pytest.mark.parametrize(("field", "literal", "message"), [
     ("lr", "NaN", "lr must be finite, got nan"),
     ("lr", "Infinity", "lr must be finite, got inf"),
     ("epochs", "Infinity", "epochs must be finite, got inf"),
@@ -179,13 +181,16 @@ def test_non_finite_numbers_from_a_raw_client_are_refused(server, field, literal
     values = form_values(**{field: "__HERE__"})  # gradio_client refuses to send NaN: write the JSON by hand
     body = json.dumps({"data": ["original", *values]}).replace('"__HERE__"', literal)
     event, data = raw_call(url, "start_run", body.encode())
-    assert event == "error" and data["error"] == message
+    assert event == "error"
+    assert data["error"] == message
     assert sorted(os.listdir(studio.root)) == before
 
 
 def test_settings_are_converted_or_refused_by_name():
     settings = app.Studio.settings(*form_values(epochs=3.0, seed=2.0))
-    assert settings["epochs"] == 3 and isinstance(settings["epochs"], int) and settings["seed"] == 2
+    assert settings["epochs"] == 3
+    assert isinstance(settings["epochs"], int)
+    assert settings["seed"] == 2
     nan_epochs = app.Studio.settings(*form_values(epochs=float("nan")))["epochs"]
     assert math.isnan(nan_epochs)  # left for validate to name
     with pytest.raises(ConfigError, match="epochs must be finite"):
@@ -213,7 +218,7 @@ def weights_bytes(kind: str, tiny_weights: Path, marker: Path) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("kind, words", [
+@pytest.mark.parametrize(("kind", "words"), [
     ("truncated-safetensors", "not a weights file"),
     ("random-bytes", "not a weights file"),
     ("wrong-architecture", "not weights of this ResNet"),
@@ -256,11 +261,14 @@ def test_damaged_run_folders_are_listed_and_read_safely(server, client, tiny_wei
     table = client.predict(api_name="/list_runs")
     rows = {row[0]: dict(zip(table["headers"], row)) for row in table["data"]}
     assert rows["run-torn"]["Status"] == "finished"
-    assert rows["run-noconfig"]["Status"] == "damaged" and "no config.json" in rows["run-noconfig"]["Message"]
-    assert rows["run-oddstatus"]["Status"] == "damaged" and "unknown status" in rows["run-oddstatus"]["Message"]
+    assert rows["run-noconfig"]["Status"] == "damaged"
+    assert "no config.json" in rows["run-noconfig"]["Message"]
+    assert rows["run-oddstatus"]["Status"] == "damaged"
+    assert "unknown status" in rows["run-oddstatus"]["Message"]
     assert rows["run-garbage"]["Status"] == "damaged"
     metrics = client.predict("run-torn", api_name="/run_metrics")
-    assert len(metrics["data"]) == 1 and metrics["data"][0][metrics["headers"].index("epoch")] == 1
+    assert len(metrics["data"]) == 1
+    assert metrics["data"][0][metrics["headers"].index("epoch")] == 1
     for run_id in ("run-oddstatus", "run-garbage", "run-noconfig"):
         with pytest.raises(AppError, match="only stopped, interrupted or failed|no config.json"):
             client.predict(run_id, api_name="/resume_run")
@@ -302,9 +310,11 @@ def test_the_file_route_serves_neither_run_files_nor_anything_outside(server, ti
                      f"gradio_api/file=../../../../..{path}"):
             answer = httpx.get(url + form, timeout=30)
             assert answer.status_code in (403, 404), (form, answer.status_code)
-            assert b"checkpoint bytes" not in answer.content and b"root:" not in answer.content
+            assert b"checkpoint bytes" not in answer.content
+            assert b"root:" not in answer.content
     allowed = httpx.get(url + f"gradio_api/file={showcase.EXAMPLES / 'cat-0.png'}", timeout=30)
-    assert allowed.status_code == 200 and allowed.content == Path(example()).read_bytes()  # the route itself works
+    assert allowed.status_code == 200
+    assert allowed.content == Path(example()).read_bytes()
 
 
 def test_weights_are_only_read_as_tensors():
@@ -331,11 +341,11 @@ def test_server_caps_from_the_environment(tmp_path, tiny_data, tiny_weights):
     holder.mkdir(parents=True)
     (holder / runs.CONFIG).write_text(json.dumps({"epochs": 1}))
     runs.write_status(holder, "running", "started by the CLI")
-    caps = dict(STUDIO_MAX_EPOCHS=3, STUDIO_MAX_BATCH=32, STUDIO_MAX_QUEUE=1, STUDIO_MAX_UPLOAD_MB=0.05,
-                STUDIO_MAX_WEIGHTS_MB=0.05, STUDIO_MAX_PIXELS=10_000, STUDIO_MAX_BATCH_IMAGES=2)
+    caps = {"STUDIO_MAX_EPOCHS": 3, "STUDIO_MAX_BATCH": 32, "STUDIO_MAX_QUEUE": 1, "STUDIO_MAX_UPLOAD_MB": 0.05,
+                "STUDIO_MAX_WEIGHTS_MB": 0.05, "STUDIO_MAX_PIXELS": 10_000, "STUDIO_MAX_BATCH_IMAGES": 2}
     with AppProcess(tmp_path, RUNS_DIR=root, CIFAR10_DIR=tiny_data, STUDIO_WEIGHTS=tiny_weights, **caps) as server:
         client = server.client()
-        tiny = dict(batch_size=16, limit_train=64, limit_test=16)
+        tiny = {"batch_size": 16, "limit_train": 64, "limit_test": 16}
         with pytest.raises(AppError, match="epochs 4 is above this server's limit of 3"):
             client.predict("original", *form_values(**{**tiny, "epochs": 4}), api_name="/start_run")
         with pytest.raises(AppError, match="batch_size 64 is above this server's limit of 32"):

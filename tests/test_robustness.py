@@ -8,13 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 
 from resnet.data import load_split
 from resnet.model import build_model
 from resnet.robustness_plots import robustness_figure, robustness_text
 from resnet.weights import make_card, save_weights
-
-from helpers import REPO
 
 SCRIPT = REPO / "scripts" / "robustness.py"
 COMMITTED = REPO / "results" / "robustness.json"
@@ -39,16 +38,20 @@ def tiny_model(tmp_path_factory):
 
 def check_results(results: dict, images: int) -> None:
     table = results["accuracy"]
-    assert len(table) == 15 and all(len(row) == 5 for row in table.values())
+    assert len(table) == 15
+    assert all(len(row) == 5 for row in table.values())
     assert all(0 <= value <= 1 for row in table.values() for value in row)
-    assert results["images"] == images and 0 <= results["clean_acc"] <= 1
+    assert results["images"] == images
+    assert 0 <= results["clean_acc"] <= 1
     assert results["mean_acc"] == pytest.approx(np.mean(list(table.values())))
     assert results["per_severity_mean"] == pytest.approx(np.mean(list(table.values()), axis=0).tolist())
     worst = results["worst_corruption"]
     assert worst["mean_acc"] == pytest.approx(min(np.mean(row) for row in table.values()))
     assert np.mean(table[worst["name"]]) == pytest.approx(worst["mean_acc"])
-    assert results["packages"]["imagecorruptions-imaug"] and results["command"].startswith("python scripts/robustness.py")
-    assert results["machine"] and results["reference"]["mean_acc"] == 0.7465
+    assert results["packages"]["imagecorruptions-imaug"]
+    assert results["command"].startswith("python scripts/robustness.py")
+    assert results["machine"]
+    assert results["reference"]["mean_acc"] == 0.7465
 
 
 @pytest.mark.e2e
@@ -62,7 +65,8 @@ def test_the_script_runs_end_to_end_on_tiny_data(tiny_data, tiny_model, tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())
     check_results(results, images=4)
-    assert results["parameters"] == "cifar-10-c" and "first 4" in results["image_selection"]
+    assert results["parameters"] == "cifar-10-c"
+    assert "first 4" in results["image_selection"]
     assert json.loads(done.stdout.strip().splitlines()[-1])["mean_acc"] == results["mean_acc"]
 
 
@@ -70,7 +74,9 @@ def test_the_script_runs_end_to_end_on_tiny_data(tiny_data, tiny_model, tmp_path
 def test_the_script_refuses_a_negative_limit_before_any_work(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--limit", "-1", "--out", str(tmp_path / "r.json")], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "--limit must be 0" in done.stderr and not (tmp_path / "r.json").exists()
+    assert done.returncode == 2
+    assert "--limit must be 0" in done.stderr
+    assert not (tmp_path / "r.json").exists()
 
 
 @needs_package
@@ -83,7 +89,8 @@ def test_every_corruption_keeps_the_shape_changes_the_images_and_repeats_with_it
 
     for name in get_corruption_names("common"):
         low, high = (script.corrupted_batch(images, name, severity, 7, parameters, frost) for severity in (1, 5))
-        assert low.shape == images.shape and low.dtype == torch.uint8
+        assert low.shape == images.shape
+        assert low.dtype == torch.uint8
         assert (high.float() - images.float()).abs().mean() > 0.5, name
         if parameters == "cifar-10-c":  # the package's own glass blur seeds itself from the clock
             assert torch.equal(script.corrupted_batch(images, name, 5, 7, parameters, frost), high), name
@@ -93,7 +100,8 @@ def test_the_cifar10c_table_and_the_stress_module_cover_the_benchmark_once():
     script = load_script()
     from resnet.stress import CORRUPTIONS
 
-    assert set(script.SHARED) <= set(CORRUPTIONS) and not set(script.SHARED) & set(script.CIFAR10C)
+    assert set(script.SHARED) <= set(CORRUPTIONS)
+    assert not set(script.SHARED) & set(script.CIFAR10C)
     assert len(script.SHARED) + len(script.CIFAR10C) == 15
     assert all(len(levels) == 5 for levels in script.CIFAR10C.values())
 
@@ -102,7 +110,8 @@ def test_the_cifar10c_table_and_the_stress_module_cover_the_benchmark_once():
 def test_the_committed_results_are_complete_and_consistent():
     results = json.loads(COMMITTED.read_text())
     check_results(results, images=results["images"])
-    assert results["parameters"] == "cifar-10-c" and results["images"] >= 2000
+    assert results["parameters"] == "cifar-10-c"
+    assert results["images"] >= 2000
     assert results["clean_acc"] > results["mean_acc"]
 
 
@@ -116,8 +125,14 @@ def test_the_heatmap_draws_results_and_says_when_there_are_none():
                              "worst_corruption": {"name": "gaussian_noise", "mean_acc": 0.4706}}}
     figure = robustness_figure(results)
     heatmap = figure.data[0]
-    assert np.array(heatmap.z).shape == (15, 5) and heatmap.y[0] == "corruption 0" and heatmap.text[0][0] == "90%"
+    assert np.array(heatmap.z).shape == (15, 5)
+    assert heatmap.y[0] == "corruption 0"
+    assert heatmap.text[0][0] == "90%"
     assert "mean 60.0%" in figure.layout.title.text
     text = robustness_text(results)
-    assert "**60.0%**" in text and "worst corruption 14 (56.0%)" in text and "74.65%" in text and "57.93%" in text
-    assert "not been measured" in robustness_text(None) and robustness_figure(None).layout.annotations
+    assert "**60.0%**" in text
+    assert "worst corruption 14 (56.0%)" in text
+    assert "74.65%" in text
+    assert "57.93%" in text
+    assert "not been measured" in robustness_text(None)
+    assert robustness_figure(None).layout.annotations

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO
+
 from resnet import runs
 
 
@@ -22,13 +22,16 @@ def dead_pid():
 def test_status_round_trip_with_this_process_alive(tmp_path):
     runs.write_status(tmp_path, "running", "started")
     status = runs.read_status(tmp_path)
-    assert status["status"] == "running" and status["pid"] == os.getpid() and status["message"] == "started"
+    assert status["status"] == "running"
+    assert status["pid"] == os.getpid()
+    assert status["message"] == "started"
 
 
 def test_running_with_a_dead_pid_reads_interrupted(tmp_path, dead_pid):
     runs.write_status(tmp_path, "running", "started", pid=dead_pid)
     status = runs.read_status(tmp_path)
-    assert status["status"] == "interrupted" and "gone" in status["message"]
+    assert status["status"] == "interrupted"
+    assert "gone" in status["message"]
     assert json.loads((tmp_path / runs.STATUS).read_text())["status"] == "running"  # reading changes nothing
 
 
@@ -79,7 +82,7 @@ def test_garbled_and_foreign_metric_lines_are_skipped(tmp_path):
     assert runs.read_metrics(tmp_path / "absent") == []
 
 
-@pytest.mark.parametrize("text, words", [(None, "no config.json"), ("{", "not valid JSON"), ("[]", "not an object")])
+@pytest.mark.parametrize(("text", "words"), [(None, "no config.json"), ("{", "not valid JSON"), ("[]", "not an object")])
 def test_bad_config_files_raise_run_error(tmp_path, text, words):
     if text is not None:
         (tmp_path / runs.CONFIG).write_text(text)
@@ -110,9 +113,13 @@ def test_list_runs_summarizes_and_flags_damage(tmp_path, dead_pid):
 
     rows = {row["run_id"]: row for row in runs.list_runs(tmp_path)}
     assert set(rows) == {"good", "broken"}
-    assert rows["good"]["status"] == "interrupted" and rows["good"]["epochs"] == "2/3"
-    assert rows["good"]["final_test_acc"] == 0.6 and rows["good"]["best_test_acc"] == 0.6
-    assert rows["good"]["blocks"] == "1x1x1x1" and rows["good"]["elapsed_s"] == 10.0 and not rows["good"]["has_weights"]
+    assert rows["good"]["status"] == "interrupted"
+    assert rows["good"]["epochs"] == "2/3"
+    assert rows["good"]["final_test_acc"] == 0.6
+    assert rows["good"]["best_test_acc"] == 0.6
+    assert rows["good"]["blocks"] == "1x1x1x1"
+    assert rows["good"]["elapsed_s"] == 10.0
+    assert not rows["good"]["has_weights"]
     assert rows["broken"]["status"] == "damaged"
     assert runs.list_runs(tmp_path / "absent") == []
 

@@ -22,7 +22,8 @@ def test_card_matches_weights():
     assert CARD["blocks"] == [1, 1, 1, 1]
     assert CARD["classes"] == list(CLASSES)
     assert CARD["parameters"] == count_parameters(build_model(CARD["blocks"])) == 4_903_242
-    assert len(CARD["per_class_acc"]) == 10 and len(CARD["confusion"]) == 10
+    assert len(CARD["per_class_acc"]) == 10
+    assert len(CARD["confusion"]) == 10
     assert sum(map(sum, CARD["confusion"])) == CARD["test_images"] == 10_000
     assert len(CARD["curve"]) == CARD["training"]["epochs"]
 
@@ -35,7 +36,8 @@ def test_shipped_examples_are_mostly_right():
     images = torch.stack([prepare(folder / item["file"]) for item in index])
     predicted = load_weights(DEFAULT_WEIGHTS).logits(images).argmax(1).tolist()
     right = sum(CLASSES[p] == item["label"] for p, item in zip(predicted, index))
-    assert len(index) == 30 and right >= 27
+    assert len(index) == 30
+    assert right >= 27
 
 
 @pytest.mark.slow

@@ -7,14 +7,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, pattern_images
 
 from resnet import stress
 from resnet.classifier import Classifier
 from resnet.model import build_model
 from resnet.stress import CORRUPTIONS, SEVERITIES, StressError, stress_predict
 from resnet.weights import make_card
-
-from helpers import REPO, pattern_images
 
 NO_SEVERITY = {"horizontal_flip"}  # a flip is a flip: every severity gives the same image
 
@@ -43,7 +42,8 @@ def test_each_corruption_changes_the_image_and_keeps_its_shape(image, name):
     outputs = [stress.stress(image, name, severity) for severity in SEVERITIES]
     assert torch.equal(image, before)  # pure: the input is left alone
     for out in outputs:
-        assert out.shape == image.shape and out.dtype == torch.uint8
+        assert out.shape == image.shape
+        assert out.dtype == torch.uint8
         assert change(out, image) > 0.5
     if name not in NO_SEVERITY:
         assert change(outputs[-1], image) > change(outputs[0], image)
@@ -75,7 +75,8 @@ def test_flip_and_shift_move_pixels_exactly(image):
     assert torch.equal(stress.stress(image, "horizontal_flip", 1), image.flip(2))
     shifted = stress.stress(image, "shift", 3)
     assert torch.equal(shifted[:, 3:, 3:], image[:, :-3, :-3])
-    assert shifted[:, :3, :].eq(0).all() and shifted[:, :, :3].eq(0).all()
+    assert shifted[:, :3, :].eq(0).all()
+    assert shifted[:, :, :3].eq(0).all()
 
 
 def test_brightness_adds_to_the_hsv_value_as_cifar10c_does(image):
@@ -104,7 +105,9 @@ def test_one_call_gives_the_stressed_image_and_both_predictions(image):
     assert torch.equal(stressed, stress.stress(image, "gaussian_noise", 4))
     assert clean == classifier.predict(image)
     assert hit == classifier.predict(stressed)
-    assert sum(hit.values()) == pytest.approx(1.0, abs=1e-5) and list(clean) != [] and hit != clean
+    assert sum(hit.values()) == pytest.approx(1.0, abs=1e-5)
+    assert list(clean) != []
+    assert hit != clean
     with pytest.raises(StressError):
         stress_predict(classifier, image, "fog", 4)
 

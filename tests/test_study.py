@@ -44,7 +44,8 @@ def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
     assert runs.read_status(root / interrupted)["status"] == "stopped"
     written = json.loads(results_path.read_text())
     assert {r["run_id"]: r["status"] for r in written["runs"]}["adam-lr1e37-drop0p1-b1111"] == "diverged"
-    assert written["waiting"].startswith("the optimizers phase is not done yet") and written["experiment"] == "study"
+    assert written["waiting"].startswith("the optimizers phase is not done yet")
+    assert written["experiment"] == "study"
 
     second = []
     results = TINY_STUDY.run(BUDGET, Options(root, results_path, tiny_data, watch=recorder(second)))
@@ -53,7 +54,8 @@ def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
     by_id = {r["run_id"]: r for r in results["runs"]}
     # Both optimizers diverged at 1e37, so each got the fallback lr; the winner's settings recur in later phases.
     assert {"adam-lr0p001-drop0p1-b1111", "sgd-lr0p001-drop0p1-b1111"} <= set(by_id)
-    assert all(r["status"] in experiments.DONE for r in results["runs"]) and results["waiting"] is None
+    assert all(r["status"] in experiments.DONE for r in results["runs"])
+    assert results["waiting"] is None
     winner = by_id[results["choices"]["optimizers"]]
     assert winner["final_val_acc"] == max(r["final_val_acc"] for r in results["runs"] if "optimizers" in r["phases"]
                                           and r["final_val_acc"] is not None)
@@ -84,8 +86,10 @@ def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
     assert again["choices"] == results["choices"]
 
     heatmap = study.heatmap_figure(results).data[0]
-    assert list(heatmap.x) == ["1e+37", "0.01", "0.001"] and list(heatmap.y) == ["adam", "sgd"]
-    assert heatmap.text[0][0] == "diverged" and heatmap.z[0][0] is None
+    assert list(heatmap.x) == ["1e+37", "0.01", "0.001"]
+    assert list(heatmap.y) == ["adam", "sgd"]
+    assert heatmap.text[0][0] == "diverged"
+    assert heatmap.z[0][0] is None
     assert {trace.name.split()[0] for trace in study.curves_figure(results).data} == {"adam", "sgd"}
     assert list(study.dropout_figure(results).data[0].x) == [0.0, 0.1]
     assert len(study.size_figure(results).data[0].x) == 2
@@ -94,7 +98,8 @@ def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
 
 def test_plan_waits_for_the_optimizer_phase(tmp_path):
     planned, waiting = study.STUDY.plan(tmp_path, study.STUDY.budget, {})
-    assert len(planned) == 12 and {p.phases for p in planned} == {("optimizers",)}
+    assert len(planned) == 12
+    assert {p.phases for p in planned} == {("optimizers",)}
     assert {p.lr for p in planned} == {0.5, 0.1, 0.01}
     assert "not done yet" in waiting
 
@@ -108,13 +113,16 @@ def test_a_study_folder_keeps_its_budget(tiny_data, tmp_path, capsys):
     code = main(["study", "--data-dir", str(tiny_data), "--out", str(root), "--train-size", "64", "--val-size", "64",
                  "--epochs", "1", "--batch-size", "32", "--dry-run"])
     error = capsys.readouterr().err
-    assert code == 2 and error.startswith("error: ") and error.count("\n") == 1
+    assert code == 2
+    assert error.startswith("error: ")
+    assert error.count("\n") == 1
 
 
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     assert main(["study", "--out", str(tmp_path / "s"), "--results", str(tmp_path / "study.json"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "adam-lr0p01-drop0p1-b1111" in out and "12 runs planned" in out
+    assert "adam-lr0p01-drop0p1-b1111" in out
+    assert "12 runs planned" in out
     assert not (tmp_path / "s").exists()
 
 
@@ -128,7 +136,7 @@ def test_the_committed_results_continue_the_study(tmp_path, capsys):
         assert lines[row["run_id"]] == (row["status"] if row["status"] in experiments.DONE else "pending")
 
 
-@pytest.mark.parametrize("content, message", [
+@pytest.mark.parametrize(("content", "message"), [
     ("{not json", "not a results file"),
     ('{"budget": [], "runs": []}', "not a results file"),
     (json.dumps({"budget": {**dataclasses.asdict(BUDGET), "epochs": 3}, "runs": []}), "another budget .*epochs 3 -> 1"),
@@ -151,7 +159,8 @@ def test_cli_study_trains_only_the_chosen_runs(tiny_data, tmp_path, monkeypatch,
     assert code == 0
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["sgd-lr0p01-drop0p1-b1111"]
     statuses = {r["run_id"]: r["status"] for r in json.loads(results_path.read_text())["runs"]}
-    assert statuses["sgd-lr0p01-drop0p1-b1111"] == "finished" and statuses["adam-lr0p01-drop0p1-b1111"] == "pending"
+    assert statuses["sgd-lr0p01-drop0p1-b1111"] == "finished"
+    assert statuses["adam-lr0p01-drop0p1-b1111"] == "pending"
     assert "sgd-lr0p01-drop0p1-b1111" in capsys.readouterr().out
 
 
@@ -162,11 +171,13 @@ def test_a_study_prefix_that_names_no_run_is_refused(tmp_path, capsys, only):
     results.write_text(open("results/study.json").read())
     code = main(["study", "--out", str(tmp_path / "s"), "--results", str(results), "--only", only])
     error = capsys.readouterr().err
-    assert code == 2 and f"--only {only!r} names no run of the study" in error and error.count("\n") == 1
+    assert code == 2
+    assert f"--only {only!r} names no run of the study" in error
+    assert error.count("\n") == 1
     assert not any(path.is_dir() for path in (tmp_path / "s").glob("*"))  # no run folder: nothing trained
 
 
-@pytest.mark.parametrize("machines, drawn", [(["cpu: A", "cpu: A"], True), (["cpu: A", "cpu: B"], False), ([None, "cpu: A"], False)])
+@pytest.mark.parametrize(("machines", "drawn"), [(["cpu: A", "cpu: A"], True), (["cpu: A", "cpu: B"], False), ([None, "cpu: A"], False)])
 def test_the_size_figure_draws_seconds_only_from_one_machine(machines, drawn):
     rows = [{"run_id": f"b{b}", "phases": ["size"], "status": "finished", "final_val_acc": 0.5, "blocks": [b] * 4,
              "params": b * 1_000_000, "train_s_per_epoch": 40.0 * b, "timed_on": machine}

@@ -61,12 +61,14 @@ def test_a_resolution_schedule_spends_its_steps_at_its_sizes():
 def test_every_candidate_recipe_costs_at_most_half_of_the_fast_presets_flops():
     experiment = time_to_accuracy.TIME_TO_ACCURACY
     recipes, _ = experiment.plan(None, experiment.budget, {})
-    assert recipes[0].run_id == time_to_accuracy.BASELINE and recipes[0].change == {}
+    assert recipes[0].run_id == time_to_accuracy.BASELINE
+    assert recipes[0].change == {}
     baseline = flops.training_flops(experiment.config_for(recipes[0], experiment.budget))
     for recipe in recipes[1:]:
         config = experiment.config_for(recipe, experiment.budget)
         assert flops.training_flops(config) <= baseline / 2, recipe.run_id
-        assert not config.score_test and config.val_size == experiment.budget.val_size
+        assert not config.score_test
+        assert config.val_size == experiment.budget.val_size
 
 
 def test_a_target_is_reached_at_the_first_epoch_that_scores_it():
@@ -91,8 +93,10 @@ def test_the_table_of_a_partial_experiment():
         {"recipe": "lowres", "change": "epochs=29", "PFLOPs": "1.00 (0.50x)", "final val": "pending",
          "to 90%": "pending", "to 94%": "pending", "machine": ""}]
     lines = time_to_accuracy.markdown(results).splitlines()
-    assert lines[0].startswith("| recipe | change | PFLOPs |") and len(lines) == 4
-    assert time_to_accuracy.markdown({}) == "" and not time_to_accuracy.figure({"runs": []}).data
+    assert lines[0].startswith("| recipe | change | PFLOPs |")
+    assert len(lines) == 4
+    assert time_to_accuracy.markdown({}) == ""
+    assert not time_to_accuracy.figure({"runs": []}).data
 
 
 def test_a_run_resumed_on_another_machine_is_timed_on_both(tmp_path):
@@ -116,27 +120,35 @@ def test_a_tiny_experiment_records_when_each_recipe_reached_each_target(tiny_dat
     results_path = tmp_path / "results" / "time-to-accuracy.json"
     results = TINY_EXPERIMENT.run(BUDGET, Options(tmp_path / "runs", results_path, tiny_data))
     rows = {row["run_id"]: row for row in results["runs"]}
-    assert list(rows) == list(TINY) and all(row["status"] == "finished" for row in rows.values())
-    assert results["budget"] == {**BUDGET.fields(), **TINY_EXPERIMENT.notes} and "epochs" not in results["budget"]
+    assert list(rows) == list(TINY)
+    assert all(row["status"] == "finished" for row in rows.values())
+    assert results["budget"] == {**BUDGET.fields(), **TINY_EXPERIMENT.notes}
+    assert "epochs" not in results["budget"]
     cost = {size: flops.image_flops((1, 1, 1, 1), size) for size in (16, 32)}
-    assert rows["fast"]["flops"] == 2 * 64 * cost[32] and rows["lowres"]["flops"] == 64 * (cost[16] + cost[32])
-    for name, row in rows.items():
-        assert [p["epoch"] for p in row["curve"]] == [1, 2] and [p["images"] for p in row["curve"]] == [64, 128]
-        assert row["curve"][-1]["flops"] == row["flops"] and row["curve"][0]["elapsed_s"] < row["curve"][1]["elapsed_s"]
-        assert row["config"]["epochs"] == 2 and not row["config"]["score_test"]
+    assert rows["fast"]["flops"] == 2 * 64 * cost[32]
+    assert rows["lowres"]["flops"] == 64 * (cost[16] + cost[32])
+    for _name, row in rows.items():
+        assert [p["epoch"] for p in row["curve"]] == [1, 2]
+        assert [p["images"] for p in row["curve"]] == [64, 128]
+        assert row["curve"][-1]["flops"] == row["flops"]
+        assert row["curve"][0]["elapsed_s"] < row["curve"][1]["elapsed_s"]
+        assert row["config"]["epochs"] == 2
+        assert not row["config"]["score_test"]
         first = row["reached"]["0%"]
         assert first == {key: row["curve"][0][key] for key in ("epoch", "elapsed_s", "images", "flops")}
         assert row["reached"]["101%"] is None
     assert rows["lowres"]["reached"]["0%"]["flops"] == 64 * cost[16]  # its first epoch is all at 16 px
     table = {row["recipe"]: row for row in time_to_accuracy.table(results)}
-    assert table["fast"]["to 101%"] == "not reached" and "(epoch 1)" in table["lowres"]["to 0%"]
+    assert table["fast"]["to 101%"] == "not reached"
+    assert "(epoch 1)" in table["lowres"]["to 0%"]
     assert table["lowres"]["PFLOPs"].endswith(f"({rows['lowres']['flops'] / rows['fast']['flops']:.2f}x)")
     assert (results_path.parent / "time-to-accuracy-curves.html").is_file()
     assert json.loads(results_path.read_text()) == json.loads(json.dumps(results))
     trained = []
     again = TINY_EXPERIMENT.run(BUDGET, Options(tmp_path / "runs", results_path, tiny_data,
                                                 watch=lambda *run: trained.append(run) or contextlib.nullcontext()))
-    assert trained == [] and json.loads(json.dumps(again)) == json.loads(json.dumps(results))  # the same budget: done
+    assert trained == []
+    assert json.loads(json.dumps(again)) == json.loads(json.dumps(results))
 
     edited = time_to_accuracy.TimeToAccuracy(recipes={**TINY, "fast": {"batch_size": 32, "epochs": 3}})
     for out in (tmp_path / "runs", tmp_path / "fresh-checkout"):  # its folder, else the results file's row, says so
@@ -155,7 +167,8 @@ def test_cli_time_to_accuracy_trains_the_chosen_recipes(tiny_data, tmp_path, mon
     statuses = {r["run_id"]: r["status"] for r in json.loads(results_path.read_text())["runs"]}
     assert statuses == {"fast": "pending", "lowres": "finished"}
     out = capsys.readouterr().out
-    assert out.startswith("training lowres") and "| lowres | batch_size=32, epochs=2, resolution=16:0.5 |" in out
+    assert out.startswith("training lowres")
+    assert "| lowres | batch_size=32, epochs=2, resolution=16:0.5 |" in out
 
 
 def test_cli_time_to_accuracy_takes_no_epochs_and_only_known_recipes(tmp_path, capsys):

@@ -21,8 +21,18 @@ from resnet.config import ConfigError, make_config, parse_resolution
 from resnet.data import load_split, normalize
 from resnet.explain import grad_cam
 from resnet.model import build_model
-from resnet.train import (Trainer, build_optimizer, default_channels_last, describe_device, lr_at, resize, resolution_at,
-                          resolve_device, resume_config, train_step)
+from resnet.train import (
+    Trainer,
+    build_optimizer,
+    default_channels_last,
+    describe_device,
+    lr_at,
+    resize,
+    resolution_at,
+    resolve_device,
+    resume_config,
+    train_step,
+)
 from resnet.weights import load_weights
 
 STEP_KEYS = {"kind", "epoch", "step", "train_loss", "train_acc", "lr", "images_per_s", "elapsed_s"}
@@ -30,8 +40,8 @@ STEP_KEYS = {"kind", "epoch", "step", "train_loss", "train_acc", "lr", "images_p
 
 def small_config(data_dir, **overrides):
     """A run that takes a second or two on one CPU thread: 3 steps of 8 images per epoch."""
-    settings = dict(data_dir=str(data_dir), limit_train=24, limit_test=16, batch_size=8, epochs=2, log_every=1,
-                    precision="fp32", device="cpu", eval_batch_size=16)
+    settings = {"data_dir": str(data_dir), "limit_train": 24, "limit_test": 16, "batch_size": 8, "epochs": 2, "log_every": 1,
+                    "precision": "fp32", "device": "cpu", "eval_batch_size": 16}
     return make_config("original", **{**settings, **overrides})
 
 
@@ -59,7 +69,9 @@ def test_a_short_run_learns_the_patterns(tiny_data, tmp_path):
     outcome = Trainer(config, tmp_path / "run").run()
 
     assert outcome["status"] == "finished", outcome
-    assert outcome["scored_on"] == "test" and 0 <= outcome["acc"] <= 1 and outcome["count"] == 20
+    assert outcome["scored_on"] == "test"
+    assert 0 <= outcome["acc"] <= 1
+    assert outcome["count"] == 20
     rows = runs.read_metrics(tmp_path / "run")
     epochs = [r for r in rows if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
@@ -75,10 +87,14 @@ def test_a_short_run_learns_the_patterns(tiny_data, tmp_path):
     assert [r["step"] for r in rows if r["kind"] == "step"] == list(range(2, 19, 2))
 
     status = runs.read_status(tmp_path / "run")
-    assert status["status"] == "finished" and status["message"].startswith("finished: test accuracy")
+    assert status["status"] == "finished"
+    assert status["message"].startswith("finished: test accuracy")
     card = load_weights(tmp_path / "run" / runs.WEIGHTS).card
-    assert card["training"]["lr"] == 1e-3 and card["test_images"] == 20 and len(card["curve"]) == 3
-    assert card["mean"] == list(config.mean) and card["provenance"]["world_size"] == 1
+    assert card["training"]["lr"] == 1e-3
+    assert card["test_images"] == 20
+    assert len(card["curve"]) == 3
+    assert card["mean"] == list(config.mean)
+    assert card["provenance"]["world_size"] == 1
     # The device names the CPU's vector extension, so timings from two machines are told apart.
     assert card["provenance"]["device"] == describe_device(torch.device("cpu")) == runs.trained_on(tmp_path / "run")
     assert torch.backends.cpu.get_cpu_capability() in card["provenance"]["device"]
@@ -88,11 +104,12 @@ def test_a_short_run_learns_the_patterns(tiny_data, tmp_path):
 
 def test_without_val_size_epoch_rows_carry_test_metrics_only(straight_run):
     for row in last_epoch_rows(straight_run).values():
-        assert {"test_loss", "test_acc"} <= set(row) and "val_acc" not in row
+        assert {"test_loss", "test_acc"} <= set(row)
+        assert "val_acc" not in row
 
 
 # ---- resume -----------------------------------------------------------------------------------
-RESUME_SETTINGS = dict(ema=0.9, schedule="cosine", warmup=0.2)  # so optimizer, EMA and schedule state all matter
+RESUME_SETTINGS = {"ema": 0.9, "schedule": "cosine", "warmup": 0.2}  # so optimizer, EMA and schedule state all matter
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +130,7 @@ def assert_same_result(run_dir, straight_run):
             assert again[key] == row[key], (epoch, key)
 
 
-@pytest.mark.parametrize("stop_after, position", [
+@pytest.mark.parametrize(("stop_after", "position"), [
     (3, {"epoch": 2, "step_in_epoch": 0}),  # asked after epoch 1's last step: stops at the boundary, once it is scored
     (4, {"epoch": 2, "step_in_epoch": 2}),  # asked in the middle of epoch 2: stops one step later
     (2, {"epoch": 1, "step_in_epoch": 3}),  # asked before epoch 1's last step: stops at the epoch boundary
@@ -140,9 +157,11 @@ def test_a_stop_between_step_rows_resumes_to_the_same_step_rows(tiny_data, tmp_p
     assert Trainer(config, tmp_path / "straight").run()["status"] == "finished"
     event = threading.Event()
     stopped = Trainer(config, tmp_path / "resumed", callbacks=[stop_at_step(event, 2)], stop_event=event).run()
-    assert stopped["status"] == "stopped" and "step 3" in stopped["message"]
+    assert stopped["status"] == "stopped"
+    assert "step 3" in stopped["message"]
     position = torch.load(tmp_path / "resumed" / runs.CHECKPOINT, weights_only=True)["position"]
-    assert position["since_log"][2] == 8 and len(position["window"]) == 3  # step 3's images; the divergence window
+    assert position["since_log"][2] == 8
+    assert len(position["window"]) == 3
     assert Trainer(resume_config(tmp_path / "resumed"), tmp_path / "resumed").run(resume=True)["status"] == "finished"
     assert step_rows(tmp_path / "resumed") == step_rows(tmp_path / "straight")
 
@@ -155,7 +174,8 @@ def test_a_step_rows_speed_is_its_images_over_its_own_training_seconds(tiny_data
     config = small_config(tiny_data, log_every=2, epochs=3, **RESUME_SETTINGS)
     event = threading.Event()
     stopped = Trainer(config, tmp_path, callbacks=[stop_at_step(event, 4)], stop_event=event).run()
-    assert stopped["status"] == "stopped" and "step 5" in stopped["message"]  # a lap between rows 4 and 6
+    assert stopped["status"] == "stopped"
+    assert "step 5" in stopped["message"]
     assert Trainer(resume_config(tmp_path), tmp_path).run(resume=True)["status"] == "finished"
     rows = [r for r in runs.read_metrics(tmp_path) if r["kind"] == "step"]
     laps = {2: 1, 4: 2, 6: 2, 8: 1}  # row 4: the end at 3 and step 4; row 6: the stop at 5 and step 6 (also an end)
@@ -191,7 +211,7 @@ def test_a_resume_that_cannot_load_keeps_the_finished_model(tiny_data, tmp_path)
     assert ((tmp_path / runs.WEIGHTS).read_bytes(), (tmp_path / runs.CARD).read_bytes()) == published
 
 
-@pytest.mark.parametrize("val_size, words", [(1, "val_size must be 0 or at least 2"), (50_000, r"val_size must be in \[0, 50000\)")])
+@pytest.mark.parametrize(("val_size", "words"), [(1, "val_size must be 0 or at least 2"), (50_000, r"val_size must be in \[0, 50000\)")])
 def test_a_validation_split_that_cannot_work_is_refused_before_any_work(val_size, words):
     with pytest.raises(ConfigError, match=words):
         make_config("fast", val_size=val_size)
@@ -203,7 +223,7 @@ def test_a_validation_split_as_large_as_the_data_is_refused_in_words(tiny_data):
         train_module.load_data(small_config(tiny_data, val_size=available), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("name, words", [("gpu", "unknown device 'gpu'"), ("meta", "unknown device 'meta'"),
+@pytest.mark.parametrize(("name", "words"), [("gpu", "unknown device 'gpu'"), ("meta", "unknown device 'meta'"),
                                          ("cuda:7", "cuda"), ("mps", "mps")])
 def test_a_device_this_machine_cannot_give_is_refused_in_words(name, words):
     if name.startswith(("cuda", "mps")) and (torch.cuda.is_available() or torch.backends.mps.is_available()):
@@ -226,8 +246,10 @@ def test_resume_may_raise_epochs_only(tiny_data, tmp_path):
 # ---- stop and divergence ----------------------------------------------------------------------
 def test_channels_last_is_on_for_cpus_and_autocast_and_a_config_may_turn_it_off(tiny_data, tmp_path):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert default_channels_last(cpu, None) and default_channels_last(cpu, torch.bfloat16)
-    assert default_channels_last(cuda, torch.float16) and not default_channels_last(cuda, None)
+    assert default_channels_last(cpu, None)
+    assert default_channels_last(cpu, torch.bfloat16)
+    assert default_channels_last(cuda, torch.float16)
+    assert not default_channels_last(cuda, None)
     assert Trainer(small_config(tiny_data), tmp_path / "default").channels_last
     assert not Trainer(small_config(tiny_data, channels_last=False), tmp_path / "nchw").channels_last
 
@@ -259,12 +281,15 @@ def test_a_stop_request_writes_a_loadable_checkpoint(tiny_data, tmp_path):
     event = threading.Event()
     event.set()  # asked before the first step: the run still does one step, then stops
     outcome = Trainer(small_config(tiny_data), tmp_path, stop_event=event).run()
-    assert outcome["status"] == "stopped" and "resume" in outcome["message"]
+    assert outcome["status"] == "stopped"
+    assert "resume" in outcome["message"]
     status = runs.read_status(tmp_path)
-    assert status["status"] == "stopped" and status["pid"] == os.getpid()
+    assert status["status"] == "stopped"
+    assert status["pid"] == os.getpid()
     checkpoint = torch.load(tmp_path / runs.CHECKPOINT, map_location="cpu", weights_only=True)
     assert set(checkpoint) == {"model", "optimizer", "position"}
-    assert checkpoint["position"]["epoch"] == 1 and checkpoint["position"]["step_in_epoch"] == 1
+    assert checkpoint["position"]["epoch"] == 1
+    assert checkpoint["position"]["step_in_epoch"] == 1
     model = load_weights(tmp_path / runs.CHECKPOINT).net  # a checkpoint also serves as weights
     assert torch.equal(model.conv1.weight, checkpoint["model"]["conv1.weight"])
 
@@ -273,11 +298,14 @@ def test_a_huge_learning_rate_diverges_with_a_message(tiny_data, tmp_path):
     config = small_config(tiny_data, optimizer="sgd", lr=1e30, epochs=1)
     outcome = Trainer(config, tmp_path).run()
     assert outcome["status"] == "diverged"
-    assert "diverged at epoch 1, step 2" in outcome["message"] and "smaller learning rate" in outcome["message"]
+    assert "diverged at epoch 1, step 2" in outcome["message"]
+    assert "smaller learning rate" in outcome["message"]
     status = runs.read_status(tmp_path)
-    assert status["status"] == "diverged" and status["message"] == outcome["message"]
+    assert status["status"] == "diverged"
+    assert status["message"] == outcome["message"]
     rows = runs.read_metrics(tmp_path)
-    assert [r["step"] for r in rows] == [1] and math.isfinite(rows[0]["train_loss"])  # the curve up to the blow-up
+    assert [r["step"] for r in rows] == [1]
+    assert math.isfinite(rows[0]["train_loss"])
     assert not (tmp_path / runs.WEIGHTS).exists()
 
 
@@ -289,7 +317,8 @@ def test_adam_at_lr_half_diverges(tiny_data, tmp_path):
     assert outcome["status"] == "diverged", outcome
     assert runs.read_status(tmp_path)["status"] == "diverged"
     rows = runs.read_metrics(tmp_path)
-    assert rows and all(math.isfinite(r["train_loss"]) for r in rows)  # the curve up to the blow-up
+    assert rows
+    assert all(math.isfinite(r["train_loss"]) for r in rows)
 
 
 # ---- files ------------------------------------------------------------------------------------
@@ -313,7 +342,8 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tiny_data, tm
     assert torch.load(tmp_path / runs.CHECKPOINT, weights_only=True)["position"]["step_in_epoch"] == 2
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     status = runs.read_status(tmp_path)
-    assert status["status"] == "failed" and "disk full" in status["message"]
+    assert status["status"] == "failed"
+    assert "disk full" in status["message"]
 
 
 def test_a_new_run_replaces_old_metrics(tiny_data, tmp_path):
@@ -323,20 +353,21 @@ def test_a_new_run_replaces_old_metrics(tiny_data, tmp_path):
 
 
 # ---- config and schedule ----------------------------------------------------------------------
-@pytest.mark.parametrize("overrides, words", [
-    (dict(lr=0), "lr must be positive"),
-    (dict(lr=float("nan")), "lr must be finite"),
-    (dict(dropout=1.0), "dropout must be in [0, 1)"),
-    (dict(batch_size=0), "batch_size must be at least 1"),
-    (dict(optimizer="lamb"), "unknown optimizer 'lamb'"),
-    (dict(blocks=(1, 1, 1)), "blocks must be four"),
-    (dict(epochs=2.5), "epochs must be a whole number"),
-    (dict(nonsense=1), "unknown setting(s): nonsense"),
+@pytest.mark.parametrize(("overrides", "words"), [
+    ({"lr": 0}, "lr must be positive"),
+    ({"lr": float("nan")}, "lr must be finite"),
+    ({"dropout": 1.0}, "dropout must be in [0, 1)"),
+    ({"batch_size": 0}, "batch_size must be at least 1"),
+    ({"optimizer": "lamb"}, "unknown optimizer 'lamb'"),
+    ({"blocks": (1, 1, 1)}, "blocks must be four"),
+    ({"epochs": 2.5}, "epochs must be a whole number"),
+    ({"nonsense": 1}, "unknown setting(s): nonsense"),
 ])
 def test_invalid_settings_are_refused_with_one_sentence(overrides, words):
     with pytest.raises(ConfigError) as caught:
         make_config("original", **overrides)
-    assert words in str(caught.value) and "\n" not in str(caught.value)
+    assert words in str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
 def test_batch_larger_than_the_data_is_refused(tiny_data):
@@ -348,12 +379,16 @@ def test_learning_rate_schedules():
     constant = make_config("original", lr=0.1)
     assert {lr_at(constant, s / 100) for s in range(100)} == {0.1}
     warmed = make_config("original", lr=0.1, warmup=0.2)  # a warmup ramps every schedule, the constant one too
-    assert lr_at(warmed, 0.1) == pytest.approx(0.05) and {lr_at(warmed, s / 100) for s in range(20, 100)} == {0.1}
+    assert lr_at(warmed, 0.1) == pytest.approx(0.05)
+    assert {lr_at(warmed, s / 100) for s in range(20, 100)} == {0.1}
     onecycle = make_config("fast", lr=0.4, warmup=0.25)
-    assert lr_at(onecycle, 0.0) == 0 and lr_at(onecycle, 0.25) == pytest.approx(0.4)
-    assert lr_at(onecycle, 0.5) < lr_at(onecycle, 0.25) and lr_at(onecycle, 1.0) == pytest.approx(0)
+    assert lr_at(onecycle, 0.0) == 0
+    assert lr_at(onecycle, 0.25) == pytest.approx(0.4)
+    assert lr_at(onecycle, 0.5) < lr_at(onecycle, 0.25)
+    assert lr_at(onecycle, 1.0) == pytest.approx(0)
     cosine = make_config("original", schedule="cosine", lr=1.0)
-    assert lr_at(cosine, 0.5) == pytest.approx(0.5) and lr_at(cosine, 1.0) == pytest.approx(0)
+    assert lr_at(cosine, 0.5) == pytest.approx(0.5)
+    assert lr_at(cosine, 1.0) == pytest.approx(0)
 
 
 def test_a_seed_too_large_for_the_generators_is_refused_before_training(tiny_data):
@@ -371,8 +406,10 @@ def test_one_exploding_step_diverges_at_once(tiny_data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module, "train_step", huge_loss)
     outcome = Trainer(small_config(tiny_data, epochs=1, log_every=50), tmp_path).run()
-    assert outcome["status"] == "diverged" and "exceeded 23.0" in outcome["message"]
-    assert not (tmp_path / runs.WEIGHTS).exists() and not (tmp_path / runs.CHECKPOINT).exists()
+    assert outcome["status"] == "diverged"
+    assert "exceeded 23.0" in outcome["message"]
+    assert not (tmp_path / runs.WEIGHTS).exists()
+    assert not (tmp_path / runs.CHECKPOINT).exists()
 
 
 def test_a_non_finite_evaluation_ends_the_run_diverged_without_weights(tiny_data, tmp_path, monkeypatch):
@@ -383,9 +420,11 @@ def test_a_non_finite_evaluation_ends_the_run_diverged_without_weights(tiny_data
 
     monkeypatch.setattr(Trainer, "_evaluate", nan_loss)
     outcome = Trainer(small_config(tiny_data, epochs=1), tmp_path).run()
-    assert outcome["status"] == "diverged" and "test loss is nan" in outcome["message"]
+    assert outcome["status"] == "diverged"
+    assert "test loss is nan" in outcome["message"]
     assert runs.read_status(tmp_path)["status"] == "diverged"
-    assert not (tmp_path / runs.WEIGHTS).exists() and not (tmp_path / runs.CARD).exists()
+    assert not (tmp_path / runs.WEIGHTS).exists()
+    assert not (tmp_path / runs.CARD).exists()
     assert not [r for r in runs.read_metrics(tmp_path) if r["kind"] == "epoch"]  # the broken epoch is not drawn
 
 
@@ -411,11 +450,12 @@ def test_the_resolution_schedule_is_a_pure_function_of_the_step():
     assert [resolution_at(phases, step / 8) for step in range(8)] == [16, 16, 16, 16, 24, 24, 32, 32]
     assert resolution_at(parse_resolution(""), 0.0) == 32
     x = torch.randn(2, 3, 32, 32)
-    assert resize(x, 16).shape == (2, 3, 16, 16) and resize(x, 32) is x
+    assert resize(x, 16).shape == (2, 3, 16, 16)
+    assert resize(x, 32) is x
     assert torch.allclose(resize(torch.ones(1, 3, 32, 32), 24), torch.ones(1, 3, 24, 24))
 
 
-@pytest.mark.parametrize("text, words", [
+@pytest.mark.parametrize(("text", "words"), [
     ("12:0.5", "12 px is not one of 8, 16, 24"), ("16:1.5", "fraction of the steps in (0, 1)"),
     ("16", "is not SIZE:UNTIL"), ("16:0.6,24:0.5", "increasing order"), ("a:b", "is not SIZE:UNTIL"), ("32:0.5", "32 px is not one of"),
 ])
@@ -432,7 +472,8 @@ def test_low_resolution_steps_train_the_same_weights_that_load_at_32_px(tiny_dat
     assert sizes == [16, 16, 16, 32, 32, 32]
     loaded = load_weights(tmp_path / runs.WEIGHTS)
     model, card = loaded.net, loaded.card
-    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10) and card["training"]["resolution"] == "16:0.5"
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    assert card["training"]["resolution"] == "16:0.5"
 
 
 @pytest.fixture(scope="module")
@@ -452,7 +493,7 @@ def test_a_run_resumed_in_the_middle_of_its_resolution_schedule_continues_exactl
     assert [r["resolution"] for r in runs.read_metrics(tmp_path) if r["kind"] == "step"] == [16, 16, 16, 24, 24, 32]
 
 
-@pytest.mark.parametrize("probes, probed_steps", [(3, [2, 4, 6]), (6, [1, 2, 3, 4, 5, 6]), (0, [])])
+@pytest.mark.parametrize(("probes", "probed_steps"), [(3, [2, 4, 6]), (6, [1, 2, 3, 4, 5, 6]), (0, [])])
 def test_probes_score_a_fixed_held_out_subset_evenly_by_progress(tiny_data, tmp_path, probes, probed_steps):
     config = small_config(tiny_data, probe_size=10, probes=probes, val_size=40, log_every=3)
     Trainer(config, tmp_path).run()
@@ -469,7 +510,8 @@ def test_probes_score_a_fixed_held_out_subset_evenly_by_progress(tiny_data, tmp_
 def test_the_probe_uses_the_test_set_without_a_validation_split(tiny_data, tmp_path):
     Trainer(small_config(tiny_data, probe_size=5, epochs=1), tmp_path).run()
     probe = next(r for r in runs.read_metrics(tmp_path) if r["kind"] == "probe")
-    assert probe["probe_split"] == "test" and 1 <= probe["probe_images"] <= 5
+    assert probe["probe_split"] == "test"
+    assert 1 <= probe["probe_images"] <= 5
 
 
 def test_whitening_changes_the_first_convolution_and_nothing_else(tiny_data):
@@ -554,7 +596,8 @@ def test_bias_parameters_get_their_own_learning_rate(tiny_data, tmp_path, monkey
 
     monkeypatch.setattr(train_module, "train_step", record)
     Trainer(config, tmp_path).run()
-    assert seen and all(bias == pytest.approx(4 * weights) for weights, bias in seen)
+    assert seen
+    assert all(bias == pytest.approx(4 * weights) for weights, bias in seen)
 
 
 def test_frozen_bn_scales_stay_at_one_while_the_shifts_train_and_a_resume_keeps_them(tiny_data, tmp_path):
@@ -564,7 +607,8 @@ def test_frozen_bn_scales_stay_at_one_while_the_shifts_train_and_a_resume_keeps_
     assert Trainer(resume_config(tmp_path), tmp_path).run(resume=True)["status"] == "finished"
     saved = load_weights(tmp_path / runs.WEIGHTS).net
     norms = [m for m in saved.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert norms and all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+    assert norms
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
     assert all(not torch.equal(m.bias, torch.zeros_like(m.bias)) for m in norms)
     trained = Trainer(small_config(tiny_data, optimizer="sgd", lr=0.1), tmp_path / "trained").run()
     assert trained["status"] == "finished"
@@ -597,11 +641,13 @@ def test_the_grad_scaler_is_on_for_fp16_only_and_resumes(tiny_data, tmp_path):
     config = small_config(tiny_data, precision="fp16", channels_last=False, lr=1e-3)
     Trainer(config, tmp_path, callbacks=[stop_at_step(event, 1)], stop_event=event).run()
     checkpoint = torch.load(tmp_path / runs.CHECKPOINT, weights_only=True)
-    assert "scaler" in checkpoint and checkpoint["scaler"]["scale"] > 0
+    assert "scaler" in checkpoint
+    assert checkpoint["scaler"]["scale"] > 0
     resumed = Trainer(resume_config(tmp_path), tmp_path)
     parts, _ = resumed.build(resume=True)
     # Its scale and its count of steps since the last overflow: the resumed run scales as the stopped one would.
-    assert parts.scaler.state_dict() == checkpoint["scaler"] and checkpoint["scaler"]["_growth_tracker"] > 0
+    assert parts.scaler.state_dict() == checkpoint["scaler"]
+    assert checkpoint["scaler"]["_growth_tracker"] > 0
     assert resumed.run(resume=True)["status"] == "finished"
     event.clear()
     Trainer(small_config(tiny_data), tmp_path / "fp32", callbacks=[stop_at_step(event, 1)], stop_event=event).run()
@@ -612,7 +658,8 @@ def test_step_seeds_differ_for_every_rank_beyond_64():
     config = make_config("original")
     seeds = {train_module._step_seed(config, 1, 0, rank) for rank in range(1024)}
     seeds |= {train_module._step_seed(config, 1, 1, rank) for rank in range(1024)}
-    assert len(seeds) == 2048 and all(0 <= s < 2**63 for s in seeds)
+    assert len(seeds) == 2048
+    assert all(0 <= s < 2**63 for s in seeds)
 
 
 def test_ranks_agree_only_at_log_steps_and_epoch_ends(tiny_data, tmp_path, monkeypatch):
@@ -635,7 +682,10 @@ def test_grad_cam_sends_the_image_to_the_models_device_and_returns_the_map_on_th
     real_to = torch.Tensor.to
     monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: moved.append(a[0] if a else k.get("device")) or real_to(self, *a, **k))
     cam, _ = grad_cam(model, torch.zeros(3, 32, 32, dtype=torch.uint8), (0.5,) * 3, (0.25,) * 3)
-    assert moved and moved[0] == next(model.parameters()).device and cam.device.type == "cpu" and cam.shape == (32, 32)
+    assert moved
+    assert moved[0] == next(model.parameters()).device
+    assert cam.device.type == "cpu"
+    assert cam.shape == (32, 32)
 
 
 def test_wrapper_prefixes_are_stripped_in_any_order(tmp_path):
@@ -653,7 +703,8 @@ def test_the_gpu_check_refuses_a_machine_without_cuda(capsys):
         pytest.skip("this machine has a CUDA GPU: bench/gpu_check.py is for running, not refusing")
     done = subprocess.run([sys.executable, "bench/gpu_check.py"], cwd=Path(__file__).resolve().parent.parent,
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr
+    assert done.returncode == 2
+    assert "needs a CUDA GPU" in done.stderr
 
 
 def test_a_recipe_selection_run_never_scores_the_test_set(tiny_data, tmp_path, monkeypatch):
@@ -663,12 +714,18 @@ def test_a_recipe_selection_run_never_scores_the_test_set(tiny_data, tmp_path, m
                         real(model, images, *a, **k))
     config = small_config(tiny_data, score_test=False, val_size=40, limit_test=16, epochs=1, tta=True)
     assert Trainer(config, tmp_path).run()["status"] == "finished"
-    assert len(scored) >= 3 and set(scored) == {40}  # the validation split only, never the 16 test images
+    assert len(scored) >= 3
+    assert set(scored) == {40}
     epoch = next(r for r in runs.read_metrics(tmp_path) if r["kind"] == "epoch")
-    assert "val_acc" in epoch and "test_acc" not in epoch
+    assert "val_acc" in epoch
+    assert "test_acc" not in epoch
     card = load_weights(tmp_path / runs.WEIGHTS).card
-    assert card["scored_on"] == "val" and "val_acc" in card and "test_acc" not in card and card["val_images"] == 40
-    assert "tta_val_acc" in card and "tta_test_acc" not in card
+    assert card["scored_on"] == "val"
+    assert "val_acc" in card
+    assert "test_acc" not in card
+    assert card["val_images"] == 40
+    assert "tta_val_acc" in card
+    assert "tta_test_acc" not in card
     assert "the test set was never scored" in card["measured"]
     with pytest.raises(ConfigError, match="score_test off needs a validation split"):
         small_config(tiny_data, score_test=False)
@@ -681,7 +738,8 @@ def test_scoring_the_test_set_changes_no_weight(tiny_data, tmp_path):
         run_dir = tmp_path / str(score_test)
         assert Trainer(small_config(tiny_data, score_test=score_test, val_size=8, dropout=0.1), run_dir).run()["status"] == "finished"
         weights.append(load_file(run_dir / runs.WEIGHTS))
-    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_the_split_seed_holds_out_the_same_images_whatever_the_runs_seed(tiny_data):

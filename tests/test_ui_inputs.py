@@ -12,10 +12,10 @@ from resnet.images import ImageError, prepare
 
 gr = pytest.importorskip("gradio")
 from gradio.data_classes import FileData, ImageData, ListFiles  # noqa: E402
+from helpers import BROWSER_KEY, example, form_values, image_bytes  # noqa: E402
 
 import app  # noqa: E402
 from resnet import ui_inputs  # noqa: E402
-from helpers import BROWSER_KEY, example, form_values, image_bytes  # noqa: E402
 
 FILE_META = {"_type": "gradio.FileData"}  # what marks a payload as a file for Gradio to check and move to its cache
 NUMERIC = [n for n in config.FORM_SETTINGS if config.kind(n) in (int, float) and not config.SETTINGS[n].metadata["choices"]]
@@ -53,7 +53,8 @@ def step(name: str):
 # ---- the payloads Gradio hands over ------------------------------------------------------------------------
 def test_an_uploaded_image_reaches_the_handler_as_its_path():
     image = ui_inputs.image_input()
-    assert image.data_model is ImageData and image.preprocess is ui_inputs.undecoded_upload
+    assert image.data_model is ImageData
+    assert image.preprocess is ui_inputs.undecoded_upload
     upload = as_received(image, {"path": "/tmp/gradio/ab/x.png", "url": "/gradio_api/file=/tmp/gradio/ab/x.png",
                                  "meta": FILE_META})
     assert image.preprocess(upload) == "/tmp/gradio/ab/x.png"
@@ -62,9 +63,11 @@ def test_an_uploaded_image_reaches_the_handler_as_its_path():
 
 def test_a_pasted_image_reaches_the_handler_as_its_bytes():
     payload = pasted(image_bytes())
-    assert payload.path is None and payload.url.startswith("data:")
+    assert payload.path is None
+    assert payload.url.startswith("data:")
     data = ui_inputs.undecoded_upload(payload)
-    assert data == image_bytes() and prepare(data).shape == (3, 32, 32)
+    assert data == image_bytes()
+    assert prepare(data).shape == (3, 32, 32)
 
 
 @pytest.mark.parametrize("cap", [999, 1000, 1001])
@@ -73,7 +76,8 @@ def test_a_paste_is_decoded_only_to_just_past_the_cap(server_limits, cap):
     assert ui_inputs.undecoded_upload(pasted(bytes(cap))) == bytes(cap)  # at the cap: whole
     data = bytes(range(256)) * 40
     decoded = ui_inputs.undecoded_upload(pasted(data))
-    assert cap < len(decoded) <= cap + 3 and data.startswith(decoded)  # the first whole base64 quantum past the cap
+    assert cap < len(decoded) <= cap + 3
+    assert data.startswith(decoded)
     with pytest.raises(ImageError, match="the limit is"):
         prepare(decoded)  # refused by its size, never by a cut-off padding
 
@@ -85,7 +89,8 @@ def test_a_garbled_paste_is_a_message():
 
 def test_many_files_reach_the_handler_as_their_paths():
     files = ui_inputs.batch_input()
-    assert files.data_model is ListFiles and files.preprocess is ui_inputs.uploaded_paths
+    assert files.data_model is ListFiles
+    assert files.preprocess is ui_inputs.uploaded_paths
     payload = as_received(files, [{"path": "/tmp/gradio/a/x.png", "meta": FILE_META},
                                   {"path": "/tmp/gradio/b/y.zip", "meta": FILE_META}])
     assert files.preprocess(payload) == ["/tmp/gradio/a/x.png", "/tmp/gradio/b/y.zip"]

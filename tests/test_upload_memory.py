@@ -6,8 +6,8 @@ import importlib
 import sys
 
 import pytest
-
 from helpers import REPO
+
 from resnet import limits
 
 MAX_GROWTH = 150 * 2**20  # bytes of peak RSS one upload may add, against the same process decoding a 32 x 32 PNG

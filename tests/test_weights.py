@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 import torch
+from helpers import Payload, PublishedResNet, randomize_batchnorm
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as safetensors_save
 from torch import nn
@@ -12,8 +13,6 @@ from torch import nn
 from resnet import build_model, count_parameters, load_weights, save_weights
 from resnet.constants import PUBLISHED_MEAN, PUBLISHED_STD
 from resnet.weights import WeightsError, make_card
-
-from helpers import Payload, PublishedResNet, randomize_batchnorm
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,8 @@ def test_published_state_dict_pt_loads_with_identical_outputs(tmp_path, inputs, 
 
     classifier = load_weights(path)
     assert not classifier.net.training
-    assert classifier.mean == PUBLISHED_MEAN and classifier.std == PUBLISHED_STD
+    assert classifier.mean == PUBLISHED_MEAN
+    assert classifier.std == PUBLISHED_STD
     assert classifier.card["blocks"] == [1, 1, 1, 1]
     with torch.no_grad():
         assert torch.equal(classifier.net(inputs), published(inputs))
@@ -63,9 +63,12 @@ def test_safetensors_and_card_round_trip(tmp_path, inputs):
     assert json.loads((tmp_path / "m.json").read_text())["storage_dtype"] == "float32"
     loaded = load_weights(path)
     loaded, loaded_card = loaded.net, loaded.card
-    assert loaded_card["blocks"] == [1, 1, 1, 1] and loaded_card["dropout"] == 0.2
-    assert loaded_card["mean"] == [0.1, 0.2, 0.3] and loaded_card["std"] == [0.4, 0.5, 0.6]
-    assert loaded_card["test_acc"] == 0.5 and len(loaded_card["classes"]) == 10
+    assert loaded_card["blocks"] == [1, 1, 1, 1]
+    assert loaded_card["dropout"] == 0.2
+    assert loaded_card["mean"] == [0.1, 0.2, 0.3]
+    assert loaded_card["std"] == [0.4, 0.5, 0.6]
+    assert loaded_card["test_acc"] == 0.5
+    assert len(loaded_card["classes"]) == 10
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     with torch.no_grad():
@@ -85,7 +88,8 @@ def test_blocks_are_inferred_from_the_keys_without_a_card(tmp_path):
     save_file(build_model((2, 2, 2, 2)).state_dict(), tmp_path / "bare.safetensors")
     loaded = load_weights(tmp_path / "bare.safetensors")
     model, card = loaded.net, loaded.card
-    assert card["blocks"] == [2, 2, 2, 2] and model.blocks == (2, 2, 2, 2)
+    assert card["blocks"] == [2, 2, 2, 2]
+    assert model.blocks == (2, 2, 2, 2)
     assert count_parameters(model) == 11_173_962
 
 
@@ -106,7 +110,8 @@ def assert_refused(source, *words, **kwargs):
     with pytest.raises(WeightsError) as caught:
         load_weights(source, **kwargs)
     message = str(caught.value)
-    assert "\n" not in message and "Traceback" not in message
+    assert "\n" not in message
+    assert "Traceback" not in message
     for word in words:
         assert word in message, message
     return message
@@ -164,7 +169,7 @@ def test_a_card_that_disagrees_with_its_weights_is_refused(tmp_path):
     assert_refused(path, "the card says blocks [1, 1, 1, 1]", "[2, 2, 2, 2]")
 
 
-@pytest.mark.parametrize("change, words", [
+@pytest.mark.parametrize(("change", "words"), [
     ({"mean": [0.5, 0.5]}, "'mean'"),
     ({"mean": [0.5, float("nan"), 0.5]}, "'mean' must be a list of 3 finite numbers"),  # json writes and reads NaN
     ({"std": [0.2, float("inf"), 0.2]}, "'std' must be a list of 3 finite numbers"),
@@ -212,12 +217,13 @@ def test_a_lone_safetensors_upload_keeps_its_normalization(tmp_path):
     path = save_weights(model, tmp_path / "ours.safetensors", card)
     loaded = load_weights(path.read_bytes(), name="ours.safetensors")
     loaded, loaded_card = loaded.net, loaded.card
-    assert loaded_card["mean"] == [0.1, 0.2, 0.3] and loaded_card["std"] == [0.4, 0.5, 0.6]
+    assert loaded_card["mean"] == [0.1, 0.2, 0.3]
+    assert loaded_card["std"] == [0.4, 0.5, 0.6]
     assert "test_acc" not in embedded_card(path.read_bytes())  # only preprocessing and architecture travel inside
     assert embedded_card(b"PK\x03\x04 not safetensors") is None
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(("change", "message"), [
     ({"blocks": 5}, "'blocks' must be a list of 4"),
     ({"dropout": "x"}, "'dropout' must be a number"),
     ({"classes": ["a"]}, "names 1 classes but the weights have 10"),
@@ -250,7 +256,7 @@ def state_with(**changes) -> dict:
     return {**state, **changes}
 
 
-@pytest.mark.parametrize("state, words", [
+@pytest.mark.parametrize(("state", "words"), [
     (state_with(**{"layer1.100000.conv1.weight": torch.zeros(0)}), ["100001 blocks in a stage", "at most 8"]),
     (state_with(**{"linear.weight": torch.zeros(10**8, 0)}), ["shape mismatch for linear.weight", "(100000000, 0)"]),
     (state_with(**{"linear.weight": torch.zeros(())}), ["shape mismatch for linear.weight"]),
