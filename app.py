@@ -15,35 +15,19 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from resnet import (
-    ablation,
-    batch,
-    catalog,
-    config,
-    downloads,
-    fetch,
-    http_api,
-    jobs,
-    limits,
-    model_card,
-    plots,
-    robustness_plots,
-    runs,
-    showcase,
-    stress,
-    study,
-    time_to_accuracy,
-)
+from resnet import batch, config, fetch, plots, runs, stress
 from resnet.budget import describe_duration
 from resnet.classifier import Classifier
 from resnet.config import QUICK_RUN, from_form, make_config, parse_budget, to_form
 from resnet.constants import TEST_IMAGES, TRAIN_IMAGES
 from resnet.errors import UserError
+from resnet.experiments import ablation, study, time_to_accuracy
 from resnet.explain import enlarge, overlay
 from resnet.images import ImageError, prepare, refusal
 from resnet.model import BLOCK_CHOICES
 from resnet.runs import CARD, RunError, read_metrics, read_status, run_path
-from resnet.ui_inputs import batch_input, form_field, image_input
+from resnet.studio import catalog, downloads, http_api, jobs, limits, model_card, robustness_plots, showcase
+from resnet.studio.ui_inputs import batch_input, form_field, image_input
 from resnet.weights import WeightsError
 
 OPERATOR_HEADER = "x-studio-operator"  # carries $STUDIO_OPERATOR_SECRET; a header, so it never lands in a URL or a log line
@@ -348,7 +332,7 @@ def predict_tab(studio: Studio) -> None:
                 examples.select(pick, None, image, api_visibility="private")
             with gr.Accordion("Model", open=False):
                 picker = gr.Dropdown(choices=studio.model_choices(), value=catalog.SHIPPED, label="Predict with",
-                                     allow_custom_value=True)  # values are checked by resnet.catalog.weights_path
+                                     allow_custom_value=True)  # values are checked by resnet.studio.catalog.weights_path
                 weights_file = gr.File(label="Or upload weights (.safetensors; python -m resnet convert makes one of a "
                                              "published project1_model.pt)", file_types=[".safetensors"], type="binary")
             about_model = gr.Markdown()
@@ -628,5 +612,5 @@ if __name__ == "__main__":
     logging.getLogger("resnet").addHandler(logging.StreamHandler())
     studio = Studio()  # a server without CIFAR-10 starts fetching it here, in the background
     stop_on_sigterm(studio)
-    # The UI and the HTTP API (/api/v1, /docs) on one port: resnet.http_api says why it mounts Gradio rather than launch().
+    # The UI and the HTTP API (/api/v1, /docs) on one port: resnet.studio.http_api says why it mounts Gradio rather than launch().
     http_api.serve(build_demo(studio), studio.root, **launch_options())

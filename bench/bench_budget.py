@@ -1,7 +1,7 @@
 """Time-budgeted runs as the Train tab starts them: does each end on time, and what does it score?
 
 Each budget is the Train tab's run (``resnet.config.QUICK_RUN``: the quick preset, every training image, its
-probes) with that budget, started through the server's own run queue (``resnet.jobs.RunQueue``: a child
+probes) with that budget, started through the server's own run queue (``resnet.studio.jobs.RunQueue``: a child
 ``python -m resnet train`` process, as Start does). The wall time counts from the moment the child leaves the
 queue to the moment its run reads ``finished``, which is what the budget promises. Reports, for each budget: the
 plan (where the trainer meant its seconds to go, and where it re-fitted its length to its pace), the wall time and
@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 from machine import machine, report  # bench/, beside this file
 
-from resnet import jobs, runs
+from resnet import runs
 from resnet.config import QUICK_RUN, parse_budget
 from resnet.data import load_split
+from resnet.studio import jobs
 from resnet.train import resolve_precision
 from resnet.weights import load_weights
 

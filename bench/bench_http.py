@@ -2,7 +2,7 @@
 
     python bench/bench_http.py [--calls 200] [--rounds 4] [--json bench/results/http.json]
 
-Serves the studio as app.py does (the UI and resnet.http_api on one port, shipped weights unless
+Serves the studio as app.py does (the UI and resnet.studio.http_api on one port, shipped weights unless
 $STUDIO_WEIGHTS) in this process and times, one call at a time from one client: POST /api/v1/predict
 (httpx, keep-alive), the `gradio_client` /predict round trip to the same server, and the same round
 trip to a do-nothing Gradio app (bench_predict.trivial_demo: the framework's floor), and, to tell
@@ -21,7 +21,7 @@ from bench_predict import app, framework_floor, percentile, trivial_demo  # the 
 from gradio_client import Client
 from machine import machine, report
 
-from resnet import catalog, http_api, showcase
+from resnet.studio import catalog, http_api, showcase
 
 IMAGE = showcase.EXAMPLES / "cat-0.png"  # a CIFAR-10 test image: a 32 x 32 PNG
 GOAL = {"p50_ms": 30, "p99_ms": 80}  # the HTTP path's target on an idle machine

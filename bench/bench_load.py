@@ -6,7 +6,7 @@ gradio_client.Client, call /predict with a real upload for --seconds. It reports
 errors, p50/p99 latency, the server's resident memory (VmRSS) after warm-up and after the load, and
 with --while-training the images/s of a run the app trains meanwhile, alone vs under the load
 (read from the run's metrics.jsonl rows). With --http the same clients then call the plain HTTP API
-(POST /api/v1/predict, resnet.http_api) for as long, and both loads are reported side by side. With
+(POST /api/v1/predict, resnet.studio.http_api) for as long, and both loads are reported side by side. With
 --burst, after a warm-up of the HTTP API, --requests requests are sent at once through --parallel
 clients, each on a connection of its own (as `xargs -P 50 curl` sends them): the status counts, the
 Retry-After values and the latencies, the slowest included. With --overload, after that warm-up (whose
@@ -362,7 +362,7 @@ def main(argv=None) -> int:
                                                     / result["training"]["images_per_s_alone"], 3)
         if args.http:
             if httpx.get(server.url + "api/v1/health", timeout=30).status_code != 200:
-                raise SystemExit("app.py serves no /api/v1: wire resnet.http_api into its __main__ first")
+                raise SystemExit("app.py serves no /api/v1: wire resnet.studio.http_api into its __main__ first")
             warm = hammer(server.url, args.image, args.clients, args.warmup, http_caller)
             result["http_warmup"] = {k: warm[k] for k in ("served", "errors")}
             result["http_load"] = hammer(server.url, args.image, args.clients, args.seconds, http_caller)

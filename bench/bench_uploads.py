@@ -27,7 +27,7 @@ import numpy as np
 from machine import machine, report  # bench/, beside this file
 from PIL import Image
 
-from resnet import limits
+from resnet.studio import limits
 
 REPO = Path(__file__).resolve().parent.parent
 PHONE = (4032, 3024)  # a phone camera's 12 MP photo

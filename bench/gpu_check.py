@@ -34,8 +34,8 @@ from bench_train import our_steps, race
 
 from resnet.config import make_config
 from resnet.data import load_split
-from resnet.experiments import Options
-from resnet.time_to_accuracy import TIME_TO_ACCURACY, table
+from resnet.experiments.runner import Options
+from resnet.experiments.time_to_accuracy import TIME_TO_ACCURACY, table
 from resnet.train import Trainer, describe_device
 from resnet.weights import DEFAULT_WEIGHTS, load_weights
 

@@ -15,11 +15,11 @@ from pathlib import Path, PurePosixPath
 import torch
 from PIL import Image
 
-from . import limits
 from .classifier import Classifier
 from .errors import UserError
 from .evaluate import metrics_from_logits
 from .images import FORMATS, ImageError, TooManyPixels, open_image, prepare
+from .studio import limits
 
 BATCH_SIZE = 256
 MAX_ZIP_MEMBERS = 100_000
@@ -192,7 +192,7 @@ def predictions(classifier: Classifier, sources: Sources, batch_size: int = BATC
 
 
 def predict_request(classifier: Classifier, uploads) -> tuple[list, list]:
-    """One server request's images, within this server's caps (resnet.limits): ``uploads`` are (path, the name
+    """One server request's images, within this server's caps (resnet.studio.limits): ``uploads`` are (path, the name
     its sender gave it) pairs. Returns ([(name, raw logits [C])] of the readable images, [(name, reason)] of the
     rest); raises TooManyImages past ``batch_images`` and BatchError when not one image could be used."""
     allowed = limits.current()

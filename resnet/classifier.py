@@ -1,6 +1,6 @@
 """A trained network together with the facts its weights came with: what every front end predicts with.
 
-The weights loaders (resnet.weights.load_weights, resnet.catalog) return a Classifier. Its card says
+The weights loaders (resnet.weights.load_weights, resnet.studio.catalog) return a Classifier. Its card says
 how inputs are normalized, what the classes are called and, when it was calibrated, the temperature
 its probabilities are divided by; so no caller passes ``mean``/``std`` or a temperature by hand, and
 nothing is attached to a network that every visitor of a server shares.

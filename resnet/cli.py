@@ -14,12 +14,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import ablation, batch, config, export, runs, study, time_to_accuracy
+from . import batch, config, export, runs
 from .budget import process_age_s
 from .config import SEED_LIMIT, ConfigError
 from .constants import CLASSES
 from .data import download, load_split
 from .errors import UserError
+from .experiments import ablation, study, time_to_accuracy
 from .images import FORMATS_IN_WORDS
 from .train import Trainer, resolve_device, resume_config
 from .weights import DEFAULT_WEIGHTS, WeightsError, card_path, load_weights, save_weights

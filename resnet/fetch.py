@@ -33,8 +33,8 @@ from pathlib import Path
 
 from torchvision.datasets import CIFAR10
 
-from . import limits
 from .data import BATCHES_FOLDER, TEST_FILES, TRAIN_FILES, DataMissingError, _read_batch, resolve_data_dir
+from .studio import limits
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ OFFICIAL = Source(CIFAR10.url, CIFAR10.tgz_md5,
 
 
 def source(setting: str) -> Source | None:
-    """The source a ``STUDIO_DATA_SOURCE`` value names (resnet.limits checks its form); None when it is ``off``."""
+    """The source a ``STUDIO_DATA_SOURCE`` value names (resnet.studio.limits checks its form); None when it is ``off``."""
     if setting == "off":
         return None
     if setting == "official":
@@ -160,7 +160,7 @@ class DataFetch:
 
     @classmethod
     def for_server(cls, data_dir=None) -> "DataFetch":
-        """The fetch this server's settings ask for (resnet.limits: STUDIO_DATA_SOURCE)."""
+        """The fetch this server's settings ask for (resnet.studio.limits: STUDIO_DATA_SOURCE)."""
         return cls(data_dir, source(limits.current().data_source))
 
     def ready(self) -> bool:

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import limits
 from .constants import IMAGE_SIZE
 from .errors import UserError
+from .studio import limits
 
 
 class ImageError(UserError, ValueError):

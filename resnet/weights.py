@@ -2,7 +2,7 @@
 
 Nothing here unpickles arbitrary objects: safetensors holds raw tensors only, and ``.pt`` files
 go through ``torch.load(weights_only=True)``, which refuses anything but tensors and containers.
-A visitor's upload never gets that far as a ``.pt``: resnet.catalog takes uploads as safetensors only.
+A visitor's upload never gets that far as a ``.pt``: resnet.studio.catalog takes uploads as safetensors only.
 """
 
 import io

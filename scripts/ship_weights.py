@@ -26,8 +26,8 @@ from resnet.classifier import Classifier
 from resnet.config import PRESETS, config_from_dict, make_config, validation_seed
 from resnet.data import load_split
 from resnet.evaluate import metrics_from_logits
-from resnet.jobs import cli_command
-from resnet.model_card import LOW_CONFIDENCE
+from resnet.studio.jobs import cli_command
+from resnet.studio.model_card import LOW_CONFIDENCE
 from resnet.train import load_data, measured_on
 from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import REPO, Archive, serving, tiny_card, write_cifar_format
 
-from resnet import limits
 from resnet.data import BATCHES_FOLDER
 from resnet.model import build_model
+from resnet.studio import limits
 from resnet.weights import save_weights
 
 REAL_DATA = REPO.parent / "shared" / "data" / "cifar10"

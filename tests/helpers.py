@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from resnet import fetch, jobs, limits, runs, showcase
+from resnet import fetch, runs
 from resnet.data import BATCHES_FOLDER, TEST_FILES, TRAIN_FILES, load_split
 from resnet.evaluate import evaluate
+from resnet.studio import jobs, limits, showcase
 from resnet.weights import make_card
 
 REPO = Path(__file__).resolve().parent.parent
@@ -386,9 +387,9 @@ def source_of(server: ArchiveServer, archive: Archive) -> fetch.Source:
 @contextlib.contextmanager
 def serving(studio):
     """The studio's UI and HTTP API on a free port of 127.0.0.1, built and started as app.py's main does (through
-    resnet.http_api, not Gradio's launch()); yields the URL and stops the server after."""
+    resnet.studio.http_api, not Gradio's launch()); yields the URL and stops the server after."""
     import app
-    from resnet import http_api
+    from resnet.studio import http_api
 
     running = http_api.start(http_api.create_app(app.build_demo(studio), studio.root, **app.launch_options()), "127.0.0.1", 0)
     try:

@@ -8,10 +8,11 @@ import threading
 import pytest
 import torch
 
-from resnet import ablation, runs
+from resnet import runs
 from resnet.cli import main
 from resnet.config import ConfigError
-from resnet.experiments import Budget, Options, load_shared_data
+from resnet.experiments import ablation
+from resnet.experiments.runner import Budget, Options, load_shared_data
 
 # 64 training images: the fast preset's batch of 512 does not fit, so the tiny variants use 32.
 BUDGET = Budget(train_size=64, val_size=64, epochs=1, test_size=20, seeds=2, resolution="16:0.5")

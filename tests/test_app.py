@@ -11,12 +11,13 @@ import torch
 from helpers import BROWSER_KEY, ODD_UPLOADS, UNUSABLE, example, finished_run, form_values, odd_upload, tiny_card, wait_for
 from PIL import Image
 
-from resnet import downloads, fetch, jobs, limits, model_card, runs, showcase
+from resnet import fetch, runs
 from resnet.cli import main
 from resnet.constants import CLASSES, PUBLISHED_MEAN
 from resnet.evaluate import predict_logits
 from resnet.images import prepare
 from resnet.model import build_model
+from resnet.studio import downloads, jobs, limits, model_card, showcase
 from resnet.weights import embedded_card, save_weights
 
 gr = pytest.importorskip("gradio")

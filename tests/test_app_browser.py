@@ -5,7 +5,7 @@ import re
 import pytest
 from helpers import CHROMIUM, launch_chromium
 
-from resnet import showcase
+from resnet.studio import showcase
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")]

@@ -9,7 +9,8 @@ import re
 import pytest
 from helpers import CHROMIUM, AppProcess, ArchiveServer, launch_chromium, serving, source_of
 
-from resnet import fetch, jobs
+from resnet import fetch
+from resnet.studio import jobs
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 expect = sync_api.expect

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import import_script
 
-from resnet import calibration, evaluate, model_card
+from resnet import calibration, evaluate
 from resnet.calibration import (
     calibrated_probabilities,
     calibration_fields,
@@ -24,6 +24,7 @@ from resnet.classifier import Classifier
 from resnet.constants import CLASSES
 from resnet.data import load_split
 from resnet.model import build_model
+from resnet.studio import model_card
 from resnet.weights import DEFAULT_WEIGHTS, WeightsError, card_path, load_weights, make_card, save_weights
 
 
@@ -218,7 +219,7 @@ def test_a_run_is_calibrated_on_its_validation_split(tiny_data):
 
 
 def test_the_reliability_figure_draws_a_card_or_says_it_is_uncalibrated():
-    from resnet.robustness_plots import calibration_text, reliability_figure
+    from resnet.studio.robustness_plots import calibration_text, reliability_figure
 
     logits, labels = sampled(1_000, 0.6)
     fit, held = halves(1_000)

@@ -299,10 +299,10 @@ def test_every_error_a_person_can_cause_is_a_user_error(capsys):
     from resnet.errors import UserError
     from resnet.export import ExportError
     from resnet.images import ImageError
-    from resnet.jobs import OwnerError, QueueFullError
-    from resnet.limits import LimitError
     from resnet.runs import RunError
     from resnet.stress import StressError
+    from resnet.studio.jobs import OwnerError, QueueFullError
+    from resnet.studio.limits import LimitError
     from resnet.weights import WeightsError
     for error in (BatchError, FolderError, ConfigError, DataMissingError, ExportError, ImageError, OwnerError,
                   QueueFullError, LimitError, RunError, StressError, WeightsError):

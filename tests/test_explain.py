@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from resnet.catalog import shipped_weights
 from resnet.explain import DISPLAY_SCALE, enlarge, grad_cam, heat_colors, overlay
 from resnet.images import prepare
 from resnet.model import build_model
+from resnet.studio.catalog import shipped_weights
 from resnet.weights import load_weights
 
 QUADRANTS = {0: (0, 0), 1: (0, 1), 2: (1, 0), 3: (1, 1)}  # index -> (row, column) half

@@ -22,7 +22,8 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from helpers import REPO, AppProcess, form_values, wait_for
 
-from resnet import jobs, runs
+from resnet import runs
+from resnet.studio import jobs
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -16,8 +16,9 @@ import pytest
 import torch
 from helpers import REPO, TINY, ArchiveServer, source_of, status_of, wait_for
 
-from resnet import fetch, jobs, limits, runs
+from resnet import fetch, runs
 from resnet.data import BATCHES_FOLDER, DataMissingError, load_split
+from resnet.studio import jobs, limits
 
 
 @pytest.fixture

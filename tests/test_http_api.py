@@ -1,4 +1,4 @@
-"""The plain HTTP API (resnet.http_api) through a real server: httpx requests, the Gradio UI beside it."""
+"""The plain HTTP API (resnet.studio.http_api) through a real server: httpx requests, the Gradio UI beside it."""
 
 import collections
 import json
@@ -37,7 +37,8 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 import app  # noqa: E402
-from resnet import http_api, limits, runs, showcase  # noqa: E402
+from resnet import runs  # noqa: E402
+from resnet.studio import http_api, limits, showcase  # noqa: E402
 from resnet.classifier import Classifier  # noqa: E402
 from resnet.constants import CLASSES  # noqa: E402
 from resnet.images import prepare  # noqa: E402
@@ -45,7 +46,7 @@ from resnet.model import build_model  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-BATCH_IMAGES, BATCH_MP = 4, 0.01  # small caps, set through the app's own limits (resnet.limits)
+BATCH_IMAGES, BATCH_MP = 4, 0.01  # small caps, set through the app's own limits (resnet.studio.limits)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The HTTP API's admission gate (resnet.http_api.Gate) alone, without a server: who waits for a prediction's turn,
+"""The HTTP API's admission gate (resnet.studio.http_api.Gate) alone, without a server: who waits for a prediction's turn,
 who is refused at once, and what Retry-After says."""
 
 import collections
@@ -8,7 +8,7 @@ import anyio
 import pytest
 from fastapi import HTTPException
 
-from resnet import http_api
+from resnet.studio import http_api
 
 
 def admitted_in_turn(gate, count: int, release: threading.Event) -> list:

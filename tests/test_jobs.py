@@ -8,9 +8,10 @@ import time
 import pytest
 from helpers import TINY, status_of, wait_for
 
-from resnet import config, jobs, runs
+from resnet import config, runs
 from resnet.cli import build_parser
 from resnet.config import ConfigError, make_config
+from resnet.studio import jobs
 
 OWNER = jobs.Actor(key="the-owners-key")
 OPERATOR = jobs.Actor(operator=True)

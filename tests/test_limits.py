@@ -1,11 +1,11 @@
-"""Server limits: declared once (resnet.limits), read from the environment once, listed in docs/studio.md as declared."""
+"""Server limits: declared once (resnet.studio.limits), read from the environment once, listed in docs/studio.md as declared."""
 
 import dataclasses
 from pathlib import Path
 
 import pytest
 
-from resnet import limits
+from resnet.studio import limits
 
 LIMITS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "studio.md"
 

@@ -18,10 +18,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save as safetensors_save
 
-from resnet import limits, runs, showcase
+from resnet import runs
 from resnet.config import ConfigError
 from resnet.constants import CLASSES
 from resnet.model import build_model
+from resnet.studio import limits, showcase
 
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")

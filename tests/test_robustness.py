@@ -12,7 +12,7 @@ from helpers import REPO
 
 from resnet.data import load_split
 from resnet.model import build_model
-from resnet.robustness_plots import robustness_figure, robustness_text
+from resnet.studio.robustness_plots import robustness_figure, robustness_text
 from resnet.weights import make_card, save_weights
 
 SCRIPT = REPO / "scripts" / "robustness.py"

@@ -138,6 +138,6 @@ def test_trained_on_is_none_without_a_readable_device(tmp_path, card):
 
 def test_reading_runs_and_limits_imports_no_torch():
     """The studio polls run folders and reads its limits often; neither should cost importing torch."""
-    code = ("import sys, resnet.runs, resnet.limits, resnet.errors, resnet.atomic; "
+    code = ("import sys, resnet.runs, resnet.studio.limits, resnet.errors, resnet.atomic; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

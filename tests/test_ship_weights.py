@@ -12,7 +12,7 @@ from resnet import runs
 from resnet.calibration import calibration_fields
 from resnet.config import make_config
 from resnet.data import load_split
-from resnet.model_card import LOW_CONFIDENCE, shipped_summary
+from resnet.studio.model_card import LOW_CONFIDENCE, shipped_summary
 from resnet.train import Trainer, load_data
 from resnet.weights import load_weights
 

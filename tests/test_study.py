@@ -7,10 +7,11 @@ import threading
 
 import pytest
 
-from resnet import experiments, runs, study
+from resnet import runs
 from resnet.cli import main
 from resnet.config import ConfigError
-from resnet.experiments import Budget, Options
+from resnet.experiments import runner, study
+from resnet.experiments.runner import Budget, Options
 
 # 64 training images, batch 32: two steps an epoch. Adam at lr 1e37 turns the loss non-finite on
 # its second step, which stands in for the published grid's diverging learning rates.
@@ -54,7 +55,7 @@ def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
     by_id = {r["run_id"]: r for r in results["runs"]}
     # Both optimizers diverged at 1e37, so each got the fallback lr; the winner's settings recur in later phases.
     assert {"adam-lr0p001-drop0p1-b1111", "sgd-lr0p001-drop0p1-b1111"} <= set(by_id)
-    assert all(r["status"] in experiments.DONE for r in results["runs"])
+    assert all(r["status"] in runner.DONE for r in results["runs"])
     assert results["waiting"] is None
     winner = by_id[results["choices"]["optimizers"]]
     assert winner["final_val_acc"] == max(r["final_val_acc"] for r in results["runs"] if "optimizers" in r["phases"]
@@ -107,7 +108,7 @@ def test_plan_waits_for_the_optimizer_phase(tmp_path):
 def test_a_study_folder_keeps_its_budget(tiny_data, tmp_path, capsys):
     root = tmp_path / "study-runs"
     root.mkdir()
-    (root / experiments.BUDGET_FILE).write_text(json.dumps({**dataclasses.asdict(BUDGET), "epochs": 3}))
+    (root / runner.BUDGET_FILE).write_text(json.dumps({**dataclasses.asdict(BUDGET), "epochs": 3}))
     with pytest.raises(ConfigError, match="epochs 3 -> 1"):
         TINY_STUDY.check_folder(root, BUDGET)
     code = main(["study", "--data-dir", str(tiny_data), "--out", str(root), "--train-size", "64", "--val-size", "64",
@@ -133,7 +134,7 @@ def test_the_committed_results_continue_the_study(tmp_path, capsys):
     assert main(["study", "--out", str(tmp_path / "s"), "--results", "results/study.json", "--dry-run"]) == 0
     lines = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
     for row in committed["runs"]:
-        assert lines[row["run_id"]] == (row["status"] if row["status"] in experiments.DONE else "pending")
+        assert lines[row["run_id"]] == (row["status"] if row["status"] in runner.DONE else "pending")
 
 
 @pytest.mark.parametrize(("content", "message"), [

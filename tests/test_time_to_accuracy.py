@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from resnet import experiments, flops, runs, time_to_accuracy
+from resnet import flops, runs
 from resnet.cli import main
 from resnet.config import ConfigError, make_config
-from resnet.experiments import Budget, Options
+from resnet.experiments import runner, time_to_accuracy
+from resnet.experiments.runner import Budget, Options
 from resnet.model import build_model
 
 BUDGET = Budget(train_size=64, val_size=64, epochs=None, test_size=20)
@@ -108,10 +109,10 @@ def test_a_run_resumed_on_another_machine_is_timed_on_both(tmp_path):
         runs.append_metrics(run_dir, {"kind": "epoch", "epoch": epoch, "step": epoch, "val_acc": 0.5, "device": device,
                                       "images_per_s": 10.0, "elapsed_s": float(epoch)})
     runs.write_status(run_dir, "finished")
-    assert experiments.measured(tmp_path, "lowres")["timed_on"] == "mixed: cpu: A; cuda: B"
+    assert runner.measured(tmp_path, "lowres")["timed_on"] == "mixed: cpu: A; cuda: B"
     (run_dir / runs.METRICS).write_text("")
     runs.append_metrics(run_dir, {"kind": "epoch", "epoch": 1, "step": 1, "val_acc": 0.5, "device": "cpu: A"})
-    assert experiments.measured(tmp_path, "lowres")["timed_on"] is None  # one machine: its card's name (none here)
+    assert runner.measured(tmp_path, "lowres")["timed_on"] is None  # one machine: its card's name (none here)
 
 
 @pytest.mark.slow

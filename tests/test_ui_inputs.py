@@ -1,4 +1,4 @@
-"""resnet.ui_inputs against the pinned Gradio: the payload shapes its preprocess replacements read, the caps they
+"""resnet.studio.ui_inputs against the pinned Gradio: the payload shapes its preprocess replacements read, the caps they
 keep, and the Train form's fields, whose advertised bounds must be ones resnet.config enforces."""
 
 import base64
@@ -15,7 +15,7 @@ from gradio.data_classes import FileData, ImageData, ListFiles  # noqa: E402
 from helpers import BROWSER_KEY, example, form_values, image_bytes  # noqa: E402
 
 import app  # noqa: E402
-from resnet import ui_inputs  # noqa: E402
+from resnet.studio import ui_inputs  # noqa: E402
 
 FILE_META = {"_type": "gradio.FileData"}  # what marks a payload as a file for Gradio to check and move to its cache
 NUMERIC = [n for n in config.FORM_SETTINGS if config.kind(n) in (int, float) and not config.SETTINGS[n].metadata["choices"]]

@@ -8,7 +8,7 @@ import sys
 import pytest
 from helpers import REPO
 
-from resnet import limits
+from resnet.studio import limits
 
 MAX_GROWTH = 150 * 2**20  # bytes of peak RSS one upload may add, against the same process decoding a 32 x 32 PNG
 

@@ -8,7 +8,7 @@ import functools
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES, MISTAKES = ROOT / "assets" / "examples", ROOT / "assets" / "mistakes"
 STUDY, ABLATION = ROOT / "results" / "study.json", ROOT / "results" / "ablation.json"
 TIME_TO_ACCURACY = ROOT / "results" / "time-to-accuracy.json"

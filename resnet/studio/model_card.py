@@ -6,7 +6,7 @@ uploaded file's card may hold anything in them, so each is read through ``_numbe
 ``_mapping``, and a field of the wrong kind is left out of the words rather than failing the page.
 """
 
-from .budget import describe_duration
+from ..budget import describe_duration
 
 LOW_CONFIDENCE = 0.5  # the threshold for a card that chose none: below it the picture may show none of the classes
 SHOWN_TEXT = 200  # characters of a card's free-text field shown in a sentence

@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Annotated
 
 import anyio
 import gradio as gr
@@ -39,11 +40,12 @@ from fastapi.routing import APIRoute
 from gradio.http_server import INITIAL_PORT_VALUE, LOCALHOST_NAME  # $GRADIO_SERVER_PORT and _NAME, read as launch() reads them
 from pydantic import BaseModel, Field
 
-from . import batch, catalog, limits
-from .classifier import Classifier
-from .images import FORMATS_IN_WORDS, ImageError, prepare, refusal
-from .runs import RunError
-from .weights import WeightsError
+from .. import batch
+from ..classifier import Classifier
+from ..images import FORMATS_IN_WORDS, ImageError, prepare, refusal
+from ..runs import RunError
+from ..weights import WeightsError
+from . import catalog, limits
 
 PREFIX = "/api/v1"
 MULTIPART_SLACK = 64 * 1024  # boundary and part headers around a file of the largest allowed size
@@ -201,7 +203,7 @@ class Gate:
 
 
 def load(choice: str, root) -> Classifier:
-    """The Classifier of a picker value, with the app's rules (resnet.catalog); 404 when there is none."""
+    """The Classifier of a picker value, with the app's rules (resnet.studio.catalog); 404 when there is none."""
     try:
         return catalog.load_choice(choice, root)
     except (WeightsError, RunError) as error:
@@ -269,18 +271,19 @@ def read_capped(upload, limit: int) -> bytes:
 
 
 def build_api(root, gate: Gate | None = None) -> APIRouter:
-    """The /api/v1 routes over a runs folder (for `run:<id>` models), within this server's limits (resnet.limits:
+    """The /api/v1 routes over a runs folder (for `run:<id>` models), within this server's limits (resnet.studio.limits:
     the byte caps and the gate are set when the routes are built, the batch caps read at each request)."""
     allowed = limits.current()
     gate = gate or Gate(allowed.api_workers, allowed.api_max_wait_s, allowed.api_queue)
     router = APIRouter(prefix=PREFIX, tags=["predict"])
 
-    async def predict(file: UploadFile = File(description=f"one image: {FORMATS_IN_WORDS}"),
+    async def predict(file: Annotated[UploadFile, File(description=f"one image: {FORMATS_IN_WORDS}")],
                       model: str = MODEL_QUERY, logits: bool = LOGITS_QUERY) -> PredictResult:
         """Classify one image: the top class, every class's probability, and the model's id and test accuracy."""
         return await gate.run(predict_one, root, file.file, allowed.upload_bytes, model, logits)
 
-    async def predict_batch(files: list[UploadFile] = File(description="images and/or .zip archives of images", min_length=1),
+    async def predict_batch(files: Annotated[list[UploadFile], File(description="images and/or .zip archives of images",
+                                                                     min_length=1)],
                             model: str = MODEL_QUERY, logits: bool = LOGITS_QUERY) -> BatchResult:
         """Classify several images or the images of zip archives, one row each, with the app's caps."""
         uploads = [(file.filename or f"file-{index}", file.file) for index, file in enumerate(files)]

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import runs
-from .atomic import atomic_write_json
-from .config import ConfigError, differences
-from .train import Trainer, load_data, resolve_device
+from .. import runs
+from ..atomic import atomic_write_json
+from ..config import ConfigError, differences
+from ..train import Trainer, load_data, resolve_device
 
 DONE = ("finished", "diverged")
 BUDGET_FILE = "budget.json"

@@ -21,17 +21,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import budget, fetch, limits, runs
-from .atomic import atomic_write_json
-from .config import ConfigError, TrainConfig, cli_args, make_config, parse_budget
-from .data import DataMissingError
-from .train import check_batch, resume_config, training_images
+from .. import budget, fetch, runs
+from ..atomic import atomic_write_json
+from ..config import ConfigError, TrainConfig, cli_args, make_config, parse_budget
+from ..data import DataMissingError
+from ..train import check_batch, resume_config, training_images
+from . import limits
 
-TRAINING_CAPS = ("epochs", "batch_size")  # the training settings a server caps (resnet.limits), shown on the form
+TRAINING_CAPS = ("epochs", "batch_size")  # the training settings a server caps (resnet.studio.limits), shown on the form
 BROWSER_SECRET = ".browser-secret"  # in the runs folder, beside the runs
 REQUEST = "request.json"  # what a queued run will be started with; the CLI ignores the file
 LOG = "train.log"  # the child's stdout and stderr
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 0.5
 EXIT_GRACE_S = 10  # how long a resume waits for a stopped run's process to exit
 

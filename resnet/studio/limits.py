@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .errors import UserError
+from ..errors import UserError
 
 
 class LimitError(UserError, ValueError):

@@ -5,7 +5,7 @@ The recipe is the ``fast`` preset with the changes of RECIPE. Every variant chan
 budget's resolution schedule, once per seed, and is scored by its final validation accuracy in eval
 mode; the test set is never scored. Each run is a folder named after its variant and seed. Rerunning
 skips finished runs and resumes interrupted ones, and a fresh checkout continues from the committed
-results file (resnet.experiments).
+results file (resnet.experiments.runner).
 """
 
 import dataclasses
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from .config import ConfigError, make_config
-from .experiments import Budget, Experiment, Options, counted, mean_speed
-from .plots import COLORS, LAYOUT, empty_figure
+from ..config import ConfigError, make_config
+from ..plots import COLORS, LAYOUT, empty_figure
+from .runner import Budget, Experiment, Options, counted, mean_speed
 
 BASELINE = "recipe"
 # What the recipe changes in the fast preset: the patch-whitened stem (resnet.train.whiten_stem).

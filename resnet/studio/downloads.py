@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .runs import CARD, WEIGHTS
+from ..runs import CARD, WEIGHTS
 
 SCRATCH = Path(tempfile.gettempdir()) / "cifar-resnet-studio"
 SCRATCH_MAX_AGE_S = 3600

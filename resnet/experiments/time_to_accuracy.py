@@ -10,7 +10,7 @@ come before it starts. Each epoch is scored in the trainer's evaluation precisio
 where the hardware has it), the last one too: the final validation figure is that epoch's (the cards
 of the runs recorded here hold an fp32 score of the same weights). Wall times compare only within one machine,
 which each row names. Rerunning skips finished runs and resumes interrupted ones
-(resnet.experiments).
+(resnet.experiments.runner).
 """
 
 import dataclasses
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from .budget import describe_duration
-from .config import config_from_dict, make_config
-from .experiments import Budget, Experiment, Options, counted, mean_speed
-from .flops import steps_per_epoch, training_flops
-from .plots import LAYOUT, empty_figure, series_style
+from ..budget import describe_duration
+from ..config import config_from_dict, make_config
+from ..flops import steps_per_epoch, training_flops
+from ..plots import LAYOUT, empty_figure, series_style
+from .runner import Budget, Experiment, Options, counted, mean_speed
 
 TARGETS = (0.90, 0.93, 0.94)
 BASELINE = "fast"

@@ -7,7 +7,7 @@ kinds of input that value is the wrong one for this app, so these components get
     The handler gets the uploaded file's path, or the bytes of an inline pasted image, undecoded.
     resnet.images.prepare then reads it under its byte and pixel caps; Gradio's own preprocess decodes
     with PIL first, with no cap, and its failures reach the visitor as a stack trace. A pasted image is
-    decoded from base64 no further than one quantum past ``resnet.limits.current().upload_bytes``: enough
+    decoded from base64 no further than one quantum past ``resnet.studio.limits.current().upload_bytes``: enough
     for prepare to refuse it by size without holding all of it.
 ``batch_input`` (gr.File, many files)
     The handler gets a plain list of the uploaded paths. Gradio's preprocess leaves an empty temporary
@@ -45,8 +45,8 @@ import binascii
 import gradio as gr
 from gradio.data_classes import ListFiles
 
+from ..images import refusal
 from . import limits
-from .images import refusal
 
 
 def undecoded_upload(payload) -> bytes | str | None:

@@ -8,9 +8,10 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from . import limits, runs
-from .classifier import Classifier
-from .weights import DEFAULT_WEIGHTS, MAX_WEIGHTS_BYTES, WeightsError, is_safetensors, load_weights
+from .. import runs
+from ..classifier import Classifier
+from ..weights import DEFAULT_WEIGHTS, MAX_WEIGHTS_BYTES, WeightsError, is_safetensors, load_weights
+from . import limits
 
 SHIPPED = "shipped"
 UPLOADED = "uploaded"

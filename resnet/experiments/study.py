@@ -10,7 +10,7 @@ Three phases, each chosen by validation accuracy at the final epoch (the test se
 Every run is a run folder under the study folder, named by its settings, so a setting that two
 phases share (phase 1's winner is phase 2's dropout 0.1 run) is trained once. Rerunning skips done
 runs and resumes stopped ones, and a fresh checkout continues from the committed results file
-(resnet.experiments: one runner for the study and the ablation).
+(resnet.experiments.runner: one runner for the study and the ablation).
 """
 
 import dataclasses
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .config import OPTIMIZERS, make_config
-from .experiments import DONE, Budget, Experiment, Options
-from .model import BLOCK_CHOICES, build_model, count_parameters
-from .plots import COLORS, LAYOUT, empty_figure, series_style
-from .train import steps_in_epoch
+from ..config import OPTIMIZERS, make_config
+from ..model import BLOCK_CHOICES, build_model, count_parameters
+from ..plots import COLORS, LAYOUT, empty_figure, series_style
+from ..train import steps_in_epoch
+from .runner import DONE, Budget, Experiment, Options
 
 PHASES = ("optimizers", "dropout", "size")
 

@@ -7,7 +7,7 @@ import math
 
 import plotly.graph_objects as go
 
-from .plots import COLORS, LAYOUT, empty_figure
+from ..plots import COLORS, LAYOUT, empty_figure
 
 
 def reliability_figure(card: dict) -> go.Figure:
