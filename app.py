@@ -65,7 +65,7 @@ def read_image(source):
     if source is None:
         raise gr.Error("upload an image first", print_exception=False)
     try:
-        return prepare(source)
+        return prepare(source, limits.current().decode_caps())
     except ImageError as error:  # any decoder failure (resnet.images.ImageError)
         raise gr.Error(refusal(error), print_exception=False) from None
 
@@ -101,7 +101,10 @@ class Studio:
             raise gr.Error("upload images or a .zip archive first", print_exception=False)
         classifier = self.model(choice, upload_key)
         with user_errors():  # the visitor's file names, not Gradio's cache folder
-            scored, problems = batch.predict_request(classifier, [(path, path.name) for path in paths])
+            allowed = limits.current()
+            uploads = [(path, path.name) for path in paths]
+            scored, problems = batch.predict_request(classifier, uploads, allowed.decode_caps(), allowed.batch_images,
+                                                     allowed.batch_pixels)
         with open(downloads.fresh_file("predictions.csv"), "w", newline="") as handle:
             rows = batch.write_csv(handle, classifier.classes, ((name, classifier.probabilities(logits)) for name, logits in scored))
         note = f"{len(rows)} image{'s' if len(rows) != 1 else ''} predicted"

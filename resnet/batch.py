@@ -15,11 +15,11 @@ from pathlib import Path, PurePosixPath
 import torch
 from PIL import Image
 
+from .caps import DEFAULT_CAPS, DecodeCaps
 from .classifier import Classifier
 from .errors import UserError
 from .evaluate import metrics_from_logits
 from .images import FORMATS, ImageError, TooManyPixels, open_image, prepare
-from .studio import limits
 
 BATCH_SIZE = 256
 MAX_ZIP_MEMBERS = 100_000
@@ -66,9 +66,10 @@ class Sources:
     Pillow knows. Use as a context manager: archives stay open while their members are read.
     """
 
-    def __init__(self, paths=(), max_total_pixels: int | None = None):
-        """``max_total_pixels`` caps the pixels decoded over all images, for a server: 500 tiny files
-        that each decode to 40 MP would otherwise cost minutes of CPU in one request."""
+    def __init__(self, paths=(), caps: DecodeCaps = DEFAULT_CAPS, max_total_pixels: int | None = None):
+        """``caps`` bound each image; ``max_total_pixels`` caps the pixels decoded over all images, for a server:
+        500 tiny files that each decode to 40 MP would otherwise cost minutes of CPU in one request."""
+        self.caps = caps
         self.items, self.problems = [], []  # problems: (name, reason)
         self._archives = {}
         self._pixels_left = max_total_pixels
@@ -119,15 +120,15 @@ class Sources:
                 continue
             if member.flag_bits & 0x1:
                 self.problems.append((name, "the member is encrypted"))
-            elif member.file_size > limits.current().upload_bytes:
-                size, limit = member.file_size / 2**20, limits.current().upload_bytes / 2**20
+            elif member.file_size > self.caps.upload_bytes:
+                size, limit = member.file_size / 2**20, self.caps.upload_bytes / 2**20
                 self.problems.append((name, f"{size:.1f} MB uncompressed; the limit is {limit:.0f} MB"))
             else:
                 self.items.append(Source(name, path, member, label))
 
     def prepare(self, source: Source) -> torch.Tensor:
         """uint8 [3, 32, 32]; raises one of READ_ERRORS with the reason."""
-        max_bytes, max_pixels = limits.current().upload_bytes, limits.current().pixels
+        max_bytes, max_pixels = self.caps.upload_bytes, self.caps.pixels
         if source.member is None:
             data = source.path
         else:  # the header's size may lie (a zip bomb): read at most one byte past the cap
@@ -136,16 +137,16 @@ class Sources:
             if len(data) > max_bytes:
                 raise ImageError(f"the member inflates past the {max_bytes / 2**20:.0f} MB limit")
         if self._pixels_left is None:
-            return prepare(data)
+            return prepare(data, self.caps)
         budget = min(max_pixels, self._pixels_left)
         try:
-            image = open_image(data, max_pixels=budget)  # checks the header's size before decoding
+            image = open_image(data, self.caps, max_pixels=budget)  # checks the header's size before decoding
         except TooManyPixels as error:
             if budget == max_pixels or error.pixels is None or error.pixels > max_pixels:  # too large for any request
-                raise TooManyPixels(max_pixels, error.pixels) from None
+                raise TooManyPixels(max_pixels, error.pixels, self.caps.jpeg_pixels) from None
             raise ImageError("this request has used up its decoding budget; send the rest in another request") from None
         self._pixels_left -= image.width * image.height
-        return prepare(image)
+        return prepare(image, self.caps)
 
     def close(self) -> None:
         for archive in self._archives.values():
@@ -191,18 +192,19 @@ def predictions(classifier: Classifier, sources: Sources, batch_size: int = BATC
         yield source.name, classifier.probabilities(logits)
 
 
-def predict_request(classifier: Classifier, uploads) -> tuple[list, list]:
-    """One server request's images, within this server's caps (resnet.studio.limits): ``uploads`` are (path, the name
-    its sender gave it) pairs. Returns ([(name, raw logits [C])] of the readable images, [(name, reason)] of the
-    rest); raises TooManyImages past ``batch_images`` and BatchError when not one image could be used."""
-    allowed = limits.current()
+def predict_request(classifier: Classifier, uploads, caps: DecodeCaps, max_images: int,
+                    max_pixels: int) -> tuple[list, list]:
+    """One server request's images: ``uploads`` are (path, the name its sender gave it) pairs; each image within
+    ``caps``, at most ``max_images`` of them and ``max_pixels`` decoded over all. Returns ([(name, raw logits [C])]
+    of the readable images, [(name, reason)] of the rest); raises TooManyImages past ``max_images`` and BatchError
+    when not one image could be used."""
     problems = []
-    with Sources(max_total_pixels=allowed.batch_pixels) as sources:
+    with Sources(caps=caps, max_total_pixels=max_pixels) as sources:
         for path, name in uploads:
             sources.add(path, shown_as=name)
-        if len(sources.items) > allowed.batch_images:
+        if len(sources.items) > max_images:
             raise TooManyImages(f"{len(sources.items)} images in this request; this server predicts at most "
-                                f"{allowed.batch_images} at a time")
+                                f"{max_images} at a time")
         problems.extend(sources.problems)
         unreadable = lambda name, reason: problems.append((name, reason))  # noqa: E731
         scored = [(source.name, logits) for source, logits in predict_sources(classifier, sources, on_error=unreadable)]

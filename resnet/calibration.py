@@ -178,21 +178,3 @@ def halves(count: int) -> tuple:
     """Index tensors of the even and the odd positions: two fixed, interleaved halves of a split."""
     index = torch.arange(count)
     return index[0::2], index[1::2]
-
-
-def fit_run_temperature(model, val_x, val_y, mean, std, batch_size: int = 500, amp_dtype=None,
-                        channels_last: bool = False) -> dict:
-    """Card fields (``temperature``, ``calibration``, ``low_confidence``) for a run, from its validation split.
-
-    T and the threshold are fitted on the even-position validation images and reported on the odd
-    ones, so the card's before/after figures are held out; the test set plays no part.
-    """
-    from .evaluate import predict_logits  # evaluate imports this module (for the ECE), so not at the top
-
-    if len(val_y) < 2:
-        raise ValueError("calibration needs a validation split of at least 2 images")
-    logits = predict_logits(model, val_x, mean, std, batch_size, amp_dtype=amp_dtype, channels_last=channels_last)
-    fit, held = halves(len(val_y))
-    return calibration_fields(logits[fit], val_y[fit], logits[held], val_y[held],
-                              fitted_on=f"the {len(fit):,} even-position validation images",
-                              evaluated_on=f"the {len(held):,} odd-position validation images")

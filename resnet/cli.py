@@ -18,9 +18,10 @@ from . import batch, config, export, runs
 from .budget import process_age_s
 from .config import SEED_LIMIT, ConfigError
 from .constants import CLASSES
-from .data import download, load_split
+from .data import load_split
 from .errors import UserError
 from .experiments import ablation, study, time_to_accuracy
+from .fetch import fetch_now
 from .images import FORMATS_IN_WORDS
 from .train import Trainer, resolve_device, resume_config
 from .weights import DEFAULT_WEIGHTS, WeightsError, card_path, load_weights, save_weights
@@ -236,7 +237,7 @@ def cmd_train(args, argv) -> int:
             raise runs.RunError(f"{run_dir} is being trained by process {runs.read_status(run_dir).get('pid')}; stop it first")
         settings = resume_config(run_dir, args.epochs, **{n: getattr(args, n) for n in config.RESUME_SETTINGS if n != "epochs"})
         if args.download:
-            download(settings.data_dir)
+            fetch_now(settings.data_dir)
     else:
         if not args.out:
             raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
@@ -246,7 +247,7 @@ def cmd_train(args, argv) -> int:
         if args.budget and args.steps:
             raise ConfigError("--budget plans the run's steps itself: give --budget or --steps, not both")
         if args.download:
-            download(args.data_dir)
+            fetch_now(args.data_dir)
         settings = config.make_config(args.preset or "fast", **{name: getattr(args, name) for name in config.CLI_SETTINGS})
     stop = _stop_on_signals()
     # A budget counts from this process's start: Python and torch's import come out of it too.

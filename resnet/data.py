@@ -17,6 +17,7 @@ import torch
 
 from .constants import IMAGE_SIZE
 from .errors import UserError
+from .runs import persistent_storage
 
 BATCHES_FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -39,20 +40,8 @@ def resolve_data_dir(data_dir=None) -> Path:
     persistent storage is mounted (so a fetched copy outlives a restart, as the runs do), else ./data."""
     if data_dir or os.environ.get("CIFAR10_DIR"):
         return Path(data_dir or os.environ["CIFAR10_DIR"])
-    from .runs import persistent_storage  # runs imports the network, which imports this module
-
     storage = persistent_storage()
     return storage / "cifar10" if storage else Path("data")
-
-
-def download(data_dir) -> Path:
-    """Fetch the official archive into ``data_dir`` (the CLI's --download), the way a server does: verified, unpacked
-    atomically, shared with any server fetching into the same folder."""
-    from .fetch import OFFICIAL, fetch_now  # the fetcher reads batches through this module
-
-    root = resolve_data_dir(data_dir)
-    fetch_now(root, OFFICIAL)
-    return root
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

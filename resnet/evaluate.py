@@ -5,7 +5,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .calibration import expected_calibration_error
+from .calibration import calibration_fields, expected_calibration_error, halves
 from .data import normalize
 
 
@@ -55,3 +55,19 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
 def evaluate(model, images, labels, mean, std, batch_size=500, tta=False, amp_dtype=None, channels_last=False) -> dict:
     logits = predict_logits(model, images, mean, std, batch_size, tta, amp_dtype, channels_last)
     return metrics_from_logits(logits, labels, model.num_classes)
+
+
+def fit_run_temperature(model, val_x, val_y, mean, std, batch_size: int = 500, amp_dtype=None,
+                        channels_last: bool = False) -> dict:
+    """Card fields (``temperature``, ``calibration``, ``low_confidence``) for a run, from its validation split.
+
+    T and the threshold are fitted on the even-position validation images and reported on the odd
+    ones, so the card's before/after figures are held out; the test set plays no part.
+    """
+    if len(val_y) < 2:
+        raise ValueError("calibration needs a validation split of at least 2 images")
+    logits = predict_logits(model, val_x, mean, std, batch_size, amp_dtype=amp_dtype, channels_last=channels_last)
+    fit, held = halves(len(val_y))
+    return calibration_fields(logits[fit], val_y[fit], logits[held], val_y[held],
+                              fitted_on=f"the {len(fit):,} even-position validation images",
+                              evaluated_on=f"the {len(held):,} odd-position validation images")

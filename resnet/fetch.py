@@ -34,7 +34,6 @@ from pathlib import Path
 from torchvision.datasets import CIFAR10
 
 from .data import BATCHES_FOLDER, TEST_FILES, TRAIN_FILES, DataMissingError, _read_batch, resolve_data_dir
-from .studio import limits
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +156,6 @@ class DataFetch:
         self._retry_at = None  # time.monotonic() of the next attempt after a failure
         self._wake = threading.Event()
         self._closed = threading.Event()
-
-    @classmethod
-    def for_server(cls, data_dir=None) -> "DataFetch":
-        """The fetch this server's settings ask for (resnet.studio.limits: STUDIO_DATA_SOURCE)."""
-        return cls(data_dir, source(limits.current().data_source))
 
     def ready(self) -> bool:
         return present(self.data_dir)
@@ -353,13 +347,15 @@ class DataFetch:
                 raise FetchError(CONTENTS, f"{name}: {error!r}") from None
 
 
-def fetch_now(data_dir, source: Source = OFFICIAL) -> None:
-    """Fetch in this thread, once (the command line's --download); waits for any server already fetching there."""
+def fetch_now(data_dir=None, source: Source = OFFICIAL) -> Path:
+    """Fetch into ``data_dir`` (resnet.data.resolve_data_dir's) in this thread, once, the way a server does: verified,
+    unpacked atomically, shared with any server fetching into the same folder (the command line's --download)."""
     fetch = DataFetch(data_dir, source)
     try:
         fetch._attempt(blocking=True)
     except FetchError as error:
         raise DataMissingError(f"CIFAR-10 could not be fetched from {source.url}: {error}") from None
+    return fetch.data_dir
 
 
 def _int(text) -> int | None:

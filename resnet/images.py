@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .caps import DEFAULT_CAPS, DecodeCaps
 from .constants import IMAGE_SIZE
 from .errors import UserError
-from .studio import limits
 
 
 class ImageError(UserError, ValueError):
@@ -43,8 +43,7 @@ class TooManyPixels(ImageError):
     image, whichever check caught it; ``pixels`` is what would have been decoded, None where the full size alone
     refused it (past the JPEG cap, or Pillow's own bomb check, which comes first)."""
 
-    def __init__(self, max_pixels: int, pixels: int | None, max_jpeg_pixels: int | None = None):
-        max_jpeg_pixels = limits.current().jpeg_pixels if max_jpeg_pixels is None else max_jpeg_pixels
+    def __init__(self, max_pixels: int, pixels: int | None, max_jpeg_pixels: int):
         super().__init__(f"the image has more pixels than this server's limit of {max_pixels / 1e6:g} MP "
                          f"({max_jpeg_pixels / 1e6:g} MP for a JPEG, which is decoded at reduced size)")
         self.pixels = pixels
@@ -63,43 +62,23 @@ def refusal(reason) -> str:
     return f"cannot use this image: {reason}"
 
 
-def open_image(source, max_pixels: int | None = None, max_bytes: int | None = None,
-               max_jpeg_pixels: int | None = None) -> Image.Image:
-    """Open a path, bytes or PIL image safely: size and pixel caps (this server's, unless given) are checked
-    before decoding; ``max_pixels`` holds the size a JPEG is decoded at, ``max_jpeg_pixels`` its full size."""
-    max_pixels = limits.current().pixels if max_pixels is None else max_pixels
-    max_bytes = limits.current().upload_bytes if max_bytes is None else max_bytes
-    max_jpeg_pixels = limits.current().jpeg_pixels if max_jpeg_pixels is None else max_jpeg_pixels
-    if isinstance(source, Image.Image):
-        image = source
-    else:
-        data = source if isinstance(source, (bytes, bytearray)) else _read_capped(source, max_bytes)
-        if len(data) == 0:
-            raise ImageError("the file is empty")
-        if len(data) > max_bytes:
-            raise ImageError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
-        try:
-            image = Image.open(io.BytesIO(data), formats=list(FORMATS))
-        except Image.DecompressionBombError:  # Pillow's own check (about 179 MP) comes before this server's
-            raise TooManyPixels(max_pixels, None, max_jpeg_pixels) from None
-        except UnidentifiedImageError:
-            raise ImageError(f"not an image file in a format read here ({FORMATS_IN_WORDS})") from None
-        except Exception as error:  # see ImageError
-            raise ImageError(f"unreadable image: {_reason(error)}") from None
+def open_image(source, caps: DecodeCaps = DEFAULT_CAPS, max_pixels: int | None = None) -> Image.Image:
+    """Open a path, bytes or PIL image safely: ``caps`` are checked before decoding, ``max_pixels`` (when a
+    request has less left) in place of their ``pixels``, which hold the size a JPEG is decoded at."""
+    max_pixels = caps.pixels if max_pixels is None else max_pixels
+    image = source if isinstance(source, Image.Image) else _open_file(source, caps, max_pixels)
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageError("the image has no pixels")
-    if image.format == "JPEG" and width * height > max_jpeg_pixels:
-        raise TooManyPixels(max_pixels, None, max_jpeg_pixels)
-    if image.format == "JPEG" and not isinstance(source, Image.Image):
-        _check_jpeg_work(data, image.info.get("progressive", False), max_bytes)
+    if image.format == "JPEG" and width * height > caps.jpeg_pixels:
+        raise TooManyPixels(max_pixels, None, caps.jpeg_pixels)
     try:
         image.draft(image.mode, (SHRUNK_SIDE, SHRUNK_SIDE))  # a JPEG decodes at the smallest scale that keeps this size
     except Exception as error:  # see ImageError
         raise ImageError(f"unreadable image: {_reason(error)}") from None
     width, height = image.size  # a JPEG's size as it will be decoded (a long thin one is not reduced)
     if width * height > max_pixels:
-        raise TooManyPixels(max_pixels, width * height, max_jpeg_pixels)
+        raise TooManyPixels(max_pixels, width * height, caps.jpeg_pixels)
     try:
         image.load()
     except Exception as error:  # see ImageError
@@ -107,18 +86,37 @@ def open_image(source, max_pixels: int | None = None, max_bytes: int | None = No
     return image
 
 
-def _check_jpeg_work(data: bytes, progressive: bool, max_bytes: int) -> None:
+def _open_file(source, caps: DecodeCaps, max_pixels: int) -> Image.Image:
+    """A path's or bytes' image, its header read but nothing decoded."""
+    data = source if isinstance(source, (bytes, bytearray)) else _read_capped(source, caps.upload_bytes)
+    if len(data) == 0:
+        raise ImageError("the file is empty")
+    if len(data) > caps.upload_bytes:
+        raise ImageError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {caps.upload_bytes / 2**20:.0f} MB")
+    try:
+        image = Image.open(io.BytesIO(data), formats=list(FORMATS))
+    except Image.DecompressionBombError:  # Pillow's own check (about 179 MP) comes before this server's
+        raise TooManyPixels(max_pixels, None, caps.jpeg_pixels) from None
+    except UnidentifiedImageError:
+        raise ImageError(f"not an image file in a format read here ({FORMATS_IN_WORDS})") from None
+    except Exception as error:  # see ImageError
+        raise ImageError(f"unreadable image: {_reason(error)}") from None
+    if image.format == "JPEG" and image.width * image.height <= caps.jpeg_pixels:
+        _check_jpeg_work(data, image.info.get("progressive", False), caps)
+    return image
+
+
+def _check_jpeg_work(data: bytes, progressive: bool, caps: DecodeCaps) -> None:
     """Refuse a JPEG whose scans or bytes would take its decoder too long at any scale. Every start-of-scan
     marker in the file is counted (entropy-coded data cannot hold one), an embedded thumbnail's too: a few
     more than the image's own, never fewer."""
-    allowed = limits.current()
     scans = data.count(b"\xff\xda")
-    if scans > allowed.jpeg_scans:
-        raise ImageError(f"the JPEG has {scans} scans; this server decodes at most {allowed.jpeg_scans}")
-    if progressive and len(data) > allowed.progressive_bytes:
+    if scans > caps.jpeg_scans:
+        raise ImageError(f"the JPEG has {scans} scans; this server decodes at most {caps.jpeg_scans}")
+    if progressive and len(data) > caps.progressive_bytes:
         raise ImageError(f"the file is a progressive JPEG of {len(data) / 2**20:.1f} MB; the limit for one is "
-                         f"{allowed.progressive_bytes / 2**20:g} MB (a baseline JPEG may have "
-                         f"{max_bytes / 2**20:g} MB)")
+                         f"{caps.progressive_bytes / 2**20:g} MB (a baseline JPEG may have "
+                         f"{caps.upload_bytes / 2**20:g} MB)")
 
 
 def _reason(error: Exception) -> str:
@@ -186,9 +184,9 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def prepare(source, max_pixels: int | None = None, max_bytes: int | None = None) -> torch.Tensor:
-    """Anything image-like -> uint8 [3, 32, 32]; ImageError with the reason otherwise."""
-    image = open_image(source, max_pixels, max_bytes)
+def prepare(source, caps: DecodeCaps = DEFAULT_CAPS) -> torch.Tensor:
+    """Anything image-like -> uint8 [3, 32, 32], within ``caps``; ImageError with the reason otherwise."""
+    image = open_image(source, caps)
     try:
         return to_tensor(center_square(to_rgb(shrink(first_frame_upright(image)))))
     except Exception as error:  # see ImageError; a damaged EXIF block or frame fails only here

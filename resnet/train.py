@@ -30,11 +30,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import budget, runs
 from .atomic import atomic_write_bytes, atomic_write_json
-from .calibration import fit_run_temperature
 from .config import ConfigError, TrainConfig, config_from_dict, parse_budget, parse_resolution, validate, validation_seed
 from .constants import IMAGE_SIZE, TRAIN_IMAGES
 from .data import augment, load_split, normalize, split_validation
-from .evaluate import autocast, evaluate
+from .evaluate import autocast, evaluate, fit_run_temperature
 from .model import build_model, count_parameters
 from .weights import make_card, non_finite_key, save_weights
 

@@ -10,8 +10,8 @@ from gradio_client import Client, handle_file  # noqa: E402
 from helpers import TINY_RUN, UNUSABLE, form_values, odd_upload  # noqa: E402
 
 import app  # noqa: E402
-from resnet.studio import showcase  # noqa: E402
 from resnet.data import load_split  # noqa: E402
+from resnet.studio import showcase  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -10,6 +10,7 @@ from helpers import encode
 from PIL import Image
 
 from resnet import batch, build_model, load_weights, save_weights
+from resnet.caps import DecodeCaps
 from resnet.cli import main
 from resnet.constants import CLASSES
 from resnet.data import load_split
@@ -81,7 +82,7 @@ def test_files_folders_and_zips_are_predicted_in_batches(weights, tiny_test_spli
     assert not list(tmp_path.glob("**/escape.png"))
 
 
-def test_zip_caps_are_reasons_not_crashes(tiny_test_split, tmp_path, monkeypatch, server_limits):
+def test_zip_caps_are_reasons_not_crashes(tiny_test_split, tmp_path, monkeypatch):
     images, _ = tiny_test_split
     small, large = tmp_path / "small.zip", tmp_path / "large.zip"
     picture = png_bytes(images[0])
@@ -91,9 +92,8 @@ def test_zip_caps_are_reasons_not_crashes(tiny_test_split, tmp_path, monkeypatch
     with zipfile.ZipFile(large, "w") as zipped:
         for index in range(3):
             zipped.writestr(f"{index}.png", png_bytes(images[index]))
-    server_limits(upload_bytes=len(picture))
     monkeypatch.setattr(batch, "MAX_ZIP_MEMBERS", 2)
-    with batch.Sources([small, large]) as sources:
+    with batch.Sources([small, large], DecodeCaps(upload_bytes=len(picture))) as sources:
         assert [s.name for s in sources.items] == [f"{small}:ok.png"]
         reasons = dict(sources.problems)
     assert "uncompressed; the limit is" in reasons[f"{small}:big.png"]

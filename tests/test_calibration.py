@@ -14,7 +14,6 @@ from resnet.calibration import (
     calibration_fields,
     choose_threshold,
     expected_calibration_error,
-    fit_run_temperature,
     fit_temperature,
     halves,
     nll,
@@ -23,6 +22,7 @@ from resnet.calibration import (
 from resnet.classifier import Classifier
 from resnet.constants import CLASSES
 from resnet.data import load_split
+from resnet.evaluate import fit_run_temperature
 from resnet.model import build_model
 from resnet.studio import model_card
 from resnet.weights import DEFAULT_WEIGHTS, WeightsError, card_path, load_weights, make_card, save_weights

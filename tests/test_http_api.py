@@ -38,11 +38,11 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 
 import app  # noqa: E402
 from resnet import runs  # noqa: E402
-from resnet.studio import http_api, limits, showcase  # noqa: E402
 from resnet.classifier import Classifier  # noqa: E402
 from resnet.constants import CLASSES  # noqa: E402
 from resnet.images import prepare  # noqa: E402
 from resnet.model import build_model  # noqa: E402
+from resnet.studio import http_api, limits, showcase  # noqa: E402
 from resnet.weights import DEFAULT_WEIGHTS, load_weights, save_weights  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

@@ -1,5 +1,6 @@
 """Any image a person might upload becomes uint8 [3, 32, 32], or an ImageError that says why."""
 
+import dataclasses
 import io
 import struct
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from resnet import images
+from resnet.caps import DEFAULT_CAPS, DecodeCaps
 from resnet.images import ImageError, prepare
 
 
@@ -136,9 +138,10 @@ def test_paths_work(tmp_path):
 
 
 # ---- refusals ---------------------------------------------------------------------------------
-def refused(source, *words, **kwargs) -> str:
+def refused(source, *words, **caps) -> str:
+    """The sentence ``prepare`` refuses ``source`` with, under the default caps but for ``caps``."""
     with pytest.raises(ImageError) as caught:
-        prepare(source, **kwargs)
+        prepare(source, dataclasses.replace(DEFAULT_CAPS, **caps))
     for word in words:
         assert word in str(caught.value), str(caught.value)
     return str(caught.value)
@@ -163,15 +166,15 @@ def test_text_named_jpg_is_refused(tmp_path):
 
 def test_pixel_cap_is_checked_before_decoding():
     data = encode(Image.new("RGB", (300, 300)), "PNG")
-    refused(data, "the image has more pixels than this server's limit of 0.05 MP", max_pixels=50_000)
-    assert_cifar_tensor(prepare(data, max_pixels=90_000))
+    refused(data, "the image has more pixels than this server's limit of 0.05 MP", pixels=50_000)
+    assert_cifar_tensor(prepare(data, DecodeCaps(pixels=90_000)))
 
 
 def test_an_image_over_pillows_own_bomb_limit_gets_the_servers_sentence():
     """20000 x 20000 (400 MP, a 48 kB file) is past Pillow's decompression-bomb check, which refuses it first."""
     bomb = encode(Image.new("1", (20000, 20000)), "PNG")
     over = encode(Image.new("L", (2000, 2000)), "PNG")
-    assert refused(bomb, max_pixels=1_000_000) == refused(over, max_pixels=1_000_000) \
+    assert refused(bomb, pixels=1_000_000) == refused(over, pixels=1_000_000) \
         == "the image has more pixels than this server's limit of 1 MP (13 MP for a JPEG, which is decoded at reduced size)"
 
 
@@ -205,8 +208,8 @@ def test_a_phone_photo_is_held_to_the_pixel_cap_at_the_size_it_is_decoded():
 def test_a_jpeg_that_draft_mode_cannot_reduce_is_held_to_the_pixel_cap():
     """Draft mode keeps both sides at least 96 pixels, so a long thin JPEG decodes at full size."""
     refused(encode(gradient("RGB", (3000, 20)), "JPEG"), "more pixels than this server's limit of 0.05 MP",
-            max_pixels=50_000)
-    assert_cifar_tensor(prepare(encode(gradient("RGB", (2000, 1600)), "JPEG"), max_pixels=50_000))  # decoded: 250 x 200
+            pixels=50_000)
+    assert_cifar_tensor(prepare(encode(gradient("RGB", (2000, 1600)), "JPEG"), DecodeCaps(pixels=50_000)))  # decoded: 250 x 200
 
 
 @pytest.mark.parametrize(("width", "height"), [(4000, 4000), (65000, 65000)])  # past the JPEG cap; past Pillow's bomb check too
@@ -218,8 +221,8 @@ def test_a_jpeg_past_its_full_size_cap_gets_the_servers_sentence(width, height):
     assert caught.value.pixels is None  # refused on its full size, whatever a batch's decoding budget
     small = encode(gradient("RGB", (400, 300)), "JPEG")
     with pytest.raises(images.TooManyPixels, match=r"limit of 6 MP \(0.1 MP for a JPEG"):
-        images.open_image(small, max_jpeg_pixels=100_000)
-    assert images.open_image(small, max_jpeg_pixels=120_000).size == (200, 150)
+        images.open_image(small, DecodeCaps(jpeg_pixels=100_000))
+    assert images.open_image(small, DecodeCaps(jpeg_pixels=120_000)).size == (200, 150)
 
 
 def with_scans(data: bytes, scans: int) -> bytes:
@@ -236,15 +239,14 @@ def test_a_jpeg_with_more_scans_than_the_cap_is_refused_before_decoding():
     refused(with_scans(progressive, 25), "the JPEG has 25 scans; this server decodes at most 24")
 
 
-def test_a_progressive_jpeg_over_its_byte_cap_is_refused(server_limits):
-    allowed = server_limits(progressive_bytes=50_000)
+def test_a_progressive_jpeg_over_its_byte_cap_is_refused():
     detailed = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8), "RGB")
     progressive, baseline = encode(detailed, "JPEG", progressive=True), encode(detailed, "JPEG")
-    assert len(progressive) > allowed.progressive_bytes
-    assert len(baseline) > allowed.progressive_bytes
+    assert len(progressive) > 50_000
+    assert len(baseline) > 50_000
     refused(progressive, f"the file is a progressive JPEG of {len(progressive) / 2**20:.1f} MB; the limit for one is "
-                         f"{50_000 / 2**20:g} MB (a baseline JPEG may have 20 MB)")
-    assert_cifar_tensor(prepare(baseline))
+                         f"{50_000 / 2**20:g} MB (a baseline JPEG may have 20 MB)", progressive_bytes=50_000)
+    assert_cifar_tensor(prepare(baseline, DecodeCaps(progressive_bytes=50_000)))
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "1", "I;16", "F"])
@@ -259,9 +261,9 @@ def test_shrinking_early_keeps_what_the_network_sees(mode):
 
 def test_byte_cap(tmp_path):
     data = encode(gradient("RGB"), "PNG")
-    refused(data, "MB", max_bytes=len(data) - 1)
+    refused(data, "MB", upload_bytes=len(data) - 1)
     (tmp_path / "big.png").write_bytes(data)
-    refused(tmp_path / "big.png", "limit", max_bytes=len(data) - 1)
+    refused(tmp_path / "big.png", "limit", upload_bytes=len(data) - 1)
 
 
 # ---- any input: a tensor or an ImageError -----------------------------------------------------

@@ -213,7 +213,7 @@ def load(choice: str, root) -> Classifier:
 def decode(data: bytes):
     """uint8 [3, 32, 32] from an upload, with the app's byte and pixel caps; 400 with the reason otherwise."""
     try:
-        return prepare(data)
+        return prepare(data, limits.current().decode_caps())
     except ImageError as error:  # any decoder failure (resnet.images.ImageError)
         raise HTTPException(400, refusal(error)) from None
 
@@ -254,7 +254,9 @@ def predict_many(root, uploads: list, choice: str, with_logits: bool) -> dict:
                 shutil.copyfileobj(handle, out)
             paths.append((path, name))
         try:
-            scored, problems = batch.predict_request(classifier, paths)
+            allowed = limits.current()
+            scored, problems = batch.predict_request(classifier, paths, allowed.decode_caps(), allowed.batch_images,
+                                                     allowed.batch_pixels)
         except batch.BatchError as error:
             raise HTTPException(error.status, str(error)) from None
     return {"model": model_info(choice, classifier.card),

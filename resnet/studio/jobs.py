@@ -129,7 +129,7 @@ class RunQueue:
     """
 
     def __init__(self, root=None, max_queue: int | None = None, data: fetch.DataFetch | None = None):
-        self.data = (data or fetch.DataFetch.for_server()).start()
+        self.data = (data or fetch.DataFetch(None, fetch.source(limits.current().data_source))).start()
         self._data_note = None  # what the waiting runs were last told about the data set
         self.root = Path(root or runs.runs_dir()).resolve()
         self.root.mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,13 @@ which reads the environment on first use and keeps that one object; a test swaps
 the places that read it. The list of variables in docs/studio.md is checked against ``LIMITS``.
 """
 
+import dataclasses
 import math
 import os
 import re
 from dataclasses import dataclass
 
+from ..caps import DEFAULT_CAPS, DecodeCaps
 from ..errors import UserError
 
 
@@ -32,14 +34,16 @@ LIMITS = {
     "batch_size": Limit("STUDIO_MAX_BATCH", 1024, "batch size of such a run"),
     "budget_s": Limit("STUDIO_MAX_BUDGET_MIN", 60, "minutes of a time-budgeted run started from the studio", unit=60),
     "queue": Limit("STUDIO_MAX_QUEUE", 4, "runs waiting for the trainer"),
-    "upload_bytes": Limit("STUDIO_MAX_UPLOAD_MB", 20, "megabytes of one image (an upload, a zip member)", unit=2**20),
-    "pixels": Limit("STUDIO_MAX_PIXELS", 6_000_000, "pixels of one image as decoded, checked before it is decoded"),
-    "jpeg_pixels": Limit("STUDIO_MAX_JPEG_PIXELS", 13_000_000, "pixels of one JPEG at full size (a 12 MP phone photo), "
-                         "checked before it is decoded at 1/2 to 1/8 of that size"),
-    "jpeg_scans": Limit("STUDIO_MAX_JPEG_SCANS", 24, "scans of one JPEG, each a pass over every block of the full-size "
-                        "image whatever the scale (a camera writes 1, libjpeg's progressive JPEGs have up to 18)"),
-    "progressive_bytes": Limit("STUDIO_MAX_PROGRESSIVE_MB", 6, "megabytes of one progressive JPEG, whose decoding time "
-                               "grows with its bytes whatever the scale", unit=2**20),
+    # The five caps on one image start from the library's (resnet.caps), which a script or notebook gets.
+    "upload_bytes": Limit("STUDIO_MAX_UPLOAD_MB", DEFAULT_CAPS.upload_bytes / 2**20,
+                          "megabytes of one image (an upload, a zip member)", unit=2**20),
+    "pixels": Limit("STUDIO_MAX_PIXELS", DEFAULT_CAPS.pixels, "pixels of one image as decoded, checked before it is decoded"),
+    "jpeg_pixels": Limit("STUDIO_MAX_JPEG_PIXELS", DEFAULT_CAPS.jpeg_pixels, "pixels of one JPEG at full size (a 12 MP phone "
+                         "photo), checked before it is decoded at 1/2 to 1/8 of that size"),
+    "jpeg_scans": Limit("STUDIO_MAX_JPEG_SCANS", DEFAULT_CAPS.jpeg_scans, "scans of one JPEG, each a pass over every block of "
+                        "the full-size image whatever the scale (a camera writes 1, libjpeg's progressive JPEGs have up to 18)"),
+    "progressive_bytes": Limit("STUDIO_MAX_PROGRESSIVE_MB", DEFAULT_CAPS.progressive_bytes / 2**20, "megabytes of one "
+                               "progressive JPEG, whose decoding time grows with its bytes whatever the scale", unit=2**20),
     "batch_images": Limit("STUDIO_MAX_BATCH_IMAGES", 500, "images in one batch request, zip members counted"),
     "batch_pixels": Limit("STUDIO_MAX_BATCH_MP", 500, "megapixels decoded over one batch request", unit=10**6),
     "weights_bytes": Limit("STUDIO_MAX_WEIGHTS_MB", 128, "megabytes of uploaded weights", unit=2**20),
@@ -92,6 +96,10 @@ class ServerLimits:
         """The largest body one upload request may send: an image's cap or a weights file's, whichever is
         larger (Gradio has one cap for every upload; each kind is then held to its own)."""
         return max(self.upload_bytes, self.weights_bytes)
+
+    def decode_caps(self) -> DecodeCaps:
+        """The caps library code checks one image against (resnet.images, resnet.batch)."""
+        return DecodeCaps(**{field.name: getattr(self, field.name) for field in dataclasses.fields(DecodeCaps)})
 
     @classmethod
     def defaults(cls) -> "ServerLimits":
