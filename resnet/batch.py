@@ -183,7 +183,7 @@ def predict_sources(classifier: Classifier, sources: Sources, batch_size: int = 
 
 def _predict_batch(classifier: Classifier, batch, tta):
     logits = classifier.logits(torch.stack([image for _, image in batch]), batch_size=len(batch), tta=tta)
-    return zip([source for source, _ in batch], logits)
+    return zip([source for source, _ in batch], logits, strict=True)
 
 
 def predictions(classifier: Classifier, sources: Sources, batch_size: int = BATCH_SIZE, on_error=None, progress=None):
@@ -264,7 +264,7 @@ def evaluate_folder(classifier: Classifier, sources: Sources, batch_size=BATCH_S
     labels = torch.tensor([source.label for source, _ in scored])
     metrics = metrics_from_logits(torch.stack([logits for _, logits in scored]), labels, num_classes)
     counts = torch.bincount(labels, minlength=num_classes).tolist()
-    metrics["per_class_acc"] = [acc if count else None for acc, count in zip(metrics["per_class_acc"], counts)]
+    metrics["per_class_acc"] = [acc if count else None for acc, count in zip(metrics["per_class_acc"], counts, strict=True)]
     metrics["per_class_count"] = counts
     metrics["unreadable"] = len(sources.items) - len(scored)
     return metrics

@@ -17,6 +17,7 @@ schedule shape, faster or slower. Each re-fit is recorded in the plan, so a resu
 Everything here is a pure function of numbers, except ``process_age_s``, which reads the clock.
 """
 
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ def progress_at(step: int, knots: list) -> float:
     """A step's progress through its run's schedules, 0 at the first step and 1 at the last: linear between the
     knots [(step, progress), ..., (total steps, 1.0)], so a run re-fitted at a knot keeps its lr and resolution
     continuous there."""
-    (s0, p0), (s1, p1) = next(((a, b) for a, b in zip(knots, knots[1:]) if step < b[0]), knots[-2:])
+    (s0, p0), (s1, p1) = next(((a, b) for a, b in itertools.pairwise(knots) if step < b[0]), knots[-2:])
     return p0 + (p1 - p0) * (step - s0) / max(1, s1 - s0)
 
 

@@ -74,7 +74,7 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS)
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
     table = {"bins": bins, "lower": edges[:-1].tolist(), "upper": edges[1:].tolist(),
              "count": [], "confidence": [], "accuracy": []}
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
         in_bin = (confidence > low) & (confidence <= high)
         count = int(in_bin.sum())
         table["count"].append(count)
@@ -86,7 +86,8 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS)
 def ece_of(table: dict) -> float:
     """Expected calibration error from reliability data: the image-weighted mean |confidence - accuracy|."""
     total = sum(table["count"])
-    return sum(n * abs(c - a) for n, c, a in zip(table["count"], table["confidence"], table["accuracy"]) if n) / max(total, 1)
+    rows = zip(table["count"], table["confidence"], table["accuracy"], strict=True)
+    return sum(n * abs(c - a) for n, c, a in rows if n) / max(total, 1)
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:

@@ -59,7 +59,7 @@ class Classifier:
 
     def ranked(self, probabilities: torch.Tensor) -> dict:
         """[num_classes] probabilities -> {class name: probability}, every class, best first."""
-        return dict(sorted(zip(self.classes, probabilities.tolist()), key=lambda item: -item[1]))
+        return dict(sorted(zip(self.classes, probabilities.tolist(), strict=True), key=lambda item: -item[1]))
 
     def predict(self, image: torch.Tensor) -> dict:
         """uint8 [3, 32, 32] -> {class name: probability}, best first; calibrated when the card has a temperature."""

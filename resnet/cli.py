@@ -77,7 +77,8 @@ def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model into a run folder", description="Train the ResNet on CIFAR-10.")
     p.add_argument("--out", help="run folder to create (config, metrics.jsonl, checkpoints, weights)")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help=f"continue a stopped or interrupted run (it takes only {', '.join(config.flag(n) for n in config.RESUME_SETTINGS)})")
+                   help="continue a stopped or interrupted run (it takes only "
+                        f"{', '.join(config.flag(n) for n in config.RESUME_SETTINGS)})")
     p.add_argument("--preset", choices=sorted(config.PRESETS), help="recipe to start from (default: fast)")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir first")
     for name in config.CLI_SETTINGS:
@@ -103,7 +104,8 @@ def _evaluate_parser(sub) -> None:
 
 def _predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="classify images, folders and .zip archives",
-                       description=f"Classify {FORMATS_IN_WORDS} images: files, folders (recursed), .zip archives (read in memory).")
+                       description=f"Classify {FORMATS_IN_WORDS} images: files, folders (recursed), .zip archives "
+                                   "(read in memory).")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     p.add_argument("--top", type=_positive_int, default=3)
@@ -121,15 +123,16 @@ def _budget_options(p, experiment) -> None:
     p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
     p.add_argument("--out", default=out, help=f"folder of its run folders, bound to one budget (default: {out})")
     p.add_argument("--results", default=results,
-                   help=f"results file: runs it records as done are not trained again; rewritten as runs finish (default: {results})")
+                   help="results file: runs it records as done are not trained again; rewritten as runs finish "
+                        f"(default: {results})")
     p.add_argument("--train-size", type=_positive_int, default=budget.train_size, help="training images per epoch")
     p.add_argument("--val-size", type=_positive_int, default=budget.val_size,
                    help="seeded validation images carved from the training set")
     if budget.epochs is not None:
         p.add_argument("--epochs", type=_positive_int, default=budget.epochs)
     p.add_argument("--seed", type=_seed, default=budget.seed,
-                   help="of the validation split, and of every run (the ablation's first seed) (default: %(default)s); another seed "
-                        "is another budget")
+                   help="of the validation split, and of every run (the ablation's first seed) (default: %(default)s); "
+                        "another seed is another budget")
 
 
 def _convert_parser(sub) -> None:
@@ -186,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _record_text(record: dict) -> str:
     """One log line for a metrics row: what a person reads in train.log."""
     if record["kind"] == "probe":
-        return f"step {record['step']}: probe accuracy {record['probe_acc']:.2%} on {record['probe_images']} {record['probe_split']} images"
+        return (f"step {record['step']}: probe accuracy {record['probe_acc']:.2%} on {record['probe_images']} "
+                f"{record['probe_split']} images")
     parts = [f"epoch {record['epoch']}", f"step {record['step']}", f"loss {record['train_loss']:.3f}",
              f"train {record['train_acc']:.2%}", f"{record['images_per_s']:.0f} img/s"]
     for split in ("test", "val"):
@@ -227,11 +231,13 @@ def _progress(trainer: Trainer, start_step: int):
 
 def cmd_train(args, argv) -> int:
     if args.resume:
-        given = [config.flag(name) for name in config.CLI_SETTINGS if name not in config.RESUME_SETTINGS and getattr(args, name) is not None]
+        given = [config.flag(name) for name in config.CLI_SETTINGS
+                 if name not in config.RESUME_SETTINGS and getattr(args, name) is not None]
         given += [flag for flag, value in (("--out", args.out), ("--preset", args.preset)) if value is not None]
         if given:
             allowed = ", ".join(config.flag(name) for name in config.RESUME_SETTINGS)
-            raise ConfigError(f"--resume continues the run as it was configured: it takes only {allowed} (got {', '.join(given)})")
+            raise ConfigError(f"--resume continues the run as it was configured: it takes only {allowed} "
+                              f"(got {', '.join(given)})")
         run_dir = Path(args.resume)
         if runs.read_status(run_dir)["status"] == "running":
             raise runs.RunError(f"{run_dir} is being trained by process {runs.read_status(run_dir).get('pid')}; stop it first")
@@ -300,12 +306,12 @@ def _print_metrics(result: dict, classes, scope: str, args) -> None:
         return
     print(f"{scope} accuracy {result['acc']:.2%}  loss {result['loss']:.4f}  ({result['count']} images"
           f"{', flip TTA' if args.tta else ''})")
-    for name, acc in zip(classes, result["per_class_acc"]):
+    for name, acc in zip(classes, result["per_class_acc"], strict=True):
         print(f"  {name:<11} {'no images' if acc is None else f'{acc:.2%}'}")
     short = [name[:5] for name in classes]
     print("confusion (true class down, prediction across):")
     print(" " * 7 + "".join(f"{name:>7}" for name in short))
-    for name, row in zip(short, result["confusion"]):
+    for name, row in zip(short, result["confusion"], strict=True):
         print(f"{name:<7}" + "".join(f"{count:>7}" for count in row))
 
 
@@ -364,7 +370,7 @@ def _csv_handle(out):
 
 def _prediction_line(name: str, probabilities, classes, args) -> str:
     values, indices = probabilities.topk(min(args.top, len(classes)))
-    ranked = {classes[i]: round(p, 6) for p, i in zip(values.tolist(), indices.tolist())}
+    ranked = {classes[i]: round(p, 6) for p, i in zip(values.tolist(), indices.tolist(), strict=True)}
     if args.json:
         return json.dumps({"path": name, "top": ranked})
     return f"{name}: " + ", ".join(f"{label} {p:.1%}" for label, p in ranked.items())

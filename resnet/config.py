@@ -36,8 +36,8 @@ def setting(default, help: str, *, choices=None, minimum=None, maximum=None, abo
     Train tab's label (None: not on the form; ``advanced`` puts it in the Advanced accordion).
     ``resume``: a resumed run may be given a new value (it does not change the run's math).
     """
-    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "above": above, "below": below, "form": form,
-                "advanced": advanced, "resume": resume, "cli": cli}
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "above": above, "below": below,
+            "form": form, "advanced": advanced, "resume": resume, "cli": cli}
     return field(default=default, metadata=meta)
 
 
@@ -69,7 +69,8 @@ class TrainConfig:
                          "plan sets it", minimum=0)
     schedule: str = setting("constant", "learning-rate schedule", choices=SCHEDULES, form="Learning-rate schedule", advanced=True)
     warmup: float = setting(0.0, "fraction of all steps spent warming up linearly from zero", minimum=0, below=1)
-    label_smoothing: float = setting(0.0, "label smoothing of the loss", minimum=0, below=1, form="Label smoothing", advanced=True)
+    label_smoothing: float = setting(0.0, "label smoothing of the loss", minimum=0, below=1, form="Label smoothing",
+                                     advanced=True)
     ema: float = setting(0.0, "per-step decay of a weight average (0 = off)", minimum=0, below=1)
     ema_start: float = setting(0.0, "fraction of the steps after which the weight average starts from the weights of "
                                "then (before it, the trained network itself is scored); started a little after the last "
@@ -198,7 +199,8 @@ def differences(stored: dict, config: TrainConfig) -> str:
     before = config_from_dict(stored)
     old, new = dataclasses.asdict(before), dataclasses.asdict(config)
     old["split_seed"], new["split_seed"] = validation_seed(before), validation_seed(config)
-    return ", ".join(f"{key} {old[key]} -> {new[key]}" for key in new if key not in WHERE_AND_WHAT_IS_SCORED and old[key] != new[key])
+    changed = [key for key in new if key not in WHERE_AND_WHAT_IS_SCORED and old[key] != new[key]]
+    return ", ".join(f"{key} {old[key]} -> {new[key]}" for key in changed)
 
 
 def kind(name: str):

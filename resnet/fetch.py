@@ -279,25 +279,29 @@ class DataFetch:
             except OSError as error:
                 raise FetchError(NOT_WRITABLE, error) from None
             with out:
-                while True:
-                    if self._closed.is_set():
-                        raise _Closed
-                    try:
-                        chunk = response.read1(CHUNK)  # what has arrived: progress moves with the bytes
-                    except (http.client.HTTPException, OSError) as error:  # a dropped connection, a silent one
-                        raise FetchError(CUT_OFF, f"after {done} of {total} bytes: {error!r}") from None
-                    if not chunk:
-                        break
-                    try:
-                        out.write(chunk)
-                        out.flush()  # the part file's size is the progress other processes read
-                    except OSError as error:
-                        raise FetchError(NO_ROOM if error.errno == errno.ENOSPC else NOT_WRITABLE, error) from None
-                    done += len(chunk)
-                    with self._lock:
-                        self._progress = (done, total)
+                done = self._receive(response, out, done, total)
         if total is not None and done != total:
             raise FetchError(CUT_OFF, f"{done} of {total} bytes")
+
+    def _receive(self, response, out, done: int, total: int | None) -> int:
+        """Copy the response into the part file as it arrives; the bytes the part then holds."""
+        while True:
+            if self._closed.is_set():
+                raise _Closed
+            try:
+                chunk = response.read1(CHUNK)  # what has arrived: progress moves with the bytes
+            except (http.client.HTTPException, OSError) as error:  # a dropped connection, a silent one
+                raise FetchError(CUT_OFF, f"after {done} of {total} bytes: {error!r}") from None
+            if not chunk:
+                return done
+            try:
+                out.write(chunk)
+                out.flush()  # the part file's size is the progress other processes read
+            except OSError as error:
+                raise FetchError(NO_ROOM if error.errno == errno.ENOSPC else NOT_WRITABLE, error) from None
+            done += len(chunk)
+            with self._lock:
+                self._progress = (done, total)
 
     def _unpack(self) -> None:
         part = self.data_dir / PART

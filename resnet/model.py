@@ -72,7 +72,7 @@ class ResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         in_planes = 64
-        for index, (width, stride, count) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES, blocks)):
+        for index, (width, stride, count) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES, blocks, strict=True)):
             layers = []
             for block_stride in [stride] + [1] * (count - 1):
                 layers.append(BasicBlock(in_planes, width, block_stride, dropout))

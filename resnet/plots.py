@@ -44,7 +44,7 @@ def curves_figure(series: dict, metric: str = "acc") -> go.Figure:
         for split, dash in (("train", "dash"), ("test", "solid")):
             points = [(r["epoch"], r[f"{split}_{metric}"]) for r in rows if isinstance(r.get(f"{split}_{metric}"), (int, float))]
             if points:
-                x, y = zip(*points)
+                x, y = zip(*points, strict=True)
                 figure.add_scatter(x=x, y=y, name=f"{name} {split}", mode="lines+markers",
                                    line={"color": style["color"], "dash": dash}, marker={"symbol": style["symbol"]})
     figure.update_layout(title=f"{title} per epoch", xaxis_title="epoch", yaxis_title=title.lower())

@@ -191,21 +191,7 @@ def load_weights(source, name: str | None = None, card: dict | None = None) -> C
     essentials embedded in our safetensors header; without any, ``blocks`` is inferred from the
     keys and the published normalization is assumed (a published ``.pt``).
     """
-    if isinstance(source, (bytes, bytearray)):
-        data, name = bytes(source), name or "uploaded file"
-    else:
-        path = Path(source)
-        name = name or path.name
-        if not path.is_file():
-            raise WeightsError(f"{name}: no such weights file")
-        if path.stat().st_size > MAX_WEIGHTS_BYTES:
-            raise WeightsError(f"{name}: larger than {MAX_WEIGHTS_BYTES >> 20} MB, not weights of this model")
-        data = path.read_bytes()
-        if card is None and card_path(path).is_file():
-            try:
-                card = json.loads(card_path(path).read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise WeightsError(f"{card_path(path).name}: the card is not valid JSON ({error})") from None
+    data, name, card = _read_source(source, name, card)
     if not data:
         raise WeightsError(f"{name}: the file is empty")
     state = _read_state_dict(data, name)
@@ -223,6 +209,38 @@ def load_weights(source, name: str | None = None, card: dict | None = None) -> C
     num_classes = _outputs(state, card, name)
     model = build_model(blocks=blocks, dropout=float(card.get("dropout", 0.0)), num_classes=num_classes)
     reference = model.state_dict()
+    _check_tensors(state, reference, name)
+    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
+    card.setdefault("blocks", list(blocks))
+    card.setdefault("num_classes", num_classes)
+    card.setdefault("classes", list(CLASSES[:num_classes]))
+    if len(card["classes"]) != num_classes:
+        raise WeightsError(f"{name}: the card names {len(card['classes'])} classes but the weights have {num_classes} outputs")
+    return Classifier(model.eval(), card)
+
+
+def _read_source(source, name: str | None, card: dict | None) -> tuple:
+    """(bytes, the name errors use, the card given or beside the file) of a path or raw bytes; the file's size is
+    checked before it is read."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source), name or "uploaded file", card
+    path = Path(source)
+    name = name or path.name
+    if not path.is_file():
+        raise WeightsError(f"{name}: no such weights file")
+    if path.stat().st_size > MAX_WEIGHTS_BYTES:
+        raise WeightsError(f"{name}: larger than {MAX_WEIGHTS_BYTES >> 20} MB, not weights of this model")
+    data = path.read_bytes()
+    if card is None and card_path(path).is_file():
+        try:
+            card = json.loads(card_path(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise WeightsError(f"{card_path(path).name}: the card is not valid JSON ({error})") from None
+    return data, name, card
+
+
+def _check_tensors(state: dict, reference: dict, name: str) -> None:
+    """The file's tensors are the network's: the same keys, each of the same shape."""
     missing = sorted(set(reference) - set(state))
     unexpected = sorted(set(state) - set(reference))
     if missing or unexpected:
@@ -234,10 +252,3 @@ def load_weights(source, name: str | None = None, card: dict | None = None) -> C
     for key, value in reference.items():
         if state[key].shape != value.shape:
             raise WeightsError(f"{name}: shape mismatch for {key}: file {tuple(state[key].shape)}, model {tuple(value.shape)}")
-    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
-    card.setdefault("blocks", list(blocks))
-    card.setdefault("num_classes", num_classes)
-    card.setdefault("classes", list(CLASSES[:num_classes]))
-    if len(card["classes"]) != num_classes:
-        raise WeightsError(f"{name}: the card names {len(card['classes'])} classes but the weights have {num_classes} outputs")
-    return Classifier(model.eval(), card)

@@ -127,7 +127,7 @@ def curves_figure(results: dict) -> go.Figure:
         if winner is None:
             continue
         points = [(c["epoch"], c["val_acc"]) for c in winner["curve"] if c.get("val_acc") is not None]
-        x, y = zip(*points)
+        x, y = zip(*points, strict=True)
         style = series_style(index)
         figure.add_scatter(x=x, y=y, mode="lines+markers", name=f"{optimizer} lr={winner['lr']:g}",
                            line={"color": style["color"]}, marker={"symbol": style["symbol"]})

@@ -224,7 +224,7 @@ def prediction(classifier: Classifier, logits, with_logits: bool) -> dict:
     label = next(iter(probabilities))
     row = {"label": label, "probability": probabilities[label], "probabilities": probabilities}
     if with_logits:
-        row["logits"] = dict(zip(classifier.classes, logits.tolist()))
+        row["logits"] = dict(zip(classifier.classes, logits.tolist(), strict=True))
     return row
 
 
@@ -300,8 +300,8 @@ def build_api(root, gate: Gate | None = None) -> APIRouter:
         return Health(model=ModelInfo(**model_info(catalog.SHIPPED, classifier.card)), ready=True)
 
     common = {"response_model_exclude_none": True, "responses": REFUSALS}
-    router.add_api_route("/predict", predict, methods=["POST"], route_class_override=capped_route(allowed.upload_bytes + MULTIPART_SLACK),
-                         **common)
+    router.add_api_route("/predict", predict, methods=["POST"],
+                         route_class_override=capped_route(allowed.upload_bytes + MULTIPART_SLACK), **common)
     router.add_api_route("/predict_batch", predict_batch, methods=["POST"],
                          route_class_override=capped_route(allowed.request_bytes + MULTIPART_SLACK), **common)
     router.add_api_route("/health", health, methods=["GET"], response_model_exclude_none=True)

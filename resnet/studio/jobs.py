@@ -318,7 +318,8 @@ class RunQueue:
         if process.returncode == -signal.SIGTERM:  # stopped before the trainer could install its handler
             runs.write_status(run_dir, "stopped", "stopped before training began", pid=0)
         else:
-            runs.write_status(run_dir, "failed", _last_error(run_dir / LOG) or f"the trainer exited with code {process.returncode}", pid=0)
+            reason = _last_error(run_dir / LOG) or f"the trainer exited with code {process.returncode}"
+            runs.write_status(run_dir, "failed", reason, pid=0)
 
 
 def _request(run_dir: Path) -> dict:
@@ -394,14 +395,16 @@ def progress(run_dir) -> dict:
     probe_acc, test_acc = latest("probe", "probe_acc"), latest("epoch", "test_acc")
     parts = [f"**{status['status']}**"]
     if last:
-        parts.append(f"epoch {last['epoch']}/{total_epochs or '?'}, step {last['step']}" + (f"/{total_steps}" if total_steps else ""))
+        steps = f"step {last['step']}" + (f"/{total_steps}" if total_steps else "")
+        parts.append(f"epoch {last['epoch']}/{total_epochs or '?'}, {steps}")
         parts.append(f"{last.get('images_per_s', 0):,.0f} images/s")
     if elapsed is not None:
         parts.append(f"{budget.describe_duration(elapsed)} elapsed")
     if seconds_left is not None:
         parts.append(f"about {budget.describe_duration(seconds_left)} left")
     if probe_acc is not None:
-        parts.append(f"probe accuracy {probe_acc:.1%} ({latest('probe', 'probe_images')} {latest('probe', 'probe_split')} images)")
+        probed = f"{latest('probe', 'probe_images')} {latest('probe', 'probe_split')} images"
+        parts.append(f"probe accuracy {probe_acc:.1%} ({probed})")
     if test_acc is not None:
         parts.append(f"test accuracy {test_acc:.1%} (epoch {latest('epoch', 'epoch')})")
     if status.get("message"):

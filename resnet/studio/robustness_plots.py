@@ -18,12 +18,12 @@ def reliability_figure(card: dict) -> go.Figure:
         return empty_figure("uncalibrated: no temperature in this model's card")
     figure = go.Figure(layout=LAYOUT)
     figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line={"color": "#999", "dash": "dot"})
-    for (key, name), color in zip((("before", "softmax"), ("after", f"T = {card['temperature']:.3f}")), COLORS):
+    for (key, name), color in zip((("before", "softmax"), ("after", f"T = {card['temperature']:.3f}")), COLORS[:2], strict=True):
         table = tables.get(key) or {}
         columns = (table.get("confidence", []), table.get("accuracy", []), table.get("count", []))
-        points = [(c, a, n) for c, a, n in zip(*columns) if n]
+        points = [(c, a, n) for c, a, n in zip(*columns, strict=True) if n]
         if points:
-            confidence, accuracy, count = zip(*points)
+            confidence, accuracy, count = zip(*points, strict=True)
             sizes = [5 + 15 * math.sqrt(n / max(count)) for n in count]  # area grows with the images: sparse bins look sparse
             figure.add_scatter(x=confidence, y=accuracy, mode="lines+markers", name=name, line={"color": color},
                                marker={"size": sizes}, customdata=count,
