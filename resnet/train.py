@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import hashlib
 import io
-import itertools
 import json
 import math
 import os
@@ -255,6 +254,67 @@ class Sums:
         self.loss, self.correct, self.seen = self.loss + loss, self.correct + correct, self.seen + seen
 
 
+@dataclass
+class LoopState:
+    """What the loop carries from step to step: where it is, the running sums and training seconds its rows are
+    made of, the recent losses its divergence test reads, and the pace a re-fit reads. All but the pace go into every
+    checkpoint, so a resumed run logs, and is judged, as the uninterrupted one would be."""
+
+    epoch: int = 1
+    step_in_epoch: int = 0  # the next step to train
+    elapsed_s: float = 0.0  # the run's seconds (training and scoring) when this process took it up
+    epoch_sums: Sums = dataclasses.field(default_factory=Sums)
+    # Training seconds since the epoch's start and since the last step row: a row's speed is its images over its own
+    # seconds, whatever epoch ends, stops and resumes came between.
+    epoch_time: float = 0.0
+    since_log: Sums = dataclasses.field(default_factory=Sums)
+    since_log_time: float = 0.0
+    window: list = dataclasses.field(default_factory=list)  # the last DIVERGENCE_WINDOW step losses, on the host
+    # size -> (training seconds, steps) in this process: the pace a re-fit reads. Not saved: a resumed run makes no
+    # re-fits of its own (it follows those recorded before its stop).
+    met: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_position(cls, position: dict) -> "LoopState":
+        """The state a checkpoint's "position" holds (one from an older run may lack the rows' and the window's)."""
+        return cls(epoch=position["epoch"], step_in_epoch=position["step_in_epoch"], elapsed_s=position["elapsed_s"],
+                   epoch_sums=Sums(*position["sums"]), epoch_time=position.get("train_time", 0.0),
+                   since_log=Sums(*position.get("since_log", (0.0, 0.0, 0))),
+                   since_log_time=position.get("since_log_time", 0.0), window=list(position.get("window", [])))
+
+    def position(self, elapsed_s: float, reduce) -> dict:
+        """The checkpoint's "position". Each process holds the sums of its own share of the batches: ``reduce`` totals
+        them over the processes (every one calls this), so the one that writes saves the run's."""
+        loss, correct, seen, log_loss, log_correct, log_seen = reduce([*dataclasses.astuple(self.epoch_sums),
+                                                                       *dataclasses.astuple(self.since_log)])
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "elapsed_s": elapsed_s,
+                "sums": [loss, correct, int(seen)], "train_time": self.epoch_time,
+                "since_log": [log_loss, log_correct, int(log_seen)], "since_log_time": self.since_log_time,
+                "window": list(self.window)}
+
+    def add(self, spent: float, losses: torch.Tensor, correct: float, sizes: list, batch: int) -> None:
+        """Steps read back from the device: the training seconds they took (shared evenly among them, for each size's
+        pace), their losses (one a step, each the mean over ``batch`` images) and their total correct."""
+        self.epoch_time += spent
+        self.since_log_time += spent
+        for size, count in collections.Counter(sizes).items():
+            seconds, steps = self.met.get(size, (0.0, 0))
+            self.met[size] = (seconds + spent * count / len(sizes), steps + count)
+        loss_sum, seen = float(losses.sum()) * batch, batch * len(sizes)
+        self.since_log.add(loss_sum, correct, seen)
+        self.epoch_sums.add(loss_sum, correct, seen)
+        self.window = (self.window + losses.tolist())[-DIVERGENCE_WINDOW:]
+
+    def logged(self) -> None:
+        """A step row has been written: the next one counts from here."""
+        self.since_log, self.since_log_time = Sums(), 0.0
+
+    def next_epoch(self) -> None:
+        """An epoch's row has been written: the epoch's sums and seconds start again; the row's and the window go on."""
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.epoch_sums, self.epoch_time = Sums(), 0.0
+
+
 class Stopwatch:
     """Training time between points where the device has finished its queued work.
 
@@ -358,7 +418,8 @@ class Trainer:
         if self.plan:  # the planned probe, whatever length a re-fit gives the run: every point of its curve alike
             size = self.plan["probe_images"]
         else:
-            size = budget.probe_images(config.probe_size, self.probe_every * config.batch_size, config.resolution) if self.probe_every else 0
+            size = (budget.probe_images(config.probe_size, self.probe_every * config.batch_size, config.resolution)
+                    if self.probe_every else 0)
         self.probe = (held[0][:size], held[1][:size]) if size else None
         # A run re-fits only on the clock it planned with: a resumed run follows the re-fits recorded before its stop.
         self.refit_at = [] if not self.plan or self.resumed else [p for p in budget.REPLAN_AT if p > self.knots[-2][1]]
@@ -366,6 +427,10 @@ class Trainer:
     def progress(self, step: int) -> float:
         """How far through its lr and resolution schedules the run is at ``step`` (0 to 1)."""
         return budget.progress_at(step, self.knots)
+
+    def _epoch_steps(self, epoch: int) -> int:
+        """Steps in ``epoch``: the last epoch of a run of a fixed number of steps ends where they do."""
+        return min(self.steps_per_epoch, self.total_steps - (epoch - 1) * self.steps_per_epoch)
 
     @property
     def writes(self) -> bool:
@@ -390,7 +455,7 @@ class Trainer:
         torch.save(state, buffer)
         atomic_write_bytes(self.run_dir / runs.CHECKPOINT, buffer.getvalue())
 
-    # ---- the loop ---------------------------------------------------------------------------
+    # ---- a run: set up, measured and planned -----------------------------------------------
     def run(self, resume: bool = False) -> dict:
         config = self.config
         if self.distributed and not dist.is_initialized():
@@ -405,14 +470,14 @@ class Trainer:
             self._write_config()
             self._status("running", "resumed" if resume else "started")
         try:  # a failure anywhere from here (a bad checkpoint too) is reported, not left as "running"
-            parts, position = self.build(resume)
+            parts, state = self.build(resume)
             if config.budget and not config.steps:  # a new budgeted run: measure this machine, then fix the run's length
                 self._plan(parts)
             if self.writes:
                 # A resumed run publishes only what it finishes now; a resume that fails to load keeps what it had.
                 for stale in (runs.WEIGHTS, runs.CARD):
                     (self.run_dir / stale).unlink(missing_ok=True)
-            return self._loop(parts, position)
+            return self._loop(parts, state)
         except Exception as error:
             self._status("failed", f"{type(error).__name__}: {error}")
             raise
@@ -421,7 +486,7 @@ class Trainer:
                 dist.destroy_process_group()
 
     def build(self, resume: bool = False) -> tuple:
-        """(the model, its training wrapper, optimizer, scaler and average; the position to start from)."""
+        """(the model, its training wrapper, optimizer, scaler and average; the loop's state to start from)."""
         config = self.config
         torch.manual_seed(config.seed)
         model = build_model(config.blocks, config.dropout).to(self.device)
@@ -438,7 +503,7 @@ class Trainer:
         optimizer = build_optimizer(config, model)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
-        position = {"epoch": 1, "step_in_epoch": 0, "elapsed_s": 0.0, "sums": [0.0, 0.0, 0]}
+        state = LoopState()
         if resume:
             # On the CPU: optimizer.load_state_dict moves the moments to the parameters' device but
             # keeps Adam's step counters where they were loaded, and on a GPU those cost a sync a step.
@@ -449,14 +514,14 @@ class Trainer:
                 scaler.load_state_dict(checkpoint["scaler"])
             if ema is not None:
                 ema.load_state_dict(checkpoint["ema"])
-            position = checkpoint["position"]
+            state = LoopState.from_position(checkpoint["position"])
             if self.writes:  # rows past the checkpoint (a kill mid-epoch, or after an epoch row but before its
                 # checkpoint) are trained again from here: drop them, and any torn line, so each step appears once
-                done = (position["epoch"] - 1) * self.steps_per_epoch + position["step_in_epoch"]
+                done = (state.epoch - 1) * self.steps_per_epoch + state.step_in_epoch
                 kept = [row for row in runs.read_metrics(self.run_dir) if row["step"] <= done]
                 atomic_write_bytes(self.run_dir / runs.METRICS, "".join(json.dumps(row) + "\n" for row in kept).encode())
             else:  # the checkpoint's running sums are every process's total: rank 0 alone carries them on
-                position = {**position, "sums": [0.0, 0.0, 0], "since_log": [0.0, 0.0, 0]}
+                state.epoch_sums, state.since_log = Sums(), Sums()
         trained = model
         if self.distributed:
             # Only rank 0 evaluates and saves, so the other ranks' BatchNorm buffers need no per-step broadcast.
@@ -464,7 +529,7 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False)
         if config.compile:
             trained = torch.compile(trained)
-        return Parts(model, trained, optimizer, scaler, ema), position
+        return Parts(model, trained, optimizer, scaler, ema), state
 
     # Warm-up steps (they build the kernels the run then reuses), then timed steps: few, since the run re-fits its
     # length to the pace it meets, and every second measuring is one not training.
@@ -522,143 +587,8 @@ class Trainer:
 
     def _write_config(self) -> None:
         """config.json: the settings, and a budgeted run's plan (where its seconds were meant to go) beside them."""
-        atomic_write_json(self.run_dir / runs.CONFIG, {**dataclasses.asdict(self.config), **({"plan": self.plan} if self.plan else {})})
-
-    def epoch_order(self, epoch: int) -> tuple:
-        """(the epoch's shuffled image order, and each image's flip under alternating flips, or None) on the device."""
-        config, count = self.config, len(self.data.train_x)
-        order = torch.randperm(count, generator=torch.Generator().manual_seed(config.seed * 7919 + epoch)).to(self.device)
-        flips = None
-        if config.alternate_flip:
-            base = torch.rand(count, generator=torch.Generator().manual_seed(config.seed)) < 0.5
-            flips = (base ^ bool(epoch % 2)).to(self.device)
-        return order, flips
-
-    def train_one(self, parts: Parts, order, flips, epoch: int, step_in_epoch: int, size: int | None = None) -> tuple:
-        """One step of the hot loop, queued on the device without waiting for it: (loss, correct, lr, size, images).
-        ``size`` replaces the resolution schedule's (a measurement times each size)."""
-        config = self.config
-        step = (epoch - 1) * self.steps_per_epoch + step_in_epoch
-        seed = _step_seed(config, epoch, step_in_epoch, self.rank)
-        torch.manual_seed(seed)  # dropout
-        generator = torch.Generator(self.device).manual_seed(seed)
-        per_rank = config.batch_size // self.world
-        start = step_in_epoch * config.batch_size + self.rank * per_rank
-        index = order[start : start + per_rank]
-        images = augment(self.data.train_x[index], generator, config.augment, None if flips is None else flips[index])
-        progress = self.progress(step)
-        lr = lr_at(config, progress)
-        for group, scale in zip(parts.optimizer.param_groups, (1.0, config.bias_lr_scale)):
-            group["lr"] = lr * scale
-        size = size or resolution_at(self.resolution, progress)
-        loss, correct = train_step(parts.trained, parts.optimizer, images, self.data.train_y[index], config, self.amp_dtype,
-                                   self.channels_last, size, parts.scaler)
-        if parts.ema is not None and progress >= config.ema_start:  # its first update copies the weights of then
-            parts.ema.update_parameters(parts.model)
-        return loss, correct, lr, size, len(index)
-
-    def _loop(self, parts: Parts, position) -> dict:
-        config = self.config
-        model, optimizer, scaler, ema = parts.model, parts.optimizer, parts.scaler, parts.ema
-        started = time.perf_counter() - position["elapsed_s"]
-        elapsed = lambda: time.perf_counter() - started  # noqa: E731
-        clock = Stopwatch(self.device)
-        pending = []  # (loss, number correct, size) of every step since the last check, still on the device
-        # The last DIVERGENCE_WINDOW step losses (on the host) and the steps since the last step row: both carried
-        # through a checkpoint, so a resumed run logs and is judged as the uninterrupted one would be.
-        window = list(position.get("window", []))
-        since_log, epoch_sums = Sums(*position.get("since_log", (0.0, 0.0, 0))), Sums(*position["sums"])
-        # Training seconds since the epoch's start and since the last step row: a row's speed is its images over
-        # its own seconds, whatever epoch ends, stops and resumes came between.
-        epoch_train_time, since_log_time = position.get("train_time", 0.0), position.get("since_log_time", 0.0)
-        met = {}  # size -> (training seconds, steps) in this process: the pace a re-fit reads
-        # A re-fit may move the run's end, so the epochs and the last epoch's steps are read afresh each time round.
-        for epoch in itertools.count(position["epoch"]):
-            if epoch > self.epochs:
-                break
-            order, flips = self.epoch_order(epoch)
-            first_step = position["step_in_epoch"] if epoch == position["epoch"] else 0
-            if first_step == 0:
-                epoch_sums, epoch_train_time = Sums(), 0.0
-            for step_in_epoch in itertools.count(first_step):
-                epoch_steps = self._epoch_steps(epoch)
-                if step_in_epoch >= epoch_steps:
-                    break
-                step = (epoch - 1) * self.steps_per_epoch + step_in_epoch
-                loss, correct, lr, size, batch = self.train_one(parts, order, flips, epoch, step_in_epoch)
-                pending.append((loss, correct, size))
-                done = step + 1
-                epoch_end = step_in_epoch + 1 == epoch_steps
-                log_step = done % config.log_every == 0
-                probe_step = self.probe is not None and done % self.probe_every == 0
-                refit_step = bool(self.refit_at) and self.progress(done) >= self.refit_at[0]
-                asked = self.stop_event is not None and self.stop_event.is_set()
-                # Ranks agree only at steps that are the same for all of them (a stop asked in between
-                # waits for the next log step); a single process acts on a stop at once.
-                if not (log_step or epoch_end or probe_step or refit_step or (asked and not self.distributed)):
-                    continue
-                spent = clock.lap()
-                epoch_train_time += spent
-                since_log_time += spent
-                for trained_size, count in collections.Counter(size for _, _, size in pending).items():
-                    seconds, steps = met.get(trained_size, (0.0, 0))
-                    met[trained_size] = (seconds + spent * count / len(pending), steps + count)
-                step_losses, correct_now = self._read_back(pending)
-                seen_now = batch * len(pending)
-                since_log.add(float(step_losses.sum()) * batch, correct_now, seen_now)
-                epoch_sums.add(float(step_losses.sum()) * batch, correct_now, seen_now)
-                window = (window + step_losses.tolist())[-DIVERGENCE_WINDOW:]
-                pending = []
-                diverged = bool(not torch.isfinite(step_losses).all() or step_losses.max() > EXPLOSION_LOSS
-                                or (len(window) >= DIVERGENCE_WINDOW and sum(window) / len(window) > DIVERGENCE_LOSS))
-                loss_sum, correct_total, seen, stopped, diverged_ranks = self._reduce(
-                    [since_log.loss, since_log.correct, since_log.seen, float(asked), float(diverged)])
-                seen = max(seen, 1)
-                if log_step and not diverged_ranks:
-                    self._emit({
-                        "kind": "step", "epoch": epoch, "step": done, "total_steps": self.total_steps,
-                        "images": done * config.batch_size, "train_loss": loss_sum / seen, "train_acc": correct_total / seen,
-                        "lr": lr, "resolution": size, "images_per_s": seen / since_log_time, "elapsed_s": elapsed(),
-                    })
-                    since_log, since_log_time = Sums(), 0.0
-                if diverged_ranks:
-                    return self._diverged(f"at epoch {epoch}, step {done}: the training loss became non-finite, exceeded "
-                                          f"{EXPLOSION_LOSS:.1f} or stayed above {DIVERGENCE_LOSS:.2f}")
-                if refit_step:
-                    self._refit(done, met, elapsed())
-                if stopped:
-                    self._checkpoint(model, optimizer, scaler, ema, epoch, step_in_epoch + 1, elapsed(), epoch_sums,
-                                     epoch_train_time, since_log, since_log_time, window)
-                    message = f"stopped at epoch {epoch}, step {done}; resume to continue"
-                    self._status("stopped", message)
-                    return {"status": "stopped", "message": message}
-                if probe_step:
-                    with clock.paused():
-                        self._probe(model, ema, epoch, done, elapsed)
-            # The lr of the epoch's last step (computed: a run resumed right after that step runs no step here).
-            epoch_done = (epoch - 1) * self.steps_per_epoch + epoch_steps
-            lr = lr_at(config, self.progress(epoch_done - 1))
-            evaluating = time.perf_counter()
-            with clock.paused():  # scoring, the broken-model check and the checkpoint are not training time
-                record = self._epoch_record(model, ema, epoch, epoch_done, epoch_sums, epoch_train_time, lr, elapsed)
-                record.update(train_s=epoch_train_time, eval_s=time.perf_counter() - evaluating)
-                broken = self._broken(model, ema, record)
-                asked = self.stop_event is not None and self.stop_event.is_set()
-                broken_ranks, stopped = self._reduce([float(bool(broken)), float(asked)])
-                if broken_ranks:
-                    return self._diverged(f"at the end of epoch {epoch}: {broken or 'another process found the model broken'}")
-                self._emit(record)
-                self._checkpoint(model, optimizer, scaler, ema, epoch + 1, 0, elapsed(), Sums(), 0.0, since_log, since_log_time,
-                                 window)
-            if stopped and epoch < self.epochs:  # asked while the epoch was scored: stop at the boundary
-                message = f"stopped after epoch {epoch}; resume to continue"
-                self._status("stopped", message)
-                return {"status": "stopped", "message": message}
-        return self._finish(model, ema, elapsed())
-
-    def _epoch_steps(self, epoch: int) -> int:
-        """Steps in ``epoch``: the last epoch of a run of a fixed number of steps ends where they do."""
-        return min(self.steps_per_epoch, self.total_steps - (epoch - 1) * self.steps_per_epoch)
+        atomic_write_json(self.run_dir / runs.CONFIG,
+                          {**dataclasses.asdict(self.config), **({"plan": self.plan} if self.plan else {})})
 
     def _refit(self, done: int, met: dict, loop_s: float) -> None:
         """Re-fit a budgeted run's length to the pace it has met, so that it still finishes on its budget: the
@@ -678,13 +608,7 @@ class Trainer:
         if self.writes:
             self._write_config()
 
-    @staticmethod
-    def _read_back(pending: list) -> tuple:
-        """(the steps' losses, their total correct) on the host, in one copy from the device."""
-        values = torch.cat([torch.stack([loss.float() for loss, _, _ in pending]),
-                            torch.stack([correct.float() for _, correct, _ in pending]).sum().view(1)]).cpu()
-        return values[:-1], float(values[-1])
-
+    # ---- scores, and the ends of epochs and runs ------------------------------------------
     def _reduce(self, values: list) -> list:
         """Sums over every rank, in one all-reduce (the values themselves when not distributed)."""
         if not self.distributed:
@@ -743,6 +667,29 @@ class Trainer:
         broken = non_finite_key(self._scored_model(model, ema).state_dict())
         return f"its weights hold non-finite values ({broken})" if broken else ""
 
+    def _end_epoch(self, parts: Parts, state: LoopState, clock: Stopwatch, elapsed) -> dict | None:
+        """Score the epoch, check that the model is still a model, and checkpoint at the boundary; the run's outcome
+        if it ends here (diverged, or asked to stop), else None."""
+        epoch = state.epoch
+        done = (epoch - 1) * self.steps_per_epoch + self._epoch_steps(epoch)
+        # The lr of the epoch's last step (computed: a run resumed right after that step runs no step here).
+        lr = lr_at(self.config, self.progress(done - 1))
+        evaluating = time.perf_counter()
+        with clock.paused():  # scoring, the broken-model check and the checkpoint are not training time
+            record = self._epoch_record(parts.model, parts.ema, epoch, done, state.epoch_sums, state.epoch_time, lr, elapsed)
+            record.update(train_s=state.epoch_time, eval_s=time.perf_counter() - evaluating)
+            broken = self._broken(parts.model, parts.ema, record)
+            asked = self.stop_event is not None and self.stop_event.is_set()
+            broken_ranks, stopped = self._reduce([float(bool(broken)), float(asked)])
+            if broken_ranks:
+                return self._diverged(f"at the end of epoch {epoch}: {broken or 'another process found the model broken'}")
+            self._emit(record)
+            state.next_epoch()
+            self._checkpoint(parts, state, elapsed())
+        if stopped and epoch < self.epochs:  # asked while the epoch was scored: stop at the boundary
+            return self._stopped(f"stopped after epoch {epoch}; resume to continue")
+        return None
+
     def _diverged(self, where: str) -> dict:
         """End the run as diverged: no checkpoint to resume and no weights to publish from a broken model."""
         message = f"diverged {where}; try a smaller learning rate"
@@ -752,24 +699,23 @@ class Trainer:
         self._status("diverged", message)
         return {"status": "diverged", "message": message}
 
-    def _checkpoint(self, model, optimizer, scaler, ema, epoch, step_in_epoch, elapsed_s, sums: Sums, train_time,
-                    since_log: Sums, since_log_time: float, window: list) -> None:
-        # Each process holds the sums of its own share of the batches: keep their total (every process is here).
-        loss, correct, seen, log_loss, log_correct, log_seen = self._reduce(
-            [sums.loss, sums.correct, sums.seen, since_log.loss, since_log.correct, since_log.seen])
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "position": {"epoch": epoch, "step_in_epoch": step_in_epoch, "elapsed_s": elapsed_s,
-                         "sums": [loss, correct, int(seen)], "train_time": train_time,
-                         "since_log": [log_loss, log_correct, int(log_seen)], "since_log_time": since_log_time,
-                         "window": list(window)},
+    def _stopped(self, message: str) -> dict:
+        """End the run as stopped: its last checkpoint resumes it."""
+        self._status("stopped", message)
+        return {"status": "stopped", "message": message}
+
+    def _checkpoint(self, parts: Parts, state: LoopState, elapsed_s: float) -> None:
+        """Everything a resumed run needs to go on as this one would: every process calls it, rank 0 writes it."""
+        checkpoint = {
+            "model": parts.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "position": state.position(elapsed_s, self._reduce),
         }
-        if scaler.is_enabled():
-            state["scaler"] = scaler.state_dict()
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        self._save_checkpoint(state)
+        if parts.scaler.is_enabled():
+            checkpoint["scaler"] = parts.scaler.state_dict()
+        if parts.ema is not None:
+            checkpoint["ema"] = parts.ema.state_dict()
+        self._save_checkpoint(checkpoint)
 
     def _finish(self, model, ema, elapsed_s) -> dict:
         config = self.config
@@ -820,17 +766,98 @@ class Trainer:
         self._status("finished", message)
         return {"status": "finished", "message": message, "scored_on": split, **final}
 
+    # ---- the loop ----------------------------------------------------------------------------
+    def _loop(self, parts: Parts, state: LoopState) -> dict:
+        """Train from ``state`` to the run's end. Steps are queued on the device without waiting for it; the loop reads
+        the device back only at the steps that need its numbers: a step row, a probe, a re-fit, a stop, an epoch's end."""
+        config = self.config
+        started = time.perf_counter() - state.elapsed_s
+        elapsed = lambda: time.perf_counter() - started  # noqa: E731
+        clock = Stopwatch(self.device)
+        # A re-fit may move the run's end, so the epochs and the last epoch's steps are read afresh each time round.
+        while state.epoch <= self.epochs:
+            epoch = state.epoch
+            order, flips = self.epoch_order(epoch)
+            pending = []  # (loss, number correct, size) of every step since the last read-back, still on the device
+            while state.step_in_epoch < self._epoch_steps(epoch):
+                loss, correct, lr, size, batch = self.train_one(parts, order, flips, epoch, state.step_in_epoch)
+                pending.append((loss, correct, size))
+                state.step_in_epoch += 1
+                done = (epoch - 1) * self.steps_per_epoch + state.step_in_epoch
+                epoch_end = state.step_in_epoch == self._epoch_steps(epoch)
+                log_step = done % config.log_every == 0
+                probe_step = self.probe is not None and done % self.probe_every == 0
+                refit_step = bool(self.refit_at) and self.progress(done) >= self.refit_at[0]
+                asked = self.stop_event is not None and self.stop_event.is_set()
+                # Ranks agree only at steps that are the same for all of them (a stop asked in between
+                # waits for the next log step); a single process acts on a stop at once.
+                if not (log_step or epoch_end or probe_step or refit_step or (asked and not self.distributed)):
+                    continue
+                spent = clock.lap()
+                step_losses, correct_now = read_back(pending)
+                state.add(spent, step_losses, correct_now, [size for _, _, size in pending], batch)
+                pending = []
+                loss_sum, correct_total, seen, stopped, diverged_ranks = self._reduce(
+                    [*dataclasses.astuple(state.since_log), float(asked), float(diverged(step_losses, state.window))])
+                seen = max(seen, 1)
+                if log_step and not diverged_ranks:
+                    self._emit({
+                        "kind": "step", "epoch": epoch, "step": done, "total_steps": self.total_steps,
+                        "images": done * config.batch_size, "train_loss": loss_sum / seen, "train_acc": correct_total / seen,
+                        "lr": lr, "resolution": size, "images_per_s": seen / state.since_log_time, "elapsed_s": elapsed(),
+                    })
+                    state.logged()
+                if diverged_ranks:
+                    return self._diverged(f"at epoch {epoch}, step {done}: the training loss became non-finite, exceeded "
+                                          f"{EXPLOSION_LOSS:.1f} or stayed above {DIVERGENCE_LOSS:.2f}")
+                if refit_step:
+                    self._refit(done, state.met, elapsed())
+                if stopped:
+                    self._checkpoint(parts, state, elapsed())
+                    return self._stopped(f"stopped at epoch {epoch}, step {done}; resume to continue")
+                if probe_step:
+                    with clock.paused():
+                        self._probe(parts.model, parts.ema, epoch, done, elapsed)
+            ended = self._end_epoch(parts, state, clock, elapsed)
+            if ended is not None:
+                return ended
+        return self._finish(parts.model, parts.ema, elapsed())
 
-def precision_name(amp_dtype) -> str:
-    """How a run's scores were computed, in words: 'bf16 autocast', 'fp16 autocast' or 'fp32'."""
-    return {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(amp_dtype, "fp32")
+    def epoch_order(self, epoch: int) -> tuple:
+        """(the epoch's shuffled image order, and each image's flip under alternating flips, or None) on the device."""
+        config, count = self.config, len(self.data.train_x)
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(config.seed * 7919 + epoch)).to(self.device)
+        flips = None
+        if config.alternate_flip:
+            base = torch.rand(count, generator=torch.Generator().manual_seed(config.seed)) < 0.5
+            flips = (base ^ bool(epoch % 2)).to(self.device)
+        return order, flips
 
-
-def measured_on(split: str, precision: str = "fp32") -> str:
-    """How a card's ``<split>_acc`` figures were measured, for the split a run (or the script that ships it) scored."""
-    return (f"on the {'test set' if split == 'test' else 'validation split (the test set was never scored)'}: "
-            f"{precision}, eval mode, final epoch, no test-time augmentation (tta_{split}_acc, where present: mean of "
-            "image and mirror logits)")
+    def train_one(self, parts: Parts, order, flips, epoch: int, step_in_epoch: int, size: int | None = None) -> tuple:
+        """One step of the hot loop, queued on the device without waiting for it: (loss, correct, lr, size, images).
+        ``size`` replaces the resolution schedule's (a measurement times each size)."""
+        config = self.config
+        # The batch: this process's share of the step's slice of the epoch's order, augmented by draws seeded from the
+        # step alone, so that a resumed run trains on exactly the images the uninterrupted one would have.
+        seed = _step_seed(config, epoch, step_in_epoch, self.rank)
+        torch.manual_seed(seed)  # dropout
+        generator = torch.Generator(self.device).manual_seed(seed)
+        per_rank = config.batch_size // self.world
+        start = step_in_epoch * config.batch_size + self.rank * per_rank
+        index = order[start : start + per_rank]
+        images = augment(self.data.train_x[index], generator, config.augment, None if flips is None else flips[index])
+        # The lr and the image size follow the run's progress; the optimizer's two groups are the decayed weights and
+        # the BatchNorm and bias parameters, which may learn faster.
+        progress = self.progress((epoch - 1) * self.steps_per_epoch + step_in_epoch)
+        lr = lr_at(config, progress)
+        for group, scale in zip(parts.optimizer.param_groups, (1.0, config.bias_lr_scale), strict=True):
+            group["lr"] = lr * scale
+        size = size or resolution_at(self.resolution, progress)
+        loss, correct = train_step(parts.trained, parts.optimizer, images, self.data.train_y[index], config, self.amp_dtype,
+                                   self.channels_last, size, parts.scaler)
+        if parts.ema is not None and progress >= config.ema_start:  # its first update copies the weights of then
+            parts.ema.update_parameters(parts.model)
+        return loss, correct, lr, size, len(index)
 
 
 def train_step(model, optimizer, images, labels, config: TrainConfig, amp_dtype, channels_last: bool,
@@ -850,6 +877,37 @@ def train_step(model, optimizer, images, labels, config: TrainConfig, amp_dtype,
         loss.backward()
         optimizer.step()
     return loss.detach(), (logits.argmax(1) == labels).sum()
+
+
+def read_back(pending: list) -> tuple:
+    """(the pending steps' losses, their total correct) on the host. This is where the host waits for the device:
+    a GPU runs the steps the host has queued while the host queues more, and reading a number back stalls that queue
+    until every step before it is done. So the loop reads back only at the steps that need the numbers, and then all
+    of them at once, in one copy."""
+    values = torch.cat([torch.stack([loss.float() for loss, _, _ in pending]),
+                        torch.stack([correct.float() for _, correct, _ in pending]).sum().view(1)]).cpu()
+    return values[:-1], float(values[-1])
+
+
+def diverged(step_losses: torch.Tensor, window: list) -> bool:
+    """Whether training has failed, from the losses just read back and the last DIVERGENCE_WINDOW (these included).
+    A non-finite loss or one far above chance is a blow-up (the weights are already wrecked: no point waiting); a
+    window whose mean stays above twice chance has not learned and is not learning. One noisy step under the explosion
+    bound is no failure, so the slow test reads a window's mean."""
+    return bool(not torch.isfinite(step_losses).all() or step_losses.max() > EXPLOSION_LOSS
+                or (len(window) >= DIVERGENCE_WINDOW and sum(window) / len(window) > DIVERGENCE_LOSS))
+
+
+def precision_name(amp_dtype) -> str:
+    """How a run's scores were computed, in words: 'bf16 autocast', 'fp16 autocast' or 'fp32'."""
+    return {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(amp_dtype, "fp32")
+
+
+def measured_on(split: str, precision: str = "fp32") -> str:
+    """How a card's ``<split>_acc`` figures were measured, for the split a run (or the script that ships it) scored."""
+    return (f"on the {'test set' if split == 'test' else 'validation split (the test set was never scored)'}: "
+            f"{precision}, eval mode, final epoch, no test-time augmentation (tta_{split}_acc, where present: mean of "
+            "image and mirror logits)")
 
 
 def train(config: TrainConfig, run_dir, callbacks=(), stop_event=None, resume=False, command: str = "") -> dict:
