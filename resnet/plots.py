@@ -1,5 +1,7 @@
 """Plotly figures from metric rows and model cards: plain functions, no state, no I/O."""
 
+import math
+
 import plotly.graph_objects as go
 
 from .constants import CLASSES
@@ -78,57 +80,85 @@ def _points(rows: list, kind: str, key: str, x: str = "images") -> tuple:
     return [r[column] * scale for r in chosen], [r[key] for r in chosen]
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _fit_loss_axis(figure: go.Figure, own: list) -> None:
     """A loss axis from 0 to just above the highest loss among ``own`` values (the runs shown, smoothed where they
     are drawn smoothed), so that a reference run's first loss of 90 does not press the others onto the floor."""
-    finite = [v for v in own if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
+    finite = [v for v in own if _finite(v)]
     if finite:
         figure.update_yaxes(range=[0, LOSS_HEADROOM * max(finite)])
+
+
+def _scored_label(rows: list, split: str) -> str:
+    """A run's held-out score in the legend: ``end of run`` where the run scores it only at its last step (a
+    budgeted run), ``each epoch`` otherwise."""
+    total = max((r["total_steps"] for r in rows if isinstance(r.get("total_steps"), int)), default=None)
+    steps = [r.get("step") for r in rows if r.get("kind") == "epoch" and isinstance(r.get(f"{split}_acc"), (int, float))]
+    return f"{split} (end of run)" if total is not None and steps == [total] else f"{split} (each epoch)"
+
+
+def _own_series(rows: list, metric: str) -> list:
+    """(name, x, y, style) of a run's own series: every logged step (faint) and their smoothed curve, the probe's
+    held-out scores, and the held-out score of each epoch (or of the run's end)."""
+    series = []
+    x, y = _points(rows, "step", f"train_{metric}")
+    if x:
+        series.append(("train (each log step)", x, y, {"mode": "markers", "marker": {"color": COLORS[0], "size": 4},
+                                                        "opacity": 0.3}))
+        series.append(("train (smoothed)", x, smoothed(y), {"mode": "lines", "line": {"color": COLORS[0], "width": 2}}))
+    probes = [r for r in rows if r.get("kind") == "probe"]
+    x, y = _points(rows, "probe", f"probe_{metric}")
+    if x:
+        label = f"probe ({probes[-1].get('probe_images')} {probes[-1].get('probe_split', 'held-out')} images)"
+        series.append((label, x, y, {"mode": "lines+markers", "line": {"color": COLORS[1]}, "marker": {"size": 7}}))
+    for split, color in (("test", COLORS[3]), ("val", COLORS[2])):
+        x, y = _points(rows, "epoch", f"{split}_{metric}")
+        if x:
+            series.append((_scored_label(rows, split), x, y, {"mode": "lines+markers", "line": {"color": color},
+                                                              "marker": {"size": 10, "symbol": "diamond"}}))
+    return series
 
 
 def live_figure(rows: list, metric: str = "acc", total_images: int | None = None, references: dict | None = None,
                 status: str = "") -> go.Figure:
     """One run as it trains, against training images seen: every logged step (faint) and their smoothed
     curve, the probe's held-out scores between steps, the test (and validation) score of each epoch,
-    and faint reference runs. The x axis spans the whole run from its first step, so nothing is cut off."""
+    and faint reference runs behind them, within the run's range. The x axis spans the whole run from its first
+    step, so nothing is cut off."""
     title = "Accuracy" if metric == "acc" else "Loss"
-    figure = go.Figure(layout=LAYOUT)
-    for index, (name, reference) in enumerate((references or {}).items()):
-        for kind, key in (("probe", f"probe_{metric}"), ("epoch", f"test_{metric}")):
-            x, y = _points(reference, kind, key)
-            if x:
-                figure.add_scatter(x=x, y=y, name=f"{name} ({'probe' if kind == 'probe' else 'test'})", mode="lines",
-                                   line={"color": "#b0b0b0", "dash": ("dot", "dash", "dashdot")[index % 3], "width": 1.5},
-                                   opacity=0.8, legendgroup="references")
-    x, y = _points(rows, "step", f"train_{metric}")
-    shown = smoothed(y)
-    if x:
-        figure.add_scatter(x=x, y=y, name="train (each log step)", mode="markers", marker={"color": COLORS[0], "size": 4},
-                           opacity=0.3)
-        figure.add_scatter(x=x, y=shown, name="train (smoothed)", mode="lines", line={"color": COLORS[0], "width": 2})
-    probes = [r for r in rows if r.get("kind") == "probe"]
-    x, y = _points(rows, "probe", f"probe_{metric}")
-    shown += y
-    if x:
-        label = f"probe ({probes[-1].get('probe_images')} {probes[-1].get('probe_split', 'held-out')} images)"
-        figure.add_scatter(x=x, y=y, name=label, mode="lines+markers", line={"color": COLORS[1]}, marker={"size": 7})
-    for split, color in (("test", COLORS[3]), ("val", COLORS[2])):
-        x, y = _points(rows, "epoch", f"{split}_{metric}")
-        shown += y
-        if x:
-            figure.add_scatter(x=x, y=y, name=f"{split} (each epoch)", mode="lines+markers", line={"color": color},
-                               marker={"size": 10, "symbol": "diamond"})
     own = [r["images"] for r in rows if "images" in r]
     if not own:
         return empty_figure(status or "waiting for the first logged step")
     end = max([total_images or 0, *own]) / 1000
-    figure.update_xaxes(range=[0, end * 1.03])
+    series = _own_series(rows, metric)
+    # The loss axis fits the run's own curves (none finite: a diverged run, drawn as plotly pleases); accuracy is 0 to 1.
+    losses = [v for _, _, y, _ in series for v in y if _finite(v)]
+    top = 1.0 if metric == "acc" else LOSS_HEADROOM * max(losses) if losses else math.inf
+    figure = go.Figure(layout=LAYOUT)
+    for index, (name, reference) in enumerate((references or {}).items()):
+        for kind, key in (("probe", f"probe_{metric}"), ("epoch", f"test_{metric}")):
+            # Only what falls inside the plot: a reference past this run's end, or its first loss far above the run's,
+            # would be an entry in the legend with nothing to see, or a stub falling in from the top.
+            points = [(px, py) for px, py in zip(*_points(reference, kind, key), strict=True) if px <= end * 1.03 and py <= top]
+            if points:
+                x, y = zip(*points, strict=True)
+                figure.add_scatter(x=x, y=y, name=f"{name} ({'probe' if kind == 'probe' else 'test'})",
+                                   mode="lines" if len(points) > 1 else "markers",
+                                   line={"color": "#b0b0b0", "dash": ("dot", "dash", "dashdot")[index % 3], "width": 1.5},
+                                   marker={"color": "#b0b0b0"}, opacity=0.8, legendgroup="references")
+    for name, x, y, style in series:
+        figure.add_scatter(x=x, y=y, name=name, **style)
+    # The x axis starts a little left of 0, so that its "0" and the y axis's lowest label do not run together.
+    figure.update_xaxes(range=[-end * 0.02, end * 1.03])
     figure.update_layout(title=f"{title}{f' ({status})' if status else ''}", xaxis_title=X_AXES["images"][2],
                          yaxis_title=title.lower())
     if metric == "acc":
         figure.update_yaxes(tickformat=".0%", range=[0, 1])
-    else:
-        _fit_loss_axis(figure, shown)
+    elif _finite(top):
+        figure.update_yaxes(range=[0, top])
     return figure
 
 

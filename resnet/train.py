@@ -473,6 +473,8 @@ class Trainer:
             parts, state = self.build(resume)
             if config.budget and not config.steps:  # a new budgeted run: measure this machine, then fix the run's length
                 self._plan(parts)
+            if not resume:  # a new run's clock reads from its start, as its budget does: loading and measuring count
+                state.elapsed_s = time.perf_counter() - self.clock_start
             if self.writes:
                 # A resumed run publishes only what it finishes now; a resume that fails to load keeps what it had.
                 for stale in (runs.WEIGHTS, runs.CARD):
@@ -771,7 +773,8 @@ class Trainer:
         """Train from ``state`` to the run's end. Steps are queued on the device without waiting for it; the loop reads
         the device back only at the steps that need its numbers: a step row, a probe, a re-fit, a stop, an epoch's end."""
         config = self.config
-        started = time.perf_counter() - state.elapsed_s
+        began = time.perf_counter()
+        started = began - state.elapsed_s
         elapsed = lambda: time.perf_counter() - started  # noqa: E731
         clock = Stopwatch(self.device)
         # A re-fit may move the run's end, so the epochs and the last epoch's steps are read afresh each time round.
@@ -811,7 +814,7 @@ class Trainer:
                     return self._diverged(f"at epoch {epoch}, step {done}: the training loss became non-finite, exceeded "
                                           f"{EXPLOSION_LOSS:.1f} or stayed above {DIVERGENCE_LOSS:.2f}")
                 if refit_step:
-                    self._refit(done, state.met, elapsed())
+                    self._refit(done, state.met, time.perf_counter() - began)  # this loop's seconds only
                 if stopped:
                     self._checkpoint(parts, state, elapsed())
                     return self._stopped(f"stopped at epoch {epoch}, step {done}; resume to continue")

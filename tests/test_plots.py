@@ -68,7 +68,8 @@ def test_live_figure_draws_steps_smoothed_probes_and_epochs_against_images_seen(
     assert list(shown["probe (500 val images)"].y) == [0.25]
     assert list(shown["test (each epoch)"].y) == [0.3]
     assert list(shown["val (each epoch)"].y) == [0.28]
-    assert tuple(figure.layout.xaxis.range) == pytest.approx((0, 1.28 * 1.03))  # the whole run, never cut off
+    # The whole run, never cut off; 0 a little in from the left, clear of the y axis's lowest label
+    assert tuple(figure.layout.xaxis.range) == pytest.approx((-1.28 * 0.02, 1.28 * 1.03))
     assert figure.layout.xaxis.title.text == "training images seen (thousands)"
     loss = traces(plots.live_figure(LIVE, "loss"))
     assert list(loss["probe (500 val images)"].y) == [2.0]
@@ -81,6 +82,27 @@ def test_live_figure_references_are_faint_and_behind():
     assert names[:2] == ["quick preset (probe)", "quick preset (test)"]  # drawn first, under the run
     assert figure.data[0].line.color == "#b0b0b0"
     assert list(figure.data[1].x) == [1.28]
+
+
+def test_a_budgeted_runs_single_score_is_labelled_as_the_runs_end():
+    """A budgeted run scores the test set once, at its last step: not "each epoch"."""
+    rows = [{**row, "total_steps": 10} if row["kind"] == "step" else row for row in LIVE]
+    assert "test (end of run)" in traces(plots.live_figure(rows, "acc"))
+    assert "test (each epoch)" in traces(plots.live_figure(LIVE, "acc"))  # scored at step 10 of 20
+
+
+def test_references_are_drawn_only_inside_the_plot():
+    """A reference past the run's end, or a loss far above the run's, is no legend entry with nothing to see."""
+    beyond = [{"kind": "epoch", "step": 900, "images": 57_600, "test_acc": 0.9, "test_loss": 0.4}]
+    first_loss = [{"kind": "probe", "step": 1, "images": 64, "probe_loss": 90.0},
+                  {"kind": "probe", "step": 5, "images": 320, "probe_loss": 2.2},
+                  {"kind": "probe", "step": 10, "images": 640, "probe_loss": 2.0}]
+    references = {"shipped model": beyond, "published recipe": first_loss}
+    accuracy = traces(plots.live_figure(LIVE, "acc", total_images=1280, references=references))
+    assert "shipped model (test)" not in accuracy
+    loss = traces(plots.live_figure(LIVE, "loss", total_images=1280, references=references))
+    assert list(loss["published recipe (probe)"].y) == [2.2, 2.0]  # the 90 is above the axis: left out, not a stub
+    assert max(loss["published recipe (probe)"].y) <= plots.LOSS_HEADROOM * 2.3
 
 
 def test_live_figure_with_one_point_none_and_a_diverged_run():

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -360,6 +361,21 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tiny_data, tm
     status = runs.read_status(tmp_path)
     assert status["status"] == "failed"
     assert "disk full" in status["message"]
+
+
+def test_a_new_runs_clock_counts_from_its_start_and_a_resumed_one_from_its_checkpoint(tiny_data, tmp_path):
+    """The rows' elapsed_s is wall-clock time since Start (loading and measuring included, as a budget counts), so the
+    Runs tab's time axis starts where the visitor pressed Start; a resume adds its own time to the checkpoint's."""
+    event = threading.Event()
+    started = time.perf_counter() - 100  # as if the process had spent 100 s before the loop
+    Trainer(small_config(tiny_data), tmp_path, callbacks=[stop_at_step(event, 1)], stop_event=event,
+            clock_start=started).run()
+    first = runs.read_metrics(tmp_path)
+    assert min(r["elapsed_s"] for r in first) >= 100
+    Trainer(resume_config(tmp_path), tmp_path).run(resume=True)
+    resumed = runs.read_metrics(tmp_path)[len(first):]
+    assert resumed
+    assert min(r["elapsed_s"] for r in resumed) >= max(r["elapsed_s"] for r in first)
 
 
 def test_a_new_run_replaces_old_metrics(tiny_data, tmp_path):
