@@ -219,10 +219,11 @@ def test_bodies_over_the_byte_cap_are_413_before_they_are_read(api):
 
 # ---- batches ---------------------------------------------------------------------------------------
 def test_a_zip_and_a_file_give_one_row_per_image(api):
-    archive = zip_bytes({"a.png": example_bytes("cat-0.png"), "sub/b.png": example_bytes("ship-1.png"), "notes.txt": b"skipped: not an image name",
-                        "../../evil.png": b"not an image", "__MACOSX/._a.png": b"resource fork"})
-    response = api.post("/predict_batch", files=[("files", ("photos.zip", archive)), ("files", ("dog.png", example_bytes("dog-12.png")))],
-                        params={"logits": "true"})
+    archive = zip_bytes({"a.png": example_bytes("cat-0.png"), "sub/b.png": example_bytes("ship-1.png"),
+                         "notes.txt": b"skipped: not an image name", "../../evil.png": b"not an image",
+                         "__MACOSX/._a.png": b"resource fork"})
+    files = [("files", ("photos.zip", archive)), ("files", ("dog.png", example_bytes("dog-12.png")))]
+    response = api.post("/predict_batch", files=files, params={"logits": "true"})
     body = response.json()
     assert response.status_code == 200
     assert body["model"]["id"] == "shipped"
@@ -436,7 +437,7 @@ def test_over_the_expected_wait_a_request_gets_503_at_once_with_retry_after(smal
     callers = [threading.Thread(target=call, args=(name,)) for name in ("holder", "first", "second")]
     for admitted, caller in enumerate(callers, 1):
         caller.start()
-        wait_for(lambda: gate.admitted == admitted)  # the holder runs; the others expect 0.1 and 0.2 s of wait
+        wait_for(lambda admitted=admitted: gate.admitted == admitted)  # the holder runs; the others expect 0.1 and 0.2 s of wait
     refused_now = httpx.post(url + "/predict", files={"file": ("cat.png", example_bytes())}, timeout=60)  # it would expect 0.3 s
     refused(refused_now, 503, "would wait about 0.3 s", "over this server's 0.25 s")
     assert refused_now.headers["retry-after"] == "1"

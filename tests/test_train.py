@@ -211,7 +211,9 @@ def test_a_resume_that_cannot_load_keeps_the_finished_model(tiny_data, tmp_path)
     assert ((tmp_path / runs.WEIGHTS).read_bytes(), (tmp_path / runs.CARD).read_bytes()) == published
 
 
-@pytest.mark.parametrize(("val_size", "words"), [(1, "val_size must be 0 or at least 2"), (50_000, r"val_size must be in \[0, 50000\)")])
+@pytest.mark.parametrize(("val_size", "words"), [
+    (1, "val_size must be 0 or at least 2"), (50_000, r"val_size must be in \[0, 50000\)"),
+])
 def test_a_validation_split_that_cannot_work_is_refused_before_any_work(val_size, words):
     with pytest.raises(ConfigError, match=words):
         make_config("fast", val_size=val_size)
@@ -457,7 +459,8 @@ def test_the_resolution_schedule_is_a_pure_function_of_the_step():
 
 @pytest.mark.parametrize(("text", "words"), [
     ("12:0.5", "12 px is not one of 8, 16, 24"), ("16:1.5", "fraction of the steps in (0, 1)"),
-    ("16", "is not SIZE:UNTIL"), ("16:0.6,24:0.5", "increasing order"), ("a:b", "is not SIZE:UNTIL"), ("32:0.5", "32 px is not one of"),
+    ("16", "is not SIZE:UNTIL"), ("16:0.6,24:0.5", "increasing order"), ("a:b", "is not SIZE:UNTIL"),
+    ("32:0.5", "32 px is not one of"),
 ])
 def test_bad_resolution_schedules_are_refused_by_name(text, words):
     with pytest.raises(ConfigError, match="resolution") as caught:
@@ -680,7 +683,12 @@ def test_grad_cam_sends_the_image_to_the_models_device_and_returns_the_map_on_th
     monkeypatch.setattr(model, "features", lambda x: seen.append(x.device) or real_features(x))
     moved = []
     real_to = torch.Tensor.to
-    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: moved.append(a[0] if a else k.get("device")) or real_to(self, *a, **k))
+
+    def recording_to(self, *args, **kwargs):
+        moved.append(args[0] if args else kwargs.get("device"))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", recording_to)
     cam, _ = grad_cam(model, torch.zeros(3, 32, 32, dtype=torch.uint8), (0.5,) * 3, (0.25,) * 3)
     assert moved
     assert moved[0] == next(model.parameters()).device
@@ -736,7 +744,8 @@ def test_scoring_the_test_set_changes_no_weight(tiny_data, tmp_path):
     weights = []
     for score_test in (True, False):
         run_dir = tmp_path / str(score_test)
-        assert Trainer(small_config(tiny_data, score_test=score_test, val_size=8, dropout=0.1), run_dir).run()["status"] == "finished"
+        config = small_config(tiny_data, score_test=score_test, val_size=8, dropout=0.1)
+        assert Trainer(config, run_dir).run()["status"] == "finished"
         weights.append(load_file(run_dir / runs.WEIGHTS))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
