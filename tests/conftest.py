@@ -1,8 +1,6 @@
 """Shared fixtures: tiny CIFAR-10-format data sets, so no test needs the real 178 MB download."""
 
 import dataclasses
-import importlib
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,15 +13,6 @@ from resnet.model import build_model
 from resnet.weights import save_weights
 
 REAL_DATA = REPO.parent / "shared" / "data" / "cifar10"
-
-
-def import_script(name: str):
-    """A module of scripts/ (run as files, not installed), imported for its functions."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
 
 
 @pytest.fixture(scope="session")

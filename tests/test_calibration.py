@@ -4,9 +4,9 @@ import json
 import math
 import shutil
 
+import calibrate_shipped  # scripts/, on pytest's pythonpath
 import pytest
 import torch
-from conftest import import_script
 
 from resnet import calibration, evaluate, model_card
 from resnet.calibration import (
@@ -259,8 +259,7 @@ def test_the_shipped_calibration_is_reproduced_by_its_script(real_data, tmp_path
     """scripts/calibrate_shipped.py on a copy of the shipped files writes the committed card's calibration again."""
     for suffix in (".safetensors", ".json"):
         shutil.copy(DEFAULT_WEIGHTS.with_suffix(suffix), tmp_path / f"shipped{suffix}")
-    args = ["--weights", str(tmp_path / "shipped.safetensors"), "--data-dir", str(real_data)]
-    assert import_script("calibrate_shipped").main(args) == 0
+    assert calibrate_shipped.main(["--weights", str(tmp_path / "shipped.safetensors"), "--data-dir", str(real_data)]) == 0
     again = json.loads((tmp_path / "shipped.json").read_text())
     assert again["temperature"] == pytest.approx(SHIPPED["temperature"], rel=1e-4)
     assert again["calibration"]["after"]["ece"] == pytest.approx(SHIPPED["calibration"]["after"]["ece"], abs=1e-4)
