@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, Archive, serving, tiny_card, write_cifar_format
+from helpers import REPO, Archive, served_studio, tiny_card, write_cifar_format
 
 from resnet import limits
 from resnet.data import BATCHES_FOLDER
@@ -83,18 +83,8 @@ def studio(studio_env):
 def server(tmp_path_factory, tiny_data, tiny_weights):
     """(url, studio): the app served as app.py serves it, on a free port, over tiny weights, tiny data and an empty
     runs folder (``runs`` in a folder of its own, so a test can watch what is next to it)."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("STUDIO_WEIGHTS", str(tiny_weights))
-        env.setenv("CIFAR10_DIR", str(tiny_data))
-        env.setenv("RUNS_DIR", str(tmp_path_factory.mktemp("area") / "runs"))
-        import app
-
-        studio = app.Studio()
-        try:
-            with serving(studio) as url:
-                yield url, studio
-        finally:
-            studio.queue.close()
+    with served_studio(tiny_weights, tiny_data, tmp_path_factory.mktemp("area") / "runs") as (url, studio):
+        yield url, studio
 
 
 @pytest.fixture(scope="module")

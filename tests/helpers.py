@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -396,6 +397,25 @@ def serving(studio):
         yield running.url
     finally:
         running.close()
+
+
+@contextlib.contextmanager
+def served_studio(weights, data, runs_dir):
+    """(url, studio): a Studio built as app.py builds it, with ``weights`` as the shipped model, the data set in
+    ``data`` and runs in ``runs_dir`` (STUDIO_WEIGHTS, CIFAR10_DIR and RUNS_DIR, restored after), served by
+    ``serving``; its run queue is closed after."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STUDIO_WEIGHTS", str(weights))
+        env.setenv("CIFAR10_DIR", str(data))
+        env.setenv("RUNS_DIR", str(runs_dir))
+        import app
+
+        studio = app.Studio()
+        try:
+            with serving(studio) as url:
+                yield url, studio
+        finally:
+            studio.queue.close()
 
 
 def free_port() -> int:

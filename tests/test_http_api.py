@@ -22,7 +22,7 @@ from helpers import (  # noqa: E402
     image_bytes,
     odd_upload,
     phone_photo,
-    serving,
+    served_studio,
     tiny_card,
     zip_bytes,
 )
@@ -36,7 +36,6 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-import app  # noqa: E402
 from resnet import http_api, limits, runs, showcase  # noqa: E402
 from resnet.classifier import Classifier  # noqa: E402
 from resnet.constants import CLASSES  # noqa: E402
@@ -63,16 +62,8 @@ def shipped_server(tmp_path_factory, tiny_data, run_weights):
     root = tmp_path_factory.mktemp("runs")
     finished_run(root, "run-a", run_weights)
     runs.run_path(root, "run-busy").mkdir()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("STUDIO_WEIGHTS", str(DEFAULT_WEIGHTS))
-        env.setenv("CIFAR10_DIR", str(tiny_data))
-        env.setenv("RUNS_DIR", str(root))
-        studio = app.Studio()
-        try:
-            with serving(studio) as url:
-                yield url, root
-        finally:
-            studio.queue.close()
+    with served_studio(DEFAULT_WEIGHTS, tiny_data, root) as (url, _):
+        yield url, root
 
 
 @pytest.fixture(scope="module")
