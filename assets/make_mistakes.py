@@ -38,7 +38,8 @@ def main() -> None:
         Image.fromarray(images[index].permute(1, 2, 0).numpy()).save(OUT / file, optimize=True)
         entries.append({"file": file, "test_index": index, "true": classes[labels[index]],
                         "predicted": classes[predicted[index]], "confidence": round(confidence[index].item(), 4)})
-    atomic_write_json(OUT / "index.json", {"weights": Path(args.weights).name, "test_acc": classifier.card.get("test_acc"), "mistakes": entries})
+    atomic_write_json(OUT / "index.json", {"weights": Path(args.weights).name, "test_acc": classifier.card.get("test_acc"),
+                                           "mistakes": entries})
     print(f"wrote {len(entries)} mistakes to {OUT}")
 
 

@@ -40,7 +40,8 @@ def budget_run(text: str, timeout_s: float) -> dict:
     with tempfile.TemporaryDirectory() as root:
         queue = jobs.RunQueue(root)
         try:
-            run_id = queue.start(QUICK_RUN["preset"], owner="bench", **{**QUICK_RUN["size"], **QUICK_RUN["watch"], "budget": text})
+            settings = {**QUICK_RUN["size"], **QUICK_RUN["watch"], "budget": text}
+            run_id = queue.start(QUICK_RUN["preset"], owner="bench", **settings)
             while queue.active() != run_id:
                 time.sleep(POLL_S)
             left_queue = time.time()

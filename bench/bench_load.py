@@ -256,7 +256,8 @@ def overload(url: str, image: str, rate: float, seconds: float, senders: int) ->
     served_s = [end - start for start, end in served]
     refused_s = [seconds for seconds, _ in refusals]
     return {"target_per_s": round(rate, 1), "sent": len(answers), "sent_per_s": round(len(answers) / wall, 1),
-            "senders": senders, "wall_s": round(wall, 1), "sent_late_p99_ms": round(1000 * percentile(late, 99), 1) if late else 0,
+            "senders": senders, "wall_s": round(wall, 1),
+            "sent_late_p99_ms": round(1000 * percentile(late, 99), 1) if late else 0,
             "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)},
             "refused_share": round(len(refusals) / len(answers), 3) if answers else None,
             "refused_with_retry_after": sum(1 for _, retry in refusals if retry),
@@ -275,7 +276,7 @@ def rows_speed(rows) -> float | None:
     return round(statistics.median(speeds), 1) if speeds else None
 
 
-def main(argv=None) -> int:
+def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60, help="length of the measured load (default 60)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent API clients (default 16)")
@@ -294,8 +295,101 @@ def main(argv=None) -> int:
     parser.add_argument("--factor", type=float, default=10, help="with --overload: times the warm-up's rate (default 10)")
     parser.add_argument("--senders", type=int, default=64, help="with --overload: threads sending (default 64)")
     parser.add_argument("--json", metavar="OUT", help="also write the results here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def burst_mode(server: Server, args, result: dict) -> int:
+    """--burst: a warm-up of the HTTP API, then --requests at once; 0 when every one was answered 200."""
+    warm = hammer(server.url, args.image, args.clients, args.warmup, http_caller)
+    result["http_warmup"] = {k: warm[k] for k in ("served", "errors", "requests_per_s")}
+    result["burst"] = burst(server.url, args.image, args.requests, args.parallel)
+    result["memory_after"] = memory(server.process.pid)
+    return 1 if set(result["burst"]["statuses"]) != {"200"} else 0
+
+
+def overload_mode(server: Server, args, result: dict) -> int:
+    """--overload: a warm-up of the HTTP API, then --factor times its rate; 0 when every answer was a 200 or a 503
+    and the server is healthy and predicting afterwards."""
+    warm = hammer(server.url, args.image, args.clients, args.warmup, http_caller)
+    result["http_warmup"] = {k: warm[k] for k in ("served", "errors", "requests_per_s")}
+    result["overload"] = overload(server.url, args.image, args.factor * warm["requests_per_s"], args.seconds,
+                                  args.senders)
+    result["overload"]["sent_over_capacity"] = round(result["overload"]["sent_per_s"] / warm["requests_per_s"], 1)
+    result["health_after"] = httpx.get(server.url + "api/v1/health", timeout=30).status_code
+    upload = {"file": (Path(args.image).name, Path(args.image).read_bytes())}
+    result["predict_after"] = httpx.post(server.url + "api/v1/predict", timeout=30, files=upload).status_code
+    result["memory_after"] = memory(server.process.pid)
+    healthy = result["health_after"] == result["predict_after"] == 200
+    return 0 if healthy and set(result["overload"]["statuses"]) <= {"200", "503"} else 1
+
+
+def start_training(server: Server, workdir: Path, alone_s: float) -> tuple[str, Path]:
+    """Start a run through the Gradio API, wait until it trains, then let it train alone for ``alone_s``."""
+    client = Client(server.url, verbose=False)
+    # The Train form's order: optimizer, lr, dropout, epochs, batch, blocks, limit_train, momentum,
+    # weight decay, schedule, label smoothing, seed, limit_test. All 50,000 images: many step rows.
+    run_id = client.predict("original", "adam", 0.01, 0.1, 3, 64, "1,1,1,1", 0, 0.9, 0.0, "constant", 0.0, 0, 500,
+                            api_name="/start_run")
+    run_dir = workdir / "runs" / run_id
+    deadline = time.monotonic() + 300
+    while runs.read_status(run_dir)["status"] != "running" or not runs.read_metrics(run_dir):
+        if time.monotonic() > deadline or runs.read_status(run_dir)["status"] in ("failed", "diverged"):
+            raise SystemExit(f"the run did not start training: {runs.read_status(run_dir)}")
+        time.sleep(1)
+    time.sleep(alone_s)
+    return run_id, run_dir
+
+
+def training_speeds(run_dir: Path, alone_rows: list, rows_before: int) -> dict:
+    """The run's speed alone and under the load (the metric rows written from ``rows_before`` on)."""
+    during = runs.read_metrics(run_dir)[rows_before:]
+    training = {
+        "status": runs.read_status(run_dir)["status"],
+        "images_per_s_alone": rows_speed(alone_rows), "rows_alone": len(alone_rows),
+        "images_per_s_under_load": rows_speed(during), "rows_under_load": len(during),
+    }
+    if training["images_per_s_alone"] and training["images_per_s_under_load"]:
+        training["ratio"] = round(training["images_per_s_under_load"] / training["images_per_s_alone"], 3)
+    return training
+
+
+def http_after_gradio(server: Server, args, result: dict) -> None:
+    """--http: the same load on POST /api/v1/predict, after the Gradio one."""
+    if httpx.get(server.url + "api/v1/health", timeout=30).status_code != 200:
+        raise SystemExit("app.py serves no /api/v1: wire resnet.studio.http_api into its __main__ first")
+    warm = hammer(server.url, args.image, args.clients, args.warmup, http_caller)
+    result["http_warmup"] = {k: warm[k] for k in ("served", "errors")}
+    result["http_load"] = hammer(server.url, args.image, args.clients, args.seconds, http_caller)
+    result["http_memory_after"] = memory(server.process.pid)
+    if result["load"]["requests_per_s"]:
+        ratio = result["http_load"]["requests_per_s"] / result["load"]["requests_per_s"]
+        result["http_over_gradio_rps"] = round(ratio, 2)
+
+
+def load_mode(server: Server, args, result: dict, workdir: Path) -> int:
+    """The default: --clients calling the Gradio /predict (with a run training, --while-training; then the HTTP API,
+    --http); 0 when no call failed."""
+    run_dir = None
+    if args.while_training:
+        result["run_id"], run_dir = start_training(server, workdir, args.alone)
+    alone_rows = runs.read_metrics(run_dir) if run_dir else []
+    warm = hammer(server.url, args.image, args.clients, args.warmup)
+    result["warmup"] = {k: warm[k] for k in ("served", "errors")}
+    result["memory_before"] = memory(server.process.pid)
+    rows_before = len(runs.read_metrics(run_dir)) if run_dir else 0
+    result["load"] = hammer(server.url, args.image, args.clients, args.seconds)
+    result["memory_after"] = memory(server.process.pid)
+    before, after = result["memory_before"]["server_mib"], result["memory_after"]["server_mib"]
+    result["server_rss_growth_pct"] = round(100 * (after - before) / before, 2) if before and after else None
+    if run_dir:
+        result["training"] = training_speeds(run_dir, alone_rows, rows_before)
+    if args.http:
+        http_after_gradio(server, args, result)
+    return 1 if result["load"]["errors"] or result.get("http_load", {}).get("errors") else 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     weights = Path(args.weights) if args.weights else REPO / "weights" / "cifar10-resnet.safetensors"
     if not weights.is_file():
         raise SystemExit(f"no weights at {weights}: pass --weights (a .safetensors with its .json card)")
@@ -309,70 +403,14 @@ def main(argv=None) -> int:
               "machine": machine(), "server_omp_threads": env["OMP_NUM_THREADS"], "workdir": str(workdir)}
     try:
         if args.burst:
-            warm = hammer(server.url, args.image, args.clients, args.warmup, http_caller)
-            result["http_warmup"] = {k: warm[k] for k in ("served", "errors", "requests_per_s")}
-            result["burst"] = burst(server.url, args.image, args.requests, args.parallel)
-            result["memory_after"] = memory(server.process.pid)
-            return finish(result, args.json, 1 if set(result["burst"]["statuses"]) != {"200"} else 0)
-        if args.overload:
-            warm = hammer(server.url, args.image, args.clients, args.warmup, http_caller)
-            result["http_warmup"] = {k: warm[k] for k in ("served", "errors", "requests_per_s")}
-            result["overload"] = overload(server.url, args.image, args.factor * warm["requests_per_s"], args.seconds,
-                                          args.senders)
-            result["overload"]["sent_over_capacity"] = round(result["overload"]["sent_per_s"] / warm["requests_per_s"], 1)
-            result["health_after"] = httpx.get(server.url + "api/v1/health", timeout=30).status_code
-            result["predict_after"] = httpx.post(server.url + "api/v1/predict", timeout=30,
-                                                 files={"file": (Path(args.image).name, Path(args.image).read_bytes())}).status_code
-            result["memory_after"] = memory(server.process.pid)
-            healthy = result["health_after"] == result["predict_after"] == 200
-            return finish(result, args.json, 0 if healthy and set(result["overload"]["statuses"]) <= {"200", "503"} else 1)
-        run_dir = None
-        if args.while_training:
-            client = Client(server.url, verbose=False)
-            # The Train form's order: optimizer, lr, dropout, epochs, batch, blocks, limit_train, momentum,
-            # weight decay, schedule, label smoothing, seed, limit_test. All 50,000 images: many step rows.
-            run_id = client.predict("original", "adam", 0.01, 0.1, 3, 64, "1,1,1,1", 0, 0.9, 0.0, "constant", 0.0, 0, 500,
-                                    api_name="/start_run")
-            run_dir = workdir / "runs" / run_id
-            deadline = time.monotonic() + 300
-            while runs.read_status(run_dir)["status"] != "running" or not runs.read_metrics(run_dir):
-                if time.monotonic() > deadline or runs.read_status(run_dir)["status"] in ("failed", "diverged"):
-                    raise SystemExit(f"the run did not start training: {runs.read_status(run_dir)}")
-                time.sleep(1)
-            time.sleep(args.alone)
-            result["run_id"] = run_id
-        alone_rows = runs.read_metrics(run_dir) if run_dir else []
-        warm = hammer(server.url, args.image, args.clients, args.warmup)
-        result["warmup"] = {k: warm[k] for k in ("served", "errors")}
-        result["memory_before"] = memory(server.process.pid)
-        rows_before = len(runs.read_metrics(run_dir)) if run_dir else 0
-        result["load"] = hammer(server.url, args.image, args.clients, args.seconds)
-        result["memory_after"] = memory(server.process.pid)
-        before, after = result["memory_before"]["server_mib"], result["memory_after"]["server_mib"]
-        result["server_rss_growth_pct"] = round(100 * (after - before) / before, 2) if before and after else None
-        if run_dir:
-            during = runs.read_metrics(run_dir)[rows_before:]
-            result["training"] = {
-                "status": runs.read_status(run_dir)["status"],
-                "images_per_s_alone": rows_speed(alone_rows), "rows_alone": len(alone_rows),
-                "images_per_s_under_load": rows_speed(during), "rows_under_load": len(during),
-            }
-            if result["training"]["images_per_s_alone"] and result["training"]["images_per_s_under_load"]:
-                result["training"]["ratio"] = round(result["training"]["images_per_s_under_load"]
-                                                    / result["training"]["images_per_s_alone"], 3)
-        if args.http:
-            if httpx.get(server.url + "api/v1/health", timeout=30).status_code != 200:
-                raise SystemExit("app.py serves no /api/v1: wire resnet.studio.http_api into its __main__ first")
-            warm = hammer(server.url, args.image, args.clients, args.warmup, http_caller)
-            result["http_warmup"] = {k: warm[k] for k in ("served", "errors")}
-            result["http_load"] = hammer(server.url, args.image, args.clients, args.seconds, http_caller)
-            result["http_memory_after"] = memory(server.process.pid)
-            if result["load"]["requests_per_s"]:
-                ratio = result["http_load"]["requests_per_s"] / result["load"]["requests_per_s"]
-                result["http_over_gradio_rps"] = round(ratio, 2)
+            status = burst_mode(server, args, result)
+        elif args.overload:
+            status = overload_mode(server, args, result)
+        else:
+            status = load_mode(server, args, result, workdir)
     finally:
         server.stop()
-    return finish(result, args.json, 1 if result.get("load", {}).get("errors") or result.get("http_load", {}).get("errors") else 0)
+    return finish(result, args.json, status)
 
 
 def finish(result: dict, out, status: int) -> int:

@@ -79,7 +79,8 @@ def published_dataset(data_dir):
         T.Normalize(PUBLISHED_MEAN, PUBLISHED_STD),
     ])
     try:
-        return CIFAR10(root=str(resolve_data_dir(data_dir)), train=True, download=False, transform=transform), "torchvision CIFAR10"
+        dataset = CIFAR10(root=str(resolve_data_dir(data_dir)), train=True, download=False, transform=transform)
+        return dataset, "torchvision CIFAR10"
     except RuntimeError:  # not the official files (a test-sized copy): same items, same transforms
         images, labels = load_split(data_dir, train=True)
         return InMemoryCIFAR10(images, labels, transform), "in-memory copy (files are not the official ones)"
@@ -233,7 +234,8 @@ def print_table(report: dict) -> None:
         print(f"{'layout (ours, ' + report['layouts']['nchw']['precision'] + ')':<40} {'images/s':>10}")
         for name, row in report["layouts"].items():
             print(f"{name:<40} {row['images_per_s']:>10.1f}")
-        print(f"{'ratio channels_last / nchw':<40} {report['ratio']:>9.2f}x   (trainer default here: {report['trainer_default']})")
+        print(f"{'ratio channels_last / nchw':<40} {report['ratio']:>9.2f}x   "
+              f"(trainer default here: {report['trainer_default']})")
         return
     if "resolutions" in report:
         print(f"{'resolution (ours)':<40} {'images/s':>10} {'time per image vs 32px':>26}")
@@ -245,9 +247,10 @@ def print_table(report: dict) -> None:
         for name, row in report["sizes"].items():
             print(f"{name:<40} {row['images_per_s']:>10.1f} {row['time_ratio']:>25.2f}x")
         return
+    published, ours = report["published"], report["ours"]
     rows = [
-        (f"published ({report['published']['precision']}, {report['published']['workers']} workers)", report["published"]["images_per_s"]),
-        (f"ours ({report['ours']['precision']}{', channels_last' if report['ours']['channels_last'] else ''})", report["ours"]["images_per_s"]),
+        (f"published ({published['precision']}, {published['workers']} workers)", published["images_per_s"]),
+        (f"ours ({ours['precision']}{', channels_last' if ours['channels_last'] else ''})", ours["images_per_s"]),
     ]
     print(f"{'pipeline':<40} {'images/s':>10}")
     for name, value in rows:
@@ -271,7 +274,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="ours only")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the published pipeline")
-    parser.add_argument("--batch", type=positive_int, default=BATCH, help=f"batch size of every pipeline (default {BATCH}, the published one)")
+    parser.add_argument("--batch", type=positive_int, default=BATCH,
+                        help=f"batch size of every pipeline (default {BATCH}, the published one)")
     parser.add_argument("--blocks", type=parse_blocks, default=(1, 1, 1, 1), help="blocks per stage of ours (default 1,1,1,1)")
     parser.add_argument("--json", metavar="OUT", help="also write the report to this JSON file")
     modes = parser.add_mutually_exclusive_group()
@@ -280,7 +284,8 @@ def main(argv=None) -> int:
     modes.add_argument("--resolutions", action="store_true", help="ours at 8, 16, 24 and 32 px training resolution instead")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
-    mode = compare_sizes if args.sizes else compare_layouts if args.layouts else compare_resolutions if args.resolutions else compare
+    mode = (compare_sizes if args.sizes else compare_layouts if args.layouts
+            else compare_resolutions if args.resolutions else compare)
     report = mode(args, device)
     print_table(report)
     if args.json:

@@ -71,7 +71,8 @@ def learns(data_dir, device, precision: str) -> dict:
         rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in rows if r["kind"] == "epoch"]
     return {"precision": precision, "status": outcome["status"], "val_acc": [round(r["val_acc"], 4) for r in epochs],
-            "learned": outcome["status"] == "finished" and epochs[-1]["val_acc"] > 0.4, "wall_s": round(time.perf_counter() - started, 1)}
+            "learned": outcome["status"] == "finished" and epochs[-1]["val_acc"] > 0.4,
+            "wall_s": round(time.perf_counter() - started, 1)}
 
 
 def grad_cam_on_gpu(device) -> dict:

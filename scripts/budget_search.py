@@ -75,7 +75,8 @@ def main() -> int:
             config = json.loads((out / "config.json").read_text())
             results["runs"][name] = {
                 "budget": budget, "changes": changes, "exit_code": code, "wall_s": wall, "val_acc": card.get("val_acc"),
-                "plan": config.get("plan"), "trained_rates": trained_rates(out), "device": card.get("provenance", {}).get("device"),
+                "plan": config.get("plan"), "trained_rates": trained_rates(out),
+                "device": card.get("provenance", {}).get("device"),
                 "command": "python " + shlex.join(argv[1:]),
             }
             RESULTS.write_text(json.dumps(results, indent=1) + "\n")

@@ -1,13 +1,11 @@
 """Shared fixtures: tiny CIFAR-10-format data sets, so no test needs the real 178 MB download."""
 
 import dataclasses
-import importlib
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, Archive, serving, tiny_card, write_cifar_format
+from helpers import REPO, Archive, served_studio, tiny_card, write_cifar_format
 
 from resnet.data import BATCHES_FOLDER
 from resnet.model import build_model
@@ -15,15 +13,6 @@ from resnet.studio import limits
 from resnet.weights import save_weights
 
 REAL_DATA = REPO.parent / "shared" / "data" / "cifar10"
-
-
-def import_script(name: str):
-    """A module of scripts/ (run as files, not installed), imported for its functions."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
 
 
 @pytest.fixture(scope="session")
@@ -94,18 +83,8 @@ def studio(studio_env):
 def server(tmp_path_factory, tiny_data, tiny_weights):
     """(url, studio): the app served as app.py serves it, on a free port, over tiny weights, tiny data and an empty
     runs folder (``runs`` in a folder of its own, so a test can watch what is next to it)."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("STUDIO_WEIGHTS", str(tiny_weights))
-        env.setenv("CIFAR10_DIR", str(tiny_data))
-        env.setenv("RUNS_DIR", str(tmp_path_factory.mktemp("area") / "runs"))
-        import app
-
-        studio = app.Studio()
-        try:
-            with serving(studio) as url:
-                yield url, studio
-        finally:
-            studio.queue.close()
+    with served_studio(tiny_weights, tiny_data, tmp_path_factory.mktemp("area") / "runs") as (url, studio):
+        yield url, studio
 
 
 @pytest.fixture(scope="module")

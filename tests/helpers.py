@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -70,7 +71,8 @@ def write_cifar_format(root: Path, train_per_file: int = 64, test_count: int = 1
         labels = rng.integers(0, 10, size=count)
         data = pattern_images(labels, rng).reshape(count, -1)
         with open(folder / name, "wb") as handle:
-            pickle.dump({"batch_label": name, "labels": labels.tolist(), "data": data, "filenames": [f"{i}.png" for i in range(count)]}, handle)
+            filenames = [f"{i}.png" for i in range(count)]
+            pickle.dump({"batch_label": name, "labels": labels.tolist(), "data": data, "filenames": filenames}, handle)
     return root
 
 
@@ -80,7 +82,8 @@ def tiny_card(model, data_dir) -> dict:
     result = evaluate(model, images, labels, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     curve = [{"epoch": 1, "train_loss": 2.3, "train_acc": 0.1, "test_loss": result["loss"], "test_acc": result["acc"]}]
     return make_card(model, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), test_acc=result["acc"], ece=result["ece"],
-                     per_class_acc=result["per_class_acc"], confusion=result["confusion"], test_images=result["count"], curve=curve)
+                     per_class_acc=result["per_class_acc"], confusion=result["confusion"], test_images=result["count"],
+                     curve=curve)
 
 
 # ---- runs ------------------------------------------------------------------------------------------------------
@@ -169,44 +172,43 @@ def zip_bytes(members: dict) -> bytes:
     return buffer.getvalue()
 
 
+def _red() -> Image.Image:
+    return Image.new("RGB", (40, 30), (200, 30, 30))
+
+
+def _animated_gif(path: Path) -> None:
+    frames = [Image.new("P", (20, 20), i) for i in range(3)]
+    frames[0].save(path, "GIF", save_all=True, append_images=frames[1:])
+
+
+# Each file a visitor might upload, by kind: what writes it at a path.
+_ODD_WRITERS = {
+    "grayscale": lambda path: _red().convert("L").save(path, "PNG"),
+    "alpha": lambda path: Image.new("RGBA", (40, 30), (0, 0, 255, 100)).save(path, "PNG"),
+    "palette": lambda path: _red().convert("P").save(path, "GIF"),
+    "cmyk": lambda path: _red().convert("CMYK").save(path, "JPEG"),
+    "16-bit": lambda path: Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50).save(path, "PNG"),
+    "animated-gif": _animated_gif,
+    "webp": lambda path: _red().save(path, "WEBP"),
+    "1x1": lambda path: Image.new("RGB", (1, 1), (9, 9, 9)).save(path, "PNG"),
+    "40mp": lambda path: Image.new("L", (8000, 6000)).save(path, "PNG"),  # 48 MP of zeros: a small file, too many pixels
+    "bomb": lambda path: path.write_bytes(encode(Image.new("1", (30000, 30000)), "PNG")),  # 900 MP claimed by a tiny file
+    "truncated": lambda path: path.write_bytes(encode(Image.new("RGB", (200, 200), (10, 200, 10)), "JPEG")[:300]),
+    "empty": lambda path: path.write_bytes(b""),
+    "text": lambda path: path.write_text("this is not a picture, only named like one"),
+    # over the upload cap in force when written
+    "too-large": lambda path: path.write_bytes(b"\xff\xd8" + b"\0" * (limits.current().upload_bytes + 10)),
+}
+ODD_UPLOADS = list(_ODD_WRITERS)
+
+
 def odd_upload(kind: str, folder) -> str:
     """A file a visitor might upload (one of ODD_UPLOADS); returns its path."""
     path = folder / f"upload-{kind}"
-    rgb = Image.new("RGB", (40, 30), (200, 30, 30))
-    if kind == "grayscale":
-        rgb.convert("L").save(path, "PNG")
-    elif kind == "alpha":
-        Image.new("RGBA", (40, 30), (0, 0, 255, 100)).save(path, "PNG")
-    elif kind == "palette":
-        rgb.convert("P").save(path, "GIF")
-    elif kind == "cmyk":
-        rgb.convert("CMYK").save(path, "JPEG")
-    elif kind == "16-bit":
-        Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50).save(path, "PNG")
-    elif kind == "animated-gif":
-        frames = [Image.new("P", (20, 20), i) for i in range(3)]
-        frames[0].save(path, "GIF", save_all=True, append_images=frames[1:])
-    elif kind == "webp":
-        rgb.save(path, "WEBP")
-    elif kind == "1x1":
-        Image.new("RGB", (1, 1), (9, 9, 9)).save(path, "PNG")
-    elif kind == "40mp":
-        Image.new("L", (8000, 6000)).save(path, "PNG")  # 48 MP of zeros: a small file, too many pixels
-    elif kind == "bomb":
-        path.write_bytes(encode(Image.new("1", (30000, 30000)), "PNG"))  # 900 MP claimed by a tiny file
-    elif kind == "truncated":
-        path.write_bytes(encode(Image.new("RGB", (200, 200), (10, 200, 10)), "JPEG")[:300])
-    elif kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "text":
-        path.write_text("this is not a picture, only named like one")
-    elif kind == "too-large":
-        path.write_bytes(b"\xff\xd8" + b"\0" * (limits.current().upload_bytes + 10))
+    _ODD_WRITERS[kind](path)
     return str(path)
 
 
-ODD_UPLOADS = ["grayscale", "alpha", "palette", "cmyk", "16-bit", "animated-gif", "webp", "1x1", "40mp", "bomb",
-               "truncated", "empty", "text", "too-large"]
 UNUSABLE = {"40mp", "bomb", "truncated", "empty", "text", "too-large"}
 
 
@@ -396,6 +398,25 @@ def serving(studio):
         yield running.url
     finally:
         running.close()
+
+
+@contextlib.contextmanager
+def served_studio(weights, data, runs_dir):
+    """(url, studio): a Studio built as app.py builds it, with ``weights`` as the shipped model, the data set in
+    ``data`` and runs in ``runs_dir`` (STUDIO_WEIGHTS, CIFAR10_DIR and RUNS_DIR, restored after), served by
+    ``serving``; its run queue is closed after."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STUDIO_WEIGHTS", str(weights))
+        env.setenv("CIFAR10_DIR", str(data))
+        env.setenv("RUNS_DIR", str(runs_dir))
+        import app
+
+        studio = app.Studio()
+        try:
+            with serving(studio) as url:
+                yield url, studio
+        finally:
+            studio.queue.close()
 
 
 def free_port() -> int:

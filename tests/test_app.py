@@ -96,7 +96,7 @@ def test_picker_offers_finished_runs_and_predicts_with_them(studio, tiny_data, t
     from_run = studio.predict(example(), "run:run-done")
     assert from_run != studio.predict(example(), "shipped")
     expected = predict_logits(model, prepare(example())[None], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).softmax(1)[0]
-    assert from_run == pytest.approx(dict(zip(CLASSES, expected.tolist())), abs=1e-5)
+    assert from_run == pytest.approx(dict(zip(CLASSES, expected.tolist(), strict=True)), abs=1e-5)
     assert "test accuracy" in studio.model_info("run:run-done", None)
     for bad in ("run:../../etc", "/etc/passwd", "run:run-queued"):
         with pytest.raises(gr.Error):
@@ -109,7 +109,8 @@ def test_uploaded_weights_ours_and_published_once_converted(studio, tiny_weights
     assert "blocks" in about
     assert set(studio.predict(example(), "uploaded", key)) == set(CLASSES)
     torch.save(build_model().state_dict(), tmp_path / "project1_model.pt")  # how project1_model.pt was written
-    with pytest.raises(gr.Error, match=r"uploads must be .safetensors \(a .pt file is a pickle\); for a published .pt, run `python -m resnet convert"):
+    with pytest.raises(gr.Error, match=r"uploads must be .safetensors \(a .pt file is a pickle\); "
+                                       r"for a published .pt, run `python -m resnet convert"):
         studio.upload_weights((tmp_path / "project1_model.pt").read_bytes())  # a pickle: not opened for a visitor
     assert main(["convert", str(tmp_path / "project1_model.pt"), str(tmp_path / "project1_model.safetensors")]) == 0
     converted = (tmp_path / "project1_model.safetensors").read_bytes()
@@ -142,10 +143,10 @@ def test_command_is_the_cli_line(studio):
 
 
 def test_preset_values_fill_the_recipe_and_keep_the_size():
-    original = dict(zip(app.recipe_fields(), app.Studio.preset_values("original")))
+    original = dict(zip(app.recipe_fields(), app.Studio.preset_values("original"), strict=True))
     assert {k: original[k] for k in ("optimizer", "lr", "dropout", "batch_size")} == {"optimizer": "adam", "lr": 0.01,
                                                                                       "dropout": 0.1, "batch_size": 64}
-    assert dict(zip(app.recipe_fields(), app.Studio.preset_values("fast")))["optimizer"] == "sgd"
+    assert dict(zip(app.recipe_fields(), app.Studio.preset_values("fast"), strict=True))["optimizer"] == "sgd"
     assert not set(app.recipe_fields()) & {"epochs", "limit_train", "limit_test", "seed"}
 
 
@@ -235,7 +236,9 @@ def test_start_queues_and_stop_dequeues(studio, monkeypatch):
 
 @pytest.mark.parametrize("run_id", ["../etc", "RUN", "a/b", "", "x" * 65])
 def test_run_ids_are_checked(studio, run_id):
-    for handler in (lambda r: studio.stop_run(None, r, BROWSER_KEY), lambda r: studio.resume_run(None, r, BROWSER_KEY), studio.run_metrics):
+    handlers = (lambda r: studio.stop_run(None, r, BROWSER_KEY), lambda r: studio.resume_run(None, r, BROWSER_KEY),
+                studio.run_metrics)
+    for handler in handlers:
         with pytest.raises(gr.Error):
             handler(run_id)
 
@@ -326,7 +329,8 @@ def test_demo_exposes_exactly_the_documented_api(studio):
 
 def test_launch_options_cap_uploads_and_serve_only_our_folders(studio):
     options = app.launch_options()
-    assert options["max_file_size"] == max(limits.current().upload_bytes, limits.current().weights_bytes)  # weights may exceed an image
+    # weights may exceed an image
+    assert options["max_file_size"] == max(limits.current().upload_bytes, limits.current().weights_bytes)
     assert sorted(options["allowed_paths"]) == sorted(str(p) for p in (showcase.EXAMPLES, showcase.MISTAKES))
     assert not any(studio.root.resolve().is_relative_to(Path(p).resolve()) for p in options["allowed_paths"])
 

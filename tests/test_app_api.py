@@ -87,7 +87,8 @@ def test_only_the_client_that_started_a_run_or_the_operator_may_stop_or_resume_i
 def _wait_for_steps(client, run_id, more_than: int = 0, timeout: float = 180) -> None:
     """Until the run trains (status running, more metric rows than ``more_than``)."""
     deadline = time.monotonic() + timeout
-    while _row(client, run_id)["Status"] != "running" or len(client.predict(run_id, api_name="/run_metrics")["data"]) <= more_than:
+    while (_row(client, run_id)["Status"] != "running"
+           or len(client.predict(run_id, api_name="/run_metrics")["data"]) <= more_than):
         assert time.monotonic() < deadline, "the run did not start training"
         time.sleep(0.5)
 
@@ -118,5 +119,5 @@ def test_train_watch_stop_over_the_api(client):
 
 def _row(client, run_id) -> dict:
     table = client.predict(api_name="/list_runs")
-    rows = [dict(zip(table["headers"], values)) for values in table["data"]]
+    rows = [dict(zip(table["headers"], values, strict=True)) for values in table["data"]]
     return next(row for row in rows if row["Run"] == run_id)

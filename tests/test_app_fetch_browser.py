@@ -52,7 +52,7 @@ def test_two_app_servers_started_at_once_share_one_fetch(tmp_path, tiny_weights,
             with sync_api.sync_playwright() as playwright:
                 browser = launch_chromium(playwright)
                 pages = [browser.new_page() for _ in apps]
-                for page, process in zip(pages, apps):
+                for page, process in zip(pages, apps, strict=True):
                     page.set_default_timeout(60_000)
                     page.goto(process.url)
                     page.get_by_role("tab", name="Train").click()

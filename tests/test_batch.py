@@ -116,7 +116,7 @@ def test_single_image_keeps_its_top_k_output_and_published_weights_work(weights,
 
 
 def write_image_folder(root, images, labels, classes=CLASSES):
-    for index, (image, label) in enumerate(zip(images, labels)):
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
         (root / classes[label]).mkdir(parents=True, exist_ok=True)
         (root / classes[label] / f"{index}.png").write_bytes(png_bytes(image))
 

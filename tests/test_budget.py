@@ -3,6 +3,7 @@
 import json
 import math
 import threading
+from itertools import pairwise
 
 import pytest
 import torch
@@ -254,8 +255,8 @@ def test_a_refitted_run_bends_its_schedules_continuously(tiny_data, tmp_path, mo
     assert rows[-1]["total_steps"] == stored["steps"]
     lrs = [r["lr"] for r in rows]  # one-cycle: up to the peak, then down to 0, with no jump at a re-fit
     peak = lrs.index(max(lrs))
-    assert all(b >= a for a, b in zip(lrs[:peak], lrs[1 : peak + 1]))
-    assert all(b <= a for a, b in zip(lrs[peak:], lrs[peak + 1 :]))
+    assert all(b >= a for a, b in pairwise(lrs[: peak + 1]))
+    assert all(b <= a for a, b in pairwise(lrs[peak:]))
     knots = [(0, 0.0), *((r["step"], r["progress"]) for r in refits), (stored["steps"], 1.0)]
     config = resume_config(tmp_path)  # each step's lr is the schedule's at its progress along the bent line
     assert lrs == [pytest.approx(lr_at(config, budget.progress_at(r["step"] - 1, knots))) for r in rows]

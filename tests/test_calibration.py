@@ -4,9 +4,9 @@ import json
 import math
 import shutil
 
+import calibrate_shipped  # scripts/, on pytest's pythonpath
 import pytest
 import torch
-from conftest import import_script
 
 from resnet import calibration, evaluate
 from resnet.calibration import (
@@ -196,7 +196,8 @@ def test_shown_card_fields_of_any_kind_leave_out_what_they_cannot_say(tmp_path, 
 def test_a_calibrated_card_is_described_with_its_temperature_and_ece():
     card = {"blocks": [1, 1, 1, 1], "ece": 0.169, "temperature": 0.578,
             "calibration": {"before": {"ece": 0.177}, "after": {"ece": 0.011}, "evaluated_on": "the 5,000 odd-index test images"}}
-    assert "calibrated (T=0.578; ECE 0.177 before, 0.011 after, on the 5,000 odd-index test images)" in model_card.describe_card(card)
+    described = model_card.describe_card(card)
+    assert "calibrated (T=0.578; ECE 0.177 before, 0.011 after, on the 5,000 odd-index test images)" in described
 
 
 def test_a_run_is_calibrated_on_its_validation_split(tiny_data):
@@ -259,7 +260,7 @@ def test_the_shipped_calibration_is_reproduced_by_its_script(real_data, tmp_path
     """scripts/calibrate_shipped.py on a copy of the shipped files writes the committed card's calibration again."""
     for suffix in (".safetensors", ".json"):
         shutil.copy(DEFAULT_WEIGHTS.with_suffix(suffix), tmp_path / f"shipped{suffix}")
-    assert import_script("calibrate_shipped").main(["--weights", str(tmp_path / "shipped.safetensors"), "--data-dir", str(real_data)]) == 0
+    assert calibrate_shipped.main(["--weights", str(tmp_path / "shipped.safetensors"), "--data-dir", str(real_data)]) == 0
     again = json.loads((tmp_path / "shipped.json").read_text())
     assert again["temperature"] == pytest.approx(SHIPPED["temperature"], rel=1e-4)
     assert again["calibration"]["after"]["ece"] == pytest.approx(SHIPPED["calibration"]["after"]["ece"], abs=1e-4)

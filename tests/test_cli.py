@@ -101,7 +101,8 @@ def test_malformed_train_flags_fail_in_the_parser(capsys, tiny_data, tmp_path, f
     code, out, err = run_cli(capsys, "train", "--out", tmp_path / "run", *fast(tiny_data), *flags)
     assert code == 2
     last = err.strip().splitlines()[-1]  # argparse prints its usage above the one error line
-    assert "error:" in last and words in last, err
+    assert "error:" in last, err
+    assert words in last, err
     assert not (tmp_path / "run").exists()
 
 
@@ -263,7 +264,8 @@ def test_convert_writes_safetensors_that_predict_as_the_pt_did(capsys, tmp_path)
     assert code == 0
     assert "model.json" in out
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    before, after = (load_weights(path).logits(images) for path in (tmp_path / "project1_model.pt", tmp_path / "out" / "model.safetensors"))
+    before, after = (load_weights(path).logits(images)
+                     for path in (tmp_path / "project1_model.pt", tmp_path / "out" / "model.safetensors"))
     assert torch.equal(before, after)
     code, _, err = run_cli(capsys, "convert", tmp_path / "project1_model.pt", tmp_path / "model.pt")
     assert code == 2
@@ -280,7 +282,8 @@ def test_evaluate_with_missing_data(capsys, tmp_path, weights):
 def test_predict_json_and_a_bad_file(capsys, tmp_path, weights):
     (tmp_path / "red.png").write_bytes(image_bytes((50, 40)))
     (tmp_path / "notes.jpg").write_text("hello")
-    code, out, err = run_cli(capsys, "predict", "--weights", weights, "--json", "--top", "2", tmp_path / "red.png", tmp_path / "notes.jpg")
+    code, out, err = run_cli(capsys, "predict", "--weights", weights, "--json", "--top", "2",
+                             tmp_path / "red.png", tmp_path / "notes.jpg")
     assert code == 1  # one of the two failed
     row = json.loads(out.strip())
     assert row["path"].endswith("red.png")

@@ -42,10 +42,11 @@ def test_a_fields_cap_and_note_read_as_one_parenthesis():
 
 
 def test_cli_args_and_the_parser_agree_on_every_setting():
-    overrides = {"optimizer": "rmsprop", "lr": 0.003, "blocks": (2, 2, 2, 2), "nesterov": False, "resolution": "16:0.5", "probe_size": 10,
-                     "whiten_stem": True, "channels_last": False, "data_dir": "somewhere"}
+    overrides = {"optimizer": "rmsprop", "lr": 0.003, "blocks": (2, 2, 2, 2), "nesterov": False, "resolution": "16:0.5",
+                 "probe_size": 10, "whiten_stem": True, "channels_last": False, "data_dir": "somewhere"}
     args = build_parser().parse_args(["train", "--out", "x", *config.cli_args("fast", overrides)])
-    assert config.make_config(args.preset, **{n: getattr(args, n) for n in config.CLI_SETTINGS}) == make_config("fast", **overrides)
+    parsed = config.make_config(args.preset, **{n: getattr(args, n) for n in config.CLI_SETTINGS})
+    assert parsed == make_config("fast", **overrides)
 
 
 def test_only_declared_settings_may_change_on_resume():

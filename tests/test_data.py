@@ -40,7 +40,7 @@ def test_training_and_test_split_shapes_and_types(tiny_data):
 
 def test_images_keep_their_labels_and_channel_layout(tiny_data):
     images, labels = load_split(tiny_data, train=True)
-    for image, label in zip(images[:40], labels[:40]):
+    for image, label in zip(images[:40], labels[:40], strict=True):
         assert label_from_pattern(image) == int(label)
         assert (image[int(label) % 3] == 255).sum() == 64  # the square is in channel label % 3
 
@@ -115,7 +115,8 @@ def crop_shifts(out: torch.Tensor):
         ys, xs = torch.nonzero(inside, as_tuple=True)
         dy = image[0][inside].long() - 1 - ys
         dx = image[1][inside].long() - 1 - xs
-        assert (dy == dy[0]).all() and (dx == dx[0]).all(), "a crop must be a plain translation"
+        assert (dy == dy[0]).all(), "a crop must be a plain translation"
+        assert (dx == dx[0]).all(), "a crop must be a plain translation"
         assert (image[:, ~inside] == 0).all(), "the border must be zero padding"
         shifts.append((int(dy[0]), int(dx[0])))
     return shifts
@@ -137,7 +138,9 @@ def test_original_crop_leaves_black_only_on_the_allowed_sides():
     out = augment(coordinate_images(400), torch.Generator().manual_seed(1), "original", flip=torch.zeros(400, dtype=torch.bool))
     black = out[:, 2] == 0  # channel 2 is 1 everywhere in the source, 0 only in padding
     black_rows, black_cols = black.all(2), black.all(1)  # [N, 32]: a whole row / column of padding
-    assert black_rows[:, :2].any() and black_rows[:, -4:].any() and black_cols[:, -3:].any(), "every allowed side shows up"
+    assert black_rows[:, :2].any(), "every allowed side shows up: the top"
+    assert black_rows[:, -4:].any(), "every allowed side shows up: the bottom"
+    assert black_cols[:, -3:].any(), "every allowed side shows up: the right"
     assert not black_rows[:, 2:28].any(), "at most 2 rows at the top, 4 at the bottom"
     assert not black_cols[:, :29].any(), "at most 3 columns, on the right only: no padding on the left"
     assert not black[:, 2:28, :29].any()
@@ -150,7 +153,8 @@ def test_original_crop_matches_torchvision_padding_semantics():
     padded = TF.pad(source, list(ORIGINAL_PADDING))
     assert padded.shape == (3, 38, 35)
     crops = [TF.crop(padded, y, x, 32, 32) for y in range(7) for x in range(4)]
-    out = augment(source.expand(50, 3, 32, 32), torch.Generator().manual_seed(3), "original", flip=torch.zeros(50, dtype=torch.bool))
+    out = augment(source.expand(50, 3, 32, 32), torch.Generator().manual_seed(3), "original",
+                  flip=torch.zeros(50, dtype=torch.bool))
     for image in out:
         assert any(torch.equal(image, crop) for crop in crops)
 
@@ -161,7 +165,7 @@ def test_flip_mirrors_the_crop_and_is_a_fair_coin():
     mirrored = augment(images, torch.Generator().manual_seed(5), "standard", flip=torch.ones(1000, dtype=torch.bool))
     assert torch.equal(mirrored, plain.flip(3))
     random = augment(images, torch.Generator().manual_seed(5), "standard")
-    flipped = torch.tensor([not torch.equal(r, p) for r, p in zip(random, plain)])
+    flipped = torch.tensor([not torch.equal(r, p) for r, p in zip(random, plain, strict=True)])
     assert 0.4 < flipped.float().mean() < 0.6
 
 

@@ -146,6 +146,6 @@ def test_a_run_resumed_under_ddp_logs_the_same_rows_as_the_uninterrupted_run(tmp
     whole, resumed = rows("whole"), rows("resumed")
     assert [r[:2] for r in resumed] == [r[:2] for r in whole] == [
         ("step", 3), ("epoch", 4), ("step", 6), ("epoch", 8)]
-    for before, after in zip(whole, resumed):
+    for before, after in zip(whole, resumed, strict=True):
         # Each process's share counted once: rank 0's sums restored on every rank would count them twice.
         assert after[2:] == pytest.approx(before[2:], rel=1e-6), f"{after[:2]}"

@@ -38,7 +38,7 @@ def epoch_rows(run_dir) -> list:
 
 def table_row(client, run_id) -> dict:
     table = client.predict(api_name="/list_runs")
-    return next(dict(zip(table["headers"], row)) for row in table["data"] if row[0] == run_id)
+    return next(dict(zip(table["headers"], row, strict=True)) for row in table["data"] if row[0] == run_id)
 
 
 def cli_train(out: Path, data, *flags, resume=False) -> subprocess.Popen:
@@ -82,7 +82,7 @@ def test_a_killed_server_leaves_an_interrupted_run_that_resumes_to_the_end(tmp_p
         client = server.client()  # a new client: it did not start the run, so it may watch but not resume it
         assert table_row(client, run_id)["Status"] == "interrupted"
         metrics = client.predict(run_id, api_name="/run_metrics")
-        served = [dict(zip(metrics["headers"], row)) for row in metrics["data"]]
+        served = [dict(zip(metrics["headers"], row, strict=True)) for row in metrics["data"]]
         key = lambda row: (row["kind"], row["step"], row["probe_acc" if row["kind"] == "probe" else "train_loss"])  # noqa: E731
         assert [key(r) for r in served] == [key(r) for r in before]
         with pytest.raises(AppError, match="belongs to whoever started it"):
@@ -131,7 +131,7 @@ def test_kill_9_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path, 
         process = cli_train(out, tiny_data, *flags, resume=round_ > 0)
         try:
             first = positions[-1] if positions else None
-            wait_for(lambda: (out / runs.CHECKPOINT).is_file() and _position(out) != first, 180, "a new checkpoint")
+            wait_for(lambda first=first: (out / runs.CHECKPOINT).is_file() and _position(out) != first, 180, "a new checkpoint")
             time.sleep(rng.uniform(0.0, 1.5))
         finally:
             kill9(process)
@@ -214,7 +214,8 @@ def test_two_clients_starting_at_once_never_train_together(tmp_path, tiny_data, 
         for thread in threads:
             thread.join(timeout=120)
         run_ids = [a for a in answers if isinstance(a, str)]
-        assert run_ids and all(isinstance(a, str) or "queue is full" in str(a) for a in answers), answers
+        assert run_ids, answers
+        assert all(isinstance(a, str) or "queue is full" in str(a) for a in answers), answers
         assert sorted(set(os.listdir(root)) - {jobs.BROWSER_SECRET}) == sorted(run_ids)
 
         trainers, most_at_once = {}, 0  # run id -> pids seen running it

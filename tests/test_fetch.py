@@ -36,7 +36,7 @@ def serve(archive):
 
 def same_data(data_dir, archive) -> bool:
     return all(torch.equal(a, b) for train in (True, False)
-               for a, b in zip(load_split(data_dir, train=train), load_split(archive.source_dir, train=train)))
+               for a, b in zip(load_split(data_dir, train=train), load_split(archive.source_dir, train=train), strict=True))
 
 
 def leftovers(data_dir) -> list:
@@ -160,7 +160,8 @@ def test_two_servers_at_once_share_one_fetch(archive, serve, tmp_path):
     server = serve(["hold"])
     processes = [fetch_process(tmp_path / "data", server.url, archive.md5) for _ in range(2)]
     lines = [[], []]
-    readers = [threading.Thread(target=lambda p=p, out=out: out.extend(p.stdout), daemon=True) for p, out in zip(processes, lines)]
+    readers = [threading.Thread(target=lambda p=p, out=out: out.extend(p.stdout), daemon=True)
+               for p, out in zip(processes, lines, strict=True)]
     for reader in readers:
         reader.start()
     try:

@@ -22,7 +22,7 @@ from helpers import (  # noqa: E402
     image_bytes,
     odd_upload,
     phone_photo,
-    serving,
+    served_studio,
     tiny_card,
     zip_bytes,
 )
@@ -36,7 +36,6 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-import app  # noqa: E402
 from resnet import runs  # noqa: E402
 from resnet.classifier import Classifier  # noqa: E402
 from resnet.constants import CLASSES  # noqa: E402
@@ -64,16 +63,8 @@ def shipped_server(tmp_path_factory, tiny_data, run_weights):
     root = tmp_path_factory.mktemp("runs")
     finished_run(root, "run-a", run_weights)
     runs.run_path(root, "run-busy").mkdir()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("STUDIO_WEIGHTS", str(DEFAULT_WEIGHTS))
-        env.setenv("CIFAR10_DIR", str(tiny_data))
-        env.setenv("RUNS_DIR", str(root))
-        studio = app.Studio()
-        try:
-            with serving(studio) as url:
-                yield url, root
-        finally:
-            studio.queue.close()
+    with served_studio(DEFAULT_WEIGHTS, tiny_data, root) as (url, _):
+        yield url, root
 
 
 @pytest.fixture(scope="module")
@@ -220,10 +211,11 @@ def test_bodies_over_the_byte_cap_are_413_before_they_are_read(api):
 
 # ---- batches ---------------------------------------------------------------------------------------
 def test_a_zip_and_a_file_give_one_row_per_image(api):
-    archive = zip_bytes({"a.png": example_bytes("cat-0.png"), "sub/b.png": example_bytes("ship-1.png"), "notes.txt": b"skipped: not an image name",
-                        "../../evil.png": b"not an image", "__MACOSX/._a.png": b"resource fork"})
-    response = api.post("/predict_batch", files=[("files", ("photos.zip", archive)), ("files", ("dog.png", example_bytes("dog-12.png")))],
-                        params={"logits": "true"})
+    archive = zip_bytes({"a.png": example_bytes("cat-0.png"), "sub/b.png": example_bytes("ship-1.png"),
+                         "notes.txt": b"skipped: not an image name", "../../evil.png": b"not an image",
+                         "__MACOSX/._a.png": b"resource fork"})
+    files = [("files", ("photos.zip", archive)), ("files", ("dog.png", example_bytes("dog-12.png")))]
+    response = api.post("/predict_batch", files=files, params={"logits": "true"})
     body = response.json()
     assert response.status_code == 200
     assert body["model"]["id"] == "shipped"
@@ -437,7 +429,7 @@ def test_over_the_expected_wait_a_request_gets_503_at_once_with_retry_after(smal
     callers = [threading.Thread(target=call, args=(name,)) for name in ("holder", "first", "second")]
     for admitted, caller in enumerate(callers, 1):
         caller.start()
-        wait_for(lambda: gate.admitted == admitted)  # the holder runs; the others expect 0.1 and 0.2 s of wait
+        wait_for(lambda admitted=admitted: gate.admitted == admitted)  # the holder runs; the others expect 0.1 and 0.2 s of wait
     refused_now = httpx.post(url + "/predict", files={"file": ("cat.png", example_bytes())}, timeout=60)  # it would expect 0.3 s
     refused(refused_now, 503, "would wait about 0.3 s", "over this server's 0.25 s")
     assert refused_now.headers["retry-after"] == "1"

@@ -46,8 +46,8 @@ def test_requests_are_admitted_while_their_expected_wait_is_within_the_limit():
     assert len(refusals) == 1
     assert refusals[0].status_code == 503
     assert refusals[0].headers == {"Retry-After": "2"}
-    assert refusals[0].detail == "the server is busy: a prediction would wait about 1.2 s for its turn, over this server's 1 s; " \
-                                 "retry in 2 s"
+    assert refusals[0].detail == ("the server is busy: a prediction would wait about 1.2 s for its turn, "
+                                  "over this server's 1 s; retry in 2 s")
     assert gate.admitted == 0
     assert gate.service_s < 0.4
 
@@ -93,11 +93,11 @@ def test_a_sustained_overload_is_refused_and_the_queue_stays_bounded(monkeypatch
                 for _ in range(50):
                     before = sum(outcomes.values()) + gate.admitted
                     group.start_soon(call)
-                    await settle(lambda: sum(outcomes.values()) + gate.admitted > before)  # admitted or refused
+                    await settle(lambda before=before: sum(outcomes.values()) + gate.admitted > before)  # admitted or refused
                     peak = max(peak, gate.admitted)
                 admitted = gate.admitted
                 finished.release()
-                await settle(lambda: gate.admitted < admitted)
+                await settle(lambda admitted=admitted: gate.admitted < admitted)
             finished.release(bound)
         return outcomes, peak
 

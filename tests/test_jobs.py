@@ -30,8 +30,8 @@ def queue(tmp_path, data_env):
 
 
 def test_cli_args_parse_back_to_the_same_config():
-    overrides = {"optimizer": "rmsprop", "lr": 0.003, "blocks": (2, 2, 2, 2), "epochs": 3, "limit_train": 2000, "label_smoothing": 0.1,
-                     "nesterov": False, "seed": None}
+    overrides = {"optimizer": "rmsprop", "lr": 0.003, "blocks": (2, 2, 2, 2), "epochs": 3, "limit_train": 2000,
+                 "label_smoothing": 0.1, "nesterov": False, "seed": None}
     args = build_parser().parse_args(["train", "--out", "x", *config.cli_args("fast", overrides)])
     parsed = make_config(args.preset, **{name: getattr(args, name) for name in config.CLI_SETTINGS})
     assert parsed == make_config("fast", **overrides)

@@ -70,9 +70,14 @@ def test_dropout_is_inert_in_eval_mode():
         assert torch.equal(model(x), model(x))
 
 
-@pytest.mark.parametrize("kwargs", [{"blocks": (1, 1, 1)}, {"blocks": (1, 0, 1, 1)}, {"dropout": 1.0}, {"dropout": -0.1}])
-def test_invalid_architecture_is_refused(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"blocks": (1, 1, 1)}, "blocks must be four positive integers"),
+    ({"blocks": (1, 0, 1, 1)}, "blocks must be four positive integers"),
+    ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+    ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
+])
+def test_invalid_architecture_is_refused(kwargs, words):
+    with pytest.raises(ValueError, match=words):
         ResNet(**kwargs)
 
 

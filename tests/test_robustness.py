@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import robustness  # scripts/robustness.py, on pytest's pythonpath
 import torch
 from helpers import REPO
 
@@ -20,13 +21,6 @@ COMMITTED = REPO / "results" / "robustness.json"
 needs_package = pytest.mark.skipif(
     importlib.util.find_spec("imagecorruptions") is None,
     reason="imagecorruptions is not installed (pip install -r scripts/requirements-robustness.txt)")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("robustness_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -82,28 +76,26 @@ def test_the_script_refuses_a_negative_limit_before_any_work(tmp_path):
 @needs_package
 @pytest.mark.parametrize("parameters", ["cifar-10-c", "imagenet-c"])
 def test_every_corruption_keeps_the_shape_changes_the_images_and_repeats_with_its_seed(tiny_data, parameters):
-    script = load_script()
     images = load_split(tiny_data, train=False)[0][:2]
-    frost = script._frost_pictures()
+    frost = robustness._frost_pictures()
     from imagecorruptions import get_corruption_names
 
     for name in get_corruption_names("common"):
-        low, high = (script.corrupted_batch(images, name, severity, 7, parameters, frost) for severity in (1, 5))
+        low, high = (robustness.corrupted_batch(images, name, severity, 7, parameters, frost) for severity in (1, 5))
         assert low.shape == images.shape
         assert low.dtype == torch.uint8
         assert (high.float() - images.float()).abs().mean() > 0.5, name
         if parameters == "cifar-10-c":  # the package's own glass blur seeds itself from the clock
-            assert torch.equal(script.corrupted_batch(images, name, 5, 7, parameters, frost), high), name
+            assert torch.equal(robustness.corrupted_batch(images, name, 5, 7, parameters, frost), high), name
 
 
 def test_the_cifar10c_table_and_the_stress_module_cover_the_benchmark_once():
-    script = load_script()
     from resnet.stress import CORRUPTIONS
 
-    assert set(script.SHARED) <= set(CORRUPTIONS)
-    assert not set(script.SHARED) & set(script.CIFAR10C)
-    assert len(script.SHARED) + len(script.CIFAR10C) == 15
-    assert all(len(levels) == 5 for levels in script.CIFAR10C.values())
+    assert set(robustness.SHARED) <= set(CORRUPTIONS)
+    assert not set(robustness.SHARED) & set(robustness.CIFAR10C)
+    assert len(robustness.SHARED) + len(robustness.CIFAR10C) == 15
+    assert all(len(levels) == 5 for levels in robustness.CIFAR10C.values())
 
 
 @pytest.mark.skipif(not COMMITTED.is_file(), reason="results/robustness.json is not committed yet")

@@ -107,7 +107,8 @@ def test_list_runs_summarizes_and_flags_damage(tmp_path, dead_pid):
                                                  "blocks": [1, 1, 1, 1], "epochs": 3}))
     runs.write_status(good, "running", pid=dead_pid)
     for epoch, acc in [(1, 0.4), (2, 0.6)]:
-        runs.append_metrics(good, {"kind": "epoch", "epoch": epoch, "step": epoch * 10, "test_acc": acc, "elapsed_s": epoch * 5.0})
+        runs.append_metrics(good, {"kind": "epoch", "epoch": epoch, "step": epoch * 10, "test_acc": acc,
+                                   "elapsed_s": epoch * 5.0})
     (tmp_path / "broken").mkdir()
     (tmp_path / "Not-A-Run").mkdir()
 

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
+import ship_weights  # scripts/, on pytest's pythonpath
 import torch
-from conftest import import_script
 
 from resnet import runs
 from resnet.calibration import calibration_fields
@@ -17,11 +17,6 @@ from resnet.train import Trainer, load_data
 from resnet.weights import load_weights
 
 
-@pytest.fixture(scope="module")
-def ship():
-    return import_script("ship_weights").main
-
-
 def finished(tiny_data, run_dir, **settings) -> Path:
     config = make_config("quick", data_dir=str(tiny_data), limit_train=96, limit_test=40, batch_size=32, epochs=1,
                          device="cpu", precision="fp32", **settings)
@@ -30,10 +25,10 @@ def finished(tiny_data, run_dir, **settings) -> Path:
 
 
 @pytest.mark.slow
-def test_a_run_with_a_validation_split_ships_calibrated_on_it(tiny_data, tmp_path, ship):
+def test_a_run_with_a_validation_split_ships_calibrated_on_it(tiny_data, tmp_path):
     run_dir = finished(tiny_data, tmp_path / "run", val_size=60, seed=3, score_test=False)  # as a chosen recipe's run
     out = tmp_path / "shipped" / "model.safetensors"
-    assert ship([str(run_dir), "--out", str(out), "--data-dir", str(tiny_data)]) == 0
+    assert ship_weights.main([str(run_dir), "--out", str(out), "--data-dir", str(tiny_data)]) == 0
     shipped = load_weights(out)
     card = shipped.card
     images, labels = load_split(tiny_data, train=False)  # every test image, whatever the run scored per epoch
@@ -61,10 +56,10 @@ def test_a_run_with_a_validation_split_ships_calibrated_on_it(tiny_data, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_run_without_one_ships_uncalibrated(tiny_data, tmp_path, ship):
+def test_a_run_without_one_ships_uncalibrated(tiny_data, tmp_path):
     run_dir = finished(tiny_data, tmp_path / "run")
     out = tmp_path / "model.safetensors"
-    assert ship([str(run_dir), "--out", str(out), "--data-dir", str(tiny_data)]) == 0
+    assert ship_weights.main([str(run_dir), "--out", str(out), "--data-dir", str(tiny_data)]) == 0
     card = load_weights(out).card
     assert "temperature" not in card
     assert "calibration" not in card
@@ -72,9 +67,9 @@ def test_a_run_without_one_ships_uncalibrated(tiny_data, tmp_path, ship):
     assert "calibrated" not in card["low_confidence"]
 
 
-def test_only_a_finished_run_ships(tmp_path, ship, capsys):
+def test_only_a_finished_run_ships(tmp_path, capsys):
     runs.run_path(tmp_path, "run").mkdir()
     with pytest.raises(SystemExit):
-        ship([str(tmp_path / "run"), "--out", str(tmp_path / "model.safetensors")])
+        ship_weights.main([str(tmp_path / "run"), "--out", str(tmp_path / "model.safetensors")])
     assert "is not a finished run" in capsys.readouterr().err
     assert not (tmp_path / "model.safetensors").exists()

@@ -35,7 +35,7 @@ def test_shipped_examples_are_mostly_right():
     index = json.loads((folder / "index.json").read_text())["images"]
     images = torch.stack([prepare(folder / item["file"]) for item in index])
     predicted = load_weights(DEFAULT_WEIGHTS).logits(images).argmax(1).tolist()
-    right = sum(CLASSES[p] == item["label"] for p, item in zip(predicted, index))
+    right = sum(CLASSES[p] == item["label"] for p, item in zip(predicted, index, strict=True))
     assert len(index) == 30
     assert right >= 27
 

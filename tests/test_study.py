@@ -178,11 +178,13 @@ def test_a_study_prefix_that_names_no_run_is_refused(tmp_path, capsys, only):
     assert not any(path.is_dir() for path in (tmp_path / "s").glob("*"))  # no run folder: nothing trained
 
 
-@pytest.mark.parametrize(("machines", "drawn"), [(["cpu: A", "cpu: A"], True), (["cpu: A", "cpu: B"], False), ([None, "cpu: A"], False)])
+@pytest.mark.parametrize(("machines", "drawn"), [
+    (["cpu: A", "cpu: A"], True), (["cpu: A", "cpu: B"], False), ([None, "cpu: A"], False),
+])
 def test_the_size_figure_draws_seconds_only_from_one_machine(machines, drawn):
     rows = [{"run_id": f"b{b}", "phases": ["size"], "status": "finished", "final_val_acc": 0.5, "blocks": [b] * 4,
              "params": b * 1_000_000, "train_s_per_epoch": 40.0 * b, "timed_on": machine}
-            for b, machine in zip((1, 2), machines)]
+            for b, machine in zip((1, 2), machines, strict=True)]
     figure = study.size_figure({"runs": rows})
     assert len(figure.data) == (2 if drawn else 1)
     assert ("no time line" in figure.layout.title.text) != drawn

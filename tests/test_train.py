@@ -227,8 +227,9 @@ def test_a_resume_that_cannot_load_keeps_the_finished_model(tiny_data, tmp_path)
     assert ((tmp_path / runs.WEIGHTS).read_bytes(), (tmp_path / runs.CARD).read_bytes()) == published
 
 
-@pytest.mark.parametrize(("val_size", "words"), [(1, "val_size must be 0 or at least 2"),
-                                                  (50_000, r"val_size must be in \[0, 50000\)")])
+@pytest.mark.parametrize(("val_size", "words"), [
+    (1, "val_size must be 0 or at least 2"), (50_000, r"val_size must be in \[0, 50000\)"),
+])
 def test_a_validation_split_that_cannot_work_is_refused_before_any_work(val_size, words):
     with pytest.raises(ConfigError, match=words):
         make_config("fast", val_size=val_size)
@@ -713,8 +714,12 @@ def test_grad_cam_sends_the_image_to_the_models_device_and_returns_the_map_on_th
     monkeypatch.setattr(model, "features", lambda x: seen.append(x.device) or real_features(x))
     moved = []
     real_to = torch.Tensor.to
-    monkeypatch.setattr(torch.Tensor, "to",
-                        lambda self, *a, **k: moved.append(a[0] if a else k.get("device")) or real_to(self, *a, **k))
+
+    def recording_to(self, *args, **kwargs):
+        moved.append(args[0] if args else kwargs.get("device"))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", recording_to)
     cam, _ = grad_cam(model, torch.zeros(3, 32, 32, dtype=torch.uint8), (0.5,) * 3, (0.25,) * 3)
     assert moved
     assert moved[0] == next(model.parameters()).device
