@@ -185,7 +185,7 @@ def figure(results: dict) -> go.Figure:
     for index, run in enumerate(runs):
         points = [(p["flops"] / 1e15, p["val_acc"]) for p in run["curve"] if p.get("val_acc") is not None]
         if points:
-            x, y = zip(*points)
+            x, y = zip(*points, strict=True)
             style = series_style(index)
             figure.add_scatter(x=x, y=y, name=run["run_id"], mode="lines+markers", line={"color": style["color"]},
                                marker={"symbol": style["symbol"]})
@@ -194,3 +194,8 @@ def figure(results: dict) -> go.Figure:
     figure.update_layout(title="Validation accuracy against training compute", xaxis_title="PFLOPs", yaxis_title="val accuracy")
     figure.update_yaxes(tickformat=".0%")
     return figure
+
+
+def figures(results: dict) -> list:
+    """The figures a page shows of the results (every experiment gives a list): ``figure``'s one."""
+    return [figure(results)]

@@ -224,7 +224,7 @@ def prediction(classifier: Classifier, logits, with_logits: bool) -> dict:
     label = next(iter(probabilities))
     row = {"label": label, "probability": probabilities[label], "probabilities": probabilities}
     if with_logits:
-        row["logits"] = dict(zip(classifier.classes, logits.tolist()))
+        row["logits"] = dict(zip(classifier.classes, logits.tolist(), strict=True))
     return row
 
 
@@ -298,8 +298,8 @@ def build_api(root, gate: Gate | None = None) -> APIRouter:
         return Health(model=ModelInfo(**model_info(catalog.SHIPPED, classifier.card)), ready=True)
 
     common = {"response_model_exclude_none": True, "responses": REFUSALS}
-    router.add_api_route("/predict", predict, methods=["POST"], route_class_override=capped_route(allowed.upload_bytes + MULTIPART_SLACK),
-                         **common)
+    router.add_api_route("/predict", predict, methods=["POST"],
+                         route_class_override=capped_route(allowed.upload_bytes + MULTIPART_SLACK), **common)
     router.add_api_route("/predict_batch", predict_batch, methods=["POST"],
                          route_class_override=capped_route(allowed.request_bytes + MULTIPART_SLACK), **common)
     router.add_api_route("/health", health, methods=["GET"], response_model_exclude_none=True)
@@ -355,7 +355,7 @@ class Running:
 
 def start(app: FastAPI, host: str, port: int) -> Running:
     """Serve ``app`` from a daemon thread, as launch() serves Gradio: the main thread keeps its signal
-    handlers (app.py's SIGTERM handler stops a training child first). Port 0 takes a free one."""
+    handlers (resnet.studio.server's SIGTERM handler stops a training child first). Port 0 takes a free one."""
     # A malformed multipart body is the client's error, answered 400 with the reason; python-multipart also logs
     # it as a warning, which with no logging set up reaches stderr as a bare line, one per such request.
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
