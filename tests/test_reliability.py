@@ -320,7 +320,7 @@ def test_the_file_route_serves_neither_run_files_nor_anything_outside(server, ti
 
 def test_weights_are_only_read_as_tensors():
     """Every torch.load in the code refuses pickled objects; nothing else unpickles user files."""
-    sources = [REPO / "app.py", *sorted((REPO / "resnet").glob("*.py"))]
+    sources = [REPO / "app.py", *sorted((REPO / "resnet").rglob("*.py"))]  # resnet/studio and resnet/experiments too
     loads = 0
     for path in sources:
         text = path.read_text()
