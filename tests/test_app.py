@@ -17,7 +17,7 @@ from resnet.constants import CLASSES, PUBLISHED_MEAN
 from resnet.evaluate import predict_logits
 from resnet.images import prepare
 from resnet.model import build_model
-from resnet.studio import downloads, jobs, limits, model_card, showcase
+from resnet.studio import downloads, jobs, limits, model_card, showcase, train_form
 from resnet.weights import embedded_card, save_weights
 
 gr = pytest.importorskip("gradio")
@@ -143,11 +143,11 @@ def test_command_is_the_cli_line(studio):
 
 
 def test_preset_values_fill_the_recipe_and_keep_the_size():
-    original = dict(zip(app.recipe_fields(), app.Studio.preset_values("original"), strict=True))
+    original = dict(zip(train_form.recipe_fields(), app.Studio.preset_values("original"), strict=True))
     assert {k: original[k] for k in ("optimizer", "lr", "dropout", "batch_size")} == {"optimizer": "adam", "lr": 0.01,
                                                                                       "dropout": 0.1, "batch_size": 64}
-    assert dict(zip(app.recipe_fields(), app.Studio.preset_values("fast"), strict=True))["optimizer"] == "sgd"
-    assert not set(app.recipe_fields()) & {"epochs", "limit_train", "limit_test", "seed"}
+    assert dict(zip(train_form.recipe_fields(), app.Studio.preset_values("fast"), strict=True))["optimizer"] == "sgd"
+    assert not set(train_form.recipe_fields()) & {"epochs", "limit_train", "limit_test", "seed"}
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -168,7 +168,7 @@ def no_data_studio(studio_env, tmp_path):
     made = []
 
     def make(source, **options):
-        made.append(app.Studio(app.jobs.RunQueue(studio_env, data=fetch.DataFetch(tmp_path / "no-data", source, **options))))
+        made.append(app.Studio(jobs.RunQueue(studio_env, data=fetch.DataFetch(tmp_path / "no-data", source, **options))))
         return made[-1]
 
     yield make
@@ -247,10 +247,10 @@ def test_run_ids_are_checked(studio, run_id):
 def test_runs_table_metrics_curves_and_details(studio, tiny_weights):
     finished_run(studio.root, "run-a", tiny_weights)
     table = studio.list_runs()
-    assert list(table.columns) == list(jobs.RUN_TABLE.values())
+    assert list(table.columns) == jobs.RUN_TABLE_HEADERS
     assert table.loc[0, "Run"] == "run-a"
     assert not any("_" in header for header in table.columns)  # words, not the summary's keys
-    assert len(app.RUN_TABLE_WIDTHS) == len(table.columns)  # a width for every column, none left to wrap
+    assert len(jobs.RUN_TABLE_WIDTHS) == len(table.columns)  # a width for every column, none left to wrap
     assert all(value == "" or value.endswith("%") for value in table["Test accuracy"])
     assert studio.run_metrics("run-a").loc[0, "epoch"] == 1
     accuracy, loss = studio.compare(["run-a"])
@@ -387,9 +387,34 @@ def test_model_card_tab_reads_the_committed_card(monkeypatch, tmp_path, tiny_wei
     plots = [block for block in demo.blocks.values() if isinstance(block, gr.Plot)]
     # per class, confusion, two curves; the study's four; the ablation's bars; reliability diagram, robustness heatmap
     assert len(plots) == 4 + 4 * showcase.STUDY.is_file() + 1 + 2
-    table = next(block for block in demo.blocks.values() if isinstance(block, gr.Dataframe)).value
-    assert table["data"] == [["recipe", "none: the recipe", "80.00% / 81.00%", "80.50%", "", "0.50 pts"],
-                             ["no-label-smoothing", "label_smoothing=0", "79.00% / pending", "79.00%", "-1.50 pts", ""]]
+    tables = [block.value for block in demo.blocks.values() if isinstance(block, gr.Dataframe)]
+    assert next(table for table in tables if table["headers"][0] == "variant")["data"] == [
+        ["recipe", "none: the recipe", "80.00% / 81.00%", "80.50%", "", "0.50 pts"],
+        ["no-label-smoothing", "label_smoothing=0", "79.00% / pending", "79.00%", "-1.50 pts", ""]]
+
+
+def test_model_card_tab_shows_the_study_as_every_experiment(monkeypatch, tmp_path, tiny_weights):
+    monkeypatch.setenv("STUDIO_WEIGHTS", str(tiny_weights))
+    committed = showcase.STUDY
+    for name in ("STUDY", "ABLATION", "TIME_TO_ACCURACY"):
+        monkeypatch.setattr(showcase, name, tmp_path / f"{name}.json")
+
+    def tab():
+        with gr.Blocks() as demo:
+            app.card_tab()
+        blocks = demo.blocks.values()
+        return ("\n".join(block.value for block in blocks if isinstance(block, gr.Markdown)),
+                [block.value for block in blocks if isinstance(block, gr.Dataframe)],
+                [block for block in blocks if isinstance(block, gr.Plot)])
+
+    text, tables, plots = tab()
+    assert "The optimizer study has not run yet (results/study.json is absent)." in text
+    assert not tables
+    showcase.STUDY.write_text(committed.read_text())
+    text, tables, plots = tab()
+    assert "Three phases, each on the choice of the one before" in text
+    assert [row[0] for row in tables[0]["data"]] == ["optimizers", "dropout", "size"]
+    assert len(plots) == 4 + 2 + 4  # the card's own four, reliability and robustness, the study's four
 
 
 @pytest.mark.parametrize("content", [None, "{broken", '{"runs": []}', "[1, 2]"])
@@ -406,6 +431,7 @@ def test_model_card_tab_without_ablation_results_says_so(monkeypatch, tmp_path, 
 
 def test_model_card_tab_shows_the_time_to_accuracy_table_once_it_has_run(monkeypatch, tmp_path, tiny_weights):
     monkeypatch.setenv("STUDIO_WEIGHTS", str(tiny_weights))
+    monkeypatch.setattr(showcase, "STUDY", tmp_path / "absent.json")
     monkeypatch.setattr(showcase, "ABLATION", tmp_path / "absent.json")
     monkeypatch.setattr(showcase, "TIME_TO_ACCURACY", tmp_path / "time-to-accuracy.json")
 

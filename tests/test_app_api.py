@@ -9,9 +9,8 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from helpers import TINY_RUN, UNUSABLE, form_values, odd_upload  # noqa: E402
 
-import app  # noqa: E402
 from resnet.data import load_split  # noqa: E402
-from resnet.studio import showcase  # noqa: E402
+from resnet.studio import jobs, showcase  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -78,7 +77,7 @@ def test_only_the_client_that_started_a_run_or_the_operator_may_stop_or_resume_i
     _wait_for_steps(client, run_id, more_than=len(client.predict(run_id, api_name="/run_metrics")["data"]))
     assert "is stopping" in client.predict(run_id, api_name="/stop_run")
     _wait_until_settled(client, run_id)
-    log = (server[1].root / run_id / app.jobs.LOG).read_bytes()
+    log = (server[1].root / run_id / jobs.LOG).read_bytes()
     assert log
     assert b"\r" not in log
     assert b"step " in log

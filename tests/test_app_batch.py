@@ -13,6 +13,7 @@ from PIL import Image
 
 from resnet import batch
 from resnet.constants import CLASSES
+from resnet.studio import batch_results
 
 gr = pytest.importorskip("gradio")
 
@@ -120,6 +121,19 @@ def test_names_from_the_archive_cannot_inject_markdown_or_paths(studio, tmp_path
     assert "\\<b\\>" in note
     assert "`y`" not in note
     assert not (tmp_path.parent.parent / "etc").exists()
+
+
+
+def test_the_note_counts_and_names_at_most_twenty_problems():
+    assert batch_results.note(1, []) == "1 image predicted"
+    problems = [(f"bad-{index}.png", "not an image") for index in range(batch_results.NOTE_PROBLEMS + 3)]
+    note = batch_results.note(2, problems)
+    assert note.startswith(f"2 images predicted; {len(problems)} could not be used:\n- bad-0.png: not an image")
+    assert f"bad-{batch_results.NOTE_PROBLEMS - 1}.png" in note
+    assert f"bad-{batch_results.NOTE_PROBLEMS}.png" not in note
+    assert note.endswith("\n- ... and 3 more")
+    assert batch_results.markdown_safe("[a](b) *c* #d|e") == "\\[a\\](b) \\*c\\* \\#d\\|e"
+    assert len(batch_results.markdown_safe("x" * 1000)) == batch_results.NAME_CHARS
 
 
 @pytest.mark.e2e

@@ -9,7 +9,7 @@ from resnet.cli import build_parser
 from resnet.config import ConfigError, TrainConfig, make_config, setting
 
 gr = pytest.importorskip("gradio")
-import app  # noqa: E402
+from resnet.studio import jobs, train_form  # noqa: E402
 
 
 def train_help() -> str:
@@ -30,15 +30,15 @@ def test_every_cli_setting_is_a_flag_with_its_declared_help_and_choices():
 def test_every_form_setting_builds_a_field_with_the_preset_value():
     quick = make_config("quick")
     for name in config.FORM_SETTINGS:
-        field = app.setting_field(name, app.to_form(name, getattr(quick, name)), {})
+        field = train_form.setting_field(name, config.to_form(name, getattr(quick, name)), {})
         assert field.label.startswith(config.SETTINGS[name].metadata["form"]), name
 
 
 def test_a_fields_cap_and_note_read_as_one_parenthesis():
-    assert app.setting_field("epochs", 1, {"epochs": 200}).label == "Epochs (at most 200; without a time budget)"
-    assert app.setting_field("epochs", 1, {}).label == "Epochs (without a time budget)"
-    assert app.setting_field("batch_size", 64, {"batch_size": 1024}).label == "Batch size (at most 1024)"
-    assert app.setting_field("limit_train", 0, {}).label == "Training images (0 = all 50,000)"
+    assert train_form.setting_field("epochs", 1, {"epochs": 200}).label == "Epochs (at most 200; without a time budget)"
+    assert train_form.setting_field("epochs", 1, {}).label == "Epochs (without a time budget)"
+    assert train_form.setting_field("batch_size", 64, {"batch_size": 1024}).label == "Batch size (at most 1024)"
+    assert train_form.setting_field("limit_train", 0, {}).label == "Training images (0 = all 50,000)"
 
 
 def test_cli_args_and_the_parser_agree_on_every_setting():
@@ -69,13 +69,13 @@ def test_a_new_setting_is_one_declaration(monkeypatch):
 
     assert "--mixup MIXUP" in train_help()
     assert "mixup alpha (0 = off)" in train_help()
-    field = app.setting_field("mixup", 0.0, {})
+    field = train_form.setting_field("mixup", 0.0, {})
     assert isinstance(field, gr.Number)
     assert field.label == "Mixup alpha"
-    values = [app.to_form(n, getattr(make_config("original"), n)) for n in config.FORM_SETTINGS[:-1]] + [0.2]
-    overrides = app.Studio.settings(*values)  # the form's values, as a start from the Train tab sends them
+    values = [config.to_form(n, getattr(make_config("original"), n)) for n in config.FORM_SETTINGS[:-1]] + [0.2]
+    overrides = train_form.settings(*values)  # the form's values, as a start from the Train tab sends them
     assert overrides["mixup"] == 0.2
-    assert "--mixup 0.2" in app.jobs.cli_command("original", overrides)  # the child process's command line
+    assert "--mixup 0.2" in jobs.cli_command("original", overrides)  # the child process's command line
     assert make_config("original", mixup=0.2).mixup == 0.2
     with pytest.raises(ConfigError, match="mixup must be at least 0"):
         make_config("original", mixup=-1.0)

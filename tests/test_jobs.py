@@ -196,6 +196,20 @@ def test_owner_keys_are_kept_as_digests_and_the_operator_needs_the_secret(queue,
     assert "taken off the queue" in queue.stop(run_id, OPERATOR)
 
 
+
+def test_who_asks_a_browser_by_its_key_a_client_by_its_session_the_operator_by_a_header(monkeypatch):
+    monkeypatch.setenv("STUDIO_OPERATOR_SECRET", "s3cret")
+    assert jobs.actor("browser-key", "session", {}) == jobs.Actor(key="browser-key")
+    assert jobs.actor(None, "session", None) == jobs.Actor(key="session")
+    assert jobs.actor("", None, {jobs.OPERATOR_HEADER: "s3cret"}) == jobs.Actor(key=None, operator=True)
+    assert not jobs.actor("key", None, {jobs.OPERATOR_HEADER: "guess"}).operator
+    kept = jobs.browser_key(None)
+    assert len(kept) == 32
+    assert jobs.browser_key(kept) == kept
+    assert jobs.browser_key("short") != "short"
+    assert jobs.browser_key(None) != kept
+
+
 def test_resume_refuses_what_cannot_resume(queue):
     write_run(queue.root / "run-f", "finished")
     with pytest.raises(runs.RunError, match="only stopped, interrupted or failed"):

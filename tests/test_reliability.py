@@ -22,7 +22,7 @@ from resnet import runs
 from resnet.config import ConfigError
 from resnet.constants import CLASSES
 from resnet.model import build_model
-from resnet.studio import limits, showcase
+from resnet.studio import jobs, limits, showcase
 
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
@@ -30,7 +30,7 @@ httpx = pytest.importorskip("httpx")
 from gradio_client import handle_file  # noqa: E402
 from helpers import ODD_UPLOADS, REPO, UNUSABLE, AppProcess, Payload, example, finished_run, form_values, odd_upload  # noqa: E402
 
-import app  # noqa: E402
+from resnet.studio import train_form  # noqa: E402
 
 AppError = gradio_client.exceptions.AppError
 
@@ -186,16 +186,16 @@ def test_non_finite_numbers_from_a_raw_client_are_refused(server, field, literal
 
 
 def test_settings_are_converted_or_refused_by_name():
-    settings = app.Studio.settings(*form_values(epochs=3.0, seed=2.0))
+    settings = train_form.settings(*form_values(epochs=3.0, seed=2.0))
     assert settings["epochs"] == 3
     assert isinstance(settings["epochs"], int)
     assert settings["seed"] == 2
-    nan_epochs = app.Studio.settings(*form_values(epochs=float("nan")))["epochs"]
+    nan_epochs = train_form.settings(*form_values(epochs=float("nan")))["epochs"]
     assert math.isnan(nan_epochs)  # left for validate to name
     with pytest.raises(ConfigError, match="epochs must be finite"):
-        app.jobs.check_settings("original", app.Studio.settings(*form_values(epochs=float("nan"))))
+        jobs.check_settings("original", train_form.settings(*form_values(epochs=float("nan"))))
     with pytest.raises(ConfigError, match="blocks must be four whole numbers"):
-        app.Studio.settings(*form_values(blocks="1,x"))
+        train_form.settings(*form_values(blocks="1,x"))
 
 
 # ---- weights files through the app's upload handler ------------------------------------------------
@@ -318,7 +318,7 @@ def test_the_file_route_serves_neither_run_files_nor_anything_outside(server, ti
 
 def test_weights_are_only_read_as_tensors():
     """Every torch.load in the code refuses pickled objects; nothing else unpickles user files."""
-    sources = [REPO / "app.py", *sorted((REPO / "resnet").glob("*.py"))]
+    sources = [REPO / "app.py", *sorted((REPO / "resnet").rglob("*.py"))]  # resnet/studio and resnet/experiments too
     loads = 0
     for path in sources:
         text = path.read_text()
@@ -353,7 +353,7 @@ def test_server_caps_from_the_environment(tmp_path, tiny_data, tiny_weights):
         queued = client.predict("original", *form_values(**{**tiny, "epochs": 1}), api_name="/start_run")
         with pytest.raises(AppError, match=r"the queue is full \(1 runs waiting\)"):
             client.predict("original", *form_values(**{**tiny, "epochs": 1}), api_name="/start_run")
-        assert sorted(set(os.listdir(root)) - {app.jobs.BROWSER_SECRET}) == sorted(["run-holder", queued])
+        assert sorted(set(os.listdir(root)) - {jobs.BROWSER_SECRET}) == sorted(["run-holder", queued])
         assert "taken off the queue" in client.predict(queued, api_name="/stop_run")
 
         noise = tmp_path / "noise.png"  # about 190 KB: over the 0.05 MB upload cap

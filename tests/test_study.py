@@ -188,3 +188,30 @@ def test_the_size_figure_draws_seconds_only_from_one_machine(machines, drawn):
     figure = study.size_figure({"runs": rows})
     assert len(figure.data) == (2 if drawn else 1)
     assert ("no time line" in figure.layout.title.text) != drawn
+
+
+def test_the_results_in_words_a_row_per_phase_and_four_figures():
+    def run(run_id, phases, optimizer, lr, dropout, status, accuracy):
+        return {"run_id": run_id, "phases": phases, "optimizer": optimizer, "lr": lr, "dropout": dropout,
+                "blocks": [1, 1, 1, 1], "status": status, "final_val_acc": accuracy,
+                "curve": [{"epoch": 1, "val_acc": accuracy}] if accuracy else [], "params": 4_903_242,
+                "train_s_per_epoch": 30.0 if accuracy else None, "timed_on": "cpu: A"}
+
+    results = {"budget": {"train_size": 10_000, "val_size": 5000, "epochs": 5, "batch_size": 128},
+               "choices": {"optimizers": "sgd-0.1", "dropout": None, "size": None},
+               "waiting": "the dropout phase is not done yet: the size phase builds on its best dropout",
+               "runs": [run("adam-0.5", ["optimizers"], "adam", 0.5, 0.1, "diverged", None),
+                        run("sgd-0.5", ["optimizers"], "sgd", 0.5, 0.1, "finished", 0.4),
+                        run("sgd-0.1", ["optimizers", "dropout"], "sgd", 0.1, 0.1, "finished", 0.6),
+                        run("sgd-0.1-drop0", ["dropout"], "sgd", 0.1, 0.0, "stopped", None)]}
+    note = study.note(results)
+    assert "on the same 10,000 images for 5 epochs, batch 128" in note
+    assert "validation accuracy at the final epoch on 5,000 images" in note
+    assert note.endswith("Not done yet: the dropout phase is not done yet: the size phase builds on its best dropout.")
+    assert study.table(results) == [
+        {"phase": "optimizers", "compares": "optimizer adam, sgd; lr 0.1, 0.5", "runs": "2 finished, 1 diverged",
+         "chosen": "optimizer sgd, lr 0.1", "val accuracy": "60.0%"},
+        {"phase": "dropout", "compares": "dropout 0, 0.1", "runs": "1 finished, 1 stopped", "chosen": "", "val accuracy": ""}]
+    assert len(study.figures(results)) == len(study.FIGURES)
+    assert study.table({}) == []
+    assert "? images for ? epochs" in study.note({})

@@ -167,3 +167,8 @@ def note(results: dict) -> str:
             f"{budget.get('resolution') or 'of its recipe'}, with {budget.get('seeds', 1)} seed(s); the score is final "
             f"validation accuracy on {counted(budget, 'val_size')} images carved from the training set (the test set is never "
             "scored). A difference smaller than the seeds' spread is noise.")
+
+
+def figures(results: dict) -> list:
+    """The figures a page shows of the results (every experiment gives a list): ``figure``'s one."""
+    return [figure(results)]

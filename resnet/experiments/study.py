@@ -13,6 +13,7 @@ runs and resumes stopped ones, and a fresh checkout continues from the committed
 (resnet.experiments.runner: one runner for the study and the ablation).
 """
 
+import collections
 import dataclasses
 import functools
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ from ..config import OPTIMIZERS, make_config
 from ..model import BLOCK_CHOICES, build_model, count_parameters
 from ..plots import COLORS, LAYOUT, empty_figure, series_style
 from ..train import steps_in_epoch
-from .runner import DONE, Budget, Experiment, Options
+from .runner import DONE, Budget, Experiment, Options, counted
 
 PHASES = ("optimizers", "dropout", "size")
+COMPARED = {"optimizers": ("optimizer", "lr"), "dropout": ("dropout",), "size": ("blocks",)}  # what each phase varies
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,56 @@ def size_figure(results: dict) -> go.Figure:
 
 
 FIGURES = {"heatmap": heatmap_figure, "curves": curves_figure, "dropout": dropout_figure, "size": size_figure}
+
+
+def figures(results: dict) -> list:
+    """The figures a page shows of the results: FIGURES' four, in order."""
+    return [make(results) for make in FIGURES.values()]
+
+
+# ---- the results in words ------------------------------------------------------------------
+
+def note(results: dict) -> str:
+    """What the study measures, in words, from the budget the results file records."""
+    budget = results.get("budget") or {}
+    text = (f"Every run trains the published recipe at a constant learning rate on the same {counted(budget, 'train_size')} "
+            f"images for {budget.get('epochs', '?')} epochs, batch {budget.get('batch_size', '?')}; the score is validation "
+            f"accuracy at the final epoch on {counted(budget, 'val_size')} images carved from the training set (the test set "
+            "never chooses). Three phases, each on the choice of the one before: the optimizers at each learning rate, "
+            "then dropout, then the number of blocks per stage.")
+    return text + (f" Not done yet: {results['waiting']}." if results.get("waiting") else "")
+
+
+def table(results: dict) -> list:
+    """One row per phase: the settings it compares, how its runs ended, and the run it chose with that run's final
+    validation accuracy (blank while the phase is not done)."""
+    by_id = {r["run_id"]: r for r in results.get("runs", [])}
+    choices = results.get("choices") or {}
+    rows = []
+    for phase in PHASES:
+        members = _members(results, phase)
+        if not members:
+            continue
+        winner = by_id.get(choices.get(phase))
+        ended = collections.Counter(r["status"] for r in members).most_common()
+        rows.append({
+            "phase": phase,
+            "compares": "; ".join(f"{key} {_listed(members, key)}" for key in COMPARED[phase]),
+            "runs": ", ".join(f"{count} {status}" for status, count in ended),
+            "chosen": ", ".join(f"{key} {_setting(winner[key])}" for key in COMPARED[phase]) if winner else "",
+            "val accuracy": _percent(winner["final_val_acc"]) if winner else "",
+        })
+    return rows
+
+
+def _listed(members: list, key: str) -> str:
+    """The values of ``key`` that ``members`` compare: numbers and sizes in order, names as they ran."""
+    ordered = members if isinstance(members[0][key], str) else sorted(members, key=lambda r: r[key])
+    return ", ".join(dict.fromkeys(_setting(r[key]) for r in ordered))
+
+
+def _setting(value) -> str:
+    return "-".join(map(str, value)) if isinstance(value, list) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 # ---- the study as an experiment ------------------------------------------------------------

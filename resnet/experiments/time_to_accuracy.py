@@ -194,3 +194,8 @@ def figure(results: dict) -> go.Figure:
     figure.update_layout(title="Validation accuracy against training compute", xaxis_title="PFLOPs", yaxis_title="val accuracy")
     figure.update_yaxes(tickformat=".0%")
     return figure
+
+
+def figures(results: dict) -> list:
+    """The figures a page shows of the results (every experiment gives a list): ``figure``'s one."""
+    return [figure(results)]

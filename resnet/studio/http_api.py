@@ -357,7 +357,7 @@ class Running:
 
 def start(app: FastAPI, host: str, port: int) -> Running:
     """Serve ``app`` from a daemon thread, as launch() serves Gradio: the main thread keeps its signal
-    handlers (app.py's SIGTERM handler stops a training child first). Port 0 takes a free one."""
+    handlers (resnet.studio.server's SIGTERM handler stops a training child first). Port 0 takes a free one."""
     # A malformed multipart body is the client's error, answered 400 with the reason; python-multipart also logs
     # it as a warning, which with no logging set up reaches stderr as a bare line, one per such request.
     logging.getLogger("python_multipart").setLevel(logging.ERROR)

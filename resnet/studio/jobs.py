@@ -30,6 +30,7 @@ from . import limits
 
 TRAINING_CAPS = ("epochs", "batch_size")  # the training settings a server caps (resnet.studio.limits), shown on the form
 BROWSER_SECRET = ".browser-secret"  # in the runs folder, beside the runs
+OPERATOR_HEADER = "x-studio-operator"  # carries $STUDIO_OPERATOR_SECRET; a header, so it never lands in a URL or a log line
 REQUEST = "request.json"  # what a queued run will be started with; the CLI ignores the file
 LOG = "train.log"  # the child's stdout and stderr
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -71,6 +72,18 @@ class Actor:
 
     key: str | None = None
     operator: bool = False
+
+
+def actor(owner: str | None, session: str | None, headers) -> Actor:
+    """Who is asking: a browser by the key it keeps in its storage (it survives a page reload), an API client by
+    its session (one per gradio_client.Client); the operator by a header (``headers``: the request's), never a URL."""
+    key = owner if isinstance(owner, str) and owner else session
+    return Actor(key=key, operator=is_operator((headers or {}).get(OPERATOR_HEADER)))
+
+
+def browser_key(stored) -> str:
+    """A browser's key to the runs it starts: the one its storage holds, or a new one on its first visit."""
+    return stored if isinstance(stored, str) and len(stored) == 32 else secrets.token_hex(16)
 
 
 def owner_digest(key: str) -> str:
@@ -350,22 +363,26 @@ def run_rows(root) -> list:
     return rows
 
 
-# The Runs tab's table: a run summary's key -> the column header a person reads (runs.summarize makes the rows).
-RUN_TABLE = {"run_id": "Run", "status": "Status", "optimizer": "Optimizer", "lr": "Learning rate", "dropout": "Dropout",
-             "batch_size": "Batch", "budget": "Budget", "epochs": "Epochs", "final_test_acc": "Test accuracy",
-             "best_test_acc": "Best epoch", "elapsed_s": "Time", "message": "Message"}
+# The Runs tab's table: a run summary's key (runs.summarize makes the rows) -> the column header a person reads and
+# the column's width, wide enough to keep its header on one line (a narrow column wraps it letter by letter).
+RUN_TABLE = {"run_id": ("Run", "215px"), "status": ("Status", "90px"), "optimizer": ("Optimizer", "95px"),
+             "lr": ("Learning rate", "115px"), "dropout": ("Dropout", "80px"), "batch_size": ("Batch", "65px"),
+             "budget": ("Budget", "75px"), "epochs": ("Epochs", "75px"), "final_test_acc": ("Test accuracy", "125px"),
+             "best_test_acc": ("Best epoch", "105px"), "elapsed_s": ("Time", "80px"), "message": ("Message", "260px")}
+RUN_TABLE_HEADERS = [header for header, _ in RUN_TABLE.values()]
+RUN_TABLE_WIDTHS = [width for _, width in RUN_TABLE.values()]
 
 
 def runs_table(root) -> list:
     """Every run as the Runs tab shows it: readable headers, accuracies in percent, times in minutes and seconds."""
     table = []
     for row in run_rows(root):
-        shown = {header: row.get(key) for key, header in RUN_TABLE.items()}
+        shown = {header: row.get(key) for key, (header, _) in RUN_TABLE.items()}
         for key in ("final_test_acc", "best_test_acc"):
             value = row.get(key)
-            shown[RUN_TABLE[key]] = f"{value:.2%}" if isinstance(value, (int, float)) else ""
+            shown[RUN_TABLE[key][0]] = f"{value:.2%}" if isinstance(value, (int, float)) else ""
         elapsed = row.get("elapsed_s")
-        shown[RUN_TABLE["elapsed_s"]] = budget.describe_duration(elapsed) if isinstance(elapsed, (int, float)) else ""
+        shown[RUN_TABLE["elapsed_s"][0]] = budget.describe_duration(elapsed) if isinstance(elapsed, (int, float)) else ""
         table.append(shown)
     return table
 
