@@ -34,8 +34,11 @@ def predict_tab(studio: Studio) -> None:
             image = image_input(label="Any image", sources=["upload", "clipboard", "webcam"], height=320)
             paths, captions = showcase.example_gallery()
             if paths:  # thumbnails with their true class; a click puts the image in the box above
-                examples = gr.Gallery(list(zip(paths, captions, strict=True)), label="CIFAR-10 test images (true class): "
-                                      "click one to try it", columns=8, height=220, allow_preview=False, object_fit="contain")
+                # The title above, not as the gallery's label, which would cover its top row; four columns leave
+                # room for a class name under each thumbnail.
+                gr.Markdown("**CIFAR-10 test images**, each with its true class: click one to try it")
+                examples = gr.Gallery(list(zip(paths, captions, strict=True)), show_label=False, columns=4, height=300,
+                                      allow_preview=False, object_fit="contain")
 
                 def pick(event: gr.SelectData):
                     return paths[event.index]
@@ -52,7 +55,7 @@ def predict_tab(studio: Studio) -> None:
             note = gr.Markdown()
             with gr.Row():
                 seen = gr.Image(label="What the network saw (32 x 32)", interactive=False, height=256, format="png")
-                heat = gr.Image(label="Where it looked (Grad-CAM, top class)", interactive=False, height=256, format="png")
+                heat = gr.Image(label="Where it looked (Grad-CAM)", interactive=False, height=256, format="png")
     with gr.Accordion(f"Many images at once (up to {limits.current().batch_images} per request)", open=False):
         with gr.Row():
             batch_files = batch_input(label="Images or .zip archives", file_types=["image", ".zip"])
@@ -149,12 +152,13 @@ def runs_tab(studio: Studio):
 
     table.select(studio.compare_clicked, chosen, chosen, api_visibility="private")
     gr.on([chosen.change, x_axis.change], studio.compare, [chosen, x_axis], [accuracy, loss], api_visibility="private")
-    detail.change(studio.run_details, detail, [confusion, per_class, files], api_visibility="private")
+    details = [confusion, per_class, files]
+    detail.change(studio.run_details, detail, details, api_visibility="private")
     list_button = gr.Button("Refresh", size="sm")
     list_button.click(studio.list_runs, None, table, api_name="list_runs")
     metrics_button = gr.Button(visible=False)
     metrics_button.click(studio.run_metrics, metrics_of, metrics, api_name="run_metrics")
-    return table, chosen, x_axis, detail, accuracy, loss
+    return table, chosen, x_axis, detail, details, accuracy, loss
 
 
 def card_tab() -> None:
@@ -224,7 +228,7 @@ def build_demo(studio: Studio | None = None) -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 run_id, status, started, owner, live_accuracy, live_loss, use = train_tab(studio)
             with gr.Tab("Runs", id="runs") as runs_page:
-                table, chosen, x_axis, detail, accuracy, loss = runs_tab(studio)
+                table, chosen, x_axis, detail, details, accuracy, loss = runs_tab(studio)
             with gr.Tab("Model card", id="card"):
                 card_tab()
 
@@ -236,7 +240,9 @@ def build_demo(studio: Studio | None = None) -> gr.Blocks:
         timer.tick(studio.watch, [chosen, x_axis, seen], [accuracy, loss, seen], show_progress="hidden",
                    concurrency_limit=None, api_visibility="private")
         use.click(studio.use_model, [run_id, upload_key], [tabs, picker], api_visibility="private")
-        runs_page.select(studio.refresh_lists, [chosen, detail], [table, chosen, detail], api_visibility="private")
+        # A value set by an event does not fire the dropdown's change, so the details follow explicitly.
+        runs_page.select(studio.refresh_lists, [chosen, detail], [table, chosen, detail], api_visibility="private").then(
+            studio.run_details, detail, details, api_visibility="private")
         # A run started here is compared at once.
         started.success(studio.compare_also, [chosen, run_id], chosen, api_visibility="private")
         predict_page.select(studio.refresh_models, [picker, upload_key], picker, api_visibility="private")

@@ -95,7 +95,8 @@ def _fit_loss_axis(figure: go.Figure, own: list) -> None:
 def _scored_label(rows: list, split: str) -> str:
     """A run's held-out score in the legend: ``end of run`` where the run scores it only at its last step (a
     budgeted run), ``each epoch`` otherwise."""
-    total = max((r["total_steps"] for r in rows if isinstance(r.get("total_steps"), int)), default=None)
+    # The latest step row's: a budgeted run re-fits its length as it goes
+    total = next((r["total_steps"] for r in reversed(rows) if isinstance(r.get("total_steps"), int)), None)
     steps = [r.get("step") for r in rows if r.get("kind") == "epoch" and isinstance(r.get(f"{split}_acc"), (int, float))]
     return f"{split} (end of run)" if total is not None and steps == [total] else f"{split} (each epoch)"
 

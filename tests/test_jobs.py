@@ -81,6 +81,15 @@ def test_progress_in_numbers_and_words(tmp_path):
     assert progress["probe_acc"] == 0.33
 
 
+def test_a_finished_run_states_its_test_accuracy_once(tmp_path):
+    rows = [{"kind": "epoch", "epoch": 1, "step": 78, "train_loss": 1.9, "train_acc": 0.3, "test_acc": 0.4858,
+             "images_per_s": 1000.0, "elapsed_s": 60.0}]
+    write_run(tmp_path / "run-f", "finished", "finished: test accuracy 48.58% after 78 steps", rows=rows)
+    text = jobs.progress(tmp_path / "run-f")["text"]
+    assert text.count("test accuracy") == 1
+    assert "finished: test accuracy 48.58% after 78 steps" in text
+
+
 def test_a_diverged_run_says_so(tmp_path):
     write_run(tmp_path / "run-d", "diverged", "diverged at epoch 1, step 50: ... try a smaller learning rate")
     text = jobs.progress(tmp_path / "run-d")["text"]

@@ -88,6 +88,8 @@ def test_a_budgeted_runs_single_score_is_labelled_as_the_runs_end():
     """A budgeted run scores the test set once, at its last step: not "each epoch"."""
     rows = [{**row, "total_steps": 10} if row["kind"] == "step" else row for row in LIVE]
     assert "test (end of run)" in traces(plots.live_figure(rows, "acc"))
+    refitted = [{**LIVE[0], "total_steps": 40}, *rows[1:]]  # planned 40 steps at first, re-fitted to 10
+    assert "test (end of run)" in traces(plots.live_figure(refitted, "acc"))
     assert "test (each epoch)" in traces(plots.live_figure(LIVE, "acc"))  # scored at step 10 of 20
 
 

@@ -11,7 +11,7 @@ DISTRIBUTIONS = {"PIL": "pillow"}  # import name -> the name it is installed by,
 
 def imported_packages() -> set:
     names = set()
-    for path in [REPO / "app.py", *sorted((REPO / "resnet").glob("*.py"))]:
+    for path in [REPO / "app.py", *sorted((REPO / "resnet").rglob("*.py"))]:  # the subpackages too
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names.update(alias.name.partition(".")[0] for alias in node.names)

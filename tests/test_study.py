@@ -187,7 +187,7 @@ def test_the_size_figure_draws_seconds_only_from_one_machine(machines, drawn):
             for b, machine in zip((1, 2), machines, strict=True)]
     figure = study.size_figure({"runs": rows})
     assert len(figure.data) == (2 if drawn else 1)
-    assert ("no time line" in figure.layout.title.text) != drawn
+    assert ("no time line" in figure.layout.title.subtitle.text) != drawn
 
 
 def test_the_results_in_words_a_row_per_phase_and_four_figures():

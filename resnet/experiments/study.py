@@ -149,7 +149,7 @@ def dropout_figure(results: dict) -> go.Figure:
     first = members[0]
     figure = go.Figure(go.Scatter(x=[r["dropout"] for r in members], y=[r["final_val_acc"] for r in members],
                                   text=[_percent(r["final_val_acc"]) for r in members], mode="lines+markers+text",
-                                  textposition="top center", line={"color": COLORS[0]}), layout=LAYOUT)
+                                  textposition="top center", cliponaxis=False, line={"color": COLORS[0]}), layout=LAYOUT)
     figure.update_layout(title=f"Final validation accuracy against dropout ({first['optimizer']} lr={first['lr']:g})",
                          xaxis_title="dropout", yaxis_title="val accuracy")
     figure.update_yaxes(tickformat=".0%")
@@ -170,10 +170,11 @@ def size_figure(results: dict) -> go.Figure:
     if len(machines) == 1 and None not in machines:  # seconds from two machines would compare the machines
         figure.add_scatter(x=labels, y=[r["train_s_per_epoch"] for r in members], name="train s / epoch",
                            mode="lines+markers", line={"color": COLORS[1]}, secondary_y=True)
-        title = f"Model size: final validation accuracy and training time per epoch ({machines.pop()})"
+        title, subtitle = "Model size: final validation accuracy and training time per epoch", f"timed on {machines.pop()}"
     else:
-        title = "Model size: final validation accuracy (sizes timed on different machines: no time line)"
-    figure.update_layout(**LAYOUT, title=title)
+        title, subtitle = "Model size: final validation accuracy", "the sizes were timed on different machines: no time line"
+    # The subtitle carries the detail, so the title fits a figure half the page wide
+    figure.update_layout(**LAYOUT, title={"text": title, "subtitle": {"text": subtitle}})
     figure.update_xaxes(title_text="blocks per stage (parameters)")
     figure.update_yaxes(title_text="val accuracy", tickformat=".0%", secondary_y=False)
     figure.update_yaxes(title_text="seconds per epoch", secondary_y=True)

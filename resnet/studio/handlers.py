@@ -240,10 +240,13 @@ class Studio:
 
     def refresh_lists(self, chosen: list | None, detail: str | None):
         """The Runs tab as it opens: the table, and both run pickers offering every run, keeping the choices that
-        still name one."""
-        ids = self.run_ids()
+        still name one; with none chosen, the details show the newest finished run (the one a visitor just trained)."""
+        rows = jobs.run_rows(self.root)
+        ids = [row["run_id"] for row in rows]
+        if detail not in ids:
+            detail = next((row["run_id"] for row in rows if row["status"] == "finished"), None)
         return (self.list_runs(), gr.Dropdown(choices=ids, value=[i for i in chosen or [] if i in ids]),
-                gr.Dropdown(choices=ids, value=detail if detail in ids else None))
+                gr.Dropdown(choices=ids, value=detail))
 
     @staticmethod
     def compare_also(chosen: list | None, run_id: str) -> list:

@@ -364,11 +364,13 @@ def run_rows(root) -> list:
 
 
 # The Runs tab's table: a run summary's key (runs.summarize makes the rows) -> the column header a person reads and
-# the column's width, wide enough to keep its header on one line (a narrow column wraps it letter by letter).
-RUN_TABLE = {"run_id": ("Run", "215px"), "status": ("Status", "90px"), "optimizer": ("Optimizer", "95px"),
-             "lr": ("Learning rate", "115px"), "dropout": ("Dropout", "80px"), "batch_size": ("Batch", "65px"),
-             "budget": ("Budget", "75px"), "epochs": ("Epochs", "75px"), "final_test_acc": ("Test accuracy", "125px"),
-             "best_test_acc": ("Best epoch", "105px"), "elapsed_s": ("Time", "80px"), "message": ("Message", "260px")}
+# the column's width, room for its header and a typical value on one line (a narrow column wraps its header letter by
+# letter). They add up to 1,200 px, the page's width on a 1,400 px screen: a wider table is squeezed to fit, which
+# cuts its headers.
+RUN_TABLE = {"run_id": ("Run", "255px"), "status": ("Status", "85px"), "optimizer": ("Optimizer", "95px"),
+             "lr": ("LR", "60px"), "dropout": ("Dropout", "75px"), "batch_size": ("Batch", "60px"),
+             "budget": ("Budget", "70px"), "epochs": ("Epochs", "70px"), "final_test_acc": ("Test acc", "90px"),
+             "best_test_acc": ("Best epoch", "115px"), "elapsed_s": ("Time", "100px"), "message": ("Message", "125px")}
 RUN_TABLE_HEADERS = [header for header, _ in RUN_TABLE.values()]
 RUN_TABLE_WIDTHS = [width for _, width in RUN_TABLE.values()]
 
@@ -422,7 +424,8 @@ def progress(run_dir) -> dict:
     if probe_acc is not None:
         probed = f"{latest('probe', 'probe_images')} {latest('probe', 'probe_split')} images"
         parts.append(f"probe accuracy {probe_acc:.1%} ({probed})")
-    if test_acc is not None:
+    # A finished run's message states its final test figure: the last epoch's would say it twice.
+    if test_acc is not None and not (status["status"] == "finished" and status.get("message")):
         parts.append(f"test accuracy {test_acc:.1%} (epoch {latest('epoch', 'epoch')})")
     if status.get("message"):
         parts.append(status["message"])

@@ -46,7 +46,9 @@ def confidence_note(probabilities: dict, card: dict | None = None) -> str:
         where = f"on {fitted_on}" if fitted_on else "on images its card does not name"
         kind = f"; calibrated {where}, where guesses this sure were right roughly that often"
     else:
-        kind = "; uncalibrated: this model's confidence was not checked on held-out images"
+        # A card may still report the raw softmax's ECE; what it lacks is a fitted temperature, so the percentage
+        # is not a frequency.
+        kind = "; uncalibrated: no temperature was fitted, so this is the raw softmax, not how often such a guess is right"
     if top < low_confidence_threshold(card):
         return (f"Low confidence: the best guess, {name}, has only {top:.0%}{kind}. "
                 f"This may be none of the {len(probabilities)} classes it knows.")

@@ -25,10 +25,11 @@ def read_json(path: Path):
 
 
 def example_gallery() -> tuple:
-    """(paths, captions) of the committed CIFAR-10 test images."""
+    """(paths, captions: the true class) of the committed CIFAR-10 test images; each file's name holds its index in
+    the test set."""
     index = read_json(EXAMPLES / "index.json") or {"images": []}
     entries = [e for e in index["images"] if (EXAMPLES / e["file"]).is_file()]
-    return [str(EXAMPLES / e["file"]) for e in entries], [f"{e['label']} (test #{e['test_index']})" for e in entries]
+    return [str(EXAMPLES / e["file"]) for e in entries], [e["label"] for e in entries]
 
 
 def mistakes_gallery() -> list:
