@@ -54,8 +54,10 @@ def predict_tab(studio: Studio) -> None:
             label = gr.Label(num_top_classes=5, label="Top classes")
             note = gr.Markdown()
             with gr.Row():
-                seen = gr.Image(label="What the network saw (32 x 32)", interactive=False, height=256, format="png")
-                heat = gr.Image(label="Where it looked (Grad-CAM)", interactive=False, height=256, format="png")
+                # No corner buttons: they would sit on the titles
+                seen = gr.Image(label="What the network saw (32 x 32)", interactive=False, height=256, format="png",
+                                buttons=[])
+                heat = gr.Image(label="Where it looked (Grad-CAM)", interactive=False, height=256, format="png", buttons=[])
     with gr.Accordion(f"Many images at once (up to {limits.current().batch_images} per request)", open=False):
         with gr.Row():
             batch_files = batch_input(label="Images or .zip archives", file_types=["image", ".zip"])

@@ -44,6 +44,8 @@ def test_explain_shows_the_input_and_the_map_enlarged(studio):
 def test_confidence_note_warns_when_unsure_and_says_the_tiny_model_is_uncalibrated(studio):
     unsure = {name: 0.3 if name == "cat" else 0.7 / 9 for name in CLASSES}
     assert "none of the 10 classes" in studio.confidence_note(unsure)
+    top_five = dict(sorted(unsure.items(), key=lambda item: -item[1])[:5])  # what the page's Label passes
+    assert "none of the 10 classes" in studio.confidence_note(top_five)
     sure = studio.confidence_note({"cat": 0.9, "dog": 0.05})
     assert sure.startswith("Best guess: cat (90%")
     assert "uncalibrated" in sure

@@ -49,9 +49,11 @@ def confidence_note(probabilities: dict, card: dict | None = None) -> str:
         # A card may still report the raw softmax's ECE; what it lacks is a fitted temperature, so the percentage
         # is not a frequency.
         kind = "; uncalibrated: no temperature was fitted, so this is the raw softmax, not how often such a guess is right"
+    # The page passes only the top classes it shows; the card names all the model knows
+    known = len((card or {}).get("classes") or probabilities)
     if top < low_confidence_threshold(card):
         return (f"Low confidence: the best guess, {name}, has only {top:.0%}{kind}. "
-                f"This may be none of the {len(probabilities)} classes it knows.")
+                f"This may be none of the {known} classes it knows.")
     return f"Best guess: {name} ({top:.0%}{kind})."
 
 
