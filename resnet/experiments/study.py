@@ -326,3 +326,13 @@ class Study(Experiment):
 
 
 STUDY = Study()
+
+class SmokeStudy(Study):
+    """A plan small enough for tests to drive the real command: the four optimizers at one lr on 256 images for
+    one epoch. Its later phases add no run: the winner's dropout and size are the ones it trained with."""
+
+    budget = Budget(train_size=256, val_size=64, epochs=1, batch_size=32, test_size=20)
+    defaults = Options(out="study-smoke", results="study-smoke/study.json")
+
+
+SMOKE = SmokeStudy(design=Design(lrs=(0.01,), fallbacks=(), dropouts=(PUBLISHED.dropout,), sizes=(PUBLISHED.blocks,)))
