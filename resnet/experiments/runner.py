@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import runs
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_bytes, atomic_write_json
 from ..config import ConfigError, differences
 from ..train import Trainer, load_data, resolve_device
 
@@ -194,7 +194,8 @@ class Experiment:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, results)
         for name, make in self.pages.items():
-            make(results).write_html(path.with_name(f"{path.stem}-{name}.html"), include_plotlyjs="cdn")
+            # Whole or not at all: the workers of a study write the same pages at once.
+            atomic_write_bytes(path.with_name(f"{path.stem}-{name}.html"), make(results).to_html(include_plotlyjs="cdn").encode())
 
     # ---- running it ----------------------------------------------------------------------------
 

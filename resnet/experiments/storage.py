@@ -29,6 +29,7 @@ from .runner import DONE, Budget, Experiment, Options, load_shared_data, train_r
 HEARTBEAT_S = 5  # how often a database worker says it is alive
 GRACE_S = 20  # heartbeat silence after which its run is failed and taken over
 POLL_S = 2.0  # how often a worker with nothing to claim looks again (a killed worker's run must be taken over)
+CLAIM_S = 60  # a trial running this long with no owner recorded lost its worker between claiming and recording
 JOURNAL = "optuna.journal"
 
 
@@ -110,11 +111,11 @@ def open_study(storage, name: str, budget: Budget):
 class Worker:
     """One worker process of an experiment on a shared study: seed, claim, train, tell, until the plan is done."""
 
-    def __init__(self, experiment: Experiment, budget: Budget, options: Options, study, storage_kind: str):
+    def __init__(self, experiment: Experiment, budget: Budget, options: Options, storage, study, storage_kind: str):
         self.optuna = _optuna()
         self.experiment, self.budget, self.options = experiment, budget, options
-        self.study, self.storage = study, study._storage
-        self.study_id = study._study_id
+        self.study, self.storage = study, storage
+        self.study_id = storage.get_study_id_from_name(study.study_name)
         self.storage_kind = storage_kind  # "journal" or the database's backend name
         self.heartbeat = isinstance(self.storage, self.optuna.storages.RDBStorage)
         self.host = socket.gethostname()
@@ -153,22 +154,25 @@ class Worker:
         lowest-numbered live one is trained and the other failed as redundant."""
         states = self.optuna.trial.TrialState
         for waiting in self.study.get_trials(deepcopy=False, states=(states.WAITING,)):
-            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, waiting.number)
+            trial_id = self.trial_id(waiting.number)
             try:
                 if not self.storage.set_trial_state_values(trial_id, states.RUNNING):
                     continue
             except self.optuna.exceptions.UpdateFinishedTrialError:
                 continue
-            if self._duplicate(waiting):
-                self.storage.set_trial_user_attr(trial_id, "redundant", True)
-                self.storage.set_trial_state_values(trial_id, states.FAIL)
-                continue
             if self.heartbeat:
                 self.storage.record_heartbeat(trial_id)
             self.storage.set_trial_user_attr(trial_id, "owner", {"host": self.host, "pid": os.getpid(),
                                                                  "process": runs.process_identity(os.getpid())})
+            if self._duplicate(waiting):
+                self.storage.set_trial_user_attr(trial_id, "redundant", True)
+                self.storage.set_trial_state_values(trial_id, states.FAIL)
+                continue
             return self.optuna.Trial(self.study, trial_id)
         return None
+
+    def trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
     def _duplicate(self, claimed) -> bool:
         states = self.optuna.trial.TrialState
@@ -187,20 +191,27 @@ class Worker:
         journal, which has none, by a process of this host that is gone (only one worker's fail succeeds)."""
         if self.heartbeat:
             self.optuna.storages.fail_stale_trials(self.study)
-            return
         states = self.optuna.trial.TrialState
         for trial in self.study.get_trials(deepcopy=False, states=(states.RUNNING,)):
-            owner = trial.user_attrs.get("owner") or {}
-            if owner.get("host") != self.host or runs.pid_alive(owner.get("pid"), owner.get("process")):
-                continue
-            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
-            try:
-                failed = self.storage.set_trial_state_values(trial_id, states.FAIL)
-            except self.optuna.exceptions.UpdateFinishedTrialError:
-                continue
-            if failed:
-                self.optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)(
-                    self.study, self.storage.get_trial(trial_id))
+            owner = trial.user_attrs.get("owner")
+            if owner is None:
+                dead = trial.datetime_start is not None and time.time() - trial.datetime_start.timestamp() > CLAIM_S
+            else:
+                dead = not self.heartbeat and owner["host"] == self.host and not runs.pid_alive(owner["pid"], owner["process"])
+            if dead:
+                self._fail_and_retry(trial.number)
+
+    def _fail_and_retry(self, number: int) -> None:
+        """Fail a dead worker's trial and queue it again, as Optuna does a stale heartbeat's: only one caller's
+        fail succeeds, so it is queued once."""
+        trial_id = self.trial_id(number)
+        try:
+            if not self.storage.set_trial_state_values(trial_id, self.optuna.trial.TrialState.FAIL):
+                return
+        except self.optuna.exceptions.UpdateFinishedTrialError:
+            return
+        self.optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)(
+            self.study, self.storage.get_trial(trial_id))
 
     # ---- the loop --------------------------------------------------------------------------------
 
@@ -234,8 +245,11 @@ class Worker:
             config = experiment.config_for(point, budget, options.data_dir)
             if options.device:
                 config = dataclasses.replace(config, device=options.device)
-            if data is None:
-                data = load_shared_data(config, budget)
+            try:
+                data = load_shared_data(config, budget) if data is None else data
+            except BaseException:
+                self._tell_if_held(trial, self.optuna.trial.TrialState.FAIL, "failed")
+                raise
             self.train(trial, point, config, data, root)
             experiment.write_results(self.results(root, from_file), options.results)
         final = self.results(root, from_file)
@@ -249,7 +263,7 @@ class Worker:
         """Train the trial's run folder (resumed if it has a checkpoint) and tell the storage how it ended."""
         states = self.optuna.trial.TrialState
         stop = threading.Event()
-        watcher = threading.Thread(target=self._watch, args=(trial._trial_id, stop), daemon=True)
+        watcher = threading.Thread(target=self._watch, args=(self.trial_id(trial.number), stop), daemon=True)
         watcher.start()
         notes = {"trial": {"study": self.study.study_name, "number": trial.number, "storage": self.storage_kind}}
         command = f"python -m resnet {self.experiment.name} --out {root} (trial {trial.number} of {self.study.study_name})"
@@ -274,7 +288,7 @@ class Worker:
 
     def _tell_if_held(self, trial, state, status: str, value=None) -> None:
         """Tell how the run ended, unless the trial was taken from this worker (failed as stale) meanwhile."""
-        if self.storage.get_trial(trial._trial_id).state != self.optuna.trial.TrialState.RUNNING:
+        if self.storage.get_trial(self.trial_id(trial.number)).state != self.optuna.trial.TrialState.RUNNING:
             return
         trial.set_user_attr("status", status)
         if state is None:
@@ -316,4 +330,4 @@ def run_study(experiment: Experiment, budget: Budget, options: Options, url: str
         experiment.open_folder(options.out, budget)
     study = open_study(storage, name or experiment.name, budget)
     kind = "journal" if url is None else storage.engine.url.get_backend_name()
-    return Worker(experiment, budget, options, study, kind).run()
+    return Worker(experiment, budget, options, storage, study, kind).run()
