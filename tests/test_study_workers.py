@@ -112,6 +112,21 @@ def test_a_killed_workers_run_is_resumed_by_another_and_counted_once(tmp_path, t
     assert [(r["status"], r["epochs_done"]) for r in rows] == [("finished", 3)]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_ctrl_c_stops_the_workers_run_resumable_and_gives_its_point_back(tmp_path, tiny_data):
+    run_id = "adam-lr0p01-drop0p1-b1111"
+    run_dir = tmp_path / "runs" / run_id
+    process = worker(tmp_path, tiny_data, "first", "--epochs", "3", "--only", "adam-")
+    wait_for(lambda: runs.read_status(run_dir)["status"] == "running" if (run_dir / runs.STATUS).is_file() else False, 300,
+             "the run to start")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=300) == 130
+    assert runs.read_status(run_dir)["status"] == "stopped"
+    [stopped] = [t for t in trials(journal(tmp_path)) if t.user_attrs.get("run_id") == run_id]
+    assert (stopped.state, stopped.user_attrs["status"]) == (optuna.trial.TrialState.FAIL, "stopped")
+
+
 def _initdb() -> str | None:
     """initdb on PATH, else Debian's newest (its PostgreSQL binaries are not on PATH)."""
     if shutil.which("initdb"):
