@@ -39,8 +39,8 @@ def finish(*workers, timeout=600) -> None:
         assert process.wait(timeout=timeout) == 0, Path(process.args[process.args.index("--results") + 1]).parent
 
 
-def trials(url) -> list:
-    return optuna.load_study(study_name="study", storage=url).get_trials(deepcopy=False)
+def trials(url, name="study") -> list:
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
 
 
 def journal(tmp_path):
@@ -88,11 +88,16 @@ def test_two_workers_on_the_journal_train_each_point_once(tmp_path, tiny_data):
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_a_killed_workers_run_is_resumed_by_another_and_counted_once(tmp_path, tiny_data):
+@pytest.mark.parametrize("kind", ["journal", "postgresql"])
+def test_a_killed_workers_run_is_resumed_by_another_and_counted_once(tmp_path, tiny_data, request, kind):
     # Two workers, one point (three epochs): one trains it, the other waits; the trainer is killed after its first
-    # checkpoint, and the one left finds its process gone, fails its trial and resumes the run.
+    # checkpoint, and the one left finds it dead (its process gone; on PostgreSQL its heartbeat silent), fails its
+    # trial and resumes the run.
+    url = request.getfixturevalue("postgres_url") if kind == "postgresql" else None
     run_id = "adam-lr0p01-drop0p1-b1111"
-    workers = [worker(tmp_path, tiny_data, name, "--epochs", "3", "--only", "adam-") for name in ("first", "second")]
+    # The cluster serves the module's tests: each its own study (another budget would be refused, rightly).
+    flags = ["--epochs", "3", "--only", "adam-", *(["--storage", url, "--name", tmp_path.name] if url else [])]
+    workers = [worker(tmp_path, tiny_data, name, *flags) for name in ("first", "second")]
     run_dir = tmp_path / "runs" / run_id
     wait_for(lambda: (run_dir / runs.CHECKPOINT).is_file() and runs.read_status(run_dir)["status"] == "running", 300,
              "the first checkpoint")
@@ -101,7 +106,8 @@ def test_a_killed_workers_run_is_resumed_by_another_and_counted_once(tmp_path, t
     killed.wait(timeout=60)
     survivor = next(w for w in workers if w is not killed)
     finish(survivor)
-    by_run = [t for t in trials(journal(tmp_path)) if t.user_attrs.get("run_id") == run_id]
+    stored = trials(url, tmp_path.name) if url else trials(journal(tmp_path))
+    by_run = [t for t in stored if t.user_attrs.get("run_id") == run_id]
     assert [t.state for t in by_run] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert by_run[1].system_attrs["failed_trial"] == by_run[0].number
     survivor_log = "first" if survivor is workers[0] else "second"
@@ -164,8 +170,9 @@ def postgres_url():
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_two_workers_on_postgresql_train_each_point_once(tmp_path, tiny_data, postgres_url):
-    first, second = (worker(tmp_path, tiny_data, name, "--storage", postgres_url) for name in ("first", "second"))
+    first, second = (worker(tmp_path, tiny_data, name, "--storage", postgres_url, "--name", tmp_path.name)
+                     for name in ("first", "second"))
     finish(first, second)
-    assert_each_point_once(tmp_path, trials(postgres_url))
+    assert_each_point_once(tmp_path, trials(postgres_url, tmp_path.name))
     assert trained(tmp_path, "first", "second") == collections.Counter(SMOKE_IDS)
     assert not (tmp_path / "runs" / storage.JOURNAL).exists()
