@@ -401,6 +401,8 @@ def cmd_study(args) -> int:
                  f"({', '.join(config.OPTIMIZERS)}), e.g. adam-lr0p01"
     if args.only and not any(f"{o}-".startswith(args.only) or args.only.startswith(f"{o}-") for o in config.OPTIMIZERS):
         raise ConfigError(names_none)  # before any work: every run id starts with its optimizer
+    if args.device:
+        resolve_device(args.device)  # a device this machine lacks is refused before a run is claimed
     results = storage.run_study(experiment, budget, options, args.storage, args.name)
     if args.only and not results["waiting"] and not any(row["run_id"].startswith(args.only) for row in results["runs"]):
         raise ConfigError(names_none)

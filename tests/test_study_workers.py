@@ -74,6 +74,13 @@ def test_a_storage_that_cannot_be_used_is_one_error_before_any_training(tmp_path
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_device_this_machine_lacks_is_refused_before_a_run_is_claimed(tmp_path, capsys):
+    code = main(["study", "--plan", "smoke", "--out", str(tmp_path / "runs"), "--device", "cuda:99"])
+    assert code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_two_workers_on_the_journal_train_each_point_once(tmp_path, tiny_data):
