@@ -20,6 +20,7 @@ from helpers import REPO, wait_for
 from resnet import runs
 from resnet.cli import main
 from resnet.experiments import storage, study
+from resnet.experiments.runner import Options
 
 SMOKE_IDS = [p.run_id for p in study.SMOKE.plan("/nonexistent", study.SMOKE.budget, {})[0]]
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -72,6 +73,27 @@ def test_a_storage_that_cannot_be_used_is_one_error_before_any_training(tmp_path
     assert error.startswith("error: ")
     assert error.count("\n") == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_point_seeded_twice_is_trained_once_and_counted_once(tmp_path):
+    # Two workers that seed at once can enqueue one run id twice: the lowest-numbered live trial is the one
+    # trained; the other, claimed, is failed as redundant and counted nowhere.
+    budget = study.SMOKE.budget
+    opened = storage.open_storage(None, tmp_path)
+    shared = storage.open_study(opened, "study", budget)
+    first, second = (storage.Worker(study.SMOKE, budget, Options(out=tmp_path), opened, shared, "journal") for _ in range(2))
+    point = study.SMOKE.plan(tmp_path, budget, {})[0][0]
+    for _ in range(2):
+        shared.enqueue_trial(storage.params(point), user_attrs={"run_id": point.run_id})
+    claimed = first.claim()
+    assert claimed.number == 0
+    assert second.claim() is None  # trial 1 was the only one waiting, and it duplicates trial 0
+    assert [(t.state, t.user_attrs.get("redundant")) for t in shared.get_trials()] == [
+        (optuna.trial.TrialState.RUNNING, None), (optuna.trial.TrialState.FAIL, True)]
+    shared.tell(claimed, 0.5)
+    assert [t.number for t in first.canonical().values()] == [0]
+    second.seed([point])  # done: not enqueued again
+    assert len(shared.get_trials()) == 2
 
 
 def test_a_device_this_machine_lacks_is_refused_before_a_run_is_claimed(tmp_path, capsys):
