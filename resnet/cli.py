@@ -20,7 +20,7 @@ from .config import SEED_LIMIT, ConfigError
 from .constants import CLASSES
 from .data import load_split
 from .errors import UserError
-from .experiments import ablation, study, time_to_accuracy
+from .experiments import ablation, storage, study, time_to_accuracy
 from .fetch import fetch_now
 from .images import FORMATS_IN_WORDS
 from .train import Trainer, resolve_device, resume_config
@@ -150,6 +150,16 @@ def _study_parser(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=study.STUDY.budget.batch_size)
     p.add_argument("--only", default="", metavar="PREFIX", help="train only the runs whose id starts with PREFIX, e.g. adam-")
     p.add_argument("--dry-run", action="store_true", help="print the plan and what is done; train nothing")
+    p.add_argument("--plan", choices=("published", "smoke"), default="published",
+                   help="smoke: the four optimizers at lr 0.01 on 256 images for one epoch, under a budget of its own "
+                        "that the budget options above change, into study-smoke/ (default: %(default)s)")
+    p.add_argument("--storage", metavar="URL",
+                   help="an Optuna database (postgresql+psycopg://user@host/db) that every worker running this command "
+                        "shares: each takes the next run no one holds (default: a journal file in --out, one machine)")
+    p.add_argument("--name", help="the study's name in the storage (default: study)")
+    p.add_argument("--device", help="where this worker trains: auto, cpu, cuda, cuda:1, mps (default: auto)")
+    # Left unset, the budget and folders are the plan's: the smoke plan's differ from the published one's.
+    p.set_defaults(train_size=None, val_size=None, epochs=None, batch_size=None, out=None, results=None)
 
 
 def _ablation_parser(sub) -> None:
@@ -377,24 +387,28 @@ def _prediction_line(name: str, probabilities, classes, args) -> str:
 
 
 def cmd_study(args) -> int:
-    budget = dataclasses.replace(study.STUDY.budget, train_size=args.train_size, val_size=args.val_size, epochs=args.epochs,
-                                 batch_size=args.batch_size, seed=args.seed)
+    experiment = study.STUDY if args.plan == "published" else study.SMOKE
+    out, results_path = args.out or experiment.defaults.out, args.results or experiment.defaults.results
+    given = {"train_size": args.train_size, "val_size": args.val_size, "epochs": args.epochs, "batch_size": args.batch_size}
+    budget = dataclasses.replace(experiment.budget, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if args.dry_run:
-        _print_plan(args.out, args.results, budget)
+        _print_plan(experiment, out, results_path, budget)
         return 0
     stop = _stop_on_signals()
-    options = dataclasses.replace(study.STUDY.defaults, out=args.out, results=args.results, data_dir=args.data_dir,
-                                  only=args.only, stop_event=stop, watch=_watch_run)
+    options = dataclasses.replace(experiment.defaults, out=out, results=results_path, data_dir=args.data_dir,
+                                  only=args.only, stop_event=stop, watch=_watch_run, device=args.device)
     names_none = f"--only {args.only!r} names no run of the study; its run ids start with an optimizer " \
                  f"({', '.join(config.OPTIMIZERS)}), e.g. adam-lr0p01"
     if args.only and not any(f"{o}-".startswith(args.only) or args.only.startswith(f"{o}-") for o in config.OPTIMIZERS):
         raise ConfigError(names_none)  # before any work: every run id starts with its optimizer
-    results = study.STUDY.run(budget, options)
+    if args.device:
+        resolve_device(args.device)  # a device this machine lacks is refused before a run is claimed
+    results = storage.run_study(experiment, budget, options, args.storage, args.name)
     if args.only and not results["waiting"] and not any(row["run_id"].startswith(args.only) for row in results["runs"]):
         raise ConfigError(names_none)
     for row in results["runs"]:
         print(_study_line(row))
-    print(f"results: {args.results} (figures beside it)")
+    print(f"results: {results_path} (figures beside it)")
     if results["waiting"]:
         print(f"not planned yet: {results['waiting']}")
     return 128 + stop.signum if stop.is_set() else 0
@@ -451,13 +465,13 @@ def _watch_run(run_id, trainer, resume):
         yield
 
 
-def _print_plan(root, results_path, budget) -> None:
-    study.STUDY.check_folder(root, budget)
-    recorded = study.STUDY.recorded_runs(results_path, budget)
-    planned, waiting = study.STUDY.plan(root, budget, recorded)
+def _print_plan(experiment, root, results_path, budget) -> None:
+    experiment.check_folder(root, budget)
+    recorded = experiment.recorded_runs(results_path, budget)
+    planned, waiting = experiment.plan(root, budget, recorded)
     print(f"budget: {json.dumps(budget.fields())}")
     for run in planned:
-        print(f"  {run.run_id:<28} {','.join(run.phases):<20} {study.STUDY.status(root, run.run_id, recorded)}")
+        print(f"  {run.run_id:<28} {','.join(run.phases):<20} {experiment.status(root, run.run_id, recorded)}")
     print(f"{len(planned)} runs planned" + (f"; later phases not planned yet: {waiting}" if waiting else ""))
 
 

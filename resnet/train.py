@@ -365,12 +365,13 @@ class Trainer:
     """One run: ``Trainer(config, run_dir).run()`` trains, writing the run folder as it goes."""
 
     def __init__(self, config: TrainConfig, run_dir, callbacks=(), stop_event=None, data: Dataset | None = None,
-                 command: str = "", clock_start: float | None = None):
+                 command: str = "", clock_start: float | None = None, notes: dict | None = None):
         # A budget counts from clock_start (a perf_counter reading): the CLI passes its process's start, so that
         # starting Python and importing torch count too; in-process callers start the clock here.
         self.clock_start = time.perf_counter() if clock_start is None else clock_start
         validate(config)
         self.command = command
+        self.notes = notes or {}  # written into config.json beside the settings (a study's trial), never read back
         self.git_commit = _git_commit()  # the code that starts the run, not whatever HEAD is at its end
         self.config = config
         self.run_dir = Path(run_dir)
@@ -590,7 +591,7 @@ class Trainer:
     def _write_config(self) -> None:
         """config.json: the settings, and a budgeted run's plan (where its seconds were meant to go) beside them."""
         atomic_write_json(self.run_dir / runs.CONFIG,
-                          {**dataclasses.asdict(self.config), **({"plan": self.plan} if self.plan else {})})
+                          {**dataclasses.asdict(self.config), **({"plan": self.plan} if self.plan else {}), **self.notes})
 
     def _refit(self, done: int, met: dict, loop_s: float) -> None:
         """Re-fit a budgeted run's length to the pace it has met, so that it still finishes on its budget: the

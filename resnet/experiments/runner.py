@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import runs
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_bytes, atomic_write_json
 from ..config import ConfigError, differences
 from ..train import Trainer, load_data, resolve_device
 
@@ -78,6 +78,7 @@ class Options:
     only: object = None  # the CLI's --only, as the experiment's `chosen` reads it; empty: every run
     stop_event: threading.Event | None = None  # once set, the current run stops resumable and no other starts
     watch: Callable | None = None  # (run_id, trainer, resume) -> a context manager around the run (the CLI's progress bar)
+    device: str | None = None  # where a study worker trains (None: each config's); where a run trained is not a setting
 
 
 class Experiment:
@@ -193,7 +194,8 @@ class Experiment:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, results)
         for name, make in self.pages.items():
-            make(results).write_html(path.with_name(f"{path.stem}-{name}.html"), include_plotlyjs="cdn")
+            # Whole or not at all: the workers of a study write the same pages at once.
+            atomic_write_bytes(path.with_name(f"{path.stem}-{name}.html"), make(results).to_html(include_plotlyjs="cdn").encode())
 
     # ---- running it ----------------------------------------------------------------------------
 
@@ -284,13 +286,14 @@ def load_shared_data(config, budget: Budget):
     return data
 
 
-def train_run(root, run_id: str, config, data, stop_event=None, watch=None, command: str = "") -> None:
-    """Train one run folder on the shared in-memory data, resuming it if it stopped."""
+def train_run(root, run_id: str, config, data, stop_event=None, watch=None, command: str = "", notes=None) -> None:
+    """Train one run folder on the shared in-memory data, resuming it if it stopped (``notes``: more that its
+    config.json records, such as the study trial that trained it)."""
     run_dir = Path(root) / run_id
     status = runs.read_status(run_dir)
     if status["status"] == "running":
         raise runs.RunError(f"{run_id} is being trained by process {status.get('pid')}; wait for it or stop it first")
     resume = status["status"] in runs.RESUMABLE and (run_dir / runs.CHECKPOINT).is_file()
-    trainer = Trainer(config, run_dir, stop_event=stop_event, data=data, command=command)
+    trainer = Trainer(config, run_dir, stop_event=stop_event, data=data, command=command, notes=notes)
     with watch(run_id, trainer, resume) if watch else contextlib.nullcontext():
         trainer.run(resume=resume)

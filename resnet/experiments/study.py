@@ -11,6 +11,10 @@ Every run is a run folder under the study folder, named by its settings, so a se
 phases share (phase 1's winner is phase 2's dropout 0.1 run) is trained once. Rerunning skips done
 runs and resumes stopped ones, and a fresh checkout continues from the committed results file
 (resnet.experiments.runner: one runner for the study and the ablation).
+
+Every process running the command is a worker: those sharing a storage (the journal file in --out on one
+machine, or a PostgreSQL --storage for many) each take the next run no one holds, and take over the run of a
+worker that died (resnet.experiments.storage; docs/studies.md).
 """
 
 import collections
@@ -326,3 +330,14 @@ class Study(Experiment):
 
 
 STUDY = Study()
+
+
+class SmokeStudy(Study):
+    """A plan small enough for tests to drive the real command: the four optimizers at one lr on 256 images for
+    one epoch. Its later phases add no run: the winner's dropout and size are the ones it trained with."""
+
+    budget = Budget(train_size=256, val_size=64, epochs=1, batch_size=32, test_size=20)
+    defaults = Options(out="study-smoke", results="study-smoke/study.json")
+
+
+SMOKE = SmokeStudy(design=Design(lrs=(0.01,), fallbacks=(), dropouts=(PUBLISHED.dropout,), sizes=(PUBLISHED.blocks,)))
