@@ -47,8 +47,8 @@ def pinned(name: str = "requirements.txt") -> dict:
     for line in (REPO / name).read_text().splitlines():
         line = line.partition("#")[0].strip()
         if line and not line.startswith("-r"):
-            name_, version = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[a-z,]+\])?==([0-9][A-Za-z0-9.]*)", line).groups()
-            pins[name_.lower()] = version
+            package, version = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[a-z,]+\])?==([0-9][A-Za-z0-9.]*)", line).groups()
+            pins[package.lower()] = version
     return pins
 
 
