@@ -57,6 +57,11 @@ def asking(owner: str | None, request: gr.Request | None) -> jobs.Actor:
     return jobs.actor(owner, getattr(request, "session_hash", None), getattr(request, "headers", None))
 
 
+def runs_frame(rows: list) -> pd.DataFrame:
+    """The Runs tab's table of ``rows`` (jobs.run_rows), read once by the caller."""
+    return pd.DataFrame(jobs.runs_table(rows), columns=jobs.RUN_TABLE_HEADERS)
+
+
 class Studio:
     """The handlers, over one runs folder and the server's run queue (shared by every visitor)."""
 
@@ -86,10 +91,9 @@ class Studio:
         if not paths:
             raise gr.Error("upload images or a .zip archive first", print_exception=False)
         classifier = self.model(choice, upload_key)
-        allowed = limits.current()
-        with user_errors():  # the visitor's file names, not Gradio's cache folder
-            scored, problems = batch.predict_request(classifier, [(path, path.name) for path in paths], allowed.decode_caps(),
-                                                     allowed.batch_images, allowed.batch_pixels)
+        uploads = [(path, path.name) for path in paths]  # the visitor's file names, not Gradio's cache folder
+        with user_errors():
+            scored, problems = batch.predict_request(classifier, uploads, **limits.current().batch_caps())
         table, csv_path = batch_results.table_and_csv(classifier, scored)
         return table, csv_path, batch_results.note(len(table), problems)
 
@@ -229,7 +233,7 @@ class Studio:
 
     # ---- Runs -----------------------------------------------------------------------------------
     def list_runs(self) -> pd.DataFrame:
-        return pd.DataFrame(jobs.runs_table(self.root), columns=jobs.RUN_TABLE_HEADERS)
+        return runs_frame(jobs.run_rows(self.root))
 
     def run_metrics(self, run_id: str) -> pd.DataFrame:
         with user_errors():
@@ -245,7 +249,7 @@ class Studio:
         ids = [row["run_id"] for row in rows]
         if detail not in ids:
             detail = next((row["run_id"] for row in rows if row["status"] == "finished"), None)
-        return (self.list_runs(), gr.Dropdown(choices=ids, value=[i for i in chosen or [] if i in ids]),
+        return (runs_frame(rows), gr.Dropdown(choices=ids, value=[i for i in chosen or [] if i in ids]),
                 gr.Dropdown(choices=ids, value=detail))
 
     @staticmethod

@@ -254,9 +254,7 @@ def predict_many(root, uploads: list, choice: str, with_logits: bool) -> dict:
                 shutil.copyfileobj(handle, out)
             paths.append((path, name))
         try:
-            allowed = limits.current()
-            scored, problems = batch.predict_request(classifier, paths, allowed.decode_caps(), allowed.batch_images,
-                                                     allowed.batch_pixels)
+            scored, problems = batch.predict_request(classifier, paths, **limits.current().batch_caps())
         except batch.BatchError as error:
             raise HTTPException(error.status, str(error)) from None
     return {"model": model_info(choice, classifier.card),

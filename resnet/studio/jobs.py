@@ -375,10 +375,11 @@ RUN_TABLE_HEADERS = [header for header, _ in RUN_TABLE.values()]
 RUN_TABLE_WIDTHS = [width for _, width in RUN_TABLE.values()]
 
 
-def runs_table(root) -> list:
-    """Every run as the Runs tab shows it: readable headers, accuracies in percent, times in minutes and seconds."""
+def runs_table(rows: list) -> list:
+    """Runs (``run_rows``) as the Runs tab shows them: readable headers, accuracies in percent, times in minutes and
+    seconds."""
     table = []
-    for row in run_rows(root):
+    for row in rows:
         shown = {header: row.get(key) for key, (header, _) in RUN_TABLE.items()}
         for key in ("final_test_acc", "best_test_acc"):
             value = row.get(key)

@@ -101,6 +101,11 @@ class ServerLimits:
         """The caps library code checks one image against (resnet.images, resnet.batch)."""
         return DecodeCaps(**{field.name: getattr(self, field.name) for field in dataclasses.fields(DecodeCaps)})
 
+    def batch_caps(self) -> dict:
+        """The caps of one batch request, as resnet.batch.predict_request takes them: each image's, how many images,
+        how many pixels decoded over all of them."""
+        return {"caps": self.decode_caps(), "max_images": self.batch_images, "max_pixels": self.batch_pixels}
+
     @classmethod
     def defaults(cls) -> "ServerLimits":
         return cls(**{name: _stored(limit, limit.default) for name, limit in LIMITS.items()},
