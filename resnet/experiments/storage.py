@@ -13,6 +13,7 @@ Optuna is a tool of the studies, not of the Space: it is imported here, inside t
 """
 
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -31,6 +32,7 @@ GRACE_S = 20  # heartbeat silence after which its run is failed and taken over
 POLL_S = 2.0  # how often a worker with nothing to claim looks again (a killed worker's run must be taken over)
 CLAIM_S = 60  # a trial running this long with no owner recorded lost its worker between claiming and recording
 JOURNAL = "optuna.journal"
+NEEDS_OPTUNA = "the study's workers need Optuna: pip install -r requirements-dev.txt"
 
 
 class StorageError(UserError):
@@ -41,7 +43,7 @@ def _optuna():
     try:  # an optional import: tests/test_requirements.py holds these pinned in requirements-dev.txt
         import optuna
     except ImportError:
-        raise StorageError("the study's workers need Optuna: pip install -r requirements-dev.txt") from None
+        raise StorageError(NEEDS_OPTUNA) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The heartbeat and its retry callback are marked experimental; the pinned Optuna is the one this was built on.
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -65,27 +67,31 @@ def open_storage(url: str | None, out):
         raise StorageError(f"--storage {shown} is SQLite, which cannot hand a run to one worker alone (no SELECT FOR UPDATE); "
                            "use PostgreSQL, or leave --storage out for the journal file on one machine")
     engine = {"connect_args": {"connect_timeout": 10}} if parsed.get_backend_name() == "postgresql" else {}
-    for attempt in range(3):
+    for attempt in itertools.count(1):
         try:
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=3, inherit_intermediate_values=True))
+                heartbeat_stale_trial_callback=_retry(optuna))
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as error:
             # Workers starting together race to create the tables; the losers find them made.
-            if "already exists" not in str(error) or attempt == 2:
+            if "already exists" not in str(error) or attempt == 3:
                 raise StorageError(f"cannot open the study storage {shown}: {_first_line(error)}") from None
             time.sleep(random.uniform(0.2, 1.0))
         except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.DatabaseError, ImportError, RuntimeError) as error:
             raise StorageError(f"cannot open the study storage {shown}: {_first_line(error)}") from None
-    raise AssertionError("unreachable")
+
+
+def _retry(optuna):
+    """How a dead worker's trial is queued again, on a database (by Optuna, at a stale heartbeat) and on the journal
+    (by the worker that fails it): a copy of the trial, its reports kept, up to three times."""
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
 
 
 def _sqlalchemy():
     try:  # installed with Optuna, which runs on it: optional too
         import sqlalchemy
     except ImportError:
-        raise StorageError("the study's workers need Optuna: pip install -r requirements-dev.txt") from None
+        raise StorageError(NEEDS_OPTUNA) from None
     return sqlalchemy
 
 
@@ -210,8 +216,7 @@ class Worker:
                 return
         except self.optuna.exceptions.UpdateFinishedTrialError:
             return
-        self.optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)(
-            self.study, self.storage.get_trial(trial_id))
+        _retry(self.optuna)(self.study, self.storage.get_trial(trial_id))
 
     # ---- the loop --------------------------------------------------------------------------------
 
