@@ -11,7 +11,7 @@ COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x")
 # The legend sits below the x axis's title, never on it (plotly grows the bottom margin to fit it).
 LAYOUT = {"template": "plotly_white", "height": 380, "margin": {"l": 50, "r": 20, "t": 50, "b": 40},
-              "legend": {"orientation": "h", "y": -0.28, "yanchor": "top", "x": 0}}
+          "legend": {"orientation": "h", "y": -0.28, "yanchor": "top", "x": 0}}
 # The x axes a run's curves can be drawn against: the row key, its scale and the axis title.
 X_AXES = {"images": ("images", 1 / 1000, "training images seen (thousands)"),
           "time": ("elapsed_s", 1 / 60, "wall-clock time since the run started (minutes)")}
@@ -189,7 +189,7 @@ def compare_figure(series: dict, metric: str = "acc", x: str = "images") -> go.F
                 shown += epoch_y
                 figure.add_scatter(x=epoch_x, y=epoch_y, name=f"{name} {split}", mode="markers",
                                    marker={"color": style["color"], "symbol": "diamond", "size": 11,
-                                               "line": {"color": "white", "width": 1}}, legendgroup=name)
+                                           "line": {"color": "white", "width": 1}}, legendgroup=name)
     if not figure.data:
         return empty_figure("no logged step yet")
     figure.update_layout(title=f"{title} of the runs compared", xaxis_title=X_AXES[x][2], yaxis_title=title.lower())

@@ -21,7 +21,7 @@ MACHINES = {
     "h100": budget.Rates(train={16: 60000.0, 24: 45000.0, 32: 30000.0}, score=90000.0, checkpoint_s=0.05),
 }
 RUN = {"batch_size": 64, "steps_per_epoch": 50_000 // 64, "resolution": "16:0.5,24:0.75", "probes": 20, "probe_size": 500,
-           "test_images": 10_000}
+       "test_images": 10_000}
 
 
 def predicted_end(plan: budget.Plan) -> float:

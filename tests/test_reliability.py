@@ -342,7 +342,7 @@ def test_server_caps_from_the_environment(tmp_path, tiny_data, tiny_weights):
     (holder / runs.CONFIG).write_text(json.dumps({"epochs": 1}))
     runs.write_status(holder, "running", "started by the CLI")
     caps = {"STUDIO_MAX_EPOCHS": 3, "STUDIO_MAX_BATCH": 32, "STUDIO_MAX_QUEUE": 1, "STUDIO_MAX_UPLOAD_MB": 0.05,
-                "STUDIO_MAX_WEIGHTS_MB": 0.05, "STUDIO_MAX_PIXELS": 10_000, "STUDIO_MAX_BATCH_IMAGES": 2}
+            "STUDIO_MAX_WEIGHTS_MB": 0.05, "STUDIO_MAX_PIXELS": 10_000, "STUDIO_MAX_BATCH_IMAGES": 2}
     with AppProcess(tmp_path, RUNS_DIR=root, CIFAR10_DIR=tiny_data, STUDIO_WEIGHTS=tiny_weights, **caps) as server:
         client = server.client()
         tiny = {"batch_size": 16, "limit_train": 64, "limit_test": 16}

@@ -104,7 +104,7 @@ def test_list_runs_summarizes_and_flags_damage(tmp_path, dead_pid):
     good = tmp_path / "good"
     good.mkdir()
     (good / runs.CONFIG).write_text(json.dumps({"optimizer": "adam", "lr": 0.01, "dropout": 0.1, "batch_size": 64,
-                                                 "blocks": [1, 1, 1, 1], "epochs": 3}))
+                                                "blocks": [1, 1, 1, 1], "epochs": 3}))
     runs.write_status(good, "running", pid=dead_pid)
     for epoch, acc in [(1, 0.4), (2, 0.6)]:
         runs.append_metrics(good, {"kind": "epoch", "epoch": epoch, "step": epoch * 10, "test_acc": acc,

@@ -43,7 +43,7 @@ STEP_KEYS = {"kind", "epoch", "step", "train_loss", "train_acc", "lr", "images_p
 def small_config(data_dir, **overrides):
     """A run that takes a second or two on one CPU thread: 3 steps of 8 images per epoch."""
     settings = {"data_dir": str(data_dir), "limit_train": 24, "limit_test": 16, "batch_size": 8, "epochs": 2, "log_every": 1,
-                    "precision": "fp32", "device": "cpu", "eval_batch_size": 16}
+                "precision": "fp32", "device": "cpu", "eval_batch_size": 16}
     return make_config("original", **{**settings, **overrides})
 
 

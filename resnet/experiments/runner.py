@@ -49,9 +49,9 @@ class Budget:
         """The make_config settings that hold a run to this budget (``seed``: one of its seeds, else the first).
         Runs of an experiment choose, so they score the validation split alone, never the test set."""
         return {"epochs": self.epochs, "val_size": self.val_size, "limit_train": self.train_size, "limit_test": self.test_size,
-                    "seed": self.seed if seed is None else seed, "split_seed": self.seed, "batch_size": self.batch_size,
-                    "resolution": self.resolution, "score_test": False,
-                    "data_dir": str(data_dir) if data_dir else None}
+                "seed": self.seed if seed is None else seed, "split_seed": self.seed, "batch_size": self.batch_size,
+                "resolution": self.resolution, "score_test": False,
+                "data_dir": str(data_dir) if data_dir else None}
 
     def run_seeds(self) -> range:
         return range(self.seed, self.seed + self.seeds)
