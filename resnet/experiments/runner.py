@@ -286,14 +286,16 @@ def load_shared_data(config, budget: Budget):
     return data
 
 
-def train_run(root, run_id: str, config, data, stop_event=None, watch=None, command: str = "", notes=None) -> None:
+def train_run(root, run_id: str, config, data, stop_event=None, watch=None, command: str = "", notes=None,
+              callbacks=()) -> None:
     """Train one run folder on the shared in-memory data, resuming it if it stopped (``notes``: more that its
-    config.json records, such as the study trial that trained it)."""
+    config.json records, such as the study trial that trained it; ``callbacks``: called with each metrics row,
+    as a search reports its probes)."""
     run_dir = Path(root) / run_id
     status = runs.read_status(run_dir)
     if status["status"] == "running":
         raise runs.RunError(f"{run_id} is being trained by process {status.get('pid')}; wait for it or stop it first")
     resume = status["status"] in runs.RESUMABLE and (run_dir / runs.CHECKPOINT).is_file()
-    trainer = Trainer(config, run_dir, stop_event=stop_event, data=data, command=command, notes=notes)
+    trainer = Trainer(config, run_dir, callbacks, stop_event, data=data, command=command, notes=notes)
     with watch(run_id, trainer, resume) if watch else contextlib.nullcontext():
         trainer.run(resume=resume)

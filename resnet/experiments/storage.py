@@ -114,45 +114,20 @@ def open_study(storage, name: str, budget: Budget):
     return study
 
 
-class Worker:
-    """One worker process of an experiment on a shared study: seed, claim, train, tell, until the plan is done."""
+class TrialWorker:
+    """What every worker process on a shared study does with trials: claim a waiting one, fail and queue again
+    the trials of dead workers, train a trial's run folder while beating its heartbeat, and tell how it ended."""
 
-    def __init__(self, experiment: Experiment, budget: Budget, options: Options, storage, study, storage_kind: str):
+    command: str  # the command's name, which each run's config.json records
+
+    def __init__(self, options: Options, storage, study, storage_kind: str):
         self.optuna = _optuna()
-        self.experiment, self.budget, self.options = experiment, budget, options
+        self.options = options
         self.study, self.storage = study, storage
         self.study_id = storage.get_study_id_from_name(study.study_name)
         self.storage_kind = storage_kind  # "journal" or the database's backend name
         self.heartbeat = isinstance(self.storage, self.optuna.storages.RDBStorage)
         self.host = socket.gethostname()
-
-    # ---- what the storage holds ----------------------------------------------------------------
-
-    def canonical(self) -> dict:
-        """Each run id's trial: the highest-numbered one that is not a redundant duplicate."""
-        chosen = {}
-        for trial in self.study.get_trials(deepcopy=False):
-            run_id = trial.user_attrs.get("run_id")
-            if run_id is not None and not trial.user_attrs.get("redundant"):
-                if run_id not in chosen or trial.number > chosen[run_id].number:
-                    chosen[run_id] = trial
-        return chosen
-
-    def rows(self, canonical: dict) -> dict:
-        """The done runs' results rows the storage holds, by run id (the ones trained on other machines too)."""
-        done = (self.optuna.trial.TrialState.COMPLETE, self.optuna.trial.TrialState.PRUNED)
-        return {run_id: trial.user_attrs["row"] for run_id, trial in canonical.items()
-                if trial.state in done and "row" in trial.user_attrs}
-
-    def seed(self, todo: list) -> None:
-        """Enqueue each run not done that no trial holds: waiting, running or done ones stand for it."""
-        states = self.optuna.trial.TrialState
-        held = (states.WAITING, states.RUNNING, states.COMPLETE, states.PRUNED)
-        live = {t.user_attrs.get("run_id") for t in self.study.get_trials(deepcopy=False, states=held)
-                if not t.user_attrs.get("redundant")}
-        for planned in todo:
-            if planned.run_id not in live:
-                self.study.enqueue_trial(params(planned), user_attrs={"run_id": planned.run_id})
 
     def claim(self):
         """A waiting trial moved to RUNNING by this worker alone, or None; never ask(), which samples a trial of
@@ -218,6 +193,90 @@ class Worker:
             return
         _retry(self.optuna)(self.study, self.storage.get_trial(trial_id))
 
+    def train_trial(self, trial, run_id: str, config, data, root, stop: threading.Event | None = None,
+                    callbacks=()) -> str:
+        """Train the trial's run folder (resumed if it has a checkpoint) and return the status it ended with;
+        ``stop`` set (by Ctrl-C, by another worker taking the run over, or by a callback) stops it resumable."""
+        stop = threading.Event() if stop is None else stop
+        beating = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(self.trial_id(trial.number), stop, beating), daemon=True)
+        watcher.start()
+        notes = {"trial": {"study": self.study.study_name, "number": trial.number, "storage": self.storage_kind}}
+        command = f"python -m resnet {self.command} --out {root} (trial {trial.number} of {self.study.study_name})"
+        try:
+            train_run(root, run_id, config, data, stop, self.options.watch, command, notes, callbacks)
+        except BaseException:
+            self._tell_if_held(trial, self.optuna.trial.TrialState.FAIL, "failed")
+            raise
+        finally:
+            beating.set()
+            watcher.join()
+        return runs.read_status(Path(root) / run_id)["status"]
+
+    def _tell_if_held(self, trial, state, status: str, value=None) -> None:
+        """Tell how the run ended, unless the trial was taken from this worker (failed as stale) meanwhile."""
+        if self.storage.get_trial(self.trial_id(trial.number)).state != self.optuna.trial.TrialState.RUNNING:
+            return
+        trial.set_user_attr("status", status)
+        if state is None:
+            self.study.tell(trial, value)
+        else:
+            self.study.tell(trial, state=state)
+
+    def _watch(self, trial_id: int, stop: threading.Event, done: threading.Event) -> None:
+        """While the run trains: pass a Ctrl-C on to it, beat the heartbeat, and stop the run if its trial was
+        failed by another worker (this one was taken for dead), so two workers never train one run."""
+        asked, last = self.options.stop_event, 0.0
+        while not done.wait(0.5):
+            if asked is not None and asked.is_set():
+                stop.set()
+                return
+            if time.monotonic() - last >= HEARTBEAT_S:
+                last = time.monotonic()
+                if self.heartbeat:
+                    self.storage.record_heartbeat(trial_id)
+                if self.storage.get_trial(trial_id).state != self.optuna.trial.TrialState.RUNNING:
+                    stop.set()
+                    return
+
+
+class Worker(TrialWorker):
+    """One worker process of an experiment's fixed plan on a shared study: seed, claim, train, tell, until the
+    plan is done."""
+
+    def __init__(self, experiment: Experiment, budget: Budget, options: Options, storage, study, storage_kind: str):
+        super().__init__(options, storage, study, storage_kind)
+        self.experiment, self.budget = experiment, budget
+        self.command = experiment.name
+
+    # ---- what the storage holds ----------------------------------------------------------------
+
+    def canonical(self) -> dict:
+        """Each run id's trial: the highest-numbered one that is not a redundant duplicate."""
+        chosen = {}
+        for trial in self.study.get_trials(deepcopy=False):
+            run_id = trial.user_attrs.get("run_id")
+            if run_id is not None and not trial.user_attrs.get("redundant"):
+                if run_id not in chosen or trial.number > chosen[run_id].number:
+                    chosen[run_id] = trial
+        return chosen
+
+    def rows(self, canonical: dict) -> dict:
+        """The done runs' results rows the storage holds, by run id (the ones trained on other machines too)."""
+        done = (self.optuna.trial.TrialState.COMPLETE, self.optuna.trial.TrialState.PRUNED)
+        return {run_id: trial.user_attrs["row"] for run_id, trial in canonical.items()
+                if trial.state in done and "row" in trial.user_attrs}
+
+    def seed(self, todo: list) -> None:
+        """Enqueue each run not done that no trial holds: waiting, running or done ones stand for it."""
+        states = self.optuna.trial.TrialState
+        held = (states.WAITING, states.RUNNING, states.COMPLETE, states.PRUNED)
+        live = {t.user_attrs.get("run_id") for t in self.study.get_trials(deepcopy=False, states=held)
+                if not t.user_attrs.get("redundant")}
+        for planned in todo:
+            if planned.run_id not in live:
+                self.study.enqueue_trial(params(planned), user_attrs={"run_id": planned.run_id})
+
     # ---- the loop --------------------------------------------------------------------------------
 
     def run(self) -> dict:
@@ -265,22 +324,9 @@ class Worker:
         return self.experiment.collect(root, self.budget, {**from_file, **self.rows(self.canonical())})
 
     def train(self, trial, point, config, data, root) -> None:
-        """Train the trial's run folder (resumed if it has a checkpoint) and tell the storage how it ended."""
+        """Train the trial's planned run and tell the storage how it ended."""
         states = self.optuna.trial.TrialState
-        stop = threading.Event()
-        watcher = threading.Thread(target=self._watch, args=(self.trial_id(trial.number), stop), daemon=True)
-        watcher.start()
-        notes = {"trial": {"study": self.study.study_name, "number": trial.number, "storage": self.storage_kind}}
-        command = f"python -m resnet {self.experiment.name} --out {root} (trial {trial.number} of {self.study.study_name})"
-        try:
-            train_run(root, point.run_id, config, data, stop, self.options.watch, command, notes)
-        except BaseException:
-            self._tell_if_held(trial, states.FAIL, "failed")
-            raise
-        finally:
-            stop.set()
-            watcher.join()
-        status = runs.read_status(Path(root) / point.run_id)["status"]
+        status = self.train_trial(trial, point.run_id, config, data, root)
         if status not in DONE:  # stopped: by Ctrl-C, or because another worker took the run over
             self._tell_if_held(trial, states.FAIL, status)
             return
@@ -290,32 +336,6 @@ class Worker:
             self._tell_if_held(trial, None, status, value=trial.user_attrs["row"]["final_val_acc"])
         else:
             self._tell_if_held(trial, states.PRUNED, status)
-
-    def _tell_if_held(self, trial, state, status: str, value=None) -> None:
-        """Tell how the run ended, unless the trial was taken from this worker (failed as stale) meanwhile."""
-        if self.storage.get_trial(self.trial_id(trial.number)).state != self.optuna.trial.TrialState.RUNNING:
-            return
-        trial.set_user_attr("status", status)
-        if state is None:
-            self.study.tell(trial, value)
-        else:
-            self.study.tell(trial, state=state)
-
-    def _watch(self, trial_id: int, stop: threading.Event) -> None:
-        """While the run trains: pass a Ctrl-C on to it, beat the heartbeat, and stop the run if its trial was
-        failed by another worker (this one was taken for dead), so two workers never train one run."""
-        asked, last = self.options.stop_event, 0.0
-        while not stop.wait(0.5):
-            if asked is not None and asked.is_set():
-                stop.set()
-                return
-            if time.monotonic() - last >= HEARTBEAT_S:
-                last = time.monotonic()
-                if self.heartbeat:
-                    self.storage.record_heartbeat(trial_id)
-                if self.storage.get_trial(trial_id).state != self.optuna.trial.TrialState.RUNNING:
-                    stop.set()
-                    return
 
 
 def params(planned) -> dict:
