@@ -1,4 +1,4 @@
-"""``python -m resnet train|evaluate|predict|convert|study|ablation|time-to-accuracy|export ...``: the package's command line."""
+"""``python -m resnet train|evaluate|predict|convert|study|ablation|time-to-accuracy|search|export ...``: the command line."""
 
 import argparse
 import contextlib
@@ -20,7 +20,8 @@ from .config import SEED_LIMIT, ConfigError
 from .constants import CLASSES
 from .data import load_split
 from .errors import UserError
-from .experiments import ablation, storage, study, time_to_accuracy
+from .experiments import ablation, search, storage, study, time_to_accuracy
+from .experiments.runner import Options
 from .fetch import fetch_now
 from .images import FORMATS_IN_WORDS
 from .train import Trainer, resolve_device, resume_config
@@ -182,6 +183,27 @@ def _time_to_accuracy_parser(sub) -> None:
                    help=f"train only these recipes ({', '.join(recipes)})")
 
 
+def _search_parser(sub) -> None:
+    p = sub.add_parser("search", help="search a recipe's lr, warm-up and label smoothing on a validation split, "
+                                      "stopping hopeless trials early",
+                       description=search.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", choices=list(search.SEARCHES), default="quick",
+                   help="what each trial is and what is searched: quick (one pass over 10,000 images), lr (its lr "
+                        "alone), 1m/2m/5m/15m (the Train tab's run under that budget), smoke (four tiny trials) "
+                        "(default: %(default)s)")
+    p.add_argument("--trials", type=_positive_int, help="trials over all workers (default: the plan's)")
+    p.add_argument("--no-prune", action="store_true", help="run every trial to its end")
+    p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
+    p.add_argument("--out", help="folder of its run folders (default: search-PLAN)")
+    p.add_argument("--results", help="results file, rewritten as trials end (default: results/search-PLAN.json)")
+    p.add_argument("--seed", type=_seed, default=0, help="of the validation split, every trial's weights and the sampler")
+    p.add_argument("--storage", metavar="URL",
+                   help="an Optuna database (postgresql+psycopg://user@host/db) that every worker running this command "
+                        "shares (default: a journal file in --out, one machine)")
+    p.add_argument("--name", help="the study's name in the storage (default: search-PLAN)")
+    p.add_argument("--device", help="where this worker trains: auto, cpu, cuda, cuda:1, mps (default: auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m resnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     _study_parser(sub)
     _ablation_parser(sub)
     _time_to_accuracy_parser(sub)
+    _search_parser(sub)
     export.add_parser(sub)
     return parser
 
@@ -439,6 +462,26 @@ def cmd_time_to_accuracy(args) -> int:
     return 128 + stop.signum if stop.is_set() else 0
 
 
+def cmd_search(args) -> int:
+    plan = search.SEARCHES[args.plan]
+    plan = dataclasses.replace(plan, seed=args.seed, trials=args.trials or plan.trials)
+    if args.device:
+        resolve_device(args.device)  # a device this machine lacks is refused before a trial starts
+    stop = _stop_on_signals()
+    out, results_path = args.out or f"search-{args.plan}", args.results or f"results/search-{args.plan}.json"
+    options = Options(out=out, results=results_path, data_dir=args.data_dir, stop_event=stop, watch=_watch_run,
+                      device=args.device)
+    results = search.run_search(plan, not args.no_prune, options, args.storage, args.name or f"search-{args.plan}")
+    settings = lambda row: ", ".join(f"{name} {row[name]:.3g}" for name in plan.space)  # noqa: E731
+    for row in results["runs"]:
+        score = f"val {row['final_val_acc']:.2%}" if row["final_val_acc"] is not None else ""
+        print(f"{row['run_id']:<12} {settings(row):<48} {row['status']:<9} {score}")
+    if results["best"]:
+        print(f"best: {results['best']['run_id']} ({settings(results['best'])})")
+    print(f"results: {results_path}")
+    return 128 + stop.signum if stop.is_set() else 0
+
+
 class SignalStop(threading.Event):
     """Set by Ctrl-C or SIGTERM, remembering which: the exit status says what stopped the run (130, 143)."""
 
@@ -495,6 +538,8 @@ def main(argv=None) -> int:
             return cmd_ablation(args)
         if args.command == "time-to-accuracy":
             return cmd_time_to_accuracy(args)
+        if args.command == "search":
+            return cmd_search(args)
         if args.command == "export":
             return export.cmd_export(args)
         if args.command == "convert":

@@ -141,16 +141,20 @@ class TrialWorker:
                     continue
             except self.optuna.exceptions.UpdateFinishedTrialError:
                 continue
-            if self.heartbeat:
-                self.storage.record_heartbeat(trial_id)
-            self.storage.set_trial_user_attr(trial_id, "owner", {"host": self.host, "pid": os.getpid(),
-                                                                 "process": runs.process_identity(os.getpid())})
+            self.own(trial_id)
             if self._duplicate(waiting):
                 self.storage.set_trial_user_attr(trial_id, "redundant", True)
                 self.storage.set_trial_state_values(trial_id, states.FAIL)
                 continue
             return self.optuna.Trial(self.study, trial_id)
         return None
+
+    def own(self, trial_id: int) -> None:
+        """Mark a running trial as this worker's: its heartbeat on a database, its process for the journal."""
+        if self.heartbeat:
+            self.storage.record_heartbeat(trial_id)
+        self.storage.set_trial_user_attr(trial_id, "owner", {"host": self.host, "pid": os.getpid(),
+                                                             "process": runs.process_identity(os.getpid())})
 
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)

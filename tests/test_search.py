@@ -1,0 +1,141 @@
+"""Recipe searches on Optuna's storage: the pruner stops a trial that falls behind, real `python -m resnet search`
+workers share one journal without training a trial twice, and a stopped trial is resumed with its own settings."""
+
+import collections
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import optuna
+import pytest
+from helpers import REPO, wait_for
+
+from resnet import runs
+from resnet.cli import main
+from resnet.experiments import search, storage
+from resnet.experiments.runner import Options
+
+SMOKE = search.SEARCHES["smoke"]
+DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def opened(tmp_path, prune=True):
+    shared = storage.open_storage(None, tmp_path)
+    return shared, search.open_search(shared, "s", SMOKE, prune)
+
+
+def finished_before(study, accuracies) -> None:
+    """Finished trials whose every probe scored as ``accuracies`` says, for the pruner to compare with."""
+    for accuracy in accuracies:
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 0.05}, distributions={"lr": optuna.distributions.FloatDistribution(0.01, 0.5, log=True)},
+            value=accuracy, intermediate_values=dict.fromkeys(range(1, SMOKE.probes + 1), accuracy)))
+
+
+def probes(reporter, accuracies) -> None:
+    for accuracy in accuracies:
+        reporter({"kind": "step", "step": 1})  # only probes are reported
+        reporter({"kind": "probe", "probe_acc": accuracy})
+
+
+@pytest.mark.parametrize(("prune", "accuracies", "pruned"), [
+    (True, [0.1, 0.1, 0.1, 0.1], 2),  # behind the median once past the warm-up probes
+    (True, [0.6, 0.6, 0.6, 0.6], 0),  # ahead of it
+    (False, [0.1, 0.1, 0.1, 0.1], 0),  # --no-prune: every trial runs to its end
+])
+def test_a_trial_behind_the_finished_trials_median_is_stopped_after_the_warm_up(tmp_path, prune, accuracies, pruned):
+    shared, study = opened(tmp_path, prune)
+    finished_before(study, [0.4, 0.5, 0.5, 0.6])
+    more = dataclasses.replace(SMOKE, trials=SMOKE.trials + 1)
+    worker = search.SearchWorker(more, prune, Options(out=tmp_path), shared, study, "journal")
+    trial = worker.next_trial()
+    assert trial.user_attrs["run_id"] == f"trial-{trial.number:04d}" == "trial-0004"
+    stop = search.PruneStop()
+    probes(worker._reporter(trial, tmp_path / "trial-0004", stop), accuracies)
+    assert (stop.pruned, stop.is_set()) == (pruned, bool(pruned))
+    assert list(study.trials[4].intermediate_values) == list(range(1, (pruned or 4) + 1))
+
+
+def test_the_sampler_is_seeded_by_the_trial_number_so_a_search_repeats(tmp_path):
+    proposed = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shared, study = opened(tmp_path / folder)
+        worker = search.SearchWorker(SMOKE, True, Options(out=tmp_path / folder), shared, study, "journal")
+        proposed.append([worker.next_trial().params["lr"] for _ in range(3)])
+    assert proposed[0] == proposed[1]
+    assert len(set(proposed[0])) == 3  # and workers asking at once propose different settings
+
+
+def test_a_search_trains_its_trials_and_writes_the_best_from_the_storage(tmp_path, tiny_data, capsys):
+    out, results_path = tmp_path / "runs", tmp_path / "search.json"
+    flags = ["search", "--plan", "smoke", "--out", str(out), "--results", str(results_path), "--data-dir", str(tiny_data)]
+    assert main(flags) == 0
+    results = json.loads(results_path.read_text())
+    assert [r["run_id"] for r in results["runs"]] == [f"trial-000{n}" for n in range(SMOKE.trials)]
+    finished = [r for r in results["runs"] if r["status"] == "finished"]
+    assert results["best"]["final_val_acc"] == max(r["final_val_acc"] for r in finished)
+    for row in results["runs"]:
+        config = runs.read_config(out / row["run_id"])
+        assert (config["lr"], config["trial"]["number"], config["score_test"]) == (row["lr"], row["trial"], False)
+        assert len(row["probes"]) >= 2
+        assert row["ended_s"] >= row["started_s"] >= 0
+    assert f"best: {results['best']['run_id']}" in capsys.readouterr().out
+    # Another search in the same study is refused before anything trains, naming what differs.
+    assert main([*flags, "--no-prune"]) == 2
+    assert "another search (prune True -> False)" in capsys.readouterr().err
+
+
+def worker(tmp_path, data, name, *flags) -> subprocess.Popen:
+    command = [sys.executable, "-m", "resnet", "search", "--plan", "smoke", "--out", str(tmp_path / "runs"),
+               "--results", str(tmp_path / "search.json"), "--data-dir", str(data), "--device", "cpu", *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=open(tmp_path / f"{name}.log", "wb"),
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def trials(tmp_path) -> list:
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / storage.JOURNAL)))
+    return optuna.load_study(study_name="search-smoke", storage=journal).get_trials(deepcopy=False)
+
+
+def started(tmp_path, *logs) -> collections.Counter:
+    lines = [line.split() for log in logs for line in (tmp_path / f"{log}.log").read_text().splitlines()]
+    return collections.Counter(words[1] for words in lines if len(words) == 2 and words[0] == "training")
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_two_workers_on_one_journal_train_each_trial_once(tmp_path, tiny_data):
+    workers = [worker(tmp_path, tiny_data, name) for name in ("first", "second")]
+    for process in workers:
+        assert process.wait(timeout=600) == 0
+    done = [t for t in trials(tmp_path) if t.state in DONE]
+    # Two workers asking at once may each start the last trial: at most one more than asked for.
+    assert SMOKE.trials <= len(done) <= SMOKE.trials + 1
+    assert started(tmp_path, "first", "second") == collections.Counter(t.user_attrs["run_id"] for t in done)
+    assert all(count == 1 for count in started(tmp_path, "first", "second").values())
+    rows = json.loads((tmp_path / "search.json").read_text())["runs"]
+    assert sorted(r["run_id"] for r in rows) == sorted(t.user_attrs["run_id"] for t in done)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_stopped_trial_is_queued_again_and_resumed_with_its_own_settings(tmp_path, tiny_data):
+    run_dir = tmp_path / "runs" / "trial-0000"
+    first = worker(tmp_path, tiny_data, "first", "--trials", "1")
+    wait_for(lambda: (run_dir / runs.CHECKPOINT).is_file(), 300, "the first checkpoint")
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=300) == 130
+    assert runs.read_status(run_dir)["status"] == "stopped"
+    stopped, queued = trials(tmp_path)
+    assert (stopped.state, queued.state) == (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING)
+    assert (queued.params, queued.user_attrs["run_id"]) == (stopped.params, "trial-0000")
+    second = worker(tmp_path, tiny_data, "second", "--trials", "1")
+    assert second.wait(timeout=300) == 0
+    assert "resuming trial-0000" in (tmp_path / "second.log").read_text()
+    assert [t.state for t in trials(tmp_path)] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert runs.read_config(run_dir)["lr"] == stopped.params["lr"]
