@@ -19,7 +19,7 @@ from helpers import REPO, wait_for
 
 from resnet import runs
 from resnet.cli import main
-from resnet.experiments import storage, study
+from resnet.experiments import ablation, storage, study, time_to_accuracy
 from resnet.experiments.runner import Options
 
 SMOKE_IDS = [p.run_id for p in study.SMOKE.plan("/nonexistent", study.SMOKE.budget, {})[0]]
@@ -94,6 +94,23 @@ def test_a_point_seeded_twice_is_trained_once_and_counted_once(tmp_path):
     assert [t.number for t in first.canonical().values()] == [0]
     second.seed([point])  # done: not enqueued again
     assert len(shared.get_trials()) == 2
+
+
+def test_a_planned_runs_settings_are_its_trials_parameters_each_one_json_scalar(tmp_path):
+    # A variant's or a recipe's change of settings is spread among them; a tuple is joined.
+    variant = ablation.Variant("no-onecycle-seed1", "no-onecycle", {"schedule": "constant", "warmup": 0.0}, 1)
+    recipe = time_to_accuracy.Recipe("mid-light-seed1", time_to_accuracy.RECIPES["mid-light-seed1"])
+    expected = [
+        {"run_id": "no-onecycle-seed1", "name": "no-onecycle", "seed": 1, "schedule": "constant", "warmup": 0.0},
+        {"run_id": "mid-light-seed1", "whiten_stem": True, "resolution": "24:0.6", "epochs": 20, "augment": "light", "seed": 1},
+        {"optimizer": "adam", "lr": 0.01, "dropout": 0.1, "blocks": "1-1-1-1"}]
+    planned = [variant, recipe, study.SMOKE.plan(tmp_path, study.SMOKE.budget, {})[0][0]]
+    assert [storage.params(p) for p in planned] == expected
+    shared = storage.open_study(storage.open_storage(None, tmp_path), "plans", study.SMOKE.budget)
+    for p in planned:
+        shared.enqueue_trial(storage.params(p))
+    read_back = storage.open_study(storage.open_storage(None, tmp_path), "plans", study.SMOKE.budget)
+    assert [t.system_attrs["fixed_params"] for t in read_back.get_trials()] == expected
 
 
 def test_a_device_this_machine_lacks_is_refused_before_a_run_is_claimed(tmp_path, capsys):
