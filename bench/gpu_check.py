@@ -34,6 +34,7 @@ from bench_train import our_steps, race
 
 from resnet.config import make_config
 from resnet.data import load_split
+from resnet.experiments import storage
 from resnet.experiments.runner import Options
 from resnet.experiments.time_to_accuracy import TIME_TO_ACCURACY, table
 from resnet.train import Trainer, describe_device
@@ -119,7 +120,9 @@ def time_to_accuracy(data_dir, root, results) -> dict:
     """Every recipe of the experiment on this GPU (each run's device is 'auto'): its rows as docs/results.md shows them,
     or the error that stopped it (the checks before it are kept either way)."""
     try:
-        return {"table": table(TIME_TO_ACCURACY.run(TIME_TO_ACCURACY.budget, Options(root, results, data_dir)))}
+        # One worker on the journal in its run folders, as `python -m resnet time-to-accuracy` runs.
+        return {"table": table(storage.run_study(TIME_TO_ACCURACY, TIME_TO_ACCURACY.budget, Options(root, results, data_dir),
+                                                 None, None))}
     except Exception as error:  # a refused results file or a failed run: reported beside the other checks
         return {"error": f"{type(error).__name__}: {error}"}
 

@@ -136,6 +136,16 @@ def _budget_options(p, experiment) -> None:
                         "another seed is another budget")
 
 
+def _worker_options(p, name: str) -> None:
+    """What makes every experiment's command a worker (resnet.experiments.storage): the storage its workers share,
+    the study's name in it, and where this worker trains."""
+    p.add_argument("--storage", metavar="URL",
+                   help="an Optuna database (postgresql+psycopg://user@host/db) that every worker running this command "
+                        "shares: each takes the next run no one holds (default: a journal file in --out, one machine)")
+    p.add_argument("--name", help=f"the Optuna study's name in the storage (default: {name})")
+    p.add_argument("--device", help="where this worker trains: auto, cpu, cuda, cuda:1, mps (default: auto)")
+
+
 def _convert_parser(sub) -> None:
     p = sub.add_parser("convert", help="write weights (a published .pt or ours) as .safetensors with its card",
                        description="Write weights as .safetensors with a JSON card beside it: the only weights the studio "
@@ -154,11 +164,7 @@ def _study_parser(sub) -> None:
     p.add_argument("--plan", choices=("published", "smoke"), default="published",
                    help="smoke: the four optimizers at lr 0.01 on 256 images for one epoch, under a budget of its own "
                         "that the budget options above change, into study-smoke/ (default: %(default)s)")
-    p.add_argument("--storage", metavar="URL",
-                   help="an Optuna database (postgresql+psycopg://user@host/db) that every worker running this command "
-                        "shares: each takes the next run no one holds (default: a journal file in --out, one machine)")
-    p.add_argument("--name", help="the study's name in the storage (default: study)")
-    p.add_argument("--device", help="where this worker trains: auto, cpu, cuda, cuda:1, mps (default: auto)")
+    _worker_options(p, study.STUDY.name)
     # Left unset, the budget and folders are the plan's: the smoke plan's differ from the published one's.
     p.set_defaults(train_size=None, val_size=None, epochs=None, batch_size=None, out=None, results=None)
 
@@ -172,6 +178,7 @@ def _ablation_parser(sub) -> None:
                    help="runs per variant, seeded --seed, --seed + 1, ... (default: %(default)s)")
     p.add_argument("--only", nargs="+", choices=list(variants), metavar="VARIANT",
                    help=f"train only these variants ({', '.join(variants)})")
+    _worker_options(p, ablation.ABLATION.name)
 
 
 def _time_to_accuracy_parser(sub) -> None:
@@ -181,6 +188,7 @@ def _time_to_accuracy_parser(sub) -> None:
     _budget_options(p, time_to_accuracy.TIME_TO_ACCURACY)
     p.add_argument("--only", nargs="+", choices=list(recipes), metavar="RECIPE",
                    help=f"train only these recipes ({', '.join(recipes)})")
+    _worker_options(p, time_to_accuracy.TIME_TO_ACCURACY.name)
 
 
 def _search_parser(sub) -> None:
@@ -197,11 +205,7 @@ def _search_parser(sub) -> None:
     p.add_argument("--out", help="folder of its run folders (default: search-PLAN)")
     p.add_argument("--results", help="results file, rewritten as trials end (default: results/search-PLAN.json)")
     p.add_argument("--seed", type=_seed, default=0, help="of the validation split, every trial's weights and the sampler")
-    p.add_argument("--storage", metavar="URL",
-                   help="an Optuna database (postgresql+psycopg://user@host/db) that every worker running this command "
-                        "shares (default: a journal file in --out, one machine)")
-    p.add_argument("--name", help="the study's name in the storage (default: search-PLAN)")
-    p.add_argument("--device", help="where this worker trains: auto, cpu, cuda, cuda:1, mps (default: auto)")
+    _worker_options(p, "search-PLAN")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,16 +421,11 @@ def cmd_study(args) -> int:
     if args.dry_run:
         _print_plan(experiment, out, results_path, budget)
         return 0
-    stop = _stop_on_signals()
-    options = dataclasses.replace(experiment.defaults, out=out, results=results_path, data_dir=args.data_dir,
-                                  only=args.only, stop_event=stop, watch=_watch_run, device=args.device)
     names_none = f"--only {args.only!r} names no run of the study; its run ids start with an optimizer " \
                  f"({', '.join(config.OPTIMIZERS)}), e.g. adam-lr0p01"
     if args.only and not any(f"{o}-".startswith(args.only) or args.only.startswith(f"{o}-") for o in config.OPTIMIZERS):
         raise ConfigError(names_none)  # before any work: every run id starts with its optimizer
-    if args.device:
-        resolve_device(args.device)  # a device this machine lacks is refused before a run is claimed
-    results = storage.run_study(experiment, budget, options, args.storage, args.name)
+    results, stop = _work(experiment, budget, args, out=out, results=results_path)
     if args.only and not results["waiting"] and not any(row["run_id"].startswith(args.only) for row in results["runs"]):
         raise ConfigError(names_none)
     for row in results["runs"]:
@@ -440,10 +439,7 @@ def cmd_study(args) -> int:
 def cmd_ablation(args) -> int:
     budget = dataclasses.replace(ablation.ABLATION.budget, train_size=args.train_size, val_size=args.val_size, epochs=args.epochs,
                                  seed=args.seed, seeds=args.seeds)
-    stop = _stop_on_signals()
-    options = dataclasses.replace(ablation.ABLATION.defaults, out=args.out, results=args.results, data_dir=args.data_dir,
-                                  only=args.only, stop_event=stop, watch=_watch_run)
-    results = ablation.ABLATION.run(budget, options)
+    results, stop = _work(ablation.ABLATION, budget, args, out=args.out, results=args.results)
     for row in ablation.table(results):
         print(f"{row['variant']:<20} {row['seeds']:<17} mean {row['mean']:<7} {row['vs recipe']:<12} {row['± (half range)']}")
     print(f"results: {args.results}")
@@ -453,21 +449,33 @@ def cmd_ablation(args) -> int:
 def cmd_time_to_accuracy(args) -> int:
     experiment = time_to_accuracy.TIME_TO_ACCURACY
     budget = dataclasses.replace(experiment.budget, train_size=args.train_size, val_size=args.val_size, seed=args.seed)
-    stop = _stop_on_signals()
-    options = dataclasses.replace(experiment.defaults, out=args.out, results=args.results, data_dir=args.data_dir,
-                                  only=args.only, stop_event=stop, watch=_watch_run)
-    results = experiment.run(budget, options)
+    results, stop = _work(experiment, budget, args, out=args.out, results=args.results)
     print(time_to_accuracy.markdown(results))
     print(f"results: {args.results} (curves beside it)")
     return 128 + stop.signum if stop.is_set() else 0
 
 
+def _work(experiment, budget, args, out, results) -> tuple:
+    """This process as one worker of ``experiment``'s plan on the storage its flags name, training into ``out``
+    and writing ``results`` (resnet.experiments.storage); (the results, the stop event Ctrl-C or SIGTERM set)."""
+    stop = _worker(args)
+    options = dataclasses.replace(experiment.defaults, out=out, results=results, data_dir=args.data_dir, only=args.only,
+                                  stop_event=stop, watch=_watch_run, device=args.device)
+    return storage.run_study(experiment, budget, options, args.storage, args.name), stop
+
+
+def _worker(args) -> "SignalStop":
+    """A worker's start: a device this machine lacks is refused before a run is claimed, then Ctrl-C or SIGTERM
+    stops the worker's run resumable."""
+    if args.device:
+        resolve_device(args.device)
+    return _stop_on_signals()
+
+
 def cmd_search(args) -> int:
     plan = search.SEARCHES[args.plan]
     plan = dataclasses.replace(plan, seed=args.seed, trials=args.trials or plan.trials)
-    if args.device:
-        resolve_device(args.device)  # a device this machine lacks is refused before a trial starts
-    stop = _stop_on_signals()
+    stop = _worker(args)
     out, results_path = args.out or f"search-{args.plan}", args.results or f"results/search-{args.plan}.json"
     options = Options(out=out, results=results_path, data_dir=args.data_dir, stop_event=stop, watch=_watch_run,
                       device=args.device)

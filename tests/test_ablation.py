@@ -11,7 +11,7 @@ import torch
 from resnet import runs
 from resnet.cli import main
 from resnet.config import ConfigError
-from resnet.experiments import ablation
+from resnet.experiments import ablation, storage
 from resnet.experiments.runner import Budget, Options, load_shared_data
 
 # 64 training images: the fast preset's batch of 512 does not fit, so the tiny variants use 32.
@@ -25,10 +25,18 @@ def recorder(log, stop_at=None, stop=None):
     def watch(run_id, trainer, resume):
         log.append((run_id, resume))
         if run_id == stop_at:
-            stop.set()  # the trainer acts on it after its first step: the variant stops at once, resumable
+            stop.set()
+            # The worker passes the stop on to its run from a watcher thread; once it has, the trainer acts on it
+            # after its first step: the variant stops at once, resumable.
+            assert trainer.stop_event.wait(30)
         return contextlib.nullcontext()
 
     return watch
+
+
+def run(budget, options) -> dict:
+    """One worker of the tiny ablation, on the journal in its run folders."""
+    return storage.run_study(TINY_ABLATION, budget, options, None, None)
 
 
 def test_every_variant_changes_only_what_it_names_at_every_seed():
@@ -67,8 +75,7 @@ def test_every_run_shares_the_budgets_validation_split_whatever_its_seed(tiny_da
 def test_ablation_stops_resumes_skips_and_continues_from_its_results(tiny_data, tmp_path):
     root, results_path = tmp_path / "ablation-runs", tmp_path / "results" / "ablation.json"
     stop, first = threading.Event(), []
-    TINY_ABLATION.run(BUDGET, Options(root, results_path, tiny_data, stop_event=stop,
-                                      watch=recorder(first, "no-label-smoothing-seed0", stop)))
+    run(BUDGET, Options(root, results_path, tiny_data, stop_event=stop, watch=recorder(first, "no-label-smoothing-seed0", stop)))
     assert first == [("recipe-seed0", False), ("no-label-smoothing-seed0", False)]
     assert runs.read_status(root / "no-label-smoothing-seed0")["status"] == "stopped"
     written = {r["run_id"]: r for r in json.loads(results_path.read_text())["runs"]}
@@ -76,8 +83,9 @@ def test_ablation_stops_resumes_skips_and_continues_from_its_results(tiny_data, 
     assert written["recipe-seed1"]["status"] == "pending"
 
     second = []
-    results = TINY_ABLATION.run(BUDGET, Options(root, results_path, tiny_data, watch=recorder(second)))
-    assert second == [("no-label-smoothing-seed0", True), ("recipe-seed1", False), ("no-label-smoothing-seed1", False)]
+    results = run(BUDGET, Options(root, results_path, tiny_data, watch=recorder(second)))
+    # The stopped run's trial was failed and its run queued again, behind the two runs still waiting in plan order.
+    assert second == [("recipe-seed1", False), ("no-label-smoothing-seed1", False), ("no-label-smoothing-seed0", True)]
     by_id = {r["run_id"]: r for r in results["runs"]}
     assert list(by_id) == ORDER
     assert all(r["status"] == "finished" and 0 <= r["final_val_acc"] <= 1 and r["train_images_per_s"] > 0
@@ -103,26 +111,28 @@ def test_ablation_stops_resumes_skips_and_continues_from_its_results(tiny_data, 
 
     # A fresh checkout: no run folders, the committed results file; nothing is trained again.
     third = []
-    again = TINY_ABLATION.run(BUDGET, Options(tmp_path / "fresh-checkout", results_path, tiny_data, watch=recorder(third)))
+    again = run(BUDGET, Options(tmp_path / "fresh-checkout", results_path, tiny_data, watch=recorder(third)))
     assert third == []
     assert json.loads(json.dumps(again)) == json.loads(json.dumps(results))
 
 
 def test_unknown_variants_and_other_budgets_are_refused(tiny_data, tmp_path):
+    # The worker asks which variants are chosen once its folder and storage are open (the CLI's choices refuse an
+    # unknown one before that): a folder of its own.
     with pytest.raises(ConfigError, match="unknown variant"):
-        TINY_ABLATION.run(BUDGET, Options(tmp_path / "a", data_dir=tiny_data, only=("no-such-variant",)))
+        run(BUDGET, Options(tmp_path / "unknown", data_dir=tiny_data, only=("no-such-variant",)))
     results_path = tmp_path / "ablation.json"
     content = json.dumps({"budget": {**dataclasses.asdict(BUDGET), "epochs": 3}, "runs": []})
     results_path.write_text(content)
     with pytest.raises(ConfigError, match="epochs 3 -> 1"):
-        TINY_ABLATION.run(BUDGET, Options(tmp_path / "a", results_path, tiny_data))
+        run(BUDGET, Options(tmp_path / "a", results_path, tiny_data))
     assert BUDGET.changes({**BUDGET.fields(), "seeds": 1}) == ""  # more seeds add runs to the same budget
     assert results_path.read_text() == content
     assert not (tmp_path / "a").exists()
     study_results = json.dumps({"experiment": "study", "budget": BUDGET.fields(), "runs": []})
     results_path.write_text(study_results)
     with pytest.raises(ConfigError, match="holds results of the study, not the ablation;"):
-        TINY_ABLATION.run(BUDGET, Options(tmp_path / "a", results_path, tiny_data))
+        run(BUDGET, Options(tmp_path / "a", results_path, tiny_data))
     assert results_path.read_text() == study_results
     assert not (tmp_path / "a").exists()
 

@@ -10,7 +10,7 @@ import pytest
 from resnet import runs
 from resnet.cli import main
 from resnet.config import ConfigError
-from resnet.experiments import runner, study
+from resnet.experiments import runner, storage, study
 from resnet.experiments.runner import Budget, Options
 
 # 64 training images, batch 32: two steps an epoch. Adam at lr 1e37 turns the loss non-finite on
@@ -28,9 +28,15 @@ def recorder(log, stop_before=None, stop=None):
         log.append((run_id, resume))
         if run_id == stop_before:
             stop.set()
+            assert trainer.stop_event.wait(30)  # passed on by the worker's watcher thread: the run stops at its first step
         return contextlib.nullcontext()
 
     return watch
+
+
+def run(options) -> dict:
+    """One worker of the tiny study, on the journal in its run folders."""
+    return storage.run_study(TINY_STUDY, BUDGET, options, None, None)
 
 
 @pytest.mark.slow
@@ -38,19 +44,23 @@ def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
     root, results_path = tmp_path / "study-runs", tmp_path / "results" / "study.json"
     stop, first = threading.Event(), []
     interrupted = "sgd-lr0p01-drop0p1-b1111"
-    TINY_STUDY.run(BUDGET, Options(root, results_path, tiny_data, stop_event=stop, watch=recorder(first, interrupted, stop)))
-    # Adam diverged at 1e37, so its fallback lr comes next, before SGD's runs.
+    run(Options(root, results_path, tiny_data, stop_event=stop, watch=recorder(first, interrupted, stop)))
+    # The plan's first four runs were queued at the start, in plan order; the fallback lr of an optimizer that
+    # diverged at 1e37 was planned when it diverged, and queued behind them.
     assert [run_id for run_id, _ in first] == ["adam-lr1e37-drop0p1-b1111", "adam-lr0p01-drop0p1-b1111",
-                                               "adam-lr0p001-drop0p1-b1111", "sgd-lr1e37-drop0p1-b1111", interrupted]
+                                               "sgd-lr1e37-drop0p1-b1111", interrupted]
     assert runs.read_status(root / interrupted)["status"] == "stopped"
     written = json.loads(results_path.read_text())
-    assert {r["run_id"]: r["status"] for r in written["runs"]}["adam-lr1e37-drop0p1-b1111"] == "diverged"
+    statuses = {r["run_id"]: r["status"] for r in written["runs"]}
+    assert statuses["adam-lr1e37-drop0p1-b1111"] == statuses["sgd-lr1e37-drop0p1-b1111"] == "diverged"
+    assert statuses["adam-lr0p001-drop0p1-b1111"] == statuses["sgd-lr0p001-drop0p1-b1111"] == "pending"
     assert written["waiting"].startswith("the optimizers phase is not done yet")
     assert written["experiment"] == "study"
 
     second = []
-    results = TINY_STUDY.run(BUDGET, Options(root, results_path, tiny_data, watch=recorder(second)))
-    assert second[0] == (interrupted, True)
+    results = run(Options(root, results_path, tiny_data, watch=recorder(second)))
+    # The stopped run is queued again behind the fallbacks that were waiting, and resumed from its checkpoint.
+    assert second[:3] == [("adam-lr0p001-drop0p1-b1111", False), ("sgd-lr0p001-drop0p1-b1111", False), (interrupted, True)]
     assert not {run_id for run_id, _ in first[:-1]} & {run_id for run_id, _ in second}
     by_id = {r["run_id"]: r for r in results["runs"]}
     # Both optimizers diverged at 1e37, so each got the fallback lr; the winner's settings recur in later phases.
@@ -70,7 +80,7 @@ def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
     assert json.loads(results_path.read_text()) == json.loads(json.dumps(results))
 
     third = []
-    TINY_STUDY.run(BUDGET, Options(root, results_path, tiny_data, watch=recorder(third)))
+    run(Options(root, results_path, tiny_data, watch=recorder(third)))
     assert third == []
 
     # A fresh checkout has the committed results file but no run folders: nothing is trained again,
@@ -80,7 +90,7 @@ def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
     redo["status"] = "stopped"
     results_path.write_text(json.dumps(written))
     fourth = []
-    again = TINY_STUDY.run(BUDGET, Options(tmp_path / "fresh-checkout", results_path, tiny_data, watch=recorder(fourth)))
+    again = run(Options(tmp_path / "fresh-checkout", results_path, tiny_data, watch=recorder(fourth)))
     assert fourth == [(interrupted, False)]
     unchanged = [r for r in json.loads(json.dumps(results["runs"])) if r["run_id"] != interrupted]
     assert [r for r in json.loads(json.dumps(again["runs"])) if r["run_id"] != interrupted] == unchanged
@@ -147,7 +157,7 @@ def test_a_results_file_of_another_kind_is_refused_and_kept(tiny_data, tmp_path,
     results_path = tmp_path / "study.json"
     results_path.write_text(content)
     with pytest.raises(ConfigError, match=message):
-        TINY_STUDY.run(BUDGET, Options(tmp_path / "runs", results_path, tiny_data))
+        run(Options(tmp_path / "runs", results_path, tiny_data))
     assert results_path.read_text() == content
 
 

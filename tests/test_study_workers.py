@@ -1,6 +1,6 @@
-"""The study's workers on Optuna's storage: real `python -m resnet study --plan smoke` processes sharing one
-storage (the journal file in --out, or a throwaway PostgreSQL cluster) train each planned run once, a killed
-worker's run is taken over and resumed, and a storage that cannot be used is one error before any training."""
+"""The experiments' workers on Optuna's storage: real `python -m resnet study --plan smoke` (and ablation) processes
+sharing one storage (the journal file in --out, or a throwaway PostgreSQL cluster) train each planned run once, a
+killed worker's run is taken over and resumed, and a storage that cannot be used is one error before any training."""
 
 import collections
 import glob
@@ -19,17 +19,24 @@ from helpers import REPO, wait_for
 
 from resnet import runs
 from resnet.cli import main
-from resnet.experiments import storage, study
+from resnet.experiments import ablation, storage, study, time_to_accuracy
 from resnet.experiments.runner import Options
 
 SMOKE_IDS = [p.run_id for p in study.SMOKE.plan("/nonexistent", study.SMOKE.budget, {})[0]]
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+SMOKE_STUDY = ("-m", "resnet", "study", "--plan", "smoke")
+# `python -m resnet ablation` with two variants whose batch fits the tiny data (the fast preset's 512 does not).
+TINY_VARIANTS = {"recipe": {"batch_size": 32}, "no-label-smoothing": {"batch_size": 32, "label_smoothing": 0.0}}
+TINY_ABLATION = ("-c", "import sys; from resnet import cli; from resnet.experiments import ablation; "
+                       f"ablation.ABLATION = ablation.Ablation(variants={TINY_VARIANTS!r}); sys.exit(cli.main())", "ablation")
+COMMANDS = {"study": ["study", "--plan", "smoke"], "ablation": ["ablation"], "time-to-accuracy": ["time-to-accuracy"]}
 
 
-def worker(tmp_path, data, name, *flags) -> subprocess.Popen:
-    """One `python -m resnet study --plan smoke` worker in its own process group, its output in name.log."""
-    command = [sys.executable, "-m", "resnet", "study", "--plan", "smoke", "--out", str(tmp_path / "runs"),
-               "--results", str(tmp_path / "study.json"), "--data-dir", str(data), "--device", "cpu", *flags]
+def worker(tmp_path, data, name, *flags, command=SMOKE_STUDY) -> subprocess.Popen:
+    """One worker (``command``'s third word is the experiment) in its own process group, its output in name.log and
+    its results in <experiment>.json."""
+    command = [sys.executable, *command, "--out", str(tmp_path / "runs"), "--results", str(tmp_path / f"{command[2]}.json"),
+               "--data-dir", str(data), "--device", "cpu", *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=open(tmp_path / f"{name}.log", "wb"),
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -64,9 +71,10 @@ def assert_each_point_once(tmp_path, done_trials) -> None:
         assert runs.read_config(tmp_path / "runs" / t.user_attrs["run_id"])["trial"]["number"] == t.number
 
 
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS)
 @pytest.mark.parametrize("url", ["postgresql+psycopg://nobody@/x?host=/nonexistent", "foo://", "sqlite:///study.db", "not a url"])
-def test_a_storage_that_cannot_be_used_is_one_error_before_any_training(tmp_path, capsys, url):
-    code = main(["study", "--plan", "smoke", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "study.json"),
+def test_a_storage_that_cannot_be_used_is_one_error_before_any_training(tmp_path, capsys, command, url):
+    code = main([*command, "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results.json"),
                  "--data-dir", str(tmp_path / "no-data"), "--storage", url])
     error = capsys.readouterr().err
     assert code == 2
@@ -96,8 +104,26 @@ def test_a_point_seeded_twice_is_trained_once_and_counted_once(tmp_path):
     assert len(shared.get_trials()) == 2
 
 
-def test_a_device_this_machine_lacks_is_refused_before_a_run_is_claimed(tmp_path, capsys):
-    code = main(["study", "--plan", "smoke", "--out", str(tmp_path / "runs"), "--device", "cuda:99"])
+def test_a_planned_runs_settings_are_its_trials_parameters_each_one_json_scalar(tmp_path):
+    # A variant's or a recipe's change of settings is spread among them; a tuple is joined.
+    variant = ablation.Variant("no-onecycle-seed1", "no-onecycle", {"schedule": "constant", "warmup": 0.0}, 1)
+    recipe = time_to_accuracy.Recipe("mid-light-seed1", time_to_accuracy.RECIPES["mid-light-seed1"])
+    expected = [
+        {"run_id": "no-onecycle-seed1", "name": "no-onecycle", "seed": 1, "schedule": "constant", "warmup": 0.0},
+        {"run_id": "mid-light-seed1", "whiten_stem": True, "resolution": "24:0.6", "epochs": 20, "augment": "light", "seed": 1},
+        {"optimizer": "adam", "lr": 0.01, "dropout": 0.1, "blocks": "1-1-1-1"}]
+    planned = [variant, recipe, study.SMOKE.plan(tmp_path, study.SMOKE.budget, {})[0][0]]
+    assert [storage.params(p) for p in planned] == expected
+    shared = storage.open_study(storage.open_storage(None, tmp_path), "plans", study.SMOKE.budget)
+    for p in planned:
+        shared.enqueue_trial(storage.params(p))
+    read_back = storage.open_study(storage.open_storage(None, tmp_path), "plans", study.SMOKE.budget)
+    assert [t.system_attrs["fixed_params"] for t in read_back.get_trials()] == expected
+
+
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS)
+def test_a_device_this_machine_lacks_is_refused_before_a_run_is_claimed(tmp_path, capsys, command):
+    code = main([*command, "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results.json"), "--device", "cuda:99"])
     assert code == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
@@ -113,6 +139,26 @@ def test_two_workers_on_the_journal_train_each_point_once(tmp_path, tiny_data):
     for row in json.loads((tmp_path / "study.json").read_text())["runs"]:  # a diverged run ends inside its epoch
         epochs = [r["epoch"] for r in runs.read_metrics(tmp_path / "runs" / row["run_id"]) if r["kind"] == "epoch"]
         assert epochs == ([1] if row["status"] == "finished" else [])
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_two_ablation_workers_on_the_journal_train_each_run_once(tmp_path, tiny_data):
+    flags = ("--train-size", "64", "--val-size", "64", "--epochs", "1", "--seeds", "2")
+    first, second = (worker(tmp_path, tiny_data, name, *flags, command=TINY_ABLATION) for name in ("first", "second"))
+    finish(first, second)
+    ids = [ablation.run_id(name, seed) for seed in (0, 1) for name in TINY_VARIANTS]
+    done = [t for t in trials(journal(tmp_path), "ablation") if t.state in DONE]
+    assert sorted(t.user_attrs["run_id"] for t in done) == sorted(ids)  # each run done once, none missing
+    assert trained(tmp_path, "first", "second") == collections.Counter(ids)  # no run trained twice
+    enqueued = {t.user_attrs["run_id"]: t.system_attrs["fixed_params"] for t in done}  # as the journal holds them
+    assert enqueued["no-label-smoothing-seed1"] == {"run_id": "no-label-smoothing-seed1", "name": "no-label-smoothing",
+                                                    "seed": 1, "batch_size": 32, "label_smoothing": 0.0}
+    results = json.loads((tmp_path / "ablation.json").read_text())
+    assert [r["run_id"] for r in results["runs"]] == ids
+    assert all(r["status"] == "finished" for r in results["runs"])
+    for t in done:  # the run folder records the trial that finished it
+        assert runs.read_config(tmp_path / "runs" / t.user_attrs["run_id"])["trial"]["number"] == t.number
 
 
 @pytest.mark.slow

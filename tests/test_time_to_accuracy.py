@@ -11,7 +11,7 @@ from torch import nn
 from resnet import flops, runs
 from resnet.cli import main
 from resnet.config import ConfigError, make_config
-from resnet.experiments import runner, time_to_accuracy
+from resnet.experiments import runner, storage, time_to_accuracy
 from resnet.experiments.runner import Budget, Options
 from resnet.model import build_model
 
@@ -119,7 +119,7 @@ def test_a_run_resumed_on_another_machine_is_timed_on_both(tmp_path):
 def test_a_tiny_experiment_records_when_each_recipe_reached_each_target(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(time_to_accuracy, "TARGETS", (0.0, 1.01))  # reached at the first epoch; never
     results_path = tmp_path / "results" / "time-to-accuracy.json"
-    results = TINY_EXPERIMENT.run(BUDGET, Options(tmp_path / "runs", results_path, tiny_data))
+    results = storage.run_study(TINY_EXPERIMENT, BUDGET, Options(tmp_path / "runs", results_path, tiny_data), None, None)
     rows = {row["run_id"]: row for row in results["runs"]}
     assert list(rows) == list(TINY)
     assert all(row["status"] == "finished" for row in rows.values())
@@ -146,15 +146,16 @@ def test_a_tiny_experiment_records_when_each_recipe_reached_each_target(tiny_dat
     assert (results_path.parent / "time-to-accuracy-curves.html").is_file()
     assert json.loads(results_path.read_text()) == json.loads(json.dumps(results))
     trained = []
-    again = TINY_EXPERIMENT.run(BUDGET, Options(tmp_path / "runs", results_path, tiny_data,
-                                                watch=lambda *run: trained.append(run) or contextlib.nullcontext()))
+    noted = Options(tmp_path / "runs", results_path, tiny_data,
+                    watch=lambda *run: trained.append(run) or contextlib.nullcontext())
+    again = storage.run_study(TINY_EXPERIMENT, BUDGET, noted, None, None)
     assert trained == []
     assert json.loads(json.dumps(again)) == json.loads(json.dumps(results))
 
     edited = time_to_accuracy.TimeToAccuracy(recipes={**TINY, "fast": {"batch_size": 32, "epochs": 3}})
     for out in (tmp_path / "runs", tmp_path / "fresh-checkout"):  # its folder, else the results file's row, says so
         with pytest.raises(ConfigError, match=r"^fast was trained with other settings than its recipe has now \(epochs 2 -> 3\)"):
-            edited.run(BUDGET, Options(out, results_path, tiny_data))
+            storage.run_study(edited, BUDGET, Options(out, results_path, tiny_data), None, None)
     assert json.loads(results_path.read_text()) == json.loads(json.dumps(results))
 
 

@@ -5,7 +5,8 @@ The recipe is the ``fast`` preset with the changes of RECIPE. Every variant chan
 budget's resolution schedule, once per seed, and is scored by its final validation accuracy in eval
 mode; the test set is never scored. Each run is a folder named after its variant and seed. Rerunning
 skips finished runs and resumes interrupted ones, and a fresh checkout continues from the committed
-results file (resnet.experiments.runner).
+results file (resnet.experiments.runner). Every process running the command is a worker that takes the
+next run no one holds from the storage its workers share (resnet.experiments.storage; docs/studies.md).
 """
 
 import dataclasses

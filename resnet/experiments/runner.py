@@ -1,7 +1,8 @@
-"""Experiments: a plan of runs trained one after another under one budget, then a results file and its figures.
+"""Experiments: a plan of runs under one budget, then a results file and its figures.
 
 An experiment (the optimizer study, the remove-one ablation, time to accuracy) is a subclass of Experiment that declares
-what it compares: its plan, each run's config and results row. This module owns the rest. Every run is
+what it compares: its plan, each run's config and results row. This module owns the rest, except the loop that
+trains the plan: the workers of resnet.experiments.storage run it, in one process or many. Every run is
 an ordinary run folder under the experiment's folder, named by its run id. Rerunning skips finished and
 diverged runs and resumes stopped, interrupted or failed ones from their checkpoint (runs.RESUMABLE). Run folders hold
 checkpoints and stay on the machine that trained them; the results file is what gets committed, so a
@@ -78,7 +79,7 @@ class Options:
     only: object = None  # the CLI's --only, as the experiment's `chosen` reads it; empty: every run
     stop_event: threading.Event | None = None  # once set, the current run stops resumable and no other starts
     watch: Callable | None = None  # (run_id, trainer, resume) -> a context manager around the run (the CLI's progress bar)
-    device: str | None = None  # where a study worker trains (None: each config's); where a run trained is not a setting
+    device: str | None = None  # where a worker trains (None: each config's); where a run trained is not a setting
 
 
 class Experiment:
@@ -96,7 +97,9 @@ class Experiment:
     pages: dict = {}  # name -> (results -> figure), each written beside the results file as <stem>-<name>.html
 
     def plan(self, root, budget: Budget, recorded: dict) -> tuple:
-        """(the runs known so far, in order, each with a ``run_id``; why later ones are not planned yet, or None)."""
+        """(the runs known so far, in order, each with a ``run_id``; why later ones are not planned yet, or None).
+
+        The plan is made again after every run: a finished run can decide what is planned next (the study's phases)."""
         raise NotImplementedError
 
     def config_for(self, planned, budget: Budget, data_dir=None):
@@ -194,34 +197,10 @@ class Experiment:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, results)
         for name, make in self.pages.items():
-            # Whole or not at all: the workers of a study write the same pages at once.
+            # Whole or not at all: the workers of an experiment write the same pages at once.
             atomic_write_bytes(path.with_name(f"{path.stem}-{name}.html"), make(results).to_html(include_plotlyjs="cdn").encode())
 
-    # ---- running it ----------------------------------------------------------------------------
-
-    def run(self, budget: Budget, options: Options) -> dict:
-        """Train every planned run not done yet (of those ``options.only`` chooses), one after another; return
-        the results, written after every run.
-
-        The plan is made again after every run: a finished run can decide what is planned next (the
-        study's phases). The images are loaded once, for the first run that needs them.
-        """
-        chosen = self.chosen(options.only)
-        recorded = self.recorded_runs(options.results, budget)
-        root = self.open_folder(options.out, budget)
-        command = f"python -m resnet {self.name} --out {root}"
-        data = None
-        while (todo := self._next_run(root, budget, recorded, chosen)) is not None:
-            config = self.config_for(todo, budget, options.data_dir)
-            if data is None:
-                data = load_shared_data(config, budget)
-            train_run(root, todo.run_id, config, data, options.stop_event, options.watch, command)
-            self.write_results(self.collect(root, budget, recorded), options.results)
-            if options.stop_event is not None and options.stop_event.is_set():
-                break
-        final = self.collect(root, budget, recorded)
-        self.write_results(final, options.results)
-        return final
+    # ---- before a run is trained ---------------------------------------------------------------
 
     def check_unchanged(self, root, planned: list, budget: Budget, recorded: dict) -> None:
         """A run id stands for one config: a run folder or a recorded row that trained another (its recipe was
@@ -233,11 +212,6 @@ class Experiment:
             if changed:
                 raise ConfigError(f"{run.run_id} was trained with other settings than its recipe has now ({changed}); "
                                   "give the new recipe another name, or remove the old run's folder and row")
-
-    def _next_run(self, root, budget: Budget, recorded: dict, chosen):
-        planned, _ = self.plan(root, budget, recorded)
-        self.check_unchanged(root, planned, budget, recorded)
-        return next((p for p in planned if chosen(p.run_id) and self.status(root, p.run_id, recorded) not in DONE), None)
 
 
 def counted(budget: dict, key: str) -> str:
@@ -277,8 +251,9 @@ def measured(root, run_id: str) -> dict:
 
 
 def load_shared_data(config, budget: Budget):
-    """The images every run shares: the split and the subset depend only on the budget's sizes and seed (each
-    run's config fixes ``split_seed`` to it, so a run resumed on its own splits the same way)."""
+    """The images every run shares, loaded once by a worker for the first run it trains: the split and the subset
+    depend only on the budget's sizes and seed (each run's config fixes ``split_seed`` to it, so a run resumed on
+    its own splits the same way)."""
     data = load_data(config, resolve_device(config.device))
     if len(data.train_x) < budget.train_size:
         raise ConfigError(f"only {len(data.train_x)} training images remain after the {budget.val_size}-image validation split; "

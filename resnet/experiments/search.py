@@ -228,7 +228,8 @@ def row(number: int, run_dir: Path, settings: dict, ended: str) -> dict:
              if r["kind"] == "probe"]
     return {"run_id": run_dir.name, "trial": number, **settings, "status": ended,
             "final_val_acc": run["final_val_acc"] if ended == "finished" else None,
-            "elapsed_s": run["elapsed_s"] or (curve[-1]["elapsed_s"] if curve else None), "timed_on": run["timed_on"], "probes": curve}
+            "elapsed_s": run["elapsed_s"] or (curve[-1]["elapsed_s"] if curve else None), "timed_on": run["timed_on"],
+            "probes": curve}
 
 
 def best(rows: list) -> dict | None:

@@ -343,9 +343,12 @@ class Worker(TrialWorker):
 
 
 def params(planned) -> dict:
-    """The planned run's settings as the trial's parameters (JSON numbers and strings)."""
+    """The planned run's settings as the trial's parameters (JSON numbers, strings and booleans): a ``change`` of
+    settings (an ablation variant's, a time-to-accuracy recipe's) is spread among them, winning as it does in
+    the run's config, since a parameter holds one value, not a dict."""
+    fields = {key: value for key, value in vars(planned).items() if key not in ("phases", "change")}
     return {key: "-".join(map(str, value)) if isinstance(value, tuple) else value
-            for key, value in vars(planned).items() if key != "phases"}
+            for key, value in {**fields, **getattr(planned, "change", {})}.items()}
 
 
 def run_study(experiment: Experiment, budget: Budget, options: Options, url: str | None, name: str | None) -> dict:

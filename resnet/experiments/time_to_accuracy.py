@@ -10,7 +10,8 @@ come before it starts. Each epoch is scored in the trainer's evaluation precisio
 where the hardware has it), the last one too: the final validation figure is that epoch's (the cards
 of the runs recorded here hold an fp32 score of the same weights). Wall times compare only within one machine,
 which each row names. Rerunning skips finished runs and resumes interrupted ones
-(resnet.experiments.runner).
+(resnet.experiments.runner). Every process running the command is a worker that takes the next run no
+one holds from the storage its workers share (resnet.experiments.storage; docs/studies.md).
 """
 
 import dataclasses
