@@ -84,8 +84,8 @@ def test_ablation_stops_resumes_skips_and_continues_from_its_results(tiny_data, 
 
     second = []
     results = run(BUDGET, Options(root, results_path, tiny_data, watch=recorder(second)))
-    # The stopped run's trial was failed and its run queued again, behind the two runs still waiting in plan order.
-    assert second == [("recipe-seed1", False), ("no-label-smoothing-seed1", False), ("no-label-smoothing-seed0", True)]
+    # The stopped run comes first again: workers claim in plan order, a run queued again after a stop included.
+    assert second == [("no-label-smoothing-seed0", True), ("recipe-seed1", False), ("no-label-smoothing-seed1", False)]
     by_id = {r["run_id"]: r for r in results["runs"]}
     assert list(by_id) == ORDER
     assert all(r["status"] == "finished" and 0 <= r["final_val_acc"] <= 1 and r["train_images_per_s"] > 0
@@ -117,10 +117,9 @@ def test_ablation_stops_resumes_skips_and_continues_from_its_results(tiny_data, 
 
 
 def test_unknown_variants_and_other_budgets_are_refused(tiny_data, tmp_path):
-    # The worker asks which variants are chosen once its folder and storage are open (the CLI's choices refuse an
-    # unknown one before that): a folder of its own.
     with pytest.raises(ConfigError, match="unknown variant"):
-        run(BUDGET, Options(tmp_path / "unknown", data_dir=tiny_data, only=("no-such-variant",)))
+        run(BUDGET, Options(tmp_path / "a", data_dir=tiny_data, only=("no-such-variant",)))
+    assert not (tmp_path / "a").exists()  # refused before its folder or storage was made
     results_path = tmp_path / "ablation.json"
     content = json.dumps({"budget": {**dataclasses.asdict(BUDGET), "epochs": 3}, "runs": []})
     results_path.write_text(content)

@@ -45,22 +45,21 @@ def test_study_runs_in_phases_resumes_and_skips(tiny_data, tmp_path):
     stop, first = threading.Event(), []
     interrupted = "sgd-lr0p01-drop0p1-b1111"
     run(Options(root, results_path, tiny_data, stop_event=stop, watch=recorder(first, interrupted, stop)))
-    # The plan's first four runs were queued at the start, in plan order; the fallback lr of an optimizer that
-    # diverged at 1e37 was planned when it diverged, and queued behind them.
+    # Adam diverged at 1e37, so its fallback lr comes next, before SGD's runs: workers claim in plan order.
     assert [run_id for run_id, _ in first] == ["adam-lr1e37-drop0p1-b1111", "adam-lr0p01-drop0p1-b1111",
-                                               "sgd-lr1e37-drop0p1-b1111", interrupted]
+                                               "adam-lr0p001-drop0p1-b1111", "sgd-lr1e37-drop0p1-b1111", interrupted]
     assert runs.read_status(root / interrupted)["status"] == "stopped"
     written = json.loads(results_path.read_text())
     statuses = {r["run_id"]: r["status"] for r in written["runs"]}
     assert statuses["adam-lr1e37-drop0p1-b1111"] == statuses["sgd-lr1e37-drop0p1-b1111"] == "diverged"
-    assert statuses["adam-lr0p001-drop0p1-b1111"] == statuses["sgd-lr0p001-drop0p1-b1111"] == "pending"
+    assert statuses["sgd-lr0p001-drop0p1-b1111"] == "pending"
     assert written["waiting"].startswith("the optimizers phase is not done yet")
     assert written["experiment"] == "study"
 
     second = []
     results = run(Options(root, results_path, tiny_data, watch=recorder(second)))
-    # The stopped run is queued again behind the fallbacks that were waiting, and resumed from its checkpoint.
-    assert second[:3] == [("adam-lr0p001-drop0p1-b1111", False), ("sgd-lr0p001-drop0p1-b1111", False), (interrupted, True)]
+    # The stopped run comes first, before the fallback planned after it, and resumes from its checkpoint.
+    assert second[0] == (interrupted, True)
     assert not {run_id for run_id, _ in first[:-1]} & {run_id for run_id, _ in second}
     by_id = {r["run_id"]: r for r in results["runs"]}
     # Both optimizers diverged at 1e37, so each got the fallback lr; the winner's settings recur in later phases.

@@ -32,7 +32,7 @@ GRACE_S = 20  # heartbeat silence after which its run is failed and taken over
 POLL_S = 2.0  # how often a worker with nothing to claim looks again (a killed worker's run must be taken over)
 CLAIM_S = 60  # a trial running this long with no owner recorded lost its worker between claiming and recording
 JOURNAL = "optuna.journal"
-NEEDS_OPTUNA = "the study's workers need Optuna: pip install -r requirements-dev.txt"
+NEEDS_OPTUNA = "the experiments' workers need Optuna: pip install -r requirements-dev.txt"
 
 
 class StorageError(UserError):
@@ -129,12 +129,13 @@ class TrialWorker:
         self.heartbeat = isinstance(self.storage, self.optuna.storages.RDBStorage)
         self.host = socket.gethostname()
 
-    def claim(self):
+    def claim(self, order=None):
         """A waiting trial moved to RUNNING by this worker alone, or None; never ask(), which samples a trial of
-        its own when none is waiting. Of two trials for one run id (two workers seeded it together) the
-        lowest-numbered live one is trained and the other failed as redundant."""
+        its own when none is waiting. ``order`` (trial -> a sort key) says which waiting trial comes first, else
+        the lowest-numbered. Of two trials for one run id (two workers seeded it together) the lowest-numbered
+        live one is trained and the other failed as redundant."""
         states = self.optuna.trial.TrialState
-        for waiting in self.study.get_trials(deepcopy=False, states=(states.WAITING,)):
+        for waiting in sorted(self.study.get_trials(deepcopy=False, states=(states.WAITING,)), key=order or (lambda t: t.number)):
             trial_id = self.trial_id(waiting.number)
             try:
                 if not self.storage.set_trial_state_values(trial_id, states.RUNNING):
@@ -302,7 +303,7 @@ class Worker(TrialWorker):
             if not todo:
                 break
             self.seed(todo)
-            trial = self.claim()
+            trial = self.claim(plan_order(todo))
             if trial is None:
                 time.sleep(POLL_S)
                 continue
@@ -342,6 +343,13 @@ class Worker(TrialWorker):
             self._tell_if_held(trial, states.PRUNED, status)
 
 
+def plan_order(todo: list):
+    """A claim's order (trial -> key): the plan's, a run queued again after a stop included, so that a partial
+    results file holds the plan's first runs, as one process training them in turn would have left it."""
+    rank = {planned.run_id: index for index, planned in enumerate(todo)}
+    return lambda trial: (rank.get(trial.user_attrs.get("run_id"), len(rank)), trial.number)
+
+
 def params(planned) -> dict:
     """The planned run's settings as the trial's parameters (JSON numbers, strings and booleans): a ``change`` of
     settings (an ablation variant's, a time-to-accuracy recipe's) is spread among them, winning as it does in
@@ -354,7 +362,8 @@ def params(planned) -> dict:
 def run_study(experiment: Experiment, budget: Budget, options: Options, url: str | None, name: str | None) -> dict:
     """One worker of ``experiment`` on the storage at ``url`` (else the journal in ``options.out``), in the study
     ``name`` (else the experiment's): the storage is opened before any image is loaded."""
-    experiment.recorded_runs(options.results, budget)  # a results file of another budget is refused first
+    experiment.chosen(options.only)  # a run --only cannot name is refused first, as is a results file of another budget
+    experiment.recorded_runs(options.results, budget)
     if url is None:
         storage = open_storage(None, experiment.open_folder(options.out, budget))
     else:

@@ -10,7 +10,7 @@ Three phases, each chosen by validation accuracy at the final epoch (the test se
 Every run is a run folder under the study folder, named by its settings, so a setting that two
 phases share (phase 1's winner is phase 2's dropout 0.1 run) is trained once. Rerunning skips done
 runs and resumes stopped ones, and a fresh checkout continues from the committed results file
-(resnet.experiments.runner: one runner for the study and the ablation).
+(resnet.experiments.runner and .storage: one engine for the study, the ablation and time-to-accuracy).
 
 Every process running the command is a worker: those sharing a storage (the journal file in --out on one
 machine, or a PostgreSQL --storage for many) each take the next run no one holds, and take over the run of a
