@@ -42,11 +42,11 @@ def probes(reporter, accuracies) -> None:
 
 
 @pytest.mark.parametrize(("prune", "accuracies", "pruned"), [
-    (True, [0.1, 0.1, 0.1, 0.1], 2),  # behind the median once past the warm-up probes
+    (True, [0.1, 0.1, 0.1, 0.1], search.WARMUP_PROBES),  # in the bottom quarter once past the warm-up probes
     (True, [0.6, 0.6, 0.6, 0.6], 0),  # ahead of it
     (False, [0.1, 0.1, 0.1, 0.1], 0),  # --no-prune: every trial runs to its end
 ])
-def test_a_trial_behind_the_finished_trials_median_is_stopped_after_the_warm_up(tmp_path, prune, accuracies, pruned):
+def test_a_trial_behind_the_finished_trials_is_stopped_after_the_warm_up(tmp_path, prune, accuracies, pruned):
     shared, study = opened(tmp_path, prune)
     finished_before(study, [0.4, 0.5, 0.5, 0.6])
     more = dataclasses.replace(SMOKE, trials=SMOKE.trials + 1)
@@ -56,7 +56,7 @@ def test_a_trial_behind_the_finished_trials_median_is_stopped_after_the_warm_up(
     stop = search.PruneStop()
     probes(worker._reporter(trial, tmp_path / "trial-0004", stop), accuracies)
     assert (stop.pruned, stop.is_set()) == (pruned, bool(pruned))
-    assert list(study.trials[4].intermediate_values) == list(range(1, (pruned or 4) + 1))
+    assert list(study.trials[4].intermediate_values) == list(range(1, (pruned or SMOKE.probes) + 1))
 
 
 def test_the_sampler_is_seeded_by_the_trial_number_so_a_search_repeats(tmp_path):
