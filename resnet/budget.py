@@ -195,7 +195,10 @@ def summary(plan_record: dict) -> str:
     scored = f" of {p['test_images']:,} test images" if p.get("test_images") else ""
     refits = ", ".join(f"{r['steps']:,} at {r['progress']:.0%}" for r in p.get("refits", []))
     refitted = f", re-fitted to this run's own pace ({refits})" if refits else ""
+    # Plans recorded before speeds were kept between runs all measured.
+    started = "start and measure this machine" if p.get("rates_from", "measured").startswith("measured") else \
+        "start (this machine's speeds from an earlier run)"
     return (f"{describe_duration(p['budget_s'])} budget: {p['steps']:,} steps planned over {p['epochs']} epoch"
-            f"{'s' if p['epochs'] != 1 else ''}{refitted}; as first planned, {p['spent_s']:.0f} s to start and measure "
-            f"this machine, {p['train_s']:.0f} s training, {p['probe_s'] + p['checkpoint_s']:.0f} s probes and "
+            f"{'s' if p['epochs'] != 1 else ''}{refitted}; as first planned, {p['spent_s']:.0f} s to {started}, "
+            f"{p['train_s']:.0f} s training, {p['probe_s'] + p['checkpoint_s']:.0f} s probes and "
             f"checkpoints, {p['final_s']:.0f} s final scoring{scored}")

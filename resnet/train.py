@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from . import budget, runs
+from . import budget, runs, speeds
 from .atomic import atomic_write_bytes, atomic_write_json
 from .config import ConfigError, TrainConfig, config_from_dict, parse_budget, parse_resolution, validate, validation_seed
 from .constants import IMAGE_SIZE, TRAIN_IMAGES
@@ -396,6 +396,7 @@ class Trainer:
                               else default_channels_last(self.device, self.amp_dtype))
         self.device_name = describe_device(self.device)  # in every epoch row: a run resumed elsewhere shows it
         self.data = data or load_data(config, self.device)
+        self.data_s = time.perf_counter() - self.clock_start  # a budgeted run's first step should follow it closely
         check_batch(config, len(self.data.train_x))  # shared data was loaded for another run's batch
         self.plan = None
         self.resumed = False
@@ -573,7 +574,12 @@ class Trainer:
     def _plan(self, parts: Parts) -> None:
         """Fix a budgeted run's length from this machine's measured speed; its config then records the plan."""
         config = self.config
-        rates = self.measure(parts)
+        self.speed_kind = speeds.kind(config, self.device_name)
+        rates = speeds.recall(self.speed_kind, budget.size_shares(config.resolution))
+        rates_from = "an earlier run of this kind on this machine" if rates else "measured at the start"
+        if rates is None:
+            rates = self.measure(parts)
+            speeds.remember(self.speed_kind, rates)
         plan = budget.plan(parse_budget(config.budget), time.perf_counter() - self.clock_start, rates,
                            batch_size=config.batch_size, steps_per_epoch=self.steps_per_epoch, resolution=config.resolution,
                            probes=config.probes, probe_size=config.probe_size,
@@ -583,7 +589,7 @@ class Trainer:
         if self.config.limit_test:  # the test images the plan affords scoring: the first ones, as --limit-test keeps
             limit = self.config.limit_test
             self.data = dataclasses.replace(self.data, test_x=self.data.test_x[:limit], test_y=self.data.test_y[:limit])
-        self.plan = dataclasses.asdict(plan)
+        self.plan = {**dataclasses.asdict(plan), "data_s": self.data_s, "rates_from": rates_from}
         self._derive()
         if self.writes:
             self._write_config()
@@ -610,6 +616,10 @@ class Trainer:
         self._derive()
         if self.writes:
             self._write_config()
+            # The pace met is the next run's plan (a resumed run's clock broke at its stop, so it keeps what it has).
+            speeds.remember(self.speed_kind, budget.Rates(
+                train={size: self.config.batch_size / seconds for size, seconds in step_s.items()},
+                score=plan["rates"]["score"], checkpoint_s=plan["rates"]["checkpoint_s"]))
 
     # ---- scores, and the ends of epochs and runs ------------------------------------------
     def _reduce(self, values: list) -> list:

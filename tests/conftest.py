@@ -35,6 +35,13 @@ def real_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
+def own_speeds_cache(monkeypatch, tmp_path_factory):
+    """Every test's budgeted runs measure this machine unless the test kept speeds itself: another test's runs, or
+    this user's, are not this test's (resnet.speeds reads $XDG_CACHE_HOME, as the processes a test starts do)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(autouse=True)
 def default_limits(monkeypatch):
     """Every test starts from the default server limits, whatever this shell's STUDIO_* variables say."""
     monkeypatch.setattr(limits, "_current", limits.ServerLimits.defaults())

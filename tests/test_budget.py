@@ -156,9 +156,9 @@ FIXED_RATES = budget.Rates(train={16: 16.0, 32: 8.0}, score=1000.0, checkpoint_s
 
 
 def budgeted(tiny_data, **changes):
-    return make_config("quick", data_dir=str(tiny_data), limit_train=48, limit_test=20, batch_size=8, budget="30s",
-                       resolution="16:0.5", precision="fp32", device="cpu", eval_batch_size=20, log_every=2, probe_size=10,
-                       probes=10, **changes)
+    return make_config("quick", **{"data_dir": str(tiny_data), "limit_train": 48, "limit_test": 20, "batch_size": 8,
+                                   "budget": "30s", "resolution": "16:0.5", "precision": "fp32", "device": "cpu",
+                                   "eval_batch_size": 20, "log_every": 2, "probe_size": 10, "probes": 10, **changes})
 
 
 def test_a_budgeted_run_records_its_plan_and_trains_exactly_its_steps(tiny_data, tmp_path, monkeypatch):

@@ -1,0 +1,64 @@
+"""Speeds kept between runs: a budgeted run of a kind already run here plans from the pace that run met and
+measures nothing; another kind, or a cache that cannot be read, measures as before."""
+
+import pytest
+from test_budget import FIXED_RATES, budgeted
+
+from resnet import budget, runs, speeds
+from resnet.train import Trainer
+
+MEASURED = budget.Rates(train={**FIXED_RATES.train, 24: 12.0}, score=FIXED_RATES.score, checkpoint_s=0.0)
+
+
+def measuring(monkeypatch) -> list:
+    """Every measurement the trainer makes, answered with MEASURED."""
+    made = []
+    monkeypatch.setattr(Trainer, "measure", lambda self, parts: made.append(1) or MEASURED)
+    return made
+
+
+def test_a_second_run_of_a_kind_plans_from_the_pace_the_first_met_and_measures_nothing(tiny_data, tmp_path, monkeypatch):
+    short = {"budget": "10s"}  # two runs that re-fit to their own pace, each as long as its budget
+    made = measuring(monkeypatch)
+    assert Trainer(budgeted(tiny_data, **short), tmp_path / "first").run()["status"] == "finished"
+    first = runs.read_config(tmp_path / "first")["plan"]
+    assert made == [1]
+    assert first["rates_from"] == "measured at the start"
+    assert first["refits"]  # this run trains far faster than FIXED_RATES: it re-fitted to its own pace
+    met = first["refits"][-1]["step_s"]
+    assert Trainer(budgeted(tiny_data, **short), tmp_path / "second").run()["status"] == "finished"
+    second = runs.read_config(tmp_path / "second")["plan"]
+    assert made == [1]
+    assert second["rates_from"] == "an earlier run of this kind on this machine"
+    # The pace the first run met at its last re-fit, not what it measured: the second plans many more steps.
+    assert second["rates"]["train"] == {size: 8 / seconds for size, seconds in met.items()}
+    assert second["steps"] > first["steps"]
+    assert second["spent_s"] >= second["data_s"] > 0
+    assert "speeds from an earlier run" in budget.summary(second)
+    assert "start and measure this machine" in budget.summary(first)
+
+
+@pytest.mark.parametrize("change", [{"whiten_stem": False}, {"resolution": "24:0.5"}, {"optimizer": "adam"}])
+def test_a_run_of_another_kind_measures_for_itself(tiny_data, tmp_path, monkeypatch, change):
+    made = measuring(monkeypatch)
+    monkeypatch.setattr(budget, "REPLAN_AT", ())
+    speeds.remember(speeds.kind(budgeted(tiny_data), Trainer(budgeted(tiny_data), tmp_path / "a").device_name), FIXED_RATES)
+    assert Trainer(budgeted(tiny_data, **change), tmp_path / "b").run()["status"] == "finished"
+    assert made == [1]  # another stem, optimizer, or a size (24 px) the kept speeds lack
+
+
+@pytest.mark.parametrize("content", ["not json", "[1, 2]", '{"x": 1}', None])
+def test_a_cache_that_cannot_be_read_or_written_costs_a_measurement_and_nothing_else(tiny_data, tmp_path, monkeypatch,
+                                                                                      content):
+    made = measuring(monkeypatch)
+    monkeypatch.setattr(budget, "REPLAN_AT", ())
+    cache = speeds.cache_file()
+    if content is None:  # a file where the cache's folder should be: nothing can be written
+        cache.parent.parent.mkdir(parents=True, exist_ok=True)
+        cache.parent.write_text("in the way")
+    else:
+        cache.parent.mkdir(parents=True)
+        cache.write_text(content)
+    for name in ("first", "second"):
+        assert Trainer(budgeted(tiny_data), tmp_path / name).run()["status"] == "finished"
+    assert made == ([1, 1] if content is None else [1])  # a broken file is replaced by one that holds the speeds
