@@ -9,6 +9,9 @@ its ratio to the budget, the final test accuracy on all 10,000 test images (eval
 test-time augmentation), the probes' share of the training time, and the machine.
 
     python bench/bench_budget.py --data-dir ../shared/data/cifar10 --budgets 1m 2m 5m 15m --json bench/results/budget.json
+
+A run plans from the speeds an earlier run of its kind met on this machine, where one is kept (resnet.speeds), and
+measures otherwise; ``--fresh-speeds --budgets 1m 1m`` shows both, the first run measuring and the second not.
 """
 
 import argparse
@@ -68,6 +71,10 @@ def budget_run(text: str, timeout_s: float) -> dict:
         "wall_s": round(wall, 1), "wall_over_budget": round(wall / parse_budget(text), 3),
         "test_acc": card.get("test_acc"), "test_images": card.get("test_images"), "all_10000_test_acc": all_test,
         "planned_steps": plan.get("steps"), "steps": stored.get("steps"), "epochs": stored.get("epochs"),
+        # The training loop starts once the plan is made: from the data loaded to there, measuring (where the run
+        # had no speeds of its kind kept from an earlier one) and building the network.
+        "speeds": plan.get("rates_from"),
+        "data_to_first_step_s": round(plan["spent_s"] - plan["data_s"], 2) if "data_s" in plan else None,
         "images": rows[-1]["images"] if rows else None,
         "plan": plan, "train_s": round(train_s, 1), "probes": sum(r["kind"] == "probe" for r in rows),
         "probe_share_of_training": round(probe_s / train_s, 4) if train_s else None,
@@ -80,7 +87,11 @@ def main() -> int:
     parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR)")
     parser.add_argument("--budgets", nargs="+", default=["1m", "2m", "5m", "15m"])
     parser.add_argument("--json", help="write the results here (each budget as it ends)")
+    parser.add_argument("--fresh-speeds", action="store_true",
+                        help="start with no speeds kept from earlier runs (resnet.speeds): the first run measures")
     args = parser.parse_args()
+    if args.fresh_speeds:  # the children read it, as the app's do
+        os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="bench-speeds-")
     if args.data_dir:
         os.environ["CIFAR10_DIR"] = str(Path(args.data_dir).resolve())  # the child reads it, as the app's children do
     results = {"machine": machine(), "command": "python bench/bench_budget.py " + " ".join(sys.argv[1:]), "runs": []}

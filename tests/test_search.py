@@ -35,15 +35,18 @@ def finished_before(study, accuracies) -> None:
             value=accuracy, intermediate_values=dict.fromkeys(range(1, SMOKE.probes + 1), accuracy)))
 
 
-def probes(reporter, accuracies) -> None:
+def probes(reporter, accuracies, images=64) -> None:
     for accuracy in accuracies:
         reporter({"kind": "step", "step": 1})  # only probes are reported
-        reporter({"kind": "probe", "probe_acc": accuracy})
+        reporter({"kind": "probe", "probe_acc": accuracy, "probe_images": images})
 
 
+# The finished trials' median is 0.5 at every probe; two standard errors of a 64-image probe there are 0.125.
 @pytest.mark.parametrize(("prune", "accuracies", "pruned"), [
-    (True, [0.1, 0.1, 0.1, 0.1], search.WARMUP_PROBES),  # in the bottom quarter once past the warm-up probes
-    (True, [0.6, 0.6, 0.6, 0.6], 0),  # ahead of it
+    (True, [0.1, 0.1, 0.1, 0.1], search.WARMUP_PROBES),  # far behind: pruned once past the warm-up probes
+    (True, [0.1, 0.1, 0.1, 0.4], 0),  # behind by less than a probe's noise
+    (True, [0.1, 0.45, 0.1, 0.1], 0),  # by its best probe so far
+    (True, [0.6, 0.6, 0.6, 0.6], 0),  # ahead
     (False, [0.1, 0.1, 0.1, 0.1], 0),  # --no-prune: every trial runs to its end
 ])
 def test_a_trial_behind_the_finished_trials_is_stopped_after_the_warm_up(tmp_path, prune, accuracies, pruned):

@@ -18,7 +18,7 @@ def measuring(monkeypatch) -> list:
 
 
 def test_a_second_run_of_a_kind_plans_from_the_pace_the_first_met_and_measures_nothing(tiny_data, tmp_path, monkeypatch):
-    short = {"budget": "10s"}  # two runs that re-fit to their own pace, each as long as its budget
+    short = {"budget": "20s"}  # the shortest budget: two runs that re-fit to their own pace, each as long as it
     made = measuring(monkeypatch)
     assert Trainer(budgeted(tiny_data, **short), tmp_path / "first").run()["status"] == "finished"
     first = runs.read_config(tmp_path / "first")["plan"]

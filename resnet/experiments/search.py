@@ -6,11 +6,11 @@ named after its trial, trained on the images left beside a seeded validation spl
 and scored on that split alone: the test set is never scored, so a search may choose. Its score is the final
 validation accuracy, eval mode.
 
-Optuna's TPE sampler proposes each trial's settings from the ones before it, and a percentile pruner stops a trial
-whose probe accuracy (the held-out points every run logs, ``--probes`` of them) is in the bottom quarter of the
-finished trials' at the same probe, once the lr's warm-up is over: a learning rate that is hopeless shows it by
-then, and its remaining steps go to the next proposal. ``--no-prune`` runs every trial to its end, the baseline a pruned search
-is measured against (docs/studies.md).
+Optuna's TPE sampler proposes each trial's settings from the ones before it, and a pruner stops a trial whose
+probe accuracy (the held-out points every run logs, ``--probes`` of them) is behind the finished trials' median at
+the same probe by more than a probe's sampling noise, once the lr's warm-up is over: a learning rate that is
+hopeless shows it by then, and its remaining steps go to the next proposal. ``--no-prune`` runs every trial to
+its end, the baseline a pruned search is measured against (docs/studies.md).
 
 Every process running the command is a worker on one storage, as for the fixed plans
 (resnet.experiments.storage): each asks the sampler for the next trial, until the search has its trials; a
@@ -22,6 +22,8 @@ for, a slower machine.
 
 import dataclasses
 import json
+import math
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -38,11 +40,7 @@ STARTUP_TRIALS = 4  # random proposals before TPE models the ones so far, and fi
 # Probes before a trial may be pruned: the quick preset warms its lr up over the first fifth of the run, and probes
 # inside the warm-up rank learning rates by how fast they warm up, not by how well they learn.
 WARMUP_PROBES = 4
-# A probe scores a few dozen to a few hundred images (its cost is held to 5% of the training), so one probe ranks
-# trials noisily: a trial is pruned only where its best probe so far is in the bottom quarter of the finished trials'
-# at that probe. A median cut at the second probe pruned all twelve trials after the first four on the lr search,
-# lrs as good as the best among them included.
-PRUNE_BELOW = 25.0
+NOISE_SE = 2.0  # how many standard errors of a probe's score a trial must be behind to be pruned
 
 
 @dataclass(frozen=True)
@@ -99,8 +97,7 @@ SEARCHES = {
 def open_search(storage, name: str, search: Search, prune: bool):
     """The study ``name`` in ``storage``, created if need be and bound to ``search`` and to pruning or not."""
     optuna = _optuna()
-    pruner = (optuna.pruners.PercentilePruner(PRUNE_BELOW, n_startup_trials=STARTUP_TRIALS, n_warmup_steps=WARMUP_PROBES)
-              if prune else optuna.pruners.NopPruner())
+    pruner = BehindBeyondNoise() if prune else optuna.pruners.NopPruner()
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True, pruner=pruner)
     bound = {**search.fields(), "prune": prune}
     stored = study.user_attrs.get("search")
@@ -110,6 +107,30 @@ def open_search(storage, name: str, search: Search, prune: bool):
         changed = ", ".join(f"{key} {stored.get(key)} -> {value}" for key, value in bound.items() if stored.get(key) != value)
         raise StorageError(f"the study {name!r} in this storage is another search ({changed}); use another --name")
     return study
+
+
+class BehindBeyondNoise:
+    """A pruner (Optuna calls ``prune(study, trial)``): stop a trial whose best probe so far is behind the median of
+    the finished trials' at that probe by more than NOISE_SE standard errors of a probe's score, once the lr's warm-up
+    is over and STARTUP_TRIALS trials have finished.
+
+    A probe scores a few dozen to a few hundred images (its cost is held to 5% of the training), so trials of equal
+    merit differ by several points at any one probe. Optuna's median and percentile pruners cut there anyway: on the
+    lr search they pruned every trial after the first four, lrs as good as the best among those included, and a
+    search whose first finished trials are good ones then finishes no other (docs/studies.md)."""
+
+    def prune(self, study, trial) -> bool:
+        step = trial.last_step
+        if step is None or step < WARMUP_PROBES or not trial.user_attrs.get("probe_images"):
+            return False
+        complete = _optuna().trial.TrialState.COMPLETE
+        finished = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(complete,))
+                    if step in t.intermediate_values]
+        if len(finished) < STARTUP_TRIALS:
+            return False
+        median = statistics.median(finished)
+        noise = NOISE_SE * math.sqrt(median * (1 - median) / trial.user_attrs["probe_images"])
+        return max(trial.intermediate_values.values()) < median - noise
 
 
 class SearchWorker(TrialWorker):
@@ -200,6 +221,8 @@ class SearchWorker(TrialWorker):
                 return
             count[0] += 1
             try:
+                if record["probe_images"] != trial.user_attrs.get("probe_images"):
+                    trial.set_user_attr("probe_images", record["probe_images"])  # how noisy its probes are
                 trial.report(record["probe_acc"], count[0])
                 if trial.should_prune():
                     stop.pruned = count[0]
