@@ -53,7 +53,7 @@ def test_a_trial_behind_the_finished_trials_is_stopped_after_the_warm_up(tmp_pat
     shared, study = opened(tmp_path, prune)
     finished_before(study, [0.4, 0.5, 0.5, 0.6])
     more = dataclasses.replace(SMOKE, trials=SMOKE.trials + 1)
-    worker = search.SearchWorker(more, prune, Options(out=tmp_path), shared, study, "journal")
+    worker = search.SearchWorker(more, Options(out=tmp_path), shared, study, "journal")
     trial = worker.next_trial()
     assert trial.user_attrs["run_id"] == f"trial-{trial.number:04d}" == "trial-0004"
     stop = search.PruneStop()
@@ -67,7 +67,7 @@ def test_the_sampler_is_seeded_by_the_trial_number_so_a_search_repeats(tmp_path)
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         shared, study = opened(tmp_path / folder)
-        worker = search.SearchWorker(SMOKE, True, Options(out=tmp_path / folder), shared, study, "journal")
+        worker = search.SearchWorker(SMOKE, Options(out=tmp_path / folder), shared, study, "journal")
         proposed.append([worker.next_trial().params["lr"] for _ in range(3)])
     assert proposed[0] == proposed[1]
     assert len(set(proposed[0])) == 3  # and workers asking at once propose different settings

@@ -33,8 +33,8 @@ from .. import runs
 from ..atomic import atomic_write_json
 from ..config import QUICK_RUN, make_config
 from ..train import load_data, resolve_device
-from .runner import DONE, Options, measured
-from .storage import POLL_S, StorageError, TrialWorker, _optuna, open_storage
+from .runner import DONE, Budget, Options, measured
+from .storage import POLL_S, StorageError, TrialWorker, import_optuna, open_storage
 
 STARTUP_TRIALS = 4  # random proposals before TPE models the ones so far, and finished trials before any pruning
 # Probes before a trial may be pruned: the quick preset warms its lr up over the first fifth of the run, and probes
@@ -70,8 +70,9 @@ class Search:
         return {key: value for key, value in json.loads(json.dumps(dataclasses.asdict(self))).items() if key != "trials"}
 
     def config_for(self, params: dict, data_dir=None):
-        return make_config(self.preset, **self.size, **params, val_size=self.val_size, limit_test=1_000, seed=self.seed,
-                           score_test=False, probe_size=self.probe_size, probes=self.probes,
+        # Scored on the validation split alone, as every experiment's runs are (the test images are only loaded).
+        return make_config(self.preset, **self.size, **params, val_size=self.val_size, limit_test=Budget.test_size,
+                           seed=self.seed, score_test=False, probe_size=self.probe_size, probes=self.probes,
                            data_dir=str(data_dir) if data_dir else None)
 
 
@@ -96,7 +97,7 @@ SEARCHES = {
 
 def open_search(storage, name: str, search: Search, prune: bool):
     """The study ``name`` in ``storage``, created if need be and bound to ``search`` and to pruning or not."""
-    optuna = _optuna()
+    optuna = import_optuna()
     pruner = BehindBeyondNoise() if prune else optuna.pruners.NopPruner()
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True, pruner=pruner)
     bound = {**search.fields(), "prune": prune}
@@ -123,7 +124,7 @@ class BehindBeyondNoise:
         step = trial.last_step
         if step is None or step < WARMUP_PROBES or not trial.user_attrs.get("probe_images"):
             return False
-        complete = _optuna().trial.TrialState.COMPLETE
+        complete = import_optuna().trial.TrialState.COMPLETE
         finished = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(complete,))
                     if step in t.intermediate_values]
         if len(finished) < STARTUP_TRIALS:
@@ -138,9 +139,9 @@ class SearchWorker(TrialWorker):
 
     command = "search"
 
-    def __init__(self, search: Search, prune: bool, options: Options, storage, study, storage_kind: str):
+    def __init__(self, search: Search, options: Options, storage, study, storage_kind: str):
         super().__init__(options, storage, study, storage_kind)
-        self.search, self.prune = search, prune
+        self.search = search
 
     def started(self) -> int:
         """Trials that count: a failed one was queued again as a new trial (or given up on), so it counts no more."""
@@ -285,4 +286,4 @@ def run_search(search: Search, prune: bool, options: Options, url: str | None, n
     storage = open_storage(url, options.out)
     study = open_search(storage, name, search, prune)
     kind = "journal" if url is None else storage.engine.url.get_backend_name()
-    return SearchWorker(search, prune, options, storage, study, kind).run()
+    return SearchWorker(search, options, storage, study, kind).run()

@@ -39,7 +39,7 @@ class StorageError(UserError):
     """The study's storage cannot be opened, or holds another study."""
 
 
-def _optuna():
+def import_optuna():
     try:  # an optional import: tests/test_requirements.py holds these pinned in requirements-dev.txt
         import optuna
     except ImportError:
@@ -53,7 +53,7 @@ def _optuna():
 def open_storage(url: str | None, out):
     """The storage at ``url`` (a SQLAlchemy database URL), else the journal file in ``out``; a URL that cannot
     be used raises StorageError in one sentence, before anything is trained."""
-    optuna = _optuna()
+    optuna = import_optuna()
     if url is None:
         # A plain string would be read as a database URL: the journal takes a backend.
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(Path(out) / JOURNAL)))
@@ -103,7 +103,7 @@ def _first_line(error: Exception) -> str:
 def open_study(storage, name: str, budget: Budget):
     """The study ``name`` in ``storage``, created if need be and bound to ``budget``: workers of two budgets
     sharing one study would compare runs that are not comparable."""
-    optuna = _optuna()
+    optuna = import_optuna()
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     stored = study.user_attrs.get("budget")
     if stored is None:
@@ -121,7 +121,7 @@ class TrialWorker:
     command: str  # the command's name, which each run's config.json records
 
     def __init__(self, options: Options, storage, study, storage_kind: str):
-        self.optuna = _optuna()
+        self.optuna = import_optuna()
         self.options = options
         self.study, self.storage = study, storage
         self.study_id = storage.get_study_id_from_name(study.study_name)
