@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from resnet import budget, runs
+from resnet import budget, runs, speeds
 from resnet.config import ConfigError, make_config, parse_budget, parse_resolution
 from resnet.train import Trainer, lr_at, resolution_at, resume_config
 
@@ -268,6 +268,7 @@ def test_a_run_stopped_after_a_refit_resumes_to_the_same_weights(tiny_data, tmp_
     """A resume follows the re-fits recorded before its stop and makes none of its own: it ends as a run that
     re-fitted at those points only."""
     monkeypatch.setattr(Trainer, "measure", lambda self, parts: FIXED_RATES)
+    monkeypatch.setattr(speeds, "recall", lambda key, sizes: None)  # both runs plan from FIXED_RATES, not the pace met
     monkeypatch.setattr(budget, "refit", fixed_refit)
     monkeypatch.setattr(budget, "REPLAN_AT", (0.2, 0.4))
     plan = budget.plan  # planned as if no time had gone before: the first run in a process starts slower (imports)
