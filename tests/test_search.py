@@ -142,3 +142,21 @@ def test_a_stopped_trial_is_queued_again_and_resumed_with_its_own_settings(tmp_p
     assert "resuming trial-0000" in (tmp_path / "second.log").read_text()
     assert [t.state for t in trials(tmp_path)] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert runs.read_config(run_dir)["lr"] == stopped.params["lr"]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_killed_workers_trial_is_resumed_by_another_and_counted_once(tmp_path, tiny_data):
+    run_dir = tmp_path / "runs" / "trial-0000"
+    first = worker(tmp_path, tiny_data, "first", "--trials", "1")
+    wait_for(lambda: (run_dir / runs.CHECKPOINT).is_file(), 300, "the first checkpoint")
+    second = worker(tmp_path, tiny_data, "second", "--trials", "1")  # nothing to start: it waits on the running trial
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=60)
+    assert second.wait(timeout=300) == 0
+    assert "resuming trial-0000" in (tmp_path / "second.log").read_text()
+    killed, resumed = trials(tmp_path)
+    assert (killed.state, resumed.state) == (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE)
+    assert (resumed.params, resumed.system_attrs["failed_trial"]) == (killed.params, killed.number)
+    rows = json.loads((tmp_path / "search.json").read_text())["runs"]
+    assert [(r["run_id"], r["trial"]) for r in rows] == [("trial-0000", resumed.number)]  # counted once

@@ -29,7 +29,8 @@ SMOKE_STUDY = ("-m", "resnet", "study", "--plan", "smoke")
 TINY_VARIANTS = {"recipe": {"batch_size": 32}, "no-label-smoothing": {"batch_size": 32, "label_smoothing": 0.0}}
 TINY_ABLATION = ("-c", "import sys; from resnet import cli; from resnet.experiments import ablation; "
                        f"ablation.ABLATION = ablation.Ablation(variants={TINY_VARIANTS!r}); sys.exit(cli.main())", "ablation")
-COMMANDS = {"study": ["study", "--plan", "smoke"], "ablation": ["ablation"], "time-to-accuracy": ["time-to-accuracy"]}
+COMMANDS = {"study": ["study", "--plan", "smoke"], "ablation": ["ablation"], "time-to-accuracy": ["time-to-accuracy"],
+            "search": ["search", "--plan", "smoke"]}
 
 
 def worker(tmp_path, data, name, *flags, command=SMOKE_STUDY) -> subprocess.Popen:

@@ -282,8 +282,9 @@ def write_results(results: dict, path) -> None:
 def run_search(search: Search, prune: bool, options: Options, url: str | None, name: str) -> dict:
     """One worker of ``search`` on the storage at ``url`` (else the journal in ``options.out``), in the study
     ``name``: the storage is opened, and a study of another search refused, before any image is loaded."""
+    storage = open_storage(url, options.out) if url else None  # a database is reached before any folder is made
     Path(options.out).mkdir(parents=True, exist_ok=True)
-    storage = open_storage(url, options.out)
+    storage = storage or open_storage(None, options.out)
     study = open_search(storage, name, search, prune)
     kind = "journal" if url is None else storage.engine.url.get_backend_name()
     return SearchWorker(search, options, storage, study, kind).run()
