@@ -62,15 +62,17 @@ def test_a_trial_behind_the_finished_trials_is_stopped_after_the_warm_up(tmp_pat
     assert list(study.trials[4].intermediate_values) == list(range(1, (pruned or SMOKE.probes) + 1))
 
 
-def test_the_sampler_is_seeded_by_the_trial_number_so_a_search_repeats(tmp_path):
+def test_the_sampler_is_seeded_by_the_search_and_the_trial_so_a_search_repeats(tmp_path):
     proposed = []
-    for folder in ("a", "b"):
+    for folder, seed in (("a", 0), ("b", 0), ("c", 1)):
         (tmp_path / folder).mkdir()
         shared, study = opened(tmp_path / folder)
-        worker = search.SearchWorker(SMOKE, Options(out=tmp_path / folder), shared, study, "journal")
+        worker = search.SearchWorker(dataclasses.replace(SMOKE, seed=seed), Options(out=tmp_path / folder), shared, study,
+                                     "journal")
         proposed.append([worker.next_trial().params["lr"] for _ in range(3)])
     assert proposed[0] == proposed[1]
     assert len(set(proposed[0])) == 3  # and workers asking at once propose different settings
+    assert not set(proposed[2]) & set(proposed[0])  # another seed: none of the first's, shifted by a trial or not
 
 
 def test_a_search_trains_its_trials_and_writes_the_best_from_the_storage(tmp_path, tiny_data, capsys):

@@ -41,6 +41,7 @@ STARTUP_TRIALS = 4  # random proposals before TPE models the ones so far, and fi
 # inside the warm-up rank learning rates by how fast they warm up, not by how well they learn.
 WARMUP_PROBES = 4
 NOISE_SE = 2.0  # how many standard errors of a probe's score a trial must be behind to be pruned
+SEED_STRIDE = 1_000_003  # between the sampler seeds of two searches' trials
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,10 @@ class SearchWorker(TrialWorker):
             return trial
         trial_id = self.storage.create_new_trial(self.study_id)
         number = self.storage.get_trial_number_from_id(trial_id)
-        # Seeded by the trial's number: a search is repeatable, and workers asking at once propose different settings.
-        self.study.sampler = self.optuna.samplers.TPESampler(seed=self.search.seed + number, n_startup_trials=STARTUP_TRIALS)
+        # Seeded by the search's seed and the trial's number: a search is repeatable, workers asking at once propose
+        # different settings, and searches of two seeds share no sampler seed (below a million trials).
+        seed = self.search.seed * SEED_STRIDE + number
+        self.study.sampler = self.optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
         self.own(trial_id)
         self.storage.set_trial_user_attr(trial_id, "run_id", f"trial-{number:04d}")
         trial = self.optuna.Trial(self.study, trial_id)
