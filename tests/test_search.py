@@ -127,12 +127,18 @@ def test_two_workers_on_one_journal_train_each_trial_once(tmp_path, tiny_data):
     assert sorted(r["run_id"] for r in rows) == sorted(t.user_attrs["run_id"] for t in done)
 
 
+def training_first_trial(tmp_path, data):
+    """A worker of a one-trial search, once its trial has a checkpoint to resume from; and that trial's run folder."""
+    run_dir = tmp_path / "runs" / "trial-0000"
+    first = worker(tmp_path, data, "first", "--trials", "1")
+    wait_for(lambda: (run_dir / runs.CHECKPOINT).is_file(), 300, "the first checkpoint")
+    return first, run_dir
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_a_stopped_trial_is_queued_again_and_resumed_with_its_own_settings(tmp_path, tiny_data):
-    run_dir = tmp_path / "runs" / "trial-0000"
-    first = worker(tmp_path, tiny_data, "first", "--trials", "1")
-    wait_for(lambda: (run_dir / runs.CHECKPOINT).is_file(), 300, "the first checkpoint")
+    first, run_dir = training_first_trial(tmp_path, tiny_data)
     first.send_signal(signal.SIGINT)
     assert first.wait(timeout=300) == 130
     assert runs.read_status(run_dir)["status"] == "stopped"
@@ -149,9 +155,7 @@ def test_a_stopped_trial_is_queued_again_and_resumed_with_its_own_settings(tmp_p
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_a_killed_workers_trial_is_resumed_by_another_and_counted_once(tmp_path, tiny_data):
-    run_dir = tmp_path / "runs" / "trial-0000"
-    first = worker(tmp_path, tiny_data, "first", "--trials", "1")
-    wait_for(lambda: (run_dir / runs.CHECKPOINT).is_file(), 300, "the first checkpoint")
+    first, _ = training_first_trial(tmp_path, tiny_data)
     second = worker(tmp_path, tiny_data, "second", "--trials", "1")  # nothing to start: it waits on the running trial
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=60)
