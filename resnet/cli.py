@@ -90,11 +90,15 @@ def _train_parser(sub) -> None:
             p.add_argument(config.flag(name), type=_setting_type(name), choices=meta["choices"], help=meta["help"])
 
 
+def _data_dir_option(p) -> None:
+    p.add_argument("--data-dir", help=config.SETTINGS["data_dir"].metadata["help"])
+
+
 def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="score weights on the CIFAR-10 test set or a labelled folder",
                        description="Evaluate weights in eval mode, fp32.")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="a .safetensors (with its .json card) or a published .pt")
-    p.add_argument("--data-dir")
+    _data_dir_option(p)
     p.add_argument("--limit-test", type=_count, default=0)
     p.add_argument("--folder", help="score an ImageFolder layout instead: one subfolder of images per class, named as the class")
     p.add_argument("--batch-size", type=_positive_int, default=batch.BATCH_SIZE, help="images per forward pass for --folder")
@@ -121,7 +125,7 @@ def _budget_options(p, experiment) -> None:
     """What every experiment shares: where the data, run folders and results go, and the budget (its epochs
     where it fixes them)."""
     budget, out, results = experiment.budget, experiment.defaults.out, experiment.defaults.results
-    p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
+    _data_dir_option(p)
     p.add_argument("--out", default=out, help=f"folder of its run folders, bound to one budget (default: {out})")
     p.add_argument("--results", default=results,
                    help="results file: runs it records as done are not trained again; rewritten as runs finish "
@@ -201,7 +205,7 @@ def _search_parser(sub) -> None:
                         "(default: %(default)s)")
     p.add_argument("--trials", type=_positive_int, help="trials over all workers (default: the plan's)")
     p.add_argument("--no-prune", action="store_true", help="run every trial to its end")
-    p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
+    _data_dir_option(p)
     p.add_argument("--out", help="folder of its run folders (default: search-PLAN)")
     p.add_argument("--results", help="results file, rewritten as trials end (default: results/search-PLAN.json)")
     p.add_argument("--seed", type=_seed, default=0, help="of the validation split, every trial's weights and the sampler")

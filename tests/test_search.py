@@ -16,7 +16,7 @@ from helpers import REPO, wait_for
 from resnet import runs
 from resnet.cli import main
 from resnet.experiments import search, storage
-from resnet.experiments.runner import Options
+from resnet.experiments.runner import Budget, Options
 
 SMOKE = search.SEARCHES["smoke"]
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -53,7 +53,7 @@ def test_a_trial_behind_the_finished_trials_is_stopped_after_the_warm_up(tmp_pat
     shared, study = opened(tmp_path, prune)
     finished_before(study, [0.4, 0.5, 0.5, 0.6])
     more = dataclasses.replace(SMOKE, trials=SMOKE.trials + 1)
-    worker = search.SearchWorker(more, Options(out=tmp_path), shared, study, "journal")
+    worker = search.SearchWorker(more, Options(out=tmp_path), shared, study)
     trial = worker.next_trial()
     assert trial.user_attrs["run_id"] == f"trial-{trial.number:04d}" == "trial-0004"
     stop = search.PruneStop()
@@ -62,13 +62,21 @@ def test_a_trial_behind_the_finished_trials_is_stopped_after_the_warm_up(tmp_pat
     assert list(study.trials[4].intermediate_values) == list(range(1, (pruned or SMOKE.probes) + 1))
 
 
+@pytest.mark.parametrize("plan", list(search.SEARCHES))
+def test_every_plans_trials_are_scored_on_the_validation_split_alone(plan):
+    chosen = search.SEARCHES[plan]
+    config = chosen.config_for({name: (r.low + r.high) / 2 for name, r in chosen.space.items()})
+    assert (config.val_size, config.score_test, config.limit_test) == (chosen.val_size, False, Budget.test_size)
+    assert {name: getattr(config, name) for name in chosen.size if name != "limit_test"} == {
+        name: value for name, value in chosen.size.items() if name != "limit_test"}
+
+
 def test_the_sampler_is_seeded_by_the_search_and_the_trial_so_a_search_repeats(tmp_path):
     proposed = []
     for folder, seed in (("a", 0), ("b", 0), ("c", 1)):
         (tmp_path / folder).mkdir()
         shared, study = opened(tmp_path / folder)
-        worker = search.SearchWorker(dataclasses.replace(SMOKE, seed=seed), Options(out=tmp_path / folder), shared, study,
-                                     "journal")
+        worker = search.SearchWorker(dataclasses.replace(SMOKE, seed=seed), Options(out=tmp_path / folder), shared, study)
         proposed.append([worker.next_trial().params["lr"] for _ in range(3)])
     assert proposed[0] == proposed[1]
     assert len(set(proposed[0])) == 3  # and workers asking at once propose different settings

@@ -90,7 +90,7 @@ def test_a_point_seeded_twice_is_trained_once_and_counted_once(tmp_path):
     budget = study.SMOKE.budget
     opened = storage.open_storage(None, tmp_path)
     shared = storage.open_study(opened, "study", budget)
-    first, second = (storage.Worker(study.SMOKE, budget, Options(out=tmp_path), opened, shared, "journal") for _ in range(2))
+    first, second = (storage.Worker(study.SMOKE, budget, Options(out=tmp_path), opened, shared) for _ in range(2))
     point = study.SMOKE.plan(tmp_path, budget, {})[0][0]
     for _ in range(2):
         shared.enqueue_trial(storage.params(point), user_attrs={"run_id": point.run_id})

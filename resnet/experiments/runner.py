@@ -82,6 +82,16 @@ class Options:
     device: str | None = None  # where a worker trains (None: each config's); where a run trained is not a setting
 
 
+def write_results_file(results: dict, path) -> Path | None:
+    """``results`` written whole to ``path`` (nothing when it is None), its folder created if need be."""
+    if path is None:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, results)
+    return path
+
+
 class Experiment:
     """The runner every experiment shares: plan, run folders, results file, pages.
 
@@ -190,12 +200,10 @@ class Experiment:
         return root
 
     def write_results(self, results: dict, path) -> None:
-        """The results file and its pages beside it (nothing when ``path`` is None), its folder created if need be."""
+        """The results file and its pages beside it (nothing when ``path`` is None)."""
         if path is None:
             return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, results)
+        path = write_results_file(results, path)
         for name, make in self.pages.items():
             # Whole or not at all: the workers of an experiment write the same pages at once.
             atomic_write_bytes(path.with_name(f"{path.stem}-{name}.html"), make(results).to_html(include_plotlyjs="cdn").encode())

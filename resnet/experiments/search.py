@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import runs
-from ..atomic import atomic_write_json
 from ..config import QUICK_RUN, make_config
 from ..train import load_data, resolve_device
-from .runner import DONE, Budget, Options, measured
+from .runner import DONE, Budget, Options, measured, write_results_file
 from .storage import POLL_S, StorageError, TrialWorker, import_optuna, open_storage
 
 STARTUP_TRIALS = 4  # random proposals before TPE models the ones so far, and finished trials before any pruning
@@ -72,9 +71,10 @@ class Search:
 
     def config_for(self, params: dict, data_dir=None):
         # Scored on the validation split alone, as every experiment's runs are (the test images are only loaded).
-        return make_config(self.preset, **self.size, **params, val_size=self.val_size, limit_test=Budget.test_size,
-                           seed=self.seed, score_test=False, probe_size=self.probe_size, probes=self.probes,
-                           data_dir=str(data_dir) if data_dir else None)
+        # These override the trial's size: the Train tab's budgeted run, for one, scores all the test images.
+        scored = {"val_size": self.val_size, "limit_test": Budget.test_size, "score_test": False}
+        return make_config(self.preset, **{**self.size, **params, **scored}, seed=self.seed, probe_size=self.probe_size,
+                           probes=self.probes, data_dir=str(data_dir) if data_dir else None)
 
 
 # The settings a recipe's search leaves open: the quick preset's lr 0.05, warm-up 0.2 and label smoothing 0.2 sit
@@ -140,8 +140,8 @@ class SearchWorker(TrialWorker):
 
     command = "search"
 
-    def __init__(self, search: Search, options: Options, storage, study, storage_kind: str):
-        super().__init__(options, storage, study, storage_kind)
+    def __init__(self, search: Search, options: Options, storage, study):
+        super().__init__(options, storage, study)
         self.search = search
 
     def started(self) -> int:
@@ -188,9 +188,9 @@ class SearchWorker(TrialWorker):
                 self._tell_if_held(trial, self.optuna.trial.TrialState.FAIL, "failed")
                 raise
             self.train(trial, config, data, root)
-            write_results(self.results(), options.results)
+            write_results_file(self.results(), options.results)
         final = self.results()
-        write_results(final, options.results)
+        write_results_file(final, options.results)
         return final
 
     def settings(self, trial) -> dict:
@@ -239,11 +239,11 @@ class SearchWorker(TrialWorker):
     def results(self) -> dict:
         """The results file: the search, every trial that ended (trained on any machine), and the best."""
         states = self.optuna.trial.TrialState
-        trials = [t for t in self.study.get_trials(deepcopy=False) if t.state in (states.COMPLETE, states.PRUNED)
-                  and "row" in t.user_attrs]
-        first = min((t.datetime_start for t in self.study.get_trials(deepcopy=False) if t.datetime_start), default=None)
+        every = self.study.get_trials(deepcopy=False)
+        first = min((t.datetime_start for t in every if t.datetime_start), default=None)
         rows = [{**t.user_attrs["row"], "started_s": (t.datetime_start - first).total_seconds(),
-                 "ended_s": (t.datetime_complete - first).total_seconds()} for t in trials]
+                 "ended_s": (t.datetime_complete - first).total_seconds()}
+                for t in every if t.state in (states.COMPLETE, states.PRUNED) and "row" in t.user_attrs]
         return {"experiment": "search", "study": self.study.study_name, "search": self.study.user_attrs.get("search"),
                 "best": best(rows), "runs": rows}
 
@@ -276,12 +276,6 @@ def found_s(results: dict, target: float) -> float | None:
     return min((r["ended_s"] for r in results["runs"] if (r["final_val_acc"] or 0) >= target), default=None)
 
 
-def write_results(results: dict, path) -> None:
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, results)
-
-
 def run_search(search: Search, prune: bool, options: Options, url: str | None, name: str) -> dict:
     """One worker of ``search`` on the storage at ``url`` (else the journal in ``options.out``), in the study
     ``name``: the storage is opened, and a study of another search refused, before any image is loaded."""
@@ -289,5 +283,4 @@ def run_search(search: Search, prune: bool, options: Options, url: str | None, n
     Path(options.out).mkdir(parents=True, exist_ok=True)
     storage = storage or open_storage(None, options.out)
     study = open_search(storage, name, search, prune)
-    kind = "journal" if url is None else storage.engine.url.get_backend_name()
-    return SearchWorker(search, options, storage, study, kind).run()
+    return SearchWorker(search, options, storage, study).run()

@@ -120,13 +120,14 @@ class TrialWorker:
 
     command: str  # the command's name, which each run's config.json records
 
-    def __init__(self, options: Options, storage, study, storage_kind: str):
+    def __init__(self, options: Options, storage, study):
         self.optuna = import_optuna()
         self.options = options
         self.study, self.storage = study, storage
         self.study_id = storage.get_study_id_from_name(study.study_name)
-        self.storage_kind = storage_kind  # "journal" or the database's backend name
         self.heartbeat = isinstance(self.storage, self.optuna.storages.RDBStorage)
+        # Recorded in each trial's run notes: the journal file, else the database's backend name.
+        self.storage_kind = storage.engine.url.get_backend_name() if self.heartbeat else "journal"
         self.host = socket.gethostname()
 
     def claim(self, order=None):
@@ -249,8 +250,8 @@ class Worker(TrialWorker):
     """One worker process of an experiment's fixed plan on a shared study: seed, claim, train, tell, until the
     plan is done."""
 
-    def __init__(self, experiment: Experiment, budget: Budget, options: Options, storage, study, storage_kind: str):
-        super().__init__(options, storage, study, storage_kind)
+    def __init__(self, experiment: Experiment, budget: Budget, options: Options, storage, study):
+        super().__init__(options, storage, study)
         self.experiment, self.budget = experiment, budget
         self.command = experiment.name
 
@@ -370,5 +371,4 @@ def run_study(experiment: Experiment, budget: Budget, options: Options, url: str
         storage = open_storage(url, options.out)
         experiment.open_folder(options.out, budget)
     study = open_study(storage, name or experiment.name, budget)
-    kind = "journal" if url is None else storage.engine.url.get_backend_name()
-    return Worker(experiment, budget, options, storage, study, kind).run()
+    return Worker(experiment, budget, options, storage, study).run()
