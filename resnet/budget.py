@@ -34,6 +34,10 @@ FINAL_SHARE = 0.2
 MIN_TEST_IMAGES = 500  # fewer would make the final figure a coin toss (a 95% interval of about +-4 points)
 # Scoring an image is its forward pass; training it is a forward and a backward pass, about three forwards.
 TRAIN_PER_SCORE = 3.0
+# A machine's first run plans its final scoring before it has scored anything, at this many times its 32 px training
+# pace: scoring batches of 500 met 2.6-3.0 times it on the 2-core EPYC (the plans in bench/results/budget*.json),
+# and a guess on the fast side would overrun the budget. The pace the final scoring meets is kept for the next run.
+FIRST_SCORE_PER_TRAIN = 2.5
 # Where a budgeted run re-fits its length, as progress through its schedules. Each size of the default resolution
 # schedule (16 px to 0.5, 24 px to 0.75) has been trained for a while by the re-fit after its phase begins.
 REPLAN_AT = (0.2, 0.4, 0.6, 0.8)

@@ -399,6 +399,9 @@ class Trainer:
         self.data_s = time.perf_counter() - self.clock_start  # a budgeted run's first step should follow it closely
         check_batch(config, len(self.data.train_x))  # shared data was loaded for another run's batch
         self.plan = None
+        # A budgeted run's speeds as planned, then as met (budget.Rates); kept for the next run of its kind when it
+        # finishes. None when resumed: its clock broke at the stop.
+        self.pace = None
         self.resumed = False
         self.final_scores = {}  # the last epoch's held-out scores, by split: the run's final figures
         self._derive()
@@ -542,8 +545,10 @@ class Trainer:
     def measure(self, parts: Parts) -> budget.Rates:
         """This machine's speed for this run, on a throwaway copy of its network and optimizer: training images per
         second at each size its resolution schedule uses, through the loop's own step (seeding, gathering and
-        augmenting the batch included), scored images per second at full size, and the seconds one checkpoint takes
-        to serialize."""
+        augmenting the batch included), and the seconds one checkpoint takes to serialize. Scoring is not timed: a
+        whole scoring batch and its warm-up would keep the first step waiting a second or two more, so the plan takes
+        it as FIRST_SCORE_PER_TRAIN times the 32 px training pace, and the run keeps the pace its final scoring meets
+        for the next run of its kind."""
         config = self.config
         model = copy.deepcopy(parts.model)
         optimizer = build_optimizer(config, model)
@@ -560,16 +565,10 @@ class Trainer:
                 seconds.append(clock.lap())
             # The median step: a moment's interruption by another process does not become the plan's speed.
             train[size] = config.batch_size / statistics.median(seconds[warm:])
-        # Scoring is timed on a whole batch as the final scoring runs it: a smaller one fits the caches better and
-        # scored 762 images/s against 595 on a 2-core EPYC, which left the end of a run 6 s short of time.
-        held = self.data.test_x[: config.eval_batch_size]
-        self._evaluate(model, held, self.data.test_y[: len(held)])  # warm-up
-        clock = Stopwatch(self.device)
-        self._evaluate(model, held, self.data.test_y[: len(held)])
-        score = len(held) / clock.lap()
         started = time.perf_counter()
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, io.BytesIO())
-        return budget.Rates(train=train, score=score, checkpoint_s=time.perf_counter() - started)
+        return budget.Rates(train=train, score=budget.FIRST_SCORE_PER_TRAIN * train[IMAGE_SIZE],
+                            checkpoint_s=time.perf_counter() - started)
 
     def _plan(self, parts: Parts) -> None:
         """Fix a budgeted run's length from this machine's measured speed; its config then records the plan."""
@@ -579,7 +578,7 @@ class Trainer:
         rates_from = "an earlier run of this kind on this machine" if rates else "measured at the start"
         if rates is None:
             rates = self.measure(parts)
-            speeds.remember(self.speed_kind, rates)
+        self.pace = rates  # this run's, to keep for the next run of its kind once it has finished
         plan = budget.plan(parse_budget(config.budget), time.perf_counter() - self.clock_start, rates,
                            batch_size=config.batch_size, steps_per_epoch=self.steps_per_epoch, resolution=config.resolution,
                            probes=config.probes, probe_size=config.probe_size,
@@ -614,14 +613,19 @@ class Trainer:
                                                     "overhead_s": overhead_s, "seconds_left": seconds_left}]
         self.config = dataclasses.replace(self.config, steps=steps, epochs=math.ceil(steps / self.steps_per_epoch))
         self._derive()
+        self.pace = dataclasses.replace(self.pace, train={size: self.config.batch_size / s for size, s in step_s.items()})
         if self.writes:
             self._write_config()
-            # The pace met is the next run's plan (a resumed run's clock broke at its stop, so it keeps what it has).
-            speeds.remember(self.speed_kind, budget.Rates(
-                train={size: self.config.batch_size / seconds for size, seconds in step_s.items()},
-                score=plan["rates"]["score"], checkpoint_s=plan["rates"]["checkpoint_s"]))
 
     # ---- scores, and the ends of epochs and runs ------------------------------------------
+    def _final_scoring_met(self, images: int, seconds: float) -> None:
+        """A budgeted run records what its final scoring took, and the next run of its kind plans its own from it."""
+        if self.pace is None:
+            return
+        met = self.plan.setdefault("final_scoring", {"images": 0, "seconds": 0.0})
+        met["images"], met["seconds"] = met["images"] + images, met["seconds"] + seconds
+        self.pace = dataclasses.replace(self.pace, score=met["images"] / met["seconds"])
+
     def _reduce(self, values: list) -> list:
         """Sums over every rank, in one all-reduce (the values themselves when not distributed)."""
         if not self.distributed:
@@ -663,10 +667,12 @@ class Trainer:
             held = ([("test", self.data.test_x, self.data.test_y)] if config.score_test else []) + (
                 [("val", self.data.val_x, self.data.val_y)] if self.data.val_x is not None else [])
             for split, images, labels in held:
+                timer = Stopwatch(self.device)
                 result = self._evaluate(scored, images, labels)
                 record.update({f"{split}_loss": result["loss"], f"{split}_acc": result["acc"]})
                 if last:  # the run's final figures: the weights are those it finishes with
                     self.final_scores[split] = result
+                    self._final_scoring_met(result["count"], timer.lap())
         record["elapsed_s"] = elapsed()
         return record
 
@@ -774,6 +780,8 @@ class Trainer:
             card.update(fit_run_temperature(scored, self.data.val_x, self.data.val_y, config.mean, config.std,
                                             config.eval_batch_size, amp_dtype=self.amp_dtype, channels_last=self.channels_last))
         save_weights(scored, self.run_dir / runs.WEIGHTS, card, dtype=getattr(torch, config.weights_dtype))
+        if self.pace is not None:  # a broken model never gets here: only a finished run's pace is the next one's plan
+            speeds.remember(self.speed_kind, self.pace)
         length = f"{self.total_steps:,} steps" if config.steps else f"{config.epochs} epochs"
         message = f"finished: {'test' if split == 'test' else 'validation'} accuracy {final['acc']:.2%} after {length}"
         self._status("finished", message)

@@ -180,7 +180,10 @@ def test_a_budgeted_run_records_its_plan_and_trains_exactly_its_steps(tiny_data,
     assert [r for r in epochs if "test_acc" in r] == epochs[-1:]  # held-out sets scored once, at the end
     assert len([r for r in rows if r["kind"] == "probe"]) >= 10
     card = json.loads((tmp_path / runs.CARD).read_text())
+    scoring = card["provenance"]["plan"].pop("final_scoring")  # what the final scoring took, known only at the end
     assert card["provenance"]["plan"] == plan
+    assert scoring["images"] == plan["test_images"] == 20
+    assert scoring["seconds"] > 0
     assert card["test_acc"] == epochs[-1]["test_acc"]
     assert "fp32, eval mode" in card["measured"]
     assert "tta_test_acc" not in card
@@ -219,7 +222,7 @@ def test_a_budget_run_measures_this_machine_for_real(tiny_data, tmp_path):
     rates = trainer.measure(parts)
     assert set(rates.train) == {16, 32}
     assert all(rate > 0 for rate in rates.train.values())
-    assert rates.score > 0
+    assert rates.score == budget.FIRST_SCORE_PER_TRAIN * rates.train[32]  # scoring is not timed before the first step
     assert rates.checkpoint_s >= 0
     # Measured on a copy: the run's own network and optimizer are untouched.
     assert all((parts.model.state_dict()[k] == v).all() for k, v in before.items())

@@ -1,6 +1,9 @@
 """Speeds kept between runs: a budgeted run of a kind already run here plans from the pace that run met and
 measures nothing; another kind, or a cache that cannot be read, measures as before."""
 
+import json
+import threading
+
 import pytest
 from test_budget import FIXED_RATES, budgeted
 
@@ -32,6 +35,10 @@ def test_a_second_run_of_a_kind_plans_from_the_pace_the_first_met_and_measures_n
     assert second["rates_from"] == "an earlier run of this kind on this machine"
     # The pace the first run met at its last re-fit, not what it measured: the second plans many more steps.
     assert second["rates"]["train"] == {size: 8 / seconds for size, seconds in met.items()}
+    # And the pace its final scoring met, which its card records.
+    scoring = json.loads((tmp_path / "first" / runs.CARD).read_text())["provenance"]["plan"]["final_scoring"]
+    assert scoring["images"] == first["test_images"] == 20
+    assert second["rates"]["score"] == pytest.approx(scoring["images"] / scoring["seconds"])
     assert second["steps"] > first["steps"]
     assert second["spent_s"] >= second["data_s"] > 0
     assert "speeds from an earlier run" in budget.summary(second)
@@ -62,3 +69,15 @@ def test_a_cache_that_cannot_be_read_or_written_costs_a_measurement_and_nothing_
     for name in ("first", "second"):
         assert Trainer(budgeted(tiny_data), tmp_path / name).run()["status"] == "finished"
     assert made == ([1, 1] if content is None else [1])  # a broken file is replaced by one that holds the speeds
+
+
+def test_only_a_finished_run_keeps_its_pace(tiny_data, tmp_path, monkeypatch):
+    made = measuring(monkeypatch)
+    monkeypatch.setattr(budget, "REPLAN_AT", ())
+    stop = threading.Event()
+    stop.set()  # asked before the first step: the run stops at once, having measured
+    assert Trainer(budgeted(tiny_data), tmp_path / "stopped", stop_event=stop).run()["status"] == "stopped"
+    assert not speeds.cache_file().exists()
+    assert Trainer(budgeted(tiny_data), tmp_path / "next").run()["status"] == "finished"
+    assert made == [1, 1]  # the stopped run's measurement was not kept; the finished one's is
+    assert speeds.cache_file().exists()
