@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -538,9 +537,10 @@ class Trainer:
             trained = torch.compile(trained)
         return Parts(model, trained, optimizer, scaler, ema), state
 
-    # Warm-up steps (they build the kernels the run then reuses), then timed steps: few, since the run re-fits its
-    # length to the pace it meets, and every second measuring is one not training.
-    MEASURED_STEPS = (1, 2)
+    # Steps timed at each size, few: the run re-fits its length to the pace it meets, and every second measuring is
+    # one not training. The first builds the kernels the run then reuses (much slower on a GPU, hardly on a CPU);
+    # the faster of two counts, so that neither that nor a moment's interruption by another process is the plan's.
+    MEASURED_STEPS = 2
 
     def measure(self, parts: Parts) -> budget.Rates:
         """This machine's speed for this run, on a throwaway copy of its network and optimizer: training images per
@@ -555,16 +555,14 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=parts.scaler.is_enabled())
         copied = Parts(model, model, optimizer, scaler, None)
         order, flips = self.epoch_order(1)
-        warm, timed = self.MEASURED_STEPS
         train = {}
         for size in budget.size_shares(config.resolution):
             seconds = []
-            for step in range(warm + timed):
+            for step in range(self.MEASURED_STEPS):
                 clock = Stopwatch(self.device)
                 self.train_one(copied, order, flips, 1, step, size)
                 seconds.append(clock.lap())
-            # The median step: a moment's interruption by another process does not become the plan's speed.
-            train[size] = config.batch_size / statistics.median(seconds[warm:])
+            train[size] = config.batch_size / min(seconds)
         started = time.perf_counter()
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, io.BytesIO())
         return budget.Rates(train=train, score=budget.FIRST_SCORE_PER_TRAIN * train[IMAGE_SIZE],
