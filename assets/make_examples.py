@@ -11,7 +11,7 @@ from PIL import Image
 
 from resnet.atomic import atomic_write_json
 from resnet.constants import CLASSES
-from resnet.data import load_split
+from resnet.data import DATA_DIR_HELP, load_split
 
 PER_CLASS = 3
 OUT = Path(__file__).resolve().parent / "examples"
@@ -19,7 +19,7 @@ OUT = Path(__file__).resolve().parent / "examples"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     args = parser.parse_args()
     images, labels = load_split(args.data_dir, train=False)
     OUT.mkdir(exist_ok=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from resnet.atomic import atomic_write_json
-from resnet.data import load_split
+from resnet.data import DATA_DIR_HELP, load_split
 from resnet.weights import DEFAULT_WEIGHTS, load_weights
 
 COUNT = 12
@@ -20,7 +20,7 @@ OUT = Path(__file__).resolve().parent / "mistakes"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
-    parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--count", type=int, default=COUNT)
     args = parser.parse_args()
     classifier = load_weights(args.weights)

@@ -27,7 +27,7 @@ from machine import machine, report  # bench/, beside this file
 
 from resnet import runs
 from resnet.config import QUICK_RUN, parse_budget
-from resnet.data import load_split
+from resnet.data import DATA_DIR_HELP, load_split
 from resnet.studio import jobs
 from resnet.train import resolve_precision
 from resnet.weights import load_weights
@@ -84,7 +84,7 @@ def budget_run(text: str, timeout_s: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--budgets", nargs="+", default=["1m", "2m", "5m", "15m"])
     parser.add_argument("--json", help="write the results here (each budget as it ends)")
     parser.add_argument("--fresh-speeds", action="store_true",

@@ -29,7 +29,7 @@ from PIL import Image
 
 from resnet.config import PRECISIONS, RESOLUTIONS, make_config, parse_blocks
 from resnet.constants import IMAGE_SIZE, PUBLISHED_MEAN, PUBLISHED_STD
-from resnet.data import ORIGINAL_PADDING, augment, load_split, resolve_data_dir
+from resnet.data import DATA_DIR_HELP, ORIGINAL_PADDING, augment, load_split, resolve_data_dir
 from resnet.model import BLOCK_CHOICES, BasicBlock, build_model
 from resnet.train import (
     build_optimizer,
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=positive_int, default=50, help="timed steps per pipeline and round (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument("--rounds", type=positive_int, default=1, help="alternate the pipelines this many times")
-    parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="ours only")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the published pipeline")

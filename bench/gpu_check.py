@@ -33,7 +33,7 @@ import torch
 from bench_train import our_steps, race
 
 from resnet.config import make_config
-from resnet.data import load_split
+from resnet.data import DATA_DIR_HELP, load_split
 from resnet.experiments import storage
 from resnet.experiments.runner import Options
 from resnet.experiments.time_to_accuracy import TIME_TO_ACCURACY, table
@@ -129,7 +129,7 @@ def time_to_accuracy(data_dir, root, results) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--json", metavar="OUT", default="bench/results/gpu_check.json")
     parser.add_argument("--time-to-accuracy", metavar="RESULTS", default=GPU_RESULTS,
                         help="the time-to-accuracy results file of this GPU's runs (default: %(default)s)")

@@ -18,7 +18,7 @@ from . import batch, config, export, runs
 from .budget import process_age_s
 from .config import SEED_LIMIT, ConfigError
 from .constants import CLASSES
-from .data import load_split
+from .data import DATA_DIR_HELP, load_split
 from .errors import UserError
 from .experiments import ablation, search, storage, study, time_to_accuracy
 from .experiments.runner import Options
@@ -91,7 +91,7 @@ def _train_parser(sub) -> None:
 
 
 def _data_dir_option(p) -> None:
-    p.add_argument("--data-dir", help=config.SETTINGS["data_dir"].metadata["help"])
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
 
 
 def _evaluate_parser(sub) -> None:

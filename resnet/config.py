@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from .constants import IMAGE_SIZE, MEAN, PUBLISHED_MEAN, PUBLISHED_STD, STD, TRAIN_IMAGES
-from .data import AUGMENTATIONS
+from .data import AUGMENTATIONS, DATA_DIR_HELP
 from .errors import UserError
 from .model import MAX_BLOCKS
 
@@ -115,7 +115,7 @@ class TrainConfig:
     precision: str = setting("auto", "autocast precision (auto: bf16 where the hardware has it)", choices=PRECISIONS)
     channels_last: bool | None = setting(None, "channels_last memory layout (default: on for CPUs and autocast)")
     compile: bool = setting(False, "torch.compile the model")
-    data_dir: str | None = setting(None, "folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)",
+    data_dir: str | None = setting(None, DATA_DIR_HELP,
                                    resume=True)
     weights_dtype: str = setting("float32", "dtype of the published weights file", choices=WEIGHTS_DTYPES)
 

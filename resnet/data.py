@@ -35,6 +35,10 @@ class DataMissingError(UserError, FileNotFoundError):
     pass
 
 
+DATA_DIR_HELP = ("folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else /data/cifar10 on a Space's "
+                 "persistent storage, else ./data)")
+
+
 def resolve_data_dir(data_dir=None) -> Path:
     """The folder that contains ``cifar-10-batches-py/``: the argument, $CIFAR10_DIR, /data/cifar10 where a Space's
     persistent storage is mounted (so a fetched copy outlives a restart, as the runs do), else ./data."""

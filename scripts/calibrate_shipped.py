@@ -19,7 +19,7 @@ from pathlib import Path
 
 from resnet.atomic import atomic_write_json
 from resnet.calibration import calibration_fields, halves
-from resnet.data import load_split
+from resnet.data import DATA_DIR_HELP, load_split
 from resnet.weights import DEFAULT_WEIGHTS, card_path, load_weights
 
 HALVES = ("the {:,} even-index test images", "the {:,} odd-index test images")
@@ -28,7 +28,7 @@ HALVES = ("the {:,} even-index test images", "the {:,} odd-index test images")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--data-dir", help="the folder containing cifar-10-batches-py/ (default $CIFAR10_DIR, else ./data)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     args = parser.parse_args(argv)
 
     classifier = load_weights(args.weights)

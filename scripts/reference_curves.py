@@ -20,6 +20,7 @@ import torch
 
 from resnet import runs
 from resnet.config import QUICK_RUN, config_from_dict, make_config
+from resnet.data import DATA_DIR_HELP
 from resnet.flops import steps_per_epoch
 from resnet.train import Trainer, describe_device
 from resnet.weights import DEFAULT_WEIGHTS, card_path
@@ -60,7 +61,7 @@ def shipped_reference() -> dict | None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (default: $CIFAR10_DIR, else ./data)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--out", default=str(REPO / "results" / "reference-curves.json"))
     parser.add_argument("--shipped-only", action="store_true",
                         help="replace only the shipped model's curve in --out, keeping the trained references")

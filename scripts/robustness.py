@@ -33,7 +33,7 @@ import torch
 
 from resnet.atomic import atomic_write_json
 from resnet.constants import IMAGE_SIZE
-from resnet.data import load_split
+from resnet.data import DATA_DIR_HELP, load_split
 from resnet.stress import stress
 from resnet.train import cpu_model
 from resnet.weights import DEFAULT_WEIGHTS, load_weights
@@ -210,7 +210,7 @@ def machine() -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--data-dir", help="the folder containing cifar-10-batches-py/ (default $CIFAR10_DIR, else ./data)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="score the first N test images (0 = all 10,000)")
     parser.add_argument("--parameters", choices=PARAMETER_SETS, default=PARAMETER_SETS[0],
                         help="the severities: CIFAR-10-C's (default) or imagecorruptions' own (ImageNet-C's)")
