@@ -3,7 +3,8 @@
 
 Runs ``python -m resnet search --plan lr`` (the quick preset's one pass over 10,000 images, its lr searched from
 0.003 to 1 in its logarithm, scored on a 5,000-image validation split carved from the training set) twice on this
-machine, one worker each and one after the other: with the median pruner, then with ``--no-prune``. Both samplers
+machine, one worker each and one after the other: with the search's pruner (resnet.experiments.search's
+BehindBeyondNoise), then with ``--no-prune``. Both samplers
 are seeded alike, so their first proposals are the same lrs; after that each proposes from what it has seen. The
 target is the best final validation accuracy of either search less 0.5 points; each search's time to it runs
 from its first trial's start to the end of its first finished trial that reaches it.

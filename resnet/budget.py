@@ -34,10 +34,11 @@ FINAL_SHARE = 0.2
 MIN_TEST_IMAGES = 500  # fewer would make the final figure a coin toss (a 95% interval of about +-4 points)
 # Scoring an image is its forward pass; training it is a forward and a backward pass, about three forwards.
 TRAIN_PER_SCORE = 3.0
-# A machine's first run plans its final scoring before it has scored anything, at this many times its 32 px training
-# pace: scoring batches of 500 met 2.6-3.0 times it on the 2-core EPYC (the plans in bench/results/budget*.json),
-# and a guess on the fast side would overrun the budget. The pace the final scoring meets is kept for the next run.
-FIRST_SCORE_PER_TRAIN = 2.5
+# A machine's first run plans its final scoring before it has scored anything: at TRAIN_PER_SCORE times its 32 px
+# training pace, less this share. Scoring batches of 500 met 2.6-3.0 times that pace on the 2-core EPYC (the plans
+# in bench/results/budget.json, budget-sustained-0.93.json and budget-speeds-23f79fb.json), and a guess on the fast
+# side would overrun the budget. The pace the final scoring meets is kept for the next run (resnet.speeds).
+FIRST_SCORE_DISCOUNT = 1 / 6
 # Where a budgeted run re-fits its length, as progress through its schedules. Each size of the default resolution
 # schedule (16 px to 0.5, 24 px to 0.75) has been trained for a while by the re-fit after its phase begins.
 REPLAN_AT = (0.2, 0.4, 0.6, 0.8)
@@ -88,6 +89,11 @@ def progress_at(step: int, knots: list) -> float:
     return p0 + (p1 - p0) * (step - s0) / max(1, s1 - s0)
 
 
+def first_score_rate(train_rate: float) -> float:
+    """Scored images per second, guessed from the training images per second at 32 px (see FIRST_SCORE_DISCOUNT)."""
+    return TRAIN_PER_SCORE * (1 - FIRST_SCORE_DISCOUNT) * train_rate
+
+
 def probe_images(probe_size: int, images_between: float, resolution: str) -> int:
     """How many held-out images one probe scores: ``probe_size``, or fewer where scoring that many would cost
     more than PROBE_SHARE of the training compute since the last probe. A probe scores at full size; a training
@@ -127,8 +133,9 @@ def refit(seconds_left: float, step: int, progress: float, resolution: str, step
 
 @dataclass(frozen=True)
 class Rates:
-    """What this machine was measured to do for one run: training images per second at each size, scored
-    (evaluated) images per second at full size, and the seconds one checkpoint takes to write."""
+    """This machine's speeds for one run, as measured at its start or met by an earlier run of its kind: training
+    images per second at each size, scored (evaluated) images per second at full size (a first run's is a guess,
+    first_score_rate), and the seconds one checkpoint takes to write."""
 
     train: dict
     score: float

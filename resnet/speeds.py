@@ -3,8 +3,8 @@ the same kind met here, and starts training at once instead of spending its firs
 
 A run of the same kind is one whose steps cost the same: the same device (its model and threads), torch, network
 size, batch, precision, memory layout, optimizer, augmentation and stem. The speeds are those the earlier run met:
-each size's seconds a step at its last re-fit (else as measured at its start), and its final scoring's pace. They are
-kept once the run has finished, not when it stopped, failed or was resumed. A machine
+each size's seconds a step at its last re-fit (else the speeds it planned from), and its final scoring's pace. They
+are kept once the run has finished, not when it stopped, failed, diverged or was resumed. A machine
 slower today than then (another process on its cores) is caught by the run's own re-fits, as a measurement's
 errors are (resnet.budget). The file lives in the user's cache folder (``$XDG_CACHE_HOME``, else ``~/.cache``);
 where it cannot be read or written, the run measures, as it would without it.

@@ -537,18 +537,19 @@ class Trainer:
             trained = torch.compile(trained)
         return Parts(model, trained, optimizer, scaler, ema), state
 
-    # Steps timed at each size, few: the run re-fits its length to the pace it meets, and every second measuring is
-    # one not training. The first builds the kernels the run then reuses (much slower on a GPU, hardly on a CPU);
-    # the faster of two counts, so that neither that nor a moment's interruption by another process is the plan's.
+    # Steps timed at each size, few: every second measuring is one not training. The first builds the kernels the
+    # run then reuses (much slower on a GPU, hardly on a CPU), and the faster of two counts: on a CPU, a moment's
+    # interruption by another process then spoils neither the plan nor the kernels' building. The faster step is a
+    # guess on the fast side; the run's re-fits bring its length back to the pace it meets.
     MEASURED_STEPS = 2
 
     def measure(self, parts: Parts) -> budget.Rates:
         """This machine's speed for this run, on a throwaway copy of its network and optimizer: training images per
         second at each size its resolution schedule uses, through the loop's own step (seeding, gathering and
         augmenting the batch included), and the seconds one checkpoint takes to serialize. Scoring is not timed: a
-        whole scoring batch and its warm-up would keep the first step waiting a second or two more, so the plan takes
-        it as FIRST_SCORE_PER_TRAIN times the 32 px training pace, and the run keeps the pace its final scoring meets
-        for the next run of its kind."""
+        whole scoring batch and its warm-up would keep the first step waiting a second or more, so the plan guesses
+        it from the 32 px training pace (budget.first_score_rate), and the run keeps the pace its final scoring
+        meets for the next run of its kind."""
         config = self.config
         model = copy.deepcopy(parts.model)
         optimizer = build_optimizer(config, model)
@@ -565,7 +566,7 @@ class Trainer:
             train[size] = config.batch_size / min(seconds)
         started = time.perf_counter()
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, io.BytesIO())
-        return budget.Rates(train=train, score=budget.FIRST_SCORE_PER_TRAIN * train[IMAGE_SIZE],
+        return budget.Rates(train=train, score=budget.first_score_rate(train[IMAGE_SIZE]),
                             checkpoint_s=time.perf_counter() - started)
 
     def _plan(self, parts: Parts) -> None:
@@ -576,7 +577,6 @@ class Trainer:
         rates_from = "an earlier run of this kind on this machine" if rates else "measured at the start"
         if rates is None:
             rates = self.measure(parts)
-        self.pace = rates  # this run's, to keep for the next run of its kind once it has finished
         plan = budget.plan(parse_budget(config.budget), time.perf_counter() - self.clock_start, rates,
                            batch_size=config.batch_size, steps_per_epoch=self.steps_per_epoch, resolution=config.resolution,
                            probes=config.probes, probe_size=config.probe_size,
@@ -587,6 +587,7 @@ class Trainer:
             limit = self.config.limit_test
             self.data = dataclasses.replace(self.data, test_x=self.data.test_x[:limit], test_y=self.data.test_y[:limit])
         self.plan = {**dataclasses.asdict(plan), "data_s": self.data_s, "rates_from": rates_from}
+        self.pace = rates  # this run's, to keep for the next run of its kind once it has finished
         self._derive()
         if self.writes:
             self._write_config()
@@ -616,7 +617,7 @@ class Trainer:
             self._write_config()
 
     # ---- scores, and the ends of epochs and runs ------------------------------------------
-    def _final_scoring_met(self, images: int, seconds: float) -> None:
+    def _record_final_scoring(self, images: int, seconds: float) -> None:
         """A budgeted run records what its final scoring took, and the next run of its kind plans its own from it."""
         if self.pace is None:
             return
@@ -670,7 +671,7 @@ class Trainer:
                 record.update({f"{split}_loss": result["loss"], f"{split}_acc": result["acc"]})
                 if last:  # the run's final figures: the weights are those it finishes with
                     self.final_scores[split] = result
-                    self._final_scoring_met(result["count"], timer.lap())
+                    self._record_final_scoring(result["count"], timer.lap())
         record["elapsed_s"] = elapsed()
         return record
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from resnet import budget, runs, speeds
+from resnet import budget, runs, speeds, train
 from resnet.config import ConfigError, make_config, parse_budget, parse_resolution
 from resnet.train import Trainer, lr_at, resolution_at, resume_config
 
@@ -207,6 +207,7 @@ def test_a_stopped_budget_run_resumes_to_the_same_plan(tiny_data, tmp_path, monk
     assert config.steps == before["plan"]["steps"]
     assert Trainer(config, tmp_path).run(resume=True)["status"] == "finished"
     assert measured == [1]  # the resumed run measured nothing and planned nothing: it follows the recorded plan
+    assert not speeds.cache_file().exists()  # nor kept its pace: its clock broke at the stop
     assert runs.read_config(tmp_path) == before
     steps = [r["step"] for r in runs.read_metrics(tmp_path) if r["kind"] == "step"]
     assert steps == list(range(2, before["steps"] + 1, 2))  # every step once, to the planned end
@@ -222,11 +223,25 @@ def test_a_budget_run_measures_this_machine_for_real(tiny_data, tmp_path):
     rates = trainer.measure(parts)
     assert set(rates.train) == {16, 32}
     assert all(rate > 0 for rate in rates.train.values())
-    assert rates.score == budget.FIRST_SCORE_PER_TRAIN * rates.train[32]  # scoring is not timed before the first step
+    assert rates.score == budget.first_score_rate(rates.train[32])  # scoring is not timed before the first step
     assert rates.checkpoint_s >= 0
     # Measured on a copy: the run's own network and optimizer are untouched.
     assert all((parts.model.state_dict()[k] == v).all() for k, v in before.items())
     assert not parts.optimizer.state
+
+
+def test_a_measurement_plans_from_the_faster_of_two_steps_a_size(tiny_data, tmp_path, monkeypatch):
+    laps = iter([0.9, 0.5, 0.25, 0.8])  # 16 px: a slow first step (its kernels built), then 32 px: an interrupted second
+
+    class Scripted(train.Stopwatch):
+        def lap(self):
+            return next(laps)
+
+    monkeypatch.setattr(train, "Stopwatch", Scripted)
+    trainer = Trainer(budgeted(tiny_data), tmp_path)
+    rates = trainer.measure(trainer.build()[0])
+    assert rates.train == {16: 8 / 0.5, 32: 8 / 0.25}  # batch 8
+    assert next(laps, None) is None  # two steps a size, no more
 
 
 def test_a_partial_last_epoch_ends_where_the_steps_do(tiny_data, tmp_path):

@@ -75,9 +75,19 @@ def test_only_a_finished_run_keeps_its_pace(tiny_data, tmp_path, monkeypatch):
     made = measuring(monkeypatch)
     monkeypatch.setattr(budget, "REPLAN_AT", ())
     stop = threading.Event()
-    stop.set()  # asked before the first step: the run stops at once, having measured
+    stop.set()  # asked before the first step: the run stops after it, having measured
     assert Trainer(budgeted(tiny_data), tmp_path / "stopped", stop_event=stop).run()["status"] == "stopped"
     assert not speeds.cache_file().exists()
     assert Trainer(budgeted(tiny_data), tmp_path / "next").run()["status"] == "finished"
     assert made == [1, 1]  # the stopped run's measurement was not kept; the finished one's is
     assert speeds.cache_file().exists()
+
+
+def test_the_final_scorings_pace_counts_the_validation_split_scored_with_the_test_set(tiny_data, tmp_path, monkeypatch):
+    measuring(monkeypatch)
+    monkeypatch.setattr(budget, "REPLAN_AT", ())
+    assert Trainer(budgeted(tiny_data, val_size=8), tmp_path).run()["status"] == "finished"
+    scoring = json.loads((tmp_path / runs.CARD).read_text())["provenance"]["plan"]["final_scoring"]
+    assert scoring["images"] == 20 + 8  # the test images and the split, each scored once at the end
+    kept = json.loads(speeds.cache_file().read_text())
+    assert [entry["score"] for entry in kept.values()] == [pytest.approx(scoring["images"] / scoring["seconds"])]

@@ -201,9 +201,9 @@ class Experiment:
 
     def write_results(self, results: dict, path) -> None:
         """The results file and its pages beside it (nothing when ``path`` is None)."""
+        path = write_results_file(results, path)
         if path is None:
             return
-        path = write_results_file(results, path)
         for name, make in self.pages.items():
             # Whole or not at all: the workers of an experiment write the same pages at once.
             atomic_write_bytes(path.with_name(f"{path.stem}-{name}.html"), make(results).to_html(include_plotlyjs="cdn").encode())

@@ -16,7 +16,8 @@ Every process running the command is a worker on one storage, as for the fixed p
 (resnet.experiments.storage): each asks the sampler for the next trial, until the search has its trials; a
 worker that dies leaves its trial to be resumed by another. Two workers asking at once can each start the last
 trial, so a search may end with up to one trial per worker more than it asked for. On a CPU, searches whose
-trials run under a time budget want one worker per machine: workers sharing cores would measure, and so plan
+trials run under a time budget want one worker per machine: each trial plans from the pace the machine's last
+finished trial met (resnet.speeds) and re-fits to its own, and workers sharing cores would meet, and so plan
 for, a slower machine.
 """
 
@@ -71,10 +72,11 @@ class Search:
 
     def config_for(self, params: dict, data_dir=None):
         # Scored on the validation split alone, as every experiment's runs are (the test images are only loaded).
-        # These override the trial's size: the Train tab's budgeted run, for one, scores all the test images.
-        scored = {"val_size": self.val_size, "limit_test": Budget.test_size, "score_test": False}
-        return make_config(self.preset, **{**self.size, **params, **scored}, seed=self.seed, probe_size=self.probe_size,
-                           probes=self.probes, data_dir=str(data_dir) if data_dir else None)
+        # The search's own settings override the trial's size: the Train tab's budgeted run, for one, scores all the
+        # test images.
+        fixed = {"val_size": self.val_size, "limit_test": Budget.test_size, "score_test": False, "seed": self.seed,
+                 "probe_size": self.probe_size, "probes": self.probes, "data_dir": str(data_dir) if data_dir else None}
+        return make_config(self.preset, **{**self.size, **params, **fixed})
 
 
 # The settings a recipe's search leaves open: the quick preset's lr 0.05, warm-up 0.2 and label smoothing 0.2 sit
