@@ -12,11 +12,13 @@ import sys
 import optuna
 import pytest
 from helpers import REPO, wait_for
+from test_budget import FIXED_RATES, budgeted
 
 from resnet import runs
 from resnet.cli import main
 from resnet.experiments import search, storage
 from resnet.experiments.runner import Budget, Options
+from resnet.train import Trainer
 
 SMOKE = search.SEARCHES["smoke"]
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -94,12 +96,23 @@ def test_a_search_trains_its_trials_and_writes_the_best_from_the_storage(tmp_pat
     for row in results["runs"]:
         config = runs.read_config(out / row["run_id"])
         assert (config["lr"], config["trial"]["number"], config["score_test"]) == (row["lr"], row["trial"], False)
+        if row["status"] == "finished":  # 192 images at batch 32 for two epochs; no budget, so no plan
+            assert (row["steps"], "planned_steps" in row) == (12, False)
         assert len(row["probes"]) >= 2
         assert row["ended_s"] >= row["started_s"] >= 0
     assert f"best: {results['best']['run_id']}" in capsys.readouterr().out
     # Another search in the same study is refused before anything trains, naming what differs.
     assert main([*flags, "--no-prune"]) == 2
     assert "another search (prune True -> False)" in capsys.readouterr().err
+
+
+def test_a_budgeted_trials_row_holds_the_steps_it_planned_and_trained(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setattr(Trainer, "measure", lambda self, parts: FIXED_RATES)
+    assert Trainer(budgeted(tiny_data), tmp_path / "trial-0000").run()["status"] == "finished"
+    config = runs.read_config(tmp_path / "trial-0000")
+    row = search.row(0, tmp_path / "trial-0000", {}, "finished")
+    assert (row["steps"], row["planned_steps"]) == (config["steps"], config["plan"]["steps"])
+    assert row["steps"] > row["planned_steps"]  # it trains far faster than FIXED_RATES, and re-fitted its length
 
 
 def worker(tmp_path, data, name, *flags) -> subprocess.Popen:

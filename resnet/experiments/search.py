@@ -258,12 +258,15 @@ class PruneStop(threading.Event):
 
 def row(number: int, run_dir: Path, settings: dict, ended: str) -> dict:
     """A trial's row of the results file: its settings, how it ended, its final validation accuracy (finished
-    trials only) and its probe curve."""
+    trials only), the steps it trained (and, under a time budget, the steps it first planned: two trials of one
+    budget train as many steps as their machine's pace affords) and its probe curve."""
     run = measured(run_dir.parent, run_dir.name)
-    curve = [{key: r.get(key) for key in ("step", "images", "elapsed_s", "probe_acc")} for r in runs.read_metrics(run_dir)
-             if r["kind"] == "probe"]
+    rows = runs.read_metrics(run_dir)
+    curve = [{key: r.get(key) for key in ("step", "images", "elapsed_s", "probe_acc")} for r in rows if r["kind"] == "probe"]
+    plan = runs.read_config(run_dir).get("plan")
     return {"run_id": run_dir.name, "trial": number, **settings, "status": ended,
             "final_val_acc": run["final_val_acc"] if ended == "finished" else None,
+            "steps": max((r["step"] for r in rows), default=0), **({"planned_steps": plan["steps"]} if plan else {}),
             "elapsed_s": run["elapsed_s"] or (curve[-1]["elapsed_s"] if curve else None), "timed_on": run["timed_on"],
             "probes": curve}
 
