@@ -34,7 +34,7 @@ from .. import runs
 from ..config import QUICK_RUN, make_config
 from ..train import load_data, resolve_device
 from .runner import DONE, Budget, Options, measured, write_results_file
-from .storage import POLL_S, StorageError, TrialWorker, import_optuna, open_storage
+from .storage import POLL_S, StorageError, TrialWorker, import_optuna, open_storage_and_folder
 
 STARTUP_TRIALS = 4  # random proposals before TPE models the ones so far, and finished trials before any pruning
 # Probes before a trial may be pruned: the quick preset warms its lr up over the first fifth of the run, and probes
@@ -263,7 +263,7 @@ def row(number: int, run_dir: Path, settings: dict, ended: str) -> dict:
     run = measured(run_dir.parent, run_dir.name)
     rows = runs.read_metrics(run_dir)
     curve = [{key: r.get(key) for key in ("step", "images", "elapsed_s", "probe_acc")} for r in rows if r["kind"] == "probe"]
-    plan = runs.read_config(run_dir).get("plan")
+    plan = (run["config"] or {}).get("plan")
     return {"run_id": run_dir.name, "trial": number, **settings, "status": ended,
             "final_val_acc": run["final_val_acc"] if ended == "finished" else None,
             "steps": max((r["step"] for r in rows), default=0), **({"planned_steps": plan["steps"]} if plan else {}),
@@ -284,8 +284,10 @@ def found_s(results: dict, target: float) -> float | None:
 def run_search(search: Search, prune: bool, options: Options, url: str | None, name: str) -> dict:
     """One worker of ``search`` on the storage at ``url`` (else the journal in ``options.out``), in the study
     ``name``: the storage is opened, and a study of another search refused, before any image is loaded."""
-    storage = open_storage(url, options.out) if url else None  # a database is reached before any folder is made
-    Path(options.out).mkdir(parents=True, exist_ok=True)
-    storage = storage or open_storage(None, options.out)
+    def make_folder() -> Path:
+        Path(options.out).mkdir(parents=True, exist_ok=True)
+        return Path(options.out)
+
+    storage = open_storage_and_folder(url, make_folder)
     study = open_search(storage, name, search, prune)
     return SearchWorker(search, options, storage, study).run()

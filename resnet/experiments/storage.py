@@ -81,6 +81,16 @@ def open_storage(url: str | None, out):
             raise StorageError(f"cannot open the study storage {shown}: {_first_line(error)}") from None
 
 
+def open_storage_and_folder(url: str | None, make_folder):
+    """The storage at ``url``, reached before ``make_folder()`` makes the run folder, so that a database that cannot
+    be used leaves no folder behind; else the journal file in the folder ``make_folder()`` makes and returns."""
+    if url is None:
+        return open_storage(None, make_folder())
+    storage = open_storage(url, None)
+    make_folder()
+    return storage
+
+
 def _retry(optuna):
     """How a dead worker's trial is queued again, on a database (by Optuna, at a stale heartbeat) and on the journal
     (by the worker that fails it): a copy of the trial, its reports kept, up to three times."""
@@ -365,10 +375,6 @@ def run_study(experiment: Experiment, budget: Budget, options: Options, url: str
     ``name`` (else the experiment's): the storage is opened before any image is loaded."""
     experiment.chosen(options.only)  # a run --only cannot name is refused first, as is a results file of another budget
     experiment.recorded_runs(options.results, budget)
-    if url is None:
-        storage = open_storage(None, experiment.open_folder(options.out, budget))
-    else:
-        storage = open_storage(url, options.out)
-        experiment.open_folder(options.out, budget)
+    storage = open_storage_and_folder(url, lambda: experiment.open_folder(options.out, budget))
     study = open_study(storage, name or experiment.name, budget)
     return Worker(experiment, budget, options, storage, study).run()
